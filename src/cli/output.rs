@@ -1,0 +1,112 @@
+//! Printing for people: diagnostics like a compiler's, error chains like uv's.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::diag::{Diagnostic, Severity};
+
+/// Terminal styling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    /// Whether to emit ANSI colours.
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Red bold.
+    pub fn error(self, t: &str) -> String {
+        self.paint("1;31", t)
+    }
+
+    /// Yellow bold.
+    pub fn warn(self, t: &str) -> String {
+        self.paint("1;33", t)
+    }
+
+    /// Bold.
+    pub fn bold(self, t: &str) -> String {
+        self.paint("1", t)
+    }
+
+    /// Dim blue, for gutters.
+    pub fn gutter(self, t: &str) -> String {
+        self.paint("34", t)
+    }
+
+    /// Green.
+    pub fn good(self, t: &str) -> String {
+        self.paint("32", t)
+    }
+}
+
+/// Renders diagnostics with the source line and a caret when the text is at hand.
+pub fn render_diagnostics<'a>(
+    diags: &[Diagnostic],
+    source: impl Fn(&Path) -> Option<&'a str>,
+    style: Style,
+) -> String {
+    let mut out = String::new();
+    for d in diags {
+        let label = match d.severity {
+            Severity::Error => style.error("error"),
+            Severity::Warning => style.warn("warning"),
+        };
+        let path = if d.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", d.path)
+        };
+        let _ = writeln!(
+            out,
+            "{}: {label}: {path}{}",
+            style.bold(&d.location()),
+            d.message
+        );
+        if let (Some(pos), Some(text)) = (d.pos, source(&d.file)) {
+            if let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) {
+                let num = pos.line.to_string();
+                let pad = " ".repeat(num.len());
+                let caret_pad: String = line
+                    .chars()
+                    .take(pos.col.saturating_sub(1) as usize)
+                    .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    .collect();
+                let _ = writeln!(out, "{pad} {}", style.gutter("|"));
+                let _ = writeln!(out, "{} {} {line}", style.gutter(&num), style.gutter("|"));
+                let _ = writeln!(
+                    out,
+                    "{pad} {} {caret_pad}{}",
+                    style.gutter("|"),
+                    style.error("^")
+                );
+            }
+        }
+        if let Some(h) = &d.hint {
+            let _ = writeln!(out, "  {} {h}", style.bold("hint:"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// An error and its causes: `error: ...` then `Caused by:` lines.
+pub fn error_report(e: &(dyn std::error::Error + 'static), style: Style) -> String {
+    let mut out = format!("{}: {e}", style.error("error"));
+    let mut cause = e.source();
+    if cause.is_some() {
+        out.push_str("\n\nCaused by:");
+    }
+    while let Some(c) = cause {
+        let _ = write!(out, "\n  {c}");
+        cause = c.source();
+    }
+    out
+}

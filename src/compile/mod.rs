@@ -1,0 +1,175 @@
+//! Compilation: validated specs to the desired state of every cluster.
+//!
+//! Pure and deterministic: the same specs give the same `DesiredState`, byte for byte.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{
+    CapacityRange, ClusterId, ClusterName, DesiredCluster, DesiredEnvironment, DesiredState,
+    Health, HttpCheck, SourceRef, SpecHash, WorkloadSpec, labels,
+};
+use crate::spec::{Duration, Strategy};
+use crate::validate::Specs;
+
+/// Default time a new server group has to become healthy.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time between health probes.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time one probe may take.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Compiles specs that passed validation. Clusters whose environment or target is missing are
+/// skipped (validation has reported them).
+pub fn compile(specs: &Specs) -> DesiredState {
+    let mut state = DesiredState::default();
+    for e in &specs.environments {
+        let s = &e.spec.spec;
+        state.environments.insert(
+            e.spec.metadata.name.clone(),
+            DesiredEnvironment {
+                name: e.spec.metadata.name.clone(),
+                depends_on: s.depends_on.clone(),
+                targets: s.targets.clone(),
+                windows: s.constraints.windows.clone(),
+                approval: s.constraints.approval,
+                prune: s.prune,
+                suspended: s.suspended,
+            },
+        );
+    }
+    let env_defaults: BTreeMap<_, _> = specs
+        .environments
+        .iter()
+        .map(|e| {
+            (
+                e.spec.metadata.name.clone(),
+                e.spec.spec.defaults.strategy.clone(),
+            )
+        })
+        .collect();
+    for a in &specs.applications {
+        let app = &a.spec;
+        let spec = &app.spec;
+        for (i, c) in spec.clusters.iter().enumerate() {
+            let Some(env) = state.environments.get(&c.environment) else {
+                continue;
+            };
+            let Some(target) = env.targets.iter().find(|t| t.name == c.target) else {
+                continue;
+            };
+            let name =
+                ClusterName::compose(&app.metadata.name, c.stack.as_deref(), c.detail.as_deref());
+            let id = ClusterId {
+                environment: c.environment.clone(),
+                target: c.target.clone(),
+                name: name.clone(),
+            };
+            let mut env_vars = spec.workload.env.clone();
+            env_vars.extend(c.env.clone());
+            let workload = WorkloadSpec {
+                command: spec.workload.command.clone(),
+                env: env_vars,
+                secret_env: spec.workload.secret_env.clone(),
+            };
+            let health = Health {
+                http: spec.health.http.as_ref().map(|h| HttpCheck {
+                    path: h.path.clone(),
+                    interval: h.interval.unwrap_or(DEFAULT_PROBE_INTERVAL),
+                    timeout: h.timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
+                }),
+                timeout: spec.health.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+            };
+            let strategy = c
+                .strategy
+                .clone()
+                .or_else(|| env_defaults.get(&c.environment).cloned().flatten())
+                .unwrap_or_default();
+            let capacity = CapacityRange {
+                min: c.capacity.min.unwrap_or(c.capacity.desired),
+                max: c.capacity.max.unwrap_or(c.capacity.desired),
+                desired: c.capacity.desired,
+            };
+            let mut lbl = BTreeMap::new();
+            lbl.insert(labels::APP.to_string(), app.metadata.name.to_string());
+            lbl.insert(labels::CLUSTER.to_string(), name.to_string());
+            lbl.insert(labels::ENVIRONMENT.to_string(), c.environment.to_string());
+            if let Some(s) = &c.stack {
+                lbl.insert(labels::STACK.to_string(), s.clone());
+            }
+            if let Some(d) = &c.detail {
+                lbl.insert(labels::DETAIL.to_string(), d.clone());
+            }
+            #[derive(Serialize)]
+            struct Immutable<'a> {
+                version: &'a str,
+                image: &'a Option<String>,
+                workload: &'a WorkloadSpec,
+                health: &'a Health,
+            }
+            let spec_hash = SpecHash::of(&Immutable {
+                version: &spec.artifact.version,
+                image: &spec.artifact.image,
+                workload: &workload,
+                health: &health,
+            });
+            let line = a
+                .doc
+                .root
+                .resolve_pointer(&format!("/spec/clusters/{i}"))
+                .0
+                .pos
+                .line;
+            let mut cluster = DesiredCluster {
+                id: id.clone(),
+                app: app.metadata.name.clone(),
+                stack: c.stack.clone(),
+                detail: c.detail.clone(),
+                target: target.clone(),
+                labels: lbl,
+                capacity,
+                version: spec.artifact.version.clone(),
+                image: spec.artifact.image.clone(),
+                workload,
+                health,
+                traffic_port: c.traffic.map(|t| t.port),
+                strategy,
+                suspended: spec.suspended || env.suspended || c.suspended,
+                spec_hash,
+                hash: SpecHash::from_observed(""),
+                source: SourceRef {
+                    file: a.doc.file.clone(),
+                    line,
+                },
+            };
+            cluster.hash = hash_without_source(&cluster);
+            state.clusters.insert(id, cluster);
+        }
+    }
+    state
+}
+
+/// The content hash of a cluster, leaving out where it is declared (moving a spec between
+/// files changes nothing).
+fn hash_without_source(c: &DesiredCluster) -> SpecHash {
+    #[derive(Serialize)]
+    struct Content<'a> {
+        id: &'a ClusterId,
+        target: &'a crate::model::Target,
+        capacity: &'a CapacityRange,
+        spec_hash: &'a SpecHash,
+        traffic: Option<u16>,
+        strategy: &'a Strategy,
+        suspended: bool,
+    }
+    SpecHash::of(&Content {
+        id: &c.id,
+        target: &c.target,
+        capacity: &c.capacity,
+        spec_hash: &c.spec_hash,
+        traffic: c.traffic_port,
+        strategy: &c.strategy,
+        suspended: c.suspended,
+    })
+}

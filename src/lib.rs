@@ -1,0 +1,17 @@
+//! Keelson: a declarative desired-state reconciler for application delivery.
+//!
+//! The flow: [`source`] reads files, [`load`] parses them with positions, [`validate`] checks
+//! them, [`compile`] turns them into a [`model::DesiredState`]. The core never does I/O.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod compile;
+pub mod diag;
+pub mod load;
+pub mod model;
+pub mod pipeline;
+pub mod source;
+pub mod spec;
+pub mod suggest;
+pub mod validate;

@@ -1,0 +1,190 @@
+//! The desired state: what every cluster should look like, compiled from the specs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ClusterId, ClusterName};
+use crate::spec::{
+    AppName, Approval, Duration, EnvName, ProviderKind, Strategy, TargetSpec, Window,
+};
+
+/// A short content hash (first 16 hex digits of SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpecHash(String);
+
+impl SpecHash {
+    /// Hashes the canonical JSON of `value`.
+    pub fn of<T: Serialize>(value: &T) -> Self {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        Self(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Wraps a hash observed on a provider.
+    pub fn from_observed(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpecHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A resolved target: its name, provider and provider settings.
+pub type Target = TargetSpec;
+
+/// Capacity with defaults filled in: `min <= desired <= max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CapacityRange {
+    /// Fewest instances.
+    pub min: u32,
+    /// Most instances.
+    pub max: u32,
+    /// Instances to run.
+    pub desired: u32,
+}
+
+/// The immutable workload of a server group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// The command, `{port}` not yet replaced.
+    pub command: Vec<String>,
+    /// Environment variables, cluster values over application values.
+    pub env: BTreeMap<String, String>,
+    /// Keys of `env` whose values are secret.
+    pub secret_env: Vec<String>,
+}
+
+/// An HTTP probe with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HttpCheck {
+    /// The path to GET.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+}
+
+/// Health checking with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Health {
+    /// The HTTP probe, if any; without one an instance is healthy once running.
+    pub http: Option<HttpCheck>,
+    /// How long a new server group may take to become healthy.
+    pub timeout: Duration,
+}
+
+/// What one cluster should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredCluster {
+    /// Environment, target and name.
+    pub id: ClusterId,
+    /// The application.
+    pub app: AppName,
+    /// The stack.
+    pub stack: Option<String>,
+    /// The detail.
+    pub detail: Option<String>,
+    /// The target, resolved from the environment.
+    pub target: Target,
+    /// Identity labels every server group of this cluster carries.
+    pub labels: BTreeMap<String, String>,
+    /// Instance counts.
+    pub capacity: CapacityRange,
+    /// The artifact version.
+    pub version: String,
+    /// The container image, when there is one.
+    pub image: Option<String>,
+    /// What each instance runs.
+    pub workload: WorkloadSpec,
+    /// Health checking.
+    pub health: Health,
+    /// The traffic port, if the cluster takes traffic.
+    pub traffic_port: Option<u16>,
+    /// The effective strategy.
+    pub strategy: Strategy,
+    /// Suspended in the spec (application, environment or cluster).
+    pub suspended: bool,
+    /// Hash of the immutable part (version, image, workload, health): a change needs a new
+    /// server group.
+    pub spec_hash: SpecHash,
+    /// Hash of everything above: a change means the cluster needs another look.
+    pub hash: SpecHash,
+    /// The spec file and line that declares the cluster.
+    pub source: SourceRef,
+}
+
+/// A file and line in the config repository.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceRef {
+    /// The file, relative to the repository root.
+    pub file: PathBuf,
+    /// The 1-based line.
+    pub line: u32,
+}
+
+/// What one environment holds besides its clusters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredEnvironment {
+    /// The name.
+    pub name: EnvName,
+    /// Environments a version must pass first.
+    pub depends_on: Vec<EnvName>,
+    /// Its targets.
+    pub targets: Vec<Target>,
+    /// Deployment windows.
+    pub windows: Vec<Window>,
+    /// Whether each version needs approval.
+    pub approval: Approval,
+    /// Whether orphans are destroyed.
+    pub prune: bool,
+    /// Suspended in the spec.
+    pub suspended: bool,
+}
+
+/// The whole desired state, ordered for deterministic output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Environments by name.
+    pub environments: BTreeMap<EnvName, DesiredEnvironment>,
+    /// Clusters by id.
+    pub clusters: BTreeMap<ClusterId, DesiredCluster>,
+}
+
+impl DesiredState {
+    /// Number of distinct applications.
+    pub fn application_count(&self) -> usize {
+        let mut apps: Vec<&AppName> = self.clusters.values().map(|c| &c.app).collect();
+        apps.sort();
+        apps.dedup();
+        apps.len()
+    }
+
+    /// The providers in use.
+    pub fn providers(&self) -> Vec<ProviderKind> {
+        let mut p: Vec<ProviderKind> = self.clusters.values().map(|c| c.target.provider).collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+}
+
+impl DesiredCluster {
+    /// The cluster's name.
+    pub fn name(&self) -> &ClusterName {
+        &self.id.name
+    }
+}

@@ -1,0 +1,28 @@
+//! The shapes the planner works on: desired state (compiled from specs) and, later, live state.
+
+mod desired;
+mod ids;
+
+pub use desired::{
+    CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, SourceRef,
+    SpecHash, Target, WorkloadSpec,
+};
+pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
+
+/// Label keys that carry identity on every provider; names are never parsed.
+pub mod labels {
+    /// The application.
+    pub const APP: &str = "keelson.io/app";
+    /// The cluster name (`app-stack-detail`).
+    pub const CLUSTER: &str = "keelson.io/cluster";
+    /// The environment.
+    pub const ENVIRONMENT: &str = "keelson.io/environment";
+    /// The stack, when there is one.
+    pub const STACK: &str = "keelson.io/stack";
+    /// The detail, when there is one.
+    pub const DETAIL: &str = "keelson.io/detail";
+    /// The server group's sequence number.
+    pub const SEQUENCE: &str = "keelson.io/sequence";
+    /// Marks resources Keelson manages.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+}

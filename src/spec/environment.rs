@@ -1,0 +1,185 @@
+//! The Environment document: a stage of the promotion path, its targets and constraints.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{EnvName, Strategy, TargetName};
+
+/// `metadata` of an Environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The environment's name.
+    pub name: EnvName,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A sentence about the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A whole Environment document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Environment {
+    /// Always `keelson/v1`.
+    pub api_version: String,
+    /// Always `Environment`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// What the environment holds.
+    pub spec: EnvironmentSpec,
+}
+
+/// `spec` of an Environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvironmentSpec {
+    /// Environments a version must be live and healthy in before it reaches this one.
+    #[serde(default)]
+    pub depends_on: Vec<EnvName>,
+    /// Break-glass: no actuation in this environment.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Destroy orphaned clusters (Keelson's labels, no spec) in this environment.
+    #[serde(default)]
+    pub prune: bool,
+    /// Where server groups run.
+    pub targets: Vec<TargetSpec>,
+    /// Deployment windows and approval.
+    #[serde(default)]
+    pub constraints: Constraints,
+    /// Defaults for the clusters of this environment.
+    #[serde(default)]
+    pub defaults: EnvDefaults,
+}
+
+/// The provider a target uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// The embedded local process cluster.
+    Local,
+    /// A Kubernetes namespace.
+    Kubernetes,
+    /// An AWS EC2 region.
+    Ec2,
+}
+
+impl ProviderKind {
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Kubernetes => "kubernetes",
+            Self::Ec2 => "ec2",
+        }
+    }
+}
+
+/// A target: where server groups run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The target's name within the environment.
+    pub name: TargetName,
+    /// Which provider runs it.
+    pub provider: ProviderKind,
+    /// Kubernetes settings, for `provider: kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesTarget>,
+    /// EC2 settings, for `provider: ec2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Target>,
+}
+
+/// A Kubernetes context and namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesTarget {
+    /// The kubeconfig context; the current one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The namespace.
+    pub namespace: String,
+}
+
+/// An EC2 region and networking.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ec2Target {
+    /// The AWS region.
+    pub region: String,
+    /// Subnets for Auto Scaling groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    /// Security groups for instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    /// The instance type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+/// When and with whose approval changes may reach an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraints {
+    /// Deployment windows; none means any time.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    /// Whether a person must approve each version.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Whether manual judgment is needed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// No approval.
+    #[default]
+    None,
+    /// `keelson approve` before actuation.
+    Required,
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// A deployment window: days, a start and end time of day, and a time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Days the window opens.
+    pub days: Vec<Weekday>,
+    /// `HH:MM` it opens.
+    pub start: String,
+    /// `HH:MM` it closes.
+    pub end: String,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+}
+
+/// Defaults for an environment's clusters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvDefaults {
+    /// The strategy for clusters that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+}

@@ -1,0 +1,528 @@
+//! Rules across documents that a schema cannot express.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use super::{Spec, Specs};
+use crate::diag::{Diagnostic, Pos};
+use crate::load::Document;
+use crate::model::{ClusterName, Sequence, ServerGroupName};
+use crate::spec::{Application, Environment, Kind, ProviderKind, Strategy};
+use crate::suggest::did_you_mean;
+
+/// Names of documents that failed earlier checks, so references to them are not reported twice.
+#[derive(Debug, Default)]
+pub struct Broken {
+    apps: BTreeSet<String>,
+    envs: BTreeSet<String>,
+}
+
+impl Broken {
+    /// Remembers a document that failed its schema.
+    pub fn note(&mut self, doc: &Document) {
+        if let Some(name) = doc.root.get("metadata").and_then(|m| m.str_at("name")) {
+            match doc.kind {
+                Kind::Application => self.apps.insert(name.to_string()),
+                Kind::Environment => self.envs.insert(name.to_string()),
+            };
+        }
+    }
+}
+
+fn pos(doc: &Document, pointer: &str) -> Pos {
+    doc.root.resolve_pointer(pointer).0.pos
+}
+
+fn err(
+    doc: &Document,
+    code: &'static str,
+    pointer: &str,
+    message: impl Into<String>,
+) -> Diagnostic {
+    Diagnostic::error(code, &doc.file, message)
+        .at(pos(doc, pointer))
+        .path(crate::load::yaml::pointer_to_path(pointer))
+}
+
+/// Runs every cross-document rule.
+pub fn check(specs: &Specs, broken: &Broken, out: &mut Vec<Diagnostic>) {
+    unique_names(
+        specs
+            .applications
+            .iter()
+            .map(|s| (&s.doc, s.spec.metadata.name.as_str())),
+        "application",
+        out,
+    );
+    unique_names(
+        specs
+            .environments
+            .iter()
+            .map(|s| (&s.doc, s.spec.metadata.name.as_str())),
+        "environment",
+        out,
+    );
+    let envs: BTreeMap<&str, &Spec<Environment>> = specs
+        .environments
+        .iter()
+        .map(|e| (e.spec.metadata.name.as_str(), e))
+        .collect();
+    for env in &specs.environments {
+        check_environment(env, &envs, broken, out);
+    }
+    dependency_cycles(&specs.environments, out);
+    let mut identities: HashMap<(String, String, String), (PathBuf, Pos)> = HashMap::new();
+    let mut ports: HashMap<u16, (String, PathBuf, Pos)> = HashMap::new();
+    for app in &specs.applications {
+        check_application(app, &envs, broken, &mut identities, &mut ports, out);
+    }
+}
+
+fn unique_names<'a>(
+    items: impl Iterator<Item = (&'a Document, &'a str)>,
+    what: &str,
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut seen: HashMap<&str, &Document> = HashMap::new();
+    for (doc, name) in items {
+        match seen.get(name) {
+            Some(first) => out.push(
+                err(
+                    doc,
+                    "duplicate-name",
+                    "/metadata/name",
+                    format!(
+                        "{what} `{name}` is already defined in {}:{}",
+                        first.file.display(),
+                        pos(first, "/metadata/name").line
+                    ),
+                )
+                .hint(format!(
+                    "each {what} is defined once; rename one or remove the duplicate"
+                )),
+            ),
+            None => {
+                seen.insert(name, doc);
+            }
+        }
+    }
+}
+
+fn check_environment(
+    env: &Spec<Environment>,
+    envs: &BTreeMap<&str, &Spec<Environment>>,
+    broken: &Broken,
+    out: &mut Vec<Diagnostic>,
+) {
+    let doc = &env.doc;
+    let spec = &env.spec.spec;
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        let p = format!("/spec/dependsOn/{i}");
+        if dep == &env.spec.metadata.name {
+            out.push(
+                err(
+                    doc,
+                    "depends-on",
+                    &p,
+                    format!("environment `{dep}` depends on itself"),
+                )
+                .hint("remove it from dependsOn"),
+            );
+        } else if !envs.contains_key(dep.as_str()) && !broken.envs.contains(dep.as_str()) {
+            out.push(
+                err(
+                    doc,
+                    "depends-on",
+                    &p,
+                    format!("unknown environment `{dep}`"),
+                )
+                .hint(suggest_or_list(
+                    dep.as_str(),
+                    envs.keys().copied(),
+                    "environments",
+                )),
+            );
+        }
+    }
+    let mut targets: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in spec.targets.iter().enumerate() {
+        let p = format!("/spec/targets/{i}");
+        if let Some(first) = targets.insert(t.name.as_str(), i) {
+            out.push(
+                err(
+                    doc,
+                    "duplicate-target",
+                    &format!("{p}/name"),
+                    format!(
+                        "target `{}` is already defined at spec.targets[{first}]",
+                        t.name
+                    ),
+                )
+                .hint("give each target of an environment its own name"),
+            );
+        }
+        if t.kubernetes.is_some() && t.provider != ProviderKind::Kubernetes {
+            out.push(
+                err(
+                    doc,
+                    "target",
+                    &format!("{p}/kubernetes"),
+                    format!(
+                        "`kubernetes` settings on a `{}` target",
+                        t.provider.as_str()
+                    ),
+                )
+                .hint("remove them, or set `provider: kubernetes`"),
+            );
+        }
+        if t.ec2.is_some() && t.provider != ProviderKind::Ec2 {
+            out.push(
+                err(
+                    doc,
+                    "target",
+                    &format!("{p}/ec2"),
+                    format!("`ec2` settings on a `{}` target", t.provider.as_str()),
+                )
+                .hint("remove them, or set `provider: ec2`"),
+            );
+        }
+    }
+    for (i, w) in spec.constraints.windows.iter().enumerate() {
+        let p = format!("/spec/constraints/windows/{i}");
+        if jiff::tz::TimeZone::get(&w.timezone).is_err() {
+            out.push(
+                err(
+                    doc,
+                    "timezone",
+                    &format!("{p}/timezone"),
+                    format!("unknown time zone `{}`", w.timezone),
+                )
+                .hint("use an IANA time zone name such as `Europe/Berlin` or `UTC`"),
+            );
+        }
+        if w.start == w.end {
+            out.push(
+                err(
+                    doc,
+                    "window",
+                    &format!("{p}/end"),
+                    format!("window starts and ends at {}", w.start),
+                )
+                .hint("give the window a length; a window may wrap past midnight (22:00 to 02:00)"),
+            );
+        }
+    }
+    if let Some(s) = &spec.defaults.strategy {
+        check_strategy(doc, "/spec/defaults/strategy", s, out);
+    }
+}
+
+fn suggest_or_list<'a>(
+    word: &str,
+    names: impl Iterator<Item = &'a str> + Clone,
+    what: &str,
+) -> String {
+    match did_you_mean(word, names.clone()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => {
+            let all: Vec<&str> = names.collect();
+            if all.is_empty() {
+                format!("no {what} are defined")
+            } else {
+                format!("defined {what}: {}", all.join(", "))
+            }
+        }
+    }
+}
+
+fn dependency_cycles(envs: &[Spec<Environment>], out: &mut Vec<Diagnostic>) {
+    let graph: BTreeMap<&str, Vec<&str>> = envs
+        .iter()
+        .map(|e| {
+            (
+                e.spec.metadata.name.as_str(),
+                e.spec
+                    .spec
+                    .depends_on
+                    .iter()
+                    .map(|d| d.as_str())
+                    .filter(|d| *d != e.spec.metadata.name.as_str())
+                    .collect(),
+            )
+        })
+        .collect();
+    // Depth-first search with colours; each cycle is reported once, at its smallest member.
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    let mut reported: BTreeSet<Vec<&str>> = BTreeSet::new();
+    for &start in graph.keys() {
+        let mut path: Vec<&str> = Vec::new();
+        visit(start, &graph, &mut state, &mut path, &mut reported);
+    }
+    for cycle in reported {
+        let Some(first) = cycle.first() else { continue };
+        let Some(env) = envs
+            .iter()
+            .find(|e| e.spec.metadata.name.as_str() == *first)
+        else {
+            continue;
+        };
+        let mut shown: Vec<&str> = cycle.clone();
+        shown.push(first);
+        out.push(
+            err(
+                &env.doc,
+                "dependency-cycle",
+                "/spec/dependsOn",
+                format!("dependsOn forms a cycle: {}", shown.join(" -> ")),
+            )
+            .hint("promotion must flow one way; remove one of these dependencies"),
+        );
+    }
+}
+
+fn visit<'a>(
+    n: &'a str,
+    g: &BTreeMap<&'a str, Vec<&'a str>>,
+    state: &mut HashMap<&'a str, u8>,
+    path: &mut Vec<&'a str>,
+    found: &mut BTreeSet<Vec<&'a str>>,
+) {
+    match state.get(n) {
+        Some(2) => return,
+        Some(1) => {
+            if let Some(i) = path.iter().position(|p| *p == n) {
+                let mut cycle: Vec<&str> = path[i..].to_vec();
+                // Rotate so the smallest name leads: the same cycle is found once.
+                if let Some(min) = cycle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, v)| **v)
+                    .map(|(i, _)| i)
+                {
+                    cycle.rotate_left(min);
+                }
+                found.insert(cycle);
+            }
+            return;
+        }
+        _ => {}
+    }
+    state.insert(n, 1);
+    path.push(n);
+    for &next in g.get(n).map(Vec::as_slice).unwrap_or(&[]) {
+        if g.contains_key(next) {
+            visit(next, g, state, path, found);
+        }
+    }
+    path.pop();
+    state.insert(n, 2);
+}
+
+fn check_strategy(doc: &Document, p: &str, s: &Strategy, out: &mut Vec<Diagnostic>) {
+    match s {
+        Strategy::Canary { steps, .. } => {
+            for (i, w) in steps.windows(2).enumerate() {
+                if w[1].weight <= w[0].weight {
+                    out.push(
+                        err(
+                            doc,
+                            "strategy",
+                            &format!("{p}/steps/{}/weight", i + 1),
+                            format!(
+                                "canary weight {} does not increase on the previous step's {}",
+                                w[1].weight.0, w[0].weight.0
+                            ),
+                        )
+                        .hint("canary weights must strictly increase, e.g. 10, 25, 50"),
+                    );
+                }
+            }
+        }
+        Strategy::RollingRedBlack { steps, .. } => {
+            for (i, w) in steps.windows(2).enumerate() {
+                if w[1] <= w[0] {
+                    out.push(
+                        err(doc, "strategy", &format!("{p}/steps/{}", i + 1), format!("rolling percentage {} does not increase on the previous step's {}", w[1].0, w[0].0))
+                            .hint("percentages are cumulative and must strictly increase, e.g. 25, 50, 100"),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_application(
+    app: &Spec<Application>,
+    envs: &BTreeMap<&str, &Spec<Environment>>,
+    broken: &Broken,
+    identities: &mut HashMap<(String, String, String), (PathBuf, Pos)>,
+    ports: &mut HashMap<u16, (String, PathBuf, Pos)>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let doc = &app.doc;
+    let spec = &app.spec.spec;
+    let name = &app.spec.metadata.name;
+    for (i, key) in spec.workload.secret_env.iter().enumerate() {
+        let in_cluster = spec.clusters.iter().any(|c| c.env.contains_key(key));
+        if !spec.workload.env.contains_key(key) && !in_cluster {
+            out.push(
+                Diagnostic::warning(
+                    "secret-env",
+                    &doc.file,
+                    format!("secretEnv names `{key}`, which no env sets"),
+                )
+                .at(pos(doc, &format!("/spec/workload/secretEnv/{i}")))
+                .path(format!("spec.workload.secretEnv[{i}]"))
+                .hint("remove it, or set the variable in workload.env"),
+            );
+        }
+    }
+    for (i, c) in spec.clusters.iter().enumerate() {
+        let p = format!("/spec/clusters/{i}");
+        let cluster = ClusterName::compose(name, c.stack.as_deref(), c.detail.as_deref());
+        let env = envs.get(c.environment.as_str());
+        let mut provider = None;
+        match env {
+            None if broken.envs.contains(c.environment.as_str()) => {}
+            None => out.push(
+                err(
+                    doc,
+                    "unknown-environment",
+                    &format!("{p}/environment"),
+                    format!("unknown environment `{}`", c.environment),
+                )
+                .hint(suggest_or_list(
+                    c.environment.as_str(),
+                    envs.keys().copied(),
+                    "environments",
+                )),
+            ),
+            Some(e) => match e.spec.spec.targets.iter().find(|t| t.name == c.target) {
+                Some(t) => provider = Some(t.provider),
+                None => out.push(
+                    err(
+                        doc,
+                        "unknown-target",
+                        &format!("{p}/target"),
+                        format!(
+                            "environment `{}` has no target `{}`",
+                            c.environment, c.target
+                        ),
+                    )
+                    .hint(suggest_or_list(
+                        c.target.as_str(),
+                        e.spec.spec.targets.iter().map(|t| t.name.as_str()),
+                        "targets",
+                    )),
+                ),
+            },
+        }
+        let identity = (
+            c.environment.to_string(),
+            c.target.to_string(),
+            cluster.to_string(),
+        );
+        let here = (doc.file.clone(), pos(doc, &p));
+        if let Some((file, at)) = identities.get(&identity) {
+            out.push(
+                err(
+                    doc,
+                    "duplicate-cluster",
+                    &p,
+                    format!(
+                        "cluster `{cluster}` on {}/{} is already declared at {}:{}",
+                        c.environment,
+                        c.target,
+                        file.display(),
+                        at.line
+                    ),
+                )
+                .hint("give one of them a different stack or detail"),
+            );
+        } else {
+            identities.insert(identity, here.clone());
+        }
+        let sg = ServerGroupName::new(&cluster, Sequence::FIRST);
+        if sg.as_str().len() > 63 {
+            out.push(
+                err(
+                    doc,
+                    "name-length",
+                    &p,
+                    format!(
+                        "server group names of `{cluster}` (`{sg}`) are longer than 63 characters"
+                    ),
+                )
+                .hint("shorten the application name, stack or detail"),
+            );
+        }
+        let cap = c.capacity;
+        if let Some(min) = cap.min {
+            if min > cap.desired {
+                out.push(
+                    err(
+                        doc,
+                        "capacity",
+                        &format!("{p}/capacity"),
+                        format!("min ({min}) is greater than desired ({})", cap.desired),
+                    )
+                    .hint("make min <= desired <= max"),
+                );
+            }
+        }
+        if let Some(max) = cap.max {
+            if max < cap.desired {
+                out.push(
+                    err(
+                        doc,
+                        "capacity",
+                        &format!("{p}/capacity"),
+                        format!("max ({max}) is less than desired ({})", cap.desired),
+                    )
+                    .hint("make min <= desired <= max"),
+                );
+            }
+        }
+        if let Some(s) = &c.strategy {
+            check_strategy(doc, &format!("{p}/strategy"), s, out);
+        }
+        if provider == Some(ProviderKind::Local) {
+            if spec.workload.command.is_empty() {
+                out.push(
+                    err(doc, "workload", &p, format!("cluster `{cluster}` runs on the local target but the application has no `workload.command`"))
+                        .hint("add spec.workload.command, e.g. [\"keelson\", \"demo-app\", \"--port\", \"{port}\"]"),
+                );
+            }
+            if let Some(t) = c.traffic {
+                let tp = format!("{p}/traffic/port");
+                match ports.get(&t.port) {
+                    Some((other, file, at)) => out.push(
+                        err(
+                            doc,
+                            "duplicate-port",
+                            &tp,
+                            format!(
+                                "traffic port {} is already used by `{other}` at {}:{}",
+                                t.port,
+                                file.display(),
+                                at.line
+                            ),
+                        )
+                        .hint("local clusters share one machine; give each its own traffic port"),
+                    ),
+                    None => {
+                        ports.insert(
+                            t.port,
+                            (
+                                format!("{}/{cluster}", c.environment),
+                                doc.file.clone(),
+                                pos(doc, &tp),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
