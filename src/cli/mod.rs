@@ -13,10 +13,10 @@ pub use output::{Style, render_diagnostics};
 
 /// Keelson: declarative delivery. Edit YAML in Git; Keelson plans and converges your clusters.
 #[derive(Debug, Parser)]
-#[command(name = "keelson", version, about, long_about = None, propagate_version = true)]
+#[command(name = "keelson", version, about, long_about = None, propagate_version = true, after_help = "Exit codes: 0 success (plan: no changes), 1 error or invalid, 2 plan has changes (with --detailed-exitcode).")]
 pub struct Cli {
     /// When to use colours.
-    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, env = "KEELSON_COLOR")]
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, env = "KEELSON_COLOR", hide_env_values = true)]
     pub color: ColorChoice,
     /// What to do.
     #[command(subcommand)]
@@ -65,7 +65,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// The config repository.
-    #[arg(long, default_value = ".", env = "KEELSON_REPO")]
+    #[arg(long, default_value = ".", env = "KEELSON_REPO", hide_env_values = true)]
     pub repo: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]

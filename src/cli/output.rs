@@ -71,12 +71,13 @@ pub fn render_diagnostics<'a>(
             d.message
         );
         if let (Some(pos), Some(text)) = (d.pos, source(&d.file)) {
-            if let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) {
+            if let Some(full) = text.lines().nth(pos.line.saturating_sub(1) as usize) {
+                let (line, col) = excerpt(full, pos.col.saturating_sub(1) as usize);
                 let num = pos.line.to_string();
                 let pad = " ".repeat(num.len());
                 let caret_pad: String = line
                     .chars()
-                    .take(pos.col.saturating_sub(1) as usize)
+                    .take(col)
                     .map(|c| if c == '\t' { '\t' } else { ' ' })
                     .collect();
                 let _ = writeln!(out, "{pad} {}", style.gutter("|"));
@@ -95,6 +96,29 @@ pub fn render_diagnostics<'a>(
         out.push('\n');
     }
     out
+}
+
+/// Longest source line shown whole; longer ones are cut around the column.
+const EXCERPT_WIDTH: usize = 100;
+
+/// The part of `line` to show, and the caret's column within it.
+fn excerpt(line: &str, col: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= EXCERPT_WIDTH {
+        return (line.to_string(), col);
+    }
+    let start = col.saturating_sub(EXCERPT_WIDTH / 2).min(chars.len().saturating_sub(EXCERPT_WIDTH));
+    let end = (start + EXCERPT_WIDTH).min(chars.len());
+    let mut shown: String = chars[start..end].iter().collect();
+    let mut caret = col - start;
+    if start > 0 {
+        shown.insert_str(0, "...");
+        caret += 3;
+    }
+    if end < chars.len() {
+        shown.push_str("...");
+    }
+    (shown, caret)
 }
 
 /// An error and its causes: `error: ...` then `Caused by:` lines.

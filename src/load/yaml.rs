@@ -549,8 +549,8 @@ mod tests {
     fn keeps_positions_of_keys_and_values() {
         let n = one("spec:\n  clusters:\n    - capacity: {desired: 3}\n");
         let (node, key) = n.resolve_pointer("/spec/clusters/0/capacity/desired");
-        assert_eq!(node.pos, Pos::new(3, 30));
-        assert_eq!(key.map(|k| k.pos), Some(Pos::new(3, 21)));
+        assert_eq!(node.pos, Pos::new(3, 27));
+        assert_eq!(key.map(|k| k.pos), Some(Pos::new(3, 18)));
         assert_eq!(
             pointer_to_path("/spec/clusters/0/capacity"),
             "spec.clusters[0].capacity"

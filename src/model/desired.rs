@@ -160,7 +160,8 @@ pub struct DesiredEnvironment {
 pub struct DesiredState {
     /// Environments by name.
     pub environments: BTreeMap<EnvName, DesiredEnvironment>,
-    /// Clusters by id.
+    /// Clusters by id (serialized as a list: each cluster carries its id).
+    #[serde(with = "cluster_list")]
     pub clusters: BTreeMap<ClusterId, DesiredCluster>,
 }
 
@@ -186,5 +187,24 @@ impl DesiredCluster {
     /// The cluster's name.
     pub fn name(&self) -> &ClusterName {
         &self.id.name
+    }
+}
+
+/// Serializes a map keyed by cluster id as the list of its values (JSON keys must be strings).
+mod cluster_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::DesiredCluster;
+    use crate::model::ClusterId;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<ClusterId, DesiredCluster>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ClusterId, DesiredCluster>, D::Error> {
+        let list = Vec::<DesiredCluster>::deserialize(d)?;
+        Ok(list.into_iter().map(|c| (c.id.clone(), c)).collect())
     }
 }

@@ -20,13 +20,29 @@ fn skip_dir(name: &str) -> bool {
     name.starts_with('.') || name == "target" || name == "node_modules"
 }
 
-/// Reads every `*.yaml`/`*.yml` file under `root`, skipping dot-directories, `target/` and
-/// `node_modules/`. Symlinks that lead outside `root` are refused; directory symlinks inside it
-/// are not followed (their files are read through their real path).
+/// The file listing paths to leave out, like Flux's `.sourceignore`.
+pub const IGNORE_FILE: &str = ".keelsonignore";
+
+/// Paths from `.keelsonignore`: one per line, relative to the root, `#` comments; a path
+/// ignores that file or everything under that directory.
+fn ignored_paths(root: &Path) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string(root.join(IGNORE_FILE)) else { return Vec::new() };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| PathBuf::from(l.trim_start_matches('/').trim_end_matches('/')))
+        .collect()
+}
+
+/// Reads every `*.yaml`/`*.yml` file under `root`, skipping dot-directories, `target/`,
+/// `node_modules/` and the paths in `.keelsonignore`. Symlinks that lead outside `root` are
+/// refused; directory symlinks inside it are not followed (their files are read through their
+/// real path).
 pub fn read_dir(root: &Path) -> Result<SourceSet, SourceError> {
     if !root.is_dir() {
         return Err(SourceError::NotADirectory(root.to_path_buf()));
     }
+    let ignored = ignored_paths(root);
     let canonical_root = fs::canonicalize(root).map_err(|source| SourceError::Io {
         path: root.to_path_buf(),
         source,
@@ -47,6 +63,9 @@ pub fn read_dir(root: &Path) -> Result<SourceSet, SourceError> {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let rel = rel_dir.join(name);
+            if ignored.iter().any(|i| rel.starts_with(i)) {
+                continue;
+            }
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_symlink() {
                 match fs::canonicalize(entry.path()) {

@@ -117,7 +117,7 @@ pub enum Strategy {
         keep_disabled: u32,
     },
     /// Red-black, then destroy every older server group.
-    Highlander,
+    Highlander {},
     /// Replace the instances of the serving group in place, in batches.
     RollingUpdate {
         /// Instances out of service at once.
@@ -133,7 +133,7 @@ pub enum Strategy {
         keep_disabled: u32,
     },
     /// Apply directly: create the new group enabled, then remove the old.
-    None,
+    None {},
 }
 
 impl Default for Strategy {
@@ -166,10 +166,10 @@ impl Strategy {
         match self {
             Self::RedBlack { .. } => StrategyKind::RedBlack,
             Self::RollingRedBlack { .. } => StrategyKind::RollingRedBlack,
-            Self::Highlander => StrategyKind::Highlander,
+            Self::Highlander {} => StrategyKind::Highlander,
             Self::RollingUpdate { .. } => StrategyKind::RollingUpdate,
             Self::Canary { .. } => StrategyKind::Canary,
-            Self::None => StrategyKind::None,
+            Self::None {} => StrategyKind::None,
         }
     }
 
@@ -179,7 +179,7 @@ impl Strategy {
             Self::RedBlack { keep_disabled }
             | Self::RollingRedBlack { keep_disabled, .. }
             | Self::Canary { keep_disabled, .. } => *keep_disabled,
-            Self::Highlander | Self::RollingUpdate { .. } | Self::None => 0,
+            Self::Highlander {} | Self::RollingUpdate { .. } | Self::None {} => 0,
         }
     }
 }
@@ -190,10 +190,10 @@ impl StrategyKind {
         match self {
             Self::RedBlack => "red-black",
             Self::RollingRedBlack => "rolling-red-black",
-            Self::Highlander => "highlander",
+            Self::Highlander {} => "highlander",
             Self::RollingUpdate => "rolling-update",
             Self::Canary => "canary",
-            Self::None => "none",
+            Self::None {} => "none",
         }
     }
 }
@@ -227,7 +227,7 @@ mod tests {
             }
         );
         let s: Strategy = serde_json::from_value(json!({"type": "highlander"})).unwrap();
-        assert_eq!(s, Strategy::Highlander);
+        assert_eq!(s, Strategy::Highlander {});
         assert!(
             serde_json::from_value::<Strategy>(json!({"type": "highlander", "steps": []})).is_err()
         );

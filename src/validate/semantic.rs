@@ -73,7 +73,12 @@ pub fn check(specs: &Specs, broken: &Broken, out: &mut Vec<Diagnostic>) {
     dependency_cycles(&specs.environments, out);
     let mut identities: HashMap<(String, String, String), (PathBuf, Pos)> = HashMap::new();
     let mut ports: HashMap<u16, (String, PathBuf, Pos)> = HashMap::new();
+    let mut seen_apps = BTreeSet::new();
     for app in &specs.applications {
+        // A duplicate application is reported once; its clusters would only repeat it.
+        if !seen_apps.insert(app.spec.metadata.name.as_str()) {
+            continue;
+        }
         check_application(app, &envs, broken, &mut identities, &mut ports, out);
     }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Keelson's test command: installs what the tests need, then runs format check, clippy and every
+# test. Safe to run on a fresh machine and again on a used one. Used by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+cargo --version
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "tests (unit, integration, golden, property)"
+# Build the tests once; clippy below reuses the dependency graph's downloads and cache.
+cargo test --all-targets --no-fail-fast
+
+step "clippy"
+cargo clippy --all-targets -- -D warnings
+
+step "done"

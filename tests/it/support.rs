@@ -1,0 +1,32 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture directory under `tests/fixtures`.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// Runs the real `keelson` binary and renders exit code, stdout and stderr for a snapshot.
+pub fn run(args: &[&str], cwd: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(args)
+        .current_dir(cwd)
+        .env("KEELSON_COLOR", "never")
+        .env_remove("KEELSON_REPO")
+        .output()
+        .expect("the keelson binary runs");
+    let code = out.status.code().unwrap_or(-1);
+    let text = format!(
+        "exit: {code}\n--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, text)
+}
