@@ -6,11 +6,17 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod clock;
 pub mod compile;
 pub mod diag;
+pub mod engine;
 pub mod load;
 pub mod model;
+pub mod observe;
 pub mod pipeline;
+pub mod plan;
+pub mod provider;
+pub mod render;
 pub mod source;
 pub mod spec;
 pub mod suggest;

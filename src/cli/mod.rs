@@ -65,7 +65,12 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// The config repository.
-    #[arg(long, default_value = ".", env = "KEELSON_REPO", hide_env_values = true)]
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
     pub repo: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]

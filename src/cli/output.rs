@@ -4,48 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::diag::{Diagnostic, Severity};
-
-/// Terminal styling.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Style {
-    /// Whether to emit ANSI colours.
-    pub color: bool,
-}
-
-impl Style {
-    fn paint(self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
-    }
-
-    /// Red bold.
-    pub fn error(self, t: &str) -> String {
-        self.paint("1;31", t)
-    }
-
-    /// Yellow bold.
-    pub fn warn(self, t: &str) -> String {
-        self.paint("1;33", t)
-    }
-
-    /// Bold.
-    pub fn bold(self, t: &str) -> String {
-        self.paint("1", t)
-    }
-
-    /// Dim blue, for gutters.
-    pub fn gutter(self, t: &str) -> String {
-        self.paint("34", t)
-    }
-
-    /// Green.
-    pub fn good(self, t: &str) -> String {
-        self.paint("32", t)
-    }
-}
+pub use crate::render::Style;
 
 /// Renders diagnostics with the source line and a caret when the text is at hand.
 pub fn render_diagnostics<'a>(
@@ -70,25 +29,25 @@ pub fn render_diagnostics<'a>(
             style.bold(&d.location()),
             d.message
         );
-        if let (Some(pos), Some(text)) = (d.pos, source(&d.file)) {
-            if let Some(full) = text.lines().nth(pos.line.saturating_sub(1) as usize) {
-                let (line, col) = excerpt(full, pos.col.saturating_sub(1) as usize);
-                let num = pos.line.to_string();
-                let pad = " ".repeat(num.len());
-                let caret_pad: String = line
-                    .chars()
-                    .take(col)
-                    .map(|c| if c == '\t' { '\t' } else { ' ' })
-                    .collect();
-                let _ = writeln!(out, "{pad} {}", style.gutter("|"));
-                let _ = writeln!(out, "{} {} {line}", style.gutter(&num), style.gutter("|"));
-                let _ = writeln!(
-                    out,
-                    "{pad} {} {caret_pad}{}",
-                    style.gutter("|"),
-                    style.error("^")
-                );
-            }
+        if let (Some(pos), Some(text)) = (d.pos, source(&d.file))
+            && let Some(full) = text.lines().nth(pos.line.saturating_sub(1) as usize)
+        {
+            let (line, col) = excerpt(full, pos.col.saturating_sub(1) as usize);
+            let num = pos.line.to_string();
+            let pad = " ".repeat(num.len());
+            let caret_pad: String = line
+                .chars()
+                .take(col)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            let _ = writeln!(out, "{pad} {}", style.gutter("|"));
+            let _ = writeln!(out, "{} {} {line}", style.gutter(&num), style.gutter("|"));
+            let _ = writeln!(
+                out,
+                "{pad} {} {caret_pad}{}",
+                style.gutter("|"),
+                style.error("^")
+            );
         }
         if let Some(h) = &d.hint {
             let _ = writeln!(out, "  {} {h}", style.bold("hint:"));
@@ -107,7 +66,9 @@ fn excerpt(line: &str, col: usize) -> (String, usize) {
     if chars.len() <= EXCERPT_WIDTH {
         return (line.to_string(), col);
     }
-    let start = col.saturating_sub(EXCERPT_WIDTH / 2).min(chars.len().saturating_sub(EXCERPT_WIDTH));
+    let start = col
+        .saturating_sub(EXCERPT_WIDTH / 2)
+        .min(chars.len().saturating_sub(EXCERPT_WIDTH));
     let end = (start + EXCERPT_WIDTH).min(chars.len());
     let mut shown: String = chars[start..end].iter().collect();
     let mut caret = col - start;

@@ -135,7 +135,15 @@ pub fn compile(specs: &Specs) -> DesiredState {
                 health,
                 traffic_port: c.traffic.map(|t| t.port),
                 strategy,
-                suspended: spec.suspended || env.suspended || c.suspended,
+                suspended_by: if c.suspended {
+                    Some("cluster".into())
+                } else if spec.suspended {
+                    Some("application".into())
+                } else if env.suspended {
+                    Some("environment".into())
+                } else {
+                    None
+                },
                 spec_hash,
                 hash: SpecHash::from_observed(""),
                 source: SourceRef {
@@ -170,6 +178,6 @@ fn hash_without_source(c: &DesiredCluster) -> SpecHash {
         spec_hash: &c.spec_hash,
         traffic: c.traffic_port,
         strategy: &c.strategy,
-        suspended: c.suspended,
+        suspended: c.suspended_by.is_some(),
     })
 }

@@ -473,10 +473,10 @@ fn resolve(text: &str, quoted: bool) -> Value {
     if let Some(n) = parse_int(text) {
         return Value::Number(n);
     }
-    if looks_like_float(text) {
-        if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Value::Number(n);
-        }
+    if looks_like_float(text)
+        && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64)
+    {
+        return Value::Number(n);
     }
     Value::String(text.to_string())
 }

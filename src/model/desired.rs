@@ -116,8 +116,8 @@ pub struct DesiredCluster {
     pub traffic_port: Option<u16>,
     /// The effective strategy.
     pub strategy: Strategy,
-    /// Suspended in the spec (application, environment or cluster).
-    pub suspended: bool,
+    /// Which spec suspends it, if any: `application`, `environment` or `cluster`.
+    pub suspended_by: Option<String>,
     /// Hash of the immutable part (version, image, workload, health): a change needs a new
     /// server group.
     pub spec_hash: SpecHash,
@@ -199,11 +199,16 @@ mod cluster_list {
     use super::DesiredCluster;
     use crate::model::ClusterId;
 
-    pub fn serialize<S: Serializer>(map: &BTreeMap<ClusterId, DesiredCluster>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<ClusterId, DesiredCluster>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.values())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ClusterId, DesiredCluster>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ClusterId, DesiredCluster>, D::Error> {
         let list = Vec::<DesiredCluster>::deserialize(d)?;
         Ok(list.into_iter().map(|c| (c.id.clone(), c)).collect())
     }

@@ -2,12 +2,14 @@
 
 mod desired;
 mod ids;
+mod observed;
 
 pub use desired::{
     CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, SourceRef,
     SpecHash, Target, WorkloadSpec,
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
+pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};
 
 /// Label keys that carry identity on every provider; names are never parsed.
 pub mod labels {

@@ -26,7 +26,9 @@ pub const IGNORE_FILE: &str = ".keelsonignore";
 /// Paths from `.keelsonignore`: one per line, relative to the root, `#` comments; a path
 /// ignores that file or everything under that directory.
 fn ignored_paths(root: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string(root.join(IGNORE_FILE)) else { return Vec::new() };
+    let Ok(text) = fs::read_to_string(root.join(IGNORE_FILE)) else {
+        return Vec::new();
+    };
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

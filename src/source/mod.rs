@@ -24,6 +24,19 @@ pub struct SourceSet {
     pub diagnostics: Vec<crate::diag::Diagnostic>,
 }
 
+impl SourceSet {
+    /// A content revision for a working directory: a hash of every file's path and bytes (Git
+    /// sources use the commit id instead).
+    pub fn content_revision(&self) -> String {
+        let parts: Vec<(&std::path::Path, &[u8])> = self
+            .files
+            .iter()
+            .map(|f| (f.path.as_path(), f.bytes.as_slice()))
+            .collect();
+        format!("dir:{}", crate::model::SpecHash::of(&parts))
+    }
+}
+
 /// Why a repository could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

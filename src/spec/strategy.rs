@@ -143,7 +143,7 @@ impl Default for Strategy {
 }
 
 /// The strategy's type without its parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
     /// See [`Strategy::RedBlack`].

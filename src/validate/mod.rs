@@ -66,14 +66,14 @@ pub fn validate(loaded: Loaded) -> Validated {
                 Ok(spec) => out.specs.applications.push(Spec { doc, spec }),
                 Err(d) => {
                     broken.note(&doc);
-                    out.diagnostics.push(d);
+                    out.diagnostics.push(*d);
                 }
             },
             Kind::Environment => match typed::<Environment>(&doc, value) {
                 Ok(spec) => out.specs.environments.push(Spec { doc, spec }),
                 Err(d) => {
                     broken.note(&doc);
-                    out.diagnostics.push(d);
+                    out.diagnostics.push(*d);
                 }
             },
         }
@@ -83,10 +83,15 @@ pub fn validate(loaded: Loaded) -> Validated {
     out
 }
 
-fn typed<T: serde::de::DeserializeOwned>(doc: &Document, value: Value) -> Result<T, Diagnostic> {
+fn typed<T: serde::de::DeserializeOwned>(
+    doc: &Document,
+    value: Value,
+) -> Result<T, Box<Diagnostic>> {
     serde_json::from_value(value).map_err(|e| {
+        Box::new(
         Diagnostic::error("invalid", &doc.file, e.to_string())
             .at(doc.root.pos)
-            .hint("fix the value; if the schema accepted it, this is a Keelson bug worth reporting")
+            .hint("fix the value; if the schema accepted it, this is a Keelson bug worth reporting"),
+        )
     })
 }

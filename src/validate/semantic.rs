@@ -463,31 +463,31 @@ fn check_application(
             );
         }
         let cap = c.capacity;
-        if let Some(min) = cap.min {
-            if min > cap.desired {
-                out.push(
-                    err(
-                        doc,
-                        "capacity",
-                        &format!("{p}/capacity"),
-                        format!("min ({min}) is greater than desired ({})", cap.desired),
-                    )
-                    .hint("make min <= desired <= max"),
-                );
-            }
+        if let Some(min) = cap.min
+            && min > cap.desired
+        {
+            out.push(
+                err(
+                    doc,
+                    "capacity",
+                    &format!("{p}/capacity"),
+                    format!("min ({min}) is greater than desired ({})", cap.desired),
+                )
+                .hint("make min <= desired <= max"),
+            );
         }
-        if let Some(max) = cap.max {
-            if max < cap.desired {
-                out.push(
-                    err(
-                        doc,
-                        "capacity",
-                        &format!("{p}/capacity"),
-                        format!("max ({max}) is less than desired ({})", cap.desired),
-                    )
-                    .hint("make min <= desired <= max"),
-                );
-            }
+        if let Some(max) = cap.max
+            && max < cap.desired
+        {
+            out.push(
+                err(
+                    doc,
+                    "capacity",
+                    &format!("{p}/capacity"),
+                    format!("max ({max}) is less than desired ({})", cap.desired),
+                )
+                .hint("make min <= desired <= max"),
+            );
         }
         if let Some(s) = &c.strategy {
             check_strategy(doc, &format!("{p}/strategy"), s, out);

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per area (fewer binaries link faster).
 
+mod plan_scenarios;
+mod properties;
+mod schemas;
 mod support;
 mod validate_cli;
-mod schemas;
-mod properties;

@@ -16,7 +16,10 @@ fn shared_definitions_are_identical() {
     let app = schema("application.schema.json");
     let env = schema("environment.schema.json");
     for def in ["name", "duration", "strategy"] {
-        assert_eq!(app["$defs"][def], env["$defs"][def], "$defs.{def} differs between the schemas");
+        assert_eq!(
+            app["$defs"][def], env["$defs"][def],
+            "$defs.{def} differs between the schemas"
+        );
     }
 }
 
@@ -34,7 +37,10 @@ fn walk(v: &Value, path: &str, missing: &mut Vec<String>) {
                 walk(child, &format!("{path}/{k}"), missing);
             }
         }
-        Value::Array(a) => a.iter().enumerate().for_each(|(i, c)| walk(c, &format!("{path}/{i}"), missing)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, c)| walk(c, &format!("{path}/{i}"), missing)),
         _ => {}
     }
 }
@@ -47,7 +53,10 @@ fn every_property_is_described() {
         assert!(s["$id"].as_str().is_some_and(|id| id.ends_with(name)));
         let mut missing = Vec::new();
         walk(&s, "", &mut missing);
-        assert!(missing.is_empty(), "{name}: properties without description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{name}: properties without description: {missing:?}"
+        );
     }
 }
 
@@ -61,12 +70,20 @@ fn examples_pass_schema_and_types() {
         let text = String::from_utf8_lossy(&f.bytes);
         if text.contains("apiVersion: keelson/v1") && !f.path.starts_with("tests") {
             spec_files += 1;
-            assert!(text.starts_with("# yaml-language-server: $schema="), "{} lacks the schema line", f.path.display());
+            assert!(
+                text.starts_with("# yaml-language-server: $schema="),
+                "{} lacks the schema line",
+                f.path.display()
+            );
         }
     }
     assert!(spec_files >= 5);
     let only_specs = keelson::source::SourceSet {
-        files: sources.files.into_iter().filter(|f| !f.path.starts_with("tests")).collect(),
+        files: sources
+            .files
+            .into_iter()
+            .filter(|f| !f.path.starts_with("tests"))
+            .collect(),
         diagnostics: vec![],
     };
     let checked = keelson::pipeline::check(only_specs);

@@ -9,15 +9,32 @@ use crate::support::{fixture, root, run};
 fn this_repository_is_valid() {
     let (code, out) = run(&["validate"], &root());
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("3 environments") && out.contains(": valid"), "{out}");
+    assert!(
+        out.contains("3 environments") && out.contains(": valid"),
+        "{out}"
+    );
 }
 
 #[test]
 fn json_output_is_stable() {
-    let (code, out) = run(&["validate", "--format", "json", "--repo", "tests/fixtures/invalid/semantic"], &root());
+    let (code, out) = run(
+        &[
+            "validate",
+            "--format",
+            "json",
+            "--repo",
+            "tests/fixtures/invalid/semantic",
+        ],
+        &root(),
+    );
     assert_eq!(code, 1);
-    let json = out.split("--- stdout\n").nth(1).and_then(|s| s.split("--- stderr").next()).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(json).expect("validate --format json prints JSON");
+    let json = out
+        .split("--- stdout\n")
+        .nth(1)
+        .and_then(|s| s.split("--- stderr").next())
+        .unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(json).expect("validate --format json prints JSON");
     insta::assert_json_snapshot!("validate_json_semantic", v);
 }
 
@@ -25,7 +42,10 @@ fn json_output_is_stable() {
 #[test]
 fn invalid_fixtures() {
     let dir = fixture("invalid");
-    let mut names: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     assert!(names.len() >= 15, "fixtures went missing: {names:?}");
     for name in names {
@@ -49,7 +69,11 @@ fn temp_repo() -> tempfile::TempDir {
 #[test]
 fn deep_nesting_is_refused() {
     let t = temp_repo();
-    let text = format!("apiVersion: keelson/v1\nkind: Application\nspec: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let text = format!(
+        "apiVersion: keelson/v1\nkind: Application\nspec: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     fs::write(t.path().join("deep.yaml"), text).unwrap();
     let (code, out) = run(&["validate", "--repo", "."], t.path());
     assert_eq!(code, 1, "{out}");
@@ -70,7 +94,8 @@ fn huge_file_is_refused_without_reading_it() {
 fn non_utf8_is_refused_with_position() {
     let t = temp_repo();
     let mut f = fs::File::create(t.path().join("latin1.yaml")).unwrap();
-    f.write_all(b"apiVersion: keelson/v1\nkind: Application\nmetadata: {name: caf\xe9}\n").unwrap();
+    f.write_all(b"apiVersion: keelson/v1\nkind: Application\nmetadata: {name: caf\xe9}\n")
+        .unwrap();
     let (code, out) = run(&["validate", "--repo", "."], t.path());
     assert_eq!(code, 1, "{out}");
     insta::assert_snapshot!("invalid_non_utf8", out);
@@ -80,12 +105,26 @@ fn non_utf8_is_refused_with_position() {
 #[test]
 fn symlink_outside_is_refused() {
     let outside = tempfile::tempdir().unwrap();
-    fs::write(outside.path().join("secret.yaml"), "apiVersion: keelson/v1\n").unwrap();
+    fs::write(
+        outside.path().join("secret.yaml"),
+        "apiVersion: keelson/v1\n",
+    )
+    .unwrap();
     let t = temp_repo();
-    std::os::unix::fs::symlink(outside.path().join("secret.yaml"), t.path().join("link.yaml")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.yaml"),
+        t.path().join("link.yaml"),
+    )
+    .unwrap();
     let (code, out) = run(&["validate", "--repo", "."], t.path());
     assert_eq!(code, 1, "{out}");
-    let out = out.replace(&fs::canonicalize(outside.path()).unwrap().display().to_string(), "[OUTSIDE]");
+    let out = out.replace(
+        &fs::canonicalize(outside.path())
+            .unwrap()
+            .display()
+            .to_string(),
+        "[OUTSIDE]",
+    );
     insta::assert_snapshot!("invalid_symlink_outside", out);
 }
 
@@ -100,10 +139,22 @@ fn missing_directory_is_an_error() {
 fn other_yaml_is_ignored() {
     let t = temp_repo();
     fs::create_dir_all(t.path().join(".github/workflows")).unwrap();
-    fs::write(t.path().join(".github/workflows/ci.yaml"), "on: [push]\njobs: {a: {b: [\n").unwrap();
-    fs::write(t.path().join("deploy.yaml"), "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n").unwrap();
+    fs::write(
+        t.path().join(".github/workflows/ci.yaml"),
+        "on: [push]\njobs: {a: {b: [\n",
+    )
+    .unwrap();
+    fs::write(
+        t.path().join("deploy.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+    )
+    .unwrap();
     fs::create_dir_all(t.path().join("target")).unwrap();
-    fs::write(t.path().join("target/junk.yaml"), "apiVersion: keelson/v1\n").unwrap();
+    fs::write(
+        t.path().join("target/junk.yaml"),
+        "apiVersion: keelson/v1\n",
+    )
+    .unwrap();
     let (code, out) = run(&["validate", "--repo", "."], t.path());
     assert_eq!(code, 0, "{out}");
 }

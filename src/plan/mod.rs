@@ -1,0 +1,296 @@
+//! Planning: a pure function of desired state, observed state and policy to a [`Plan`].
+//!
+//! The plan leaves no choices to execution: sequences, capacities, weights and step order are
+//! fixed here; it records what it was based on (config revision, observed fingerprint) so a
+//! stale plan is refused; and a cluster that may not move says why.
+
+mod guard;
+mod planner;
+mod policy;
+mod sequence;
+mod step;
+mod window;
+
+use serde::{Deserialize, Serialize};
+
+pub use guard::{Sim, SimGroup, check_invariant};
+pub use planner::{Selection, plan};
+pub use policy::{Approval, Lock, Policy, Scope, Suspend};
+pub use sequence::next_sequence;
+pub use step::{Share, Step};
+pub use window::in_window;
+
+use crate::model::{ClusterId, DesiredCluster, SpecHash};
+use crate::spec::{AppName, StrategyKind};
+
+/// The version of the plan's JSON shape (`schemas/plan.schema.json`).
+pub const PLAN_FORMAT: u32 = 1;
+
+/// What a plan does to one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A new cluster: its first server group.
+    Create,
+    /// A new version or spec: a new server group rolled out by the strategy.
+    RollOut,
+    /// Only capacity changed: resize in place.
+    Resize,
+    /// Live state drifted from desired: restore it.
+    Restore,
+    /// Destroy disabled server groups beyond `keepDisabled`.
+    Cleanup,
+    /// An orphaned cluster in an environment with pruning on: destroy it.
+    Prune,
+    /// An orphaned cluster, reported only (pruning is off).
+    Orphan,
+}
+
+impl Action {
+    /// The symbol in text plans.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::Create => "+",
+            Self::RollOut => ">>",
+            Self::Resize | Self::Restore => "~",
+            Self::Cleanup | Self::Prune => "-",
+            Self::Orphan => "?",
+        }
+    }
+
+    /// The word in text plans.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::RollOut => "roll out",
+            Self::Resize => "resize",
+            Self::Restore => "restore (drift)",
+            Self::Cleanup => "clean up",
+            Self::Prune => "prune",
+            Self::Orphan => "orphan",
+        }
+    }
+}
+
+/// Why a cluster will not move now.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Block {
+    /// A break-glass suspend covers it.
+    Suspended {
+        /// Where the suspend applies.
+        scope: String,
+        /// Who.
+        who: String,
+        /// Why.
+        reason: String,
+        /// Until when.
+        until: Option<jiff::Timestamp>,
+    },
+    /// `suspended: true` in a spec.
+    SuspendedInSpec {
+        /// Application, environment or cluster.
+        by: String,
+    },
+    /// Another actuation holds the cluster's lock.
+    Locked {
+        /// The holder.
+        owner: String,
+        /// What for.
+        reason: String,
+        /// When it lapses.
+        expires: jiff::Timestamp,
+    },
+    /// Outside every deployment window of the environment.
+    OutsideWindow {
+        /// The windows, as written.
+        windows: Vec<String>,
+    },
+    /// The environment needs approval of this version.
+    AwaitingApproval {
+        /// The version.
+        version: String,
+    },
+    /// An upstream environment does not run this version healthy yet.
+    Promotion {
+        /// The environments still to pass.
+        waiting_on: Vec<String>,
+        /// The version.
+        version: String,
+    },
+    /// A step would leave the serving cluster without a healthy enabled group.
+    GuardRefused {
+        /// The step index (0-based).
+        step: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The target could not be observed.
+    TargetUnavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Suspended {
+                scope,
+                who,
+                reason,
+                until,
+            } => {
+                write!(f, "suspended ({scope}) by {who}: {reason}")?;
+                if let Some(u) = until {
+                    write!(f, " until {u}")?;
+                }
+                Ok(())
+            }
+            Self::SuspendedInSpec { by } => write!(f, "suspended in the {by} spec"),
+            Self::Locked {
+                owner,
+                reason,
+                expires,
+            } => write!(f, "locked by {owner} ({reason}) until {expires}"),
+            Self::OutsideWindow { windows } => {
+                write!(f, "outside the deployment windows: {}", windows.join("; "))
+            }
+            Self::AwaitingApproval { version } => {
+                write!(f, "awaiting approval of {version} (keelson approve)")
+            }
+            Self::Promotion {
+                waiting_on,
+                version,
+            } => write!(
+                f,
+                "waiting for {version} to be live and healthy in {}",
+                waiting_on.join(", ")
+            ),
+            Self::GuardRefused { step, reason } => {
+                write!(f, "traffic guard refuses step {}: {reason}", step + 1)
+            }
+            Self::TargetUnavailable { reason } => write!(f, "target unavailable: {reason}"),
+        }
+    }
+}
+
+/// A changed field, for the diff.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Change {
+    /// The field, e.g. `version` or `capacity.desired`.
+    pub field: String,
+    /// Live value (absent for a new cluster).
+    pub from: Option<String>,
+    /// Desired value (absent when destroyed).
+    pub to: Option<String>,
+}
+
+/// A step with what guards it and what undoes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// The operation.
+    #[serde(flatten)]
+    pub step: Step,
+    /// One line for people.
+    pub description: String,
+    /// What must hold before it runs.
+    pub guard: String,
+    /// What happens if it fails.
+    pub rollback: String,
+}
+
+impl From<Step> for PlannedStep {
+    fn from(step: Step) -> Self {
+        Self {
+            description: step.to_string(),
+            guard: step.guard(),
+            rollback: step.rollback(),
+            step,
+        }
+    }
+}
+
+/// The plan for one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlan {
+    /// Environment, target and name.
+    pub id: ClusterId,
+    /// The application.
+    pub app: AppName,
+    /// What happens.
+    pub action: Action,
+    /// Whether this restores drift.
+    pub drift: bool,
+    /// The strategy used.
+    pub strategy: Option<StrategyKind>,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// Changed fields.
+    pub changes: Vec<Change>,
+    /// The ordered steps.
+    pub steps: Vec<PlannedStep>,
+    /// What stops it now; empty when it may go ahead.
+    pub blocked: Vec<Block>,
+    /// The desired cluster the steps build (absent for orphans), so a saved plan is complete.
+    pub desired: Option<DesiredCluster>,
+}
+
+impl ClusterPlan {
+    /// Whether it may be applied now.
+    pub fn ready(&self) -> bool {
+        self.blocked.is_empty()
+    }
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Clusters created.
+    pub create: usize,
+    /// Clusters rolled out.
+    pub roll_out: usize,
+    /// Clusters resized.
+    pub resize: usize,
+    /// Clusters restored from drift.
+    pub restore: usize,
+    /// Server groups destroyed (cleanup, highlander, prune).
+    pub destroy: usize,
+    /// Orphaned clusters reported.
+    pub orphans: usize,
+    /// Clusters blocked.
+    pub blocked: usize,
+    /// Clusters already as desired.
+    pub unchanged: usize,
+}
+
+/// A whole plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The JSON shape version.
+    pub format_version: u32,
+    /// The config revision the plan is for (Git commit or content hash).
+    pub revision: String,
+    /// Fingerprint of the observed state it was computed against.
+    pub observed_fingerprint: SpecHash,
+    /// When it was computed.
+    pub generated_at: jiff::Timestamp,
+    /// Clusters with changes or blocks, ordered by id.
+    pub clusters: Vec<ClusterPlan>,
+    /// Counts.
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// Whether the plan changes anything (orphans reported only do not count).
+    pub fn has_changes(&self) -> bool {
+        self.clusters.iter().any(|c| c.action != Action::Orphan)
+    }
+}

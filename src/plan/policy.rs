@@ -1,0 +1,106 @@
+//! What besides specs and live state decides whether a cluster may move: suspends, locks,
+//! approvals and the time. Passed into the planner; the planner never reads a clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ClusterId;
+use crate::spec::{AppName, EnvName};
+
+/// Where a suspend applies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+pub enum Scope {
+    /// Everything.
+    Global,
+    /// One environment.
+    Environment(EnvName),
+    /// One application, in every environment.
+    Application(AppName),
+    /// One cluster: `name`, `env/name` or `env/target/name`.
+    Cluster(String),
+}
+
+impl Scope {
+    /// Whether the scope covers a cluster of `app`.
+    pub fn covers(&self, id: &ClusterId, app: &AppName) -> bool {
+        match self {
+            Self::Global => true,
+            Self::Environment(e) => &id.environment == e,
+            Self::Application(a) => a == app,
+            Self::Cluster(sel) => id.matches(sel),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Global => f.write_str("global"),
+            Self::Environment(e) => write!(f, "environment {e}"),
+            Self::Application(a) => write!(f, "application {a}"),
+            Self::Cluster(c) => write!(f, "cluster {c}"),
+        }
+    }
+}
+
+/// A break-glass suspend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Suspend {
+    /// Where.
+    pub scope: Scope,
+    /// Who suspended.
+    pub who: String,
+    /// Why.
+    pub reason: String,
+    /// When it lapses by itself, if ever.
+    pub until: Option<jiff::Timestamp>,
+}
+
+/// A held cluster lock.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lock {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// Who holds it (host, pid, command).
+    pub owner: String,
+    /// What for.
+    pub reason: String,
+    /// When it lapses unless renewed.
+    pub expires: jiff::Timestamp,
+}
+
+/// An approval of one version for one application in one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Approval {
+    /// Environment.
+    pub environment: EnvName,
+    /// Application.
+    pub app: AppName,
+    /// Version.
+    pub version: String,
+}
+
+/// Everything the planner needs besides desired and observed state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The time the plan is for.
+    pub now: jiff::Timestamp,
+    /// Active suspends.
+    pub suspends: Vec<Suspend>,
+    /// Held locks.
+    pub locks: Vec<Lock>,
+    /// Granted approvals.
+    pub approvals: Vec<Approval>,
+}
+
+impl Policy {
+    /// A policy with nothing held at time `now`.
+    pub fn at(now: jiff::Timestamp) -> Self {
+        Self {
+            now,
+            suspends: Vec::new(),
+            locks: Vec::new(),
+            approvals: Vec::new(),
+        }
+    }
+}

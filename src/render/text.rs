@@ -1,0 +1,96 @@
+//! The plan as text, Terraform-like: symbols, steps, a field diff and a summary line.
+
+use std::fmt::Write as _;
+
+use super::{Style, field_diff};
+use crate::plan::{Action, ClusterPlan, Plan};
+
+fn paint(style: Style, action: Action, t: &str) -> String {
+    match action {
+        Action::Create => style.good(t),
+        Action::RollOut => style.roll(t),
+        Action::Resize | Action::Restore => style.change(t),
+        Action::Cleanup | Action::Prune => style.remove(t),
+        Action::Orphan => style.warn(t),
+    }
+}
+
+/// `Plan: 1 to create, 2 to roll out, 1 to resize, 0 to restore, 0 to destroy.`
+pub fn summary_line(plan: &Plan) -> String {
+    let s = &plan.summary;
+    if !plan.has_changes() {
+        let mut line = format!(
+            "No changes. The live state matches the specs ({} clusters).",
+            s.unchanged
+        );
+        if s.orphans > 0 {
+            let _ = write!(line, " {} orphaned cluster(s) reported.", s.orphans);
+        }
+        return line;
+    }
+    let mut line = format!(
+        "Plan: {} to create, {} to roll out, {} to resize, {} to restore, {} to destroy.",
+        s.create, s.roll_out, s.resize, s.restore, s.destroy
+    );
+    if s.blocked > 0 {
+        let _ = write!(line, " {} blocked.", s.blocked);
+    }
+    if s.orphans > 0 {
+        let _ = write!(line, " {} orphaned.", s.orphans);
+    }
+    line
+}
+
+fn cluster(out: &mut String, c: &ClusterPlan, style: Style) {
+    let head = format!("{} {}", c.action.symbol(), c.id);
+    let strategy = c
+        .strategy
+        .filter(|_| matches!(c.action, Action::Create | Action::RollOut))
+        .map(|s| format!(" by {s}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{}  {}{}{}",
+        style.bold(&paint(style, c.action, &head)),
+        c.action.word(),
+        strategy,
+        if c.drift { " [drift]" } else { "" }
+    );
+    if !c.reason.is_empty() {
+        let _ = writeln!(out, "    {}", c.reason);
+    }
+    if !c.changes.is_empty() {
+        for line in field_diff(&c.changes).lines() {
+            let shown = if line.starts_with('+') && !line.starts_with("+++") {
+                style.good(line)
+            } else if line.starts_with('-') && !line.starts_with("---") {
+                style.remove(line)
+            } else {
+                line.to_string()
+            };
+            let _ = writeln!(out, "    {shown}");
+        }
+    }
+    for (i, p) in c.steps.iter().enumerate() {
+        let _ = writeln!(out, "    {:>2}. {}", i + 1, p.description);
+    }
+    for b in &c.blocked {
+        let _ = writeln!(out, "    {} {b}", style.warn("! blocked:"));
+    }
+    out.push('\n');
+}
+
+/// The whole plan as text.
+pub fn text(plan: &Plan, style: Style) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Keelson plan for revision {} (observed {})\n",
+        plan.revision, plan.observed_fingerprint
+    );
+    for c in &plan.clusters {
+        cluster(&mut out, c, style);
+    }
+    let _ = writeln!(out, "{}", style.bold(&summary_line(plan)));
+    out
+}

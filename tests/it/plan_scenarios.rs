@@ -1,0 +1,476 @@
+//! Planner scenarios: converge an in-memory target to one state, change the specs or the live
+//! state, and check the plan (golden text, markdown and JSON) and that executing it converges.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keelson::engine::execute_step;
+use keelson::model::{DesiredState, ObservedState};
+use keelson::observe::{Providers, observe};
+use keelson::plan::{Lock, Plan, Policy, Scope, Selection, Suspend, plan};
+use keelson::provider::memory::MemoryProvider;
+use keelson::render::{Style, json, markdown, text};
+use keelson::source::{SourceFile, SourceSet};
+use keelson::spec::ProviderKind;
+
+const ENVS: &str = "apiVersion: keelson/v1
+kind: Environment
+metadata: {name: dev}
+spec:
+  targets: [{name: local, provider: local}]
+---
+apiVersion: keelson/v1
+kind: Environment
+metadata: {name: prod}
+spec:
+  dependsOn: [dev]
+  prune: true
+  targets: [{name: local, provider: local}]
+";
+
+/// An application with one dev cluster.
+pub fn app(name: &str, version: &str, desired: u32, strategy: &str, port: u16) -> String {
+    format!(
+        "apiVersion: keelson/v1
+kind: Application
+metadata: {{name: {name}}}
+spec:
+  artifact: {{version: \"{version}\"}}
+  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}
+  health: {{http: {{path: /healthz}}, timeout: 30s}}
+  clusters:
+    - {{environment: dev, target: local, capacity: {{desired: {desired}}}, strategy: {strategy}, traffic: {{port: {port}}}}}
+"
+    )
+}
+
+/// Compiles specs (with the standard environments); panics on invalid specs.
+pub fn desired(apps: &[String]) -> DesiredState {
+    let mut files = vec![SourceFile {
+        path: PathBuf::from("envs.yaml"),
+        bytes: ENVS.as_bytes().to_vec(),
+    }];
+    for (i, a) in apps.iter().enumerate() {
+        files.push(SourceFile {
+            path: PathBuf::from(format!("app{i}.yaml")),
+            bytes: a.as_bytes().to_vec(),
+        });
+    }
+    let checked = keelson::pipeline::check(SourceSet {
+        files,
+        diagnostics: vec![],
+    });
+    checked
+        .desired
+        .unwrap_or_else(|| panic!("invalid specs: {:?}", checked.diagnostics))
+}
+
+pub fn policy() -> Policy {
+    Policy::at("2026-11-23T10:00:00Z".parse().unwrap())
+}
+
+pub fn providers(p: &Arc<MemoryProvider>) -> Providers {
+    Providers::new().with(ProviderKind::Local, p.clone())
+}
+
+/// Executes every ready cluster's steps, checking the traffic guard against a fresh observation
+/// after each step; repeats until the plan has nothing ready. Returns the rounds taken.
+pub async fn converge(d: &DesiredState, p: &Arc<MemoryProvider>, policy: &Policy) -> usize {
+    let providers = providers(p);
+    for round in 0..6 {
+        let observed = observe(d, &providers).await;
+        let pl = plan(d, &observed, policy, "test", &Selection::default());
+        let ready: Vec<_> = pl
+            .clusters
+            .iter()
+            .filter(|c| c.ready() && !c.steps.is_empty())
+            .collect();
+        if ready.is_empty() {
+            return round;
+        }
+        for c in ready {
+            let serving_before = observed.clusters.get(&c.id).is_some_and(|l| l.serving());
+            let cluster = c.desired.clone().unwrap_or_else(|| orphan_stub(d, &c.id));
+            for s in &c.steps {
+                execute_step(p.as_ref(), &cluster, &s.step).await.unwrap();
+                let now = observe(d, &providers).await;
+                if serving_before {
+                    assert!(
+                        now.clusters.get(&c.id).is_some_and(|l| l.serving())
+                            || matches!(s.step, keelson::plan::Step::Destroy { .. })
+                                && c.desired.is_none(),
+                        "{} stopped serving after `{}`",
+                        c.id,
+                        s.description
+                    );
+                }
+            }
+        }
+    }
+    panic!("did not converge in 6 rounds");
+}
+
+/// Orphans have no desired cluster; steps on them only need the id and target.
+fn orphan_stub(d: &DesiredState, id: &keelson::model::ClusterId) -> keelson::model::DesiredCluster {
+    let mut c = d
+        .clusters
+        .values()
+        .next()
+        .cloned()
+        .expect("some cluster to borrow a shape from");
+    c.id = id.clone();
+    c
+}
+
+async fn observed(d: &DesiredState, p: &Arc<MemoryProvider>) -> ObservedState {
+    observe(d, &providers(p)).await
+}
+
+fn render_all(pl: &Plan) -> String {
+    format!(
+        "{}\n===== markdown\n{}",
+        text(pl, Style::default()),
+        markdown(pl)
+    )
+}
+
+fn snapshot(name: &str, pl: &Plan) {
+    insta::assert_snapshot!(format!("plan_{name}"), render_all(pl));
+    insta::assert_snapshot!(format!("plan_{name}_json"), json(pl));
+}
+
+/// Converges `before`, applies `mutate` to the live state, plans `after`.
+async fn scenario(
+    before: &[String],
+    after: &[String],
+    mutate: impl FnOnce(&MemoryProvider),
+) -> (Plan, Arc<MemoryProvider>, DesiredState) {
+    let p = Arc::new(MemoryProvider::new());
+    let pol = policy();
+    if !before.is_empty() {
+        converge(&desired(before), &p, &pol).await;
+    }
+    mutate(&p);
+    let d = desired(after);
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &pol,
+        "rev-after",
+        &Selection::default(),
+    );
+    (pl, p, d)
+}
+
+fn rb() -> &'static str {
+    "{type: red-black, keepDisabled: 1}"
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_cluster_then_no_changes() {
+    let apps = vec![app("hello", "1.0.0", 2, rb(), 18080)];
+    let (pl, p, d) = scenario(&[], &apps, |_| {}).await;
+    assert_eq!(pl.summary.create, 1);
+    assert!(
+        pl.clusters[0].steps[0]
+            .description
+            .starts_with("create hello-v000"),
+        "{}",
+        pl.clusters[0].steps[0].description
+    );
+    snapshot("new_cluster", &pl);
+    converge(&d, &p, &policy()).await;
+    let again = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    assert!(!again.has_changes(), "{}", text(&again, Style::default()));
+    snapshot("no_changes", &again);
+    let twice = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    assert_eq!(json(&again), json(&twice), "planning is deterministic");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_strategy_rolls_out_a_new_version() {
+    let strategies = [
+        ("red_black", "{type: red-black, keepDisabled: 1}"),
+        (
+            "rolling_red_black",
+            "{type: rolling-red-black, steps: [25, 50]}",
+        ),
+        ("highlander", "{type: highlander}"),
+        (
+            "rolling_update",
+            "{type: rolling-update, maxUnavailable: 2}",
+        ),
+        (
+            "canary",
+            "{type: canary, steps: [{weight: 10, pause: 30s}, {weight: 50, pause: 1m}]}",
+        ),
+        ("none", "{type: none}"),
+    ];
+    for (name, s) in strategies {
+        let (pl, p, d) = scenario(
+            &[app("hello", "1.0.0", 4, s, 18080)],
+            &[app("hello", "1.1.0", 4, s, 18080)],
+            |_| {},
+        )
+        .await;
+        assert_eq!(pl.summary.roll_out, 1, "{name}");
+        assert!(
+            pl.clusters[0].blocked.is_empty(),
+            "{name}: {:?}",
+            pl.clusters[0].blocked
+        );
+        snapshot(&format!("rollout_{name}"), &pl);
+        converge(&d, &p, &policy()).await;
+        let live = p.snapshot();
+        let serving: Vec<_> = live[0]
+            .server_groups
+            .iter()
+            .filter(|g| g.serving())
+            .collect();
+        assert_eq!(serving.len(), 1, "{name}: one group serves at the end");
+        assert_eq!(serving[0].version, "1.1.0", "{name}");
+        assert_eq!(serving[0].instances.len(), 4, "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_only_change_resizes_in_place() {
+    let (pl, _, _) = scenario(
+        &[app("hello", "1.0.0", 2, rb(), 18080)],
+        &[app("hello", "1.0.0", 5, rb(), 18080)],
+        |_| {},
+    )
+    .await;
+    assert_eq!(pl.summary.resize, 1);
+    assert!(
+        pl.clusters[0]
+            .steps
+            .iter()
+            .all(|s| !matches!(s.step, keelson::plan::Step::CreateServerGroup { .. }))
+    );
+    snapshot("resize", &pl);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_restored() {
+    use keelson::provider::Provider;
+    let apps = vec![app("hello", "1.0.0", 3, rb(), 18080)];
+    let d = desired(&apps);
+    let id = d.clusters.keys().next().cloned().unwrap();
+    let p = Arc::new(MemoryProvider::new());
+    converge(&d, &p, &policy()).await;
+    // A group disabled by hand, nothing else serving.
+    p.set_traffic(&id, keelson::model::Sequence::FIRST, false, 0)
+        .await
+        .unwrap();
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    assert_eq!(pl.summary.restore, 1);
+    assert!(pl.clusters[0].drift);
+    snapshot("drift_disabled", &pl);
+    converge(&d, &p, &policy()).await;
+    assert!(p.snapshot()[0].serving());
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_groups_beyond_keep_disabled_are_cleaned_up() {
+    let p = Arc::new(MemoryProvider::new());
+    for v in ["1.0.0", "1.1.0", "1.2.0"] {
+        converge(
+            &desired(&[app(
+                "hello",
+                v,
+                1,
+                "{type: red-black, keepDisabled: 5}",
+                18080,
+            )]),
+            &p,
+            &policy(),
+        )
+        .await;
+    }
+    assert_eq!(p.snapshot()[0].server_groups.len(), 3);
+    let d = desired(&[app(
+        "hello",
+        "1.2.0",
+        1,
+        "{type: red-black, keepDisabled: 1}",
+        18080,
+    )]);
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    assert_eq!(pl.summary.destroy, 1);
+    snapshot("cleanup", &pl);
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_are_reported_or_pruned() {
+    let both = vec![
+        app("hello", "1.0.0", 1, rb(), 18080),
+        app("gone", "1.0.0", 1, rb(), 18081),
+    ];
+    let (pl, _, _) = scenario(&both, &both[..1], |_| {}).await;
+    assert_eq!(pl.summary.orphans, 1);
+    assert!(!pl.has_changes(), "a reported orphan is not a change");
+    snapshot("orphan_reported", &pl);
+}
+
+#[tokio::test(start_paused = true)]
+async fn suspends_locks_and_guards_block() {
+    let d = desired(&[app("hello", "1.1.0", 2, rb(), 18080)]);
+    let id = d.clusters.keys().next().cloned().unwrap();
+    let p = Arc::new(MemoryProvider::new());
+    converge(
+        &desired(&[app("hello", "1.0.0", 2, rb(), 18080)]),
+        &p,
+        &policy(),
+    )
+    .await;
+    let mut pol = policy();
+    pol.suspends.push(Suspend {
+        scope: Scope::Environment("dev".parse_name()),
+        who: "alice".into(),
+        reason: "incident 42".into(),
+        until: None,
+    });
+    pol.locks.push(Lock {
+        cluster: id.clone(),
+        owner: "host-a pid 7 keelson apply".into(),
+        reason: "apply".into(),
+        expires: "2026-11-23T10:05:00Z".parse().unwrap(),
+    });
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &pol,
+        "rev",
+        &Selection::default(),
+    );
+    assert_eq!(pl.clusters[0].blocked.len(), 2);
+    assert_eq!(pl.summary.blocked, 1);
+    snapshot("suspended_locked", &pl);
+    // An expired suspend no longer blocks.
+    pol.suspends[0].until = Some("2026-11-23T09:00:00Z".parse().unwrap());
+    pol.locks.clear();
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &pol,
+        "rev",
+        &Selection::default(),
+    );
+    assert!(pl.clusters[0].blocked.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_stopped_part_way_carries_on() {
+    let canary = "{type: canary, steps: [{weight: 10, pause: 30s}, {weight: 50, pause: 1m}]}";
+    let p = Arc::new(MemoryProvider::new());
+    converge(
+        &desired(&[app("hello", "1.0.0", 2, canary, 18080)]),
+        &p,
+        &policy(),
+    )
+    .await;
+    let d = desired(&[app("hello", "1.1.0", 2, canary, 18080)]);
+    let first = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    let c = &first.clusters[0];
+    let cluster = c.desired.clone().unwrap();
+    // Run the first four steps (create, wait, shift 10%, pause), then "crash".
+    for s in &c.steps[..4] {
+        execute_step(p.as_ref(), &cluster, &s.step).await.unwrap();
+    }
+    let resumed = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    let steps: Vec<&str> = resumed.clusters[0]
+        .steps
+        .iter()
+        .map(|s| s.description.as_str())
+        .collect();
+    assert!(
+        steps[0].contains("50%"),
+        "resumes at the next weight, not from scratch: {steps:?}"
+    );
+    assert!(!steps.iter().any(|s| s.starts_with("create")), "{steps:?}");
+    snapshot("canary_resume", &resumed);
+    converge(&d, &p, &policy()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn promotion_waits_for_upstream() {
+    let prod = "apiVersion: keelson/v1
+kind: Application
+metadata: {name: hello}
+spec:
+  artifact: {version: \"2.0.0\"}
+  workload: {command: [keelson, demo-app, --port, \"{port}\"]}
+  clusters:
+    - {environment: dev, target: local, capacity: {desired: 1}, traffic: {port: 18080}}
+    - {environment: prod, target: local, stack: prod, capacity: {desired: 1}, traffic: {port: 18081}}
+"
+    .to_string();
+    let d = desired(&[prod]);
+    let p = Arc::new(MemoryProvider::new());
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    let prod_plan = pl
+        .clusters
+        .iter()
+        .find(|c| c.id.environment.as_str() == "prod")
+        .unwrap();
+    assert!(
+        matches!(prod_plan.blocked[0], keelson::plan::Block::Promotion { .. }),
+        "{:?}",
+        prod_plan.blocked
+    );
+    snapshot("promotion_blocked", &pl);
+    assert_eq!(converge(&d, &p, &policy()).await, 2, "dev first, then prod");
+}
+
+trait ParseName {
+    fn parse_name(self) -> keelson::spec::EnvName;
+}
+
+impl ParseName for &str {
+    fn parse_name(self) -> keelson::spec::EnvName {
+        keelson::spec::EnvName::new(self).unwrap()
+    }
+}
