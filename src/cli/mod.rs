@@ -1,6 +1,8 @@
 //! The command line: arguments, verbs, output and exit codes.
 
+mod local;
 mod output;
+mod plan;
 mod validate;
 
 use std::io::IsTerminal;
@@ -59,6 +61,116 @@ pub enum Format {
 pub enum Command {
     /// Check a config repository: schemas, references and rules. Exit 0 valid, 1 invalid.
     Validate(ValidateArgs),
+    /// Show what apply would do to the clusters, step by step, and what blocks it.
+    Plan(PlanArgs),
+    /// Stop everything Keelson runs on the local target (or one application's clusters).
+    Down(DownArgs),
+    /// A small HTTP service for examples and tests, with flags to misbehave on purpose.
+    DemoApp(DemoAppArgs),
+    /// Run the local target's agent in the foreground (started on demand by other commands).
+    LocalAgent(LocalAgentArgs),
+}
+
+/// Output formats of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Terraform-like text.
+    Text,
+    /// GitHub-flavoured markdown, as in pull request comments.
+    Markdown,
+    /// JSON, described by schemas/plan.schema.json.
+    Json,
+}
+
+/// Arguments of `keelson plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The config repository.
+    #[arg(long, default_value = ".", env = "KEELSON_REPO", hide_env_values = true)]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Only this environment (repeatable).
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// Only this application (repeatable).
+    #[arg(long)]
+    pub app: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// Also write the JSON plan here, for `apply --plan FILE`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+/// Arguments of `keelson down`.
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    /// The config repository (its state directory holds the local target).
+    #[arg(long, default_value = ".", env = "KEELSON_REPO", hide_env_values = true)]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Only this application's clusters.
+    #[arg(long)]
+    pub app: Option<String>,
+}
+
+/// Arguments of `keelson demo-app`.
+#[derive(Debug, clap::Args)]
+pub struct DemoAppArgs {
+    /// Port to listen on, on 127.0.0.1.
+    #[arg(long, env = "PORT")]
+    pub port: u16,
+    /// Never report healthy on /healthz.
+    #[arg(long)]
+    pub fail_health: bool,
+    /// Report healthy only after this long, e.g. 2s.
+    #[arg(long)]
+    pub healthy_after: Option<crate::spec::Duration>,
+    /// Share of requests to / that fail with 500, e.g. 0.3.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Extra latency per request, e.g. 50ms.
+    #[arg(long)]
+    pub latency: Option<crate::spec::Duration>,
+    /// Exit with status 1 after this long, e.g. 10s.
+    #[arg(long)]
+    pub crash_after: Option<crate::spec::Duration>,
+}
+
+/// Arguments of `keelson local-agent`.
+#[derive(Debug, clap::Args)]
+pub struct LocalAgentArgs {
+    /// The agent's directory (normally <state-dir>/local).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+}
+
+/// Errors of the command line's own making (the core's errors carry their own types).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The repository could not be read.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// A bad argument or a failed edge call, already phrased for a person.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing an output file failed.
+    #[error("cannot write `{path}`")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Arguments of `keelson validate`.
@@ -79,12 +191,25 @@ pub struct ValidateArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let style = Style {
-        color: cli.color.enabled(),
+    let style = Style { color: cli.color.enabled() };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}", output::error_report(&e, style));
+            return ExitCode::from(1);
+        }
     };
-    let result = match cli.command {
-        Command::Validate(args) => validate::run(&args, style),
-    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate(args) => validate::run(&args, style).map_err(CliError::from),
+            Command::Plan(args) => plan::run(&args, style).await,
+            Command::Down(args) => local::down(&args).await,
+            Command::DemoApp(args) => local::demo_app(&args).await,
+            Command::LocalAgent(args) => local::local_agent(&args).await,
+        }
+    });
+    // Do not wait for background tasks (probes, pooled connections) at exit.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -28,6 +28,9 @@ pub struct Instance {
     pub spec_hash: SpecHash,
     /// Health.
     pub health: InstanceHealth,
+    /// What went wrong last, e.g. an exit status and the last lines of stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One observed server group.

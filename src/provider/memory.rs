@@ -90,6 +90,7 @@ impl State {
             id: format!("i-{}", self.next_instance),
             spec_hash: spec_hash.clone(),
             health,
+            note: None,
         }
     }
 

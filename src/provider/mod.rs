@@ -1,6 +1,7 @@
 //! Providers: where server groups run. One trait for the local process cluster, Kubernetes and
 //! EC2; every operation is idempotent and identifies groups by labels, never by parsing names.
 
+pub mod local;
 pub mod memory;
 
 use async_trait::async_trait;

@@ -1,0 +1,594 @@
+//! `keelson local-agent`: owns the local target's processes and proxies, outlives the CLI, and
+//! keeps its desired local state on disk so that, killed and started again, it re-adopts the
+//! running instances (or restarts them) and traffic resumes.
+
+pub mod process;
+pub mod proxy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::process::Child;
+use tokio::sync::Mutex;
+
+use super::wire::{AgentInfo, ClusterSpec, GroupSpec, Op, Reply};
+use crate::model::{ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName, SpecHash};
+use crate::spec::AppName;
+use process::StartError;
+use proxy::{Backend, HealthMap, Proxy, Route};
+
+/// How long a stopping instance may finish in-flight requests before SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How long after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(5);
+/// How often the supervisor looks at processes.
+const SUPERVISE: Duration = Duration::from_millis(200);
+/// Probe interval until an instance is first healthy (fast, so rollouts are quick).
+const FAST_PROBE: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    next_instance: u64,
+    clusters: BTreeMap<String, ClusterState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClusterState {
+    id: ClusterId,
+    app: AppName,
+    traffic_port: Option<u16>,
+    groups: BTreeMap<u16, GroupState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupState {
+    name: ServerGroupName,
+    sequence: Sequence,
+    spec: GroupSpec,
+    capacity: u32,
+    enabled: bool,
+    weight: u8,
+    instances: Vec<InstanceState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InstanceState {
+    id: String,
+    port: u16,
+    pid: u32,
+    spec_hash: SpecHash,
+    version: String,
+}
+
+#[derive(Default)]
+struct Runtime {
+    children: HashMap<String, Child>,
+    probes: HashMap<String, Arc<AtomicBool>>,
+    inflight: HashMap<String, Arc<AtomicUsize>>,
+    notes: HashMap<String, String>,
+    /// Instances waiting to be restarted, and when to try.
+    restarts: HashMap<String, tokio::time::Instant>,
+    /// How often each instance has crashed, for backoff and reports.
+    crashes: HashMap<String, u32>,
+    proxies: HashMap<String, Proxy>,
+}
+
+/// The agent's state, behind one lock.
+pub struct Agent {
+    dir: PathBuf,
+    persisted: Persisted,
+    rt: Runtime,
+    health: HealthMap,
+}
+
+/// A process to stop once the lock is released.
+struct Stopping {
+    pid: u32,
+    child: Option<Child>,
+    inflight: Option<Arc<AtomicUsize>>,
+}
+
+type Shared = Arc<Mutex<Agent>>;
+
+fn key(id: &ClusterId) -> String {
+    id.to_string()
+}
+
+impl Agent {
+    fn save(&self) {
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        if let Ok(bytes) = serde_json::to_vec_pretty(&self.persisted) {
+            if fs::write(&tmp, bytes).is_ok() {
+                let _ = fs::rename(&tmp, &path);
+            }
+        }
+    }
+
+    fn routes(&self, cluster: &str) {
+        let Some(c) = self.persisted.clusters.get(cluster) else { return };
+        let Some(proxy) = self.rt.proxies.get(cluster) else { return };
+        let routes = c
+            .groups
+            .values()
+            .map(|g| Route {
+                group: g.name.to_string(),
+                weight: if g.enabled { g.weight } else { 0 },
+                backends: g
+                    .instances
+                    .iter()
+                    .filter(|i| !self.rt.restarts.contains_key(&i.id))
+                    .map(|i| Backend { id: i.id.clone(), port: i.port, inflight: self.rt.inflight.get(&i.id).cloned().unwrap_or_default() })
+                    .collect(),
+            })
+            .collect();
+        proxy.set_routes(routes);
+    }
+
+    fn start_probe(&mut self, id: &str, port: u16, spec: &GroupSpec) {
+        if let Some(old) = self.rt.probes.remove(id) {
+            old.store(true, Ordering::Release);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        self.rt.probes.insert(id.to_string(), stop.clone());
+        let health = self.health.clone();
+        let id = id.to_string();
+        let check = spec.health.http.clone();
+        tokio::spawn(async move {
+            let client = crate::http_client::client();
+            let mut ever = false;
+            while !stop.load(Ordering::Acquire) {
+                let ok = match &check {
+                    Some(h) => crate::http_client::probe(&client, &format!("http://127.0.0.1:{port}{}", h.path), h.timeout.to_std()).await,
+                    None => tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+                };
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if let Ok(mut m) = health.write() {
+                    m.insert(id.clone(), ok);
+                }
+                ever |= ok;
+                let interval = check.as_ref().map_or(Duration::from_secs(1), |h| h.interval.to_std());
+                tokio::time::sleep(if ever { interval } else { FAST_PROBE }).await;
+            }
+        });
+    }
+
+    /// Starts one instance of a group; returns its state.
+    fn spawn_instance(&mut self, cluster: &ClusterId, app: &AppName, group: &GroupState, id: Option<String>) -> Result<InstanceState, StartError> {
+        let id = id.unwrap_or_else(|| {
+            self.persisted.next_instance += 1;
+            format!("{}-i{}", group.name, self.persisted.next_instance)
+        });
+        let port = process::free_port().map_err(|e| StartError::Spawn { command: group.spec.command.join(" "), message: format!("no free port: {e}") })?;
+        let command = process::resolve(&group.spec.command, port);
+        let mut env = group.spec.env.clone();
+        env.insert("PORT".into(), port.to_string());
+        env.insert("KEELSON_APP".into(), app.to_string());
+        env.insert("KEELSON_VERSION".into(), group.spec.version.clone());
+        env.insert("KEELSON_SERVER_GROUP".into(), group.name.to_string());
+        env.insert("KEELSON_INSTANCE".into(), id.clone());
+        env.insert("KEELSON_CLUSTER".into(), cluster.to_string());
+        let log = process::log_path(&self.dir, cluster.name.as_str(), &id);
+        let started = process::start(&command, &env, &log)?;
+        self.rt.children.insert(id.clone(), started.child);
+        self.rt.inflight.entry(id.clone()).or_default();
+        if let Ok(mut h) = self.health.write() {
+            h.insert(id.clone(), false);
+        }
+        self.start_probe(&id, port, &group.spec);
+        Ok(InstanceState { id, port, pid: started.pid, spec_hash: group.spec.spec_hash.clone(), version: group.spec.version.clone() })
+    }
+
+    /// Forgets an instance and hands back what is needed to stop it.
+    fn release(&mut self, inst: &InstanceState) -> Stopping {
+        if let Some(p) = self.rt.probes.remove(&inst.id) {
+            p.store(true, Ordering::Release);
+        }
+        if let Ok(mut h) = self.health.write() {
+            h.remove(&inst.id);
+        }
+        self.rt.restarts.remove(&inst.id);
+        self.rt.crashes.remove(&inst.id);
+        self.rt.notes.remove(&inst.id);
+        Stopping { pid: inst.pid, child: self.rt.children.remove(&inst.id), inflight: self.rt.inflight.remove(&inst.id) }
+    }
+
+    fn group_mut(&mut self, cluster: &ClusterId, seq: Sequence) -> Option<&mut GroupState> {
+        self.persisted.clusters.get_mut(&key(cluster)).and_then(|c| c.groups.get_mut(&seq.get()))
+    }
+
+    fn observe(&self, env: &str, target: &str) -> Vec<ObservedCluster> {
+        let health = self.health.read().map(|h| h.clone()).unwrap_or_default();
+        self.persisted
+            .clusters
+            .values()
+            .filter(|c| c.id.environment.as_str() == env && c.id.target.as_str() == target)
+            .map(|c| ObservedCluster {
+                id: c.id.clone(),
+                app: c.app.clone(),
+                server_groups: c
+                    .groups
+                    .values()
+                    .map(|g| ServerGroup {
+                        name: g.name.clone(),
+                        sequence: g.sequence,
+                        version: g.spec.version.clone(),
+                        spec_hash: g.spec.spec_hash.clone(),
+                        capacity: g.capacity,
+                        enabled: g.enabled,
+                        weight: if g.enabled { g.weight } else { 0 },
+                        labels: g.spec.labels.clone(),
+                        instances: g
+                            .instances
+                            .iter()
+                            .map(|i| {
+                                let note = self.rt.notes.get(&i.id).cloned();
+                                let health = if self.rt.restarts.contains_key(&i.id) {
+                                    InstanceHealth::Unhealthy
+                                } else if health.get(&i.id).copied().unwrap_or(false) {
+                                    InstanceHealth::Healthy
+                                } else {
+                                    InstanceHealth::Starting
+                                };
+                                Instance { id: i.id.clone(), spec_hash: i.spec_hash.clone(), health, note }
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Reply {
+    Reply::Invalid { message: message.into() }
+}
+
+async fn stop_all(list: Vec<Stopping>) {
+    let inflight: Vec<Arc<AtomicUsize>> = list.iter().filter_map(|s| s.inflight.clone()).collect();
+    proxy::drain(&inflight, DRAIN).await;
+    let stops = list.into_iter().map(|s| process::stop(s.pid, s.child, GRACE));
+    for f in stops {
+        f.await;
+    }
+}
+
+/// Applies one operation.
+async fn apply(shared: &Shared, op: Op) -> Reply {
+    let mut to_stop = Vec::new();
+    let reply = {
+        let mut a = shared.lock().await;
+        let reply = apply_locked(&mut a, op, &mut to_stop);
+        a.save();
+        reply
+    };
+    stop_all(to_stop).await;
+    reply
+}
+
+fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
+    match op {
+        Op::Observe { environment, target } => Reply::Clusters { clusters: a.observe(environment.as_str(), target.as_str()) },
+        Op::Create { cluster, sequence, capacity, enabled } => create(a, &cluster, sequence, capacity, enabled, to_stop),
+        Op::Resize { cluster, sequence, capacity } => {
+            let Some(g) = a.group_mut(&cluster, sequence) else { return invalid(format!("{cluster} has no server group {sequence}")) };
+            g.capacity = capacity;
+            let extra: Vec<InstanceState> = if g.instances.len() > capacity as usize { g.instances.split_off(capacity as usize) } else { Vec::new() };
+            for i in &extra {
+                to_stop.push(a.release(i));
+            }
+            let reply = fill(a, &cluster, sequence);
+            a.routes(&key(&cluster));
+            reply
+        }
+        Op::Traffic { cluster, sequence, enabled, weight } => {
+            let Some(g) = a.group_mut(&cluster, sequence) else { return invalid(format!("{cluster} has no server group {sequence}")) };
+            g.enabled = enabled;
+            g.weight = if enabled { weight } else { 0 };
+            a.routes(&key(&cluster));
+            Reply::Ok
+        }
+        Op::Update { cluster, sequence } => {
+            let Some(g) = a.group_mut(&cluster.id, sequence) else { return invalid(format!("{} has no server group {sequence}", cluster.id)) };
+            g.spec = cluster.group.clone();
+            Reply::Ok
+        }
+        Op::Replace { cluster, sequence, count } => {
+            let Some(g) = a.group_mut(&cluster, sequence) else { return invalid(format!("{cluster} has no server group {sequence}")) };
+            let hash = g.spec.spec_hash.clone();
+            let mut old = Vec::new();
+            g.instances.retain(|i| {
+                if i.spec_hash != hash && old.len() < count as usize {
+                    old.push(i.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            for i in &old {
+                to_stop.push(a.release(i));
+            }
+            let reply = fill(a, &cluster, sequence);
+            a.routes(&key(&cluster));
+            reply
+        }
+        Op::Heal { cluster, sequence } => {
+            let reply = fill(a, &cluster, sequence);
+            a.routes(&key(&cluster));
+            reply
+        }
+        Op::Destroy { cluster, sequence } => {
+            destroy(a, &cluster, sequence, to_stop);
+            Reply::Ok
+        }
+        Op::Down { app } => {
+            let doomed: Vec<ClusterState> = a.persisted.clusters.values().filter(|c| app.as_ref().is_none_or(|x| &c.app == x)).cloned().collect();
+            let mut stopped = Vec::new();
+            for c in doomed {
+                for g in c.groups.values() {
+                    stopped.push(format!("{} {} ({} instance{})", c.id, g.name, g.instances.len(), if g.instances.len() == 1 { "" } else { "s" }));
+                    destroy(a, &c.id, g.sequence, to_stop);
+                }
+            }
+            Reply::Stopped { stopped }
+        }
+    }
+}
+
+fn create(a: &mut Agent, cluster: &ClusterSpec, sequence: Sequence, capacity: u32, enabled: bool, to_stop: &mut Vec<Stopping>) -> Reply {
+    let k = key(&cluster.id);
+    if a.persisted.clusters.get(&k).is_some_and(|c| c.groups.contains_key(&sequence.get())) {
+        return Reply::Ok;
+    }
+    if let Some(port) = cluster.traffic_port {
+        if !a.rt.proxies.contains_key(&k) {
+            match Proxy::start(port, a.health.clone()) {
+                Ok(p) => {
+                    a.rt.proxies.insert(k.clone(), p);
+                }
+                Err(e) => return invalid(e.to_string()),
+            }
+        }
+    }
+    let c = a.persisted.clusters.entry(k.clone()).or_insert_with(|| ClusterState { id: cluster.id.clone(), app: cluster.app.clone(), traffic_port: cluster.traffic_port, groups: BTreeMap::new() });
+    c.groups.insert(
+        sequence.get(),
+        GroupState {
+            name: ServerGroupName::new(&cluster.id.name, sequence),
+            sequence,
+            spec: cluster.group.clone(),
+            capacity,
+            enabled,
+            weight: if enabled { 100 } else { 0 },
+            instances: Vec::new(),
+        },
+    );
+    let reply = fill(a, &cluster.id, sequence);
+    if matches!(reply, Reply::Invalid { .. }) {
+        // Leave nothing running: a bad command must not half-create a group.
+        destroy(a, &cluster.id, sequence, to_stop);
+        return reply;
+    }
+    a.routes(&k);
+    reply
+}
+
+/// Starts instances until the group has its capacity.
+fn fill(a: &mut Agent, cluster: &ClusterId, sequence: Sequence) -> Reply {
+    let k = key(cluster);
+    loop {
+        let Some(c) = a.persisted.clusters.get(&k) else { return invalid(format!("{cluster} does not exist")) };
+        let app = c.app.clone();
+        let Some(g) = c.groups.get(&sequence.get()).cloned() else { return invalid(format!("{cluster} has no server group {sequence}")) };
+        if g.instances.len() >= g.capacity as usize {
+            return Reply::Ok;
+        }
+        match a.spawn_instance(cluster, &app, &g, None) {
+            Ok(inst) => {
+                if let Some(g) = a.group_mut(cluster, sequence) {
+                    g.instances.push(inst);
+                }
+            }
+            Err(e) => return invalid(e.to_string()),
+        }
+    }
+}
+
+fn destroy(a: &mut Agent, cluster: &ClusterId, sequence: Sequence, to_stop: &mut Vec<Stopping>) {
+    let k = key(cluster);
+    let Some(c) = a.persisted.clusters.get_mut(&k) else { return };
+    let Some(g) = c.groups.remove(&sequence.get()) else { return };
+    let empty = c.groups.is_empty();
+    a.routes(&k);
+    for i in &g.instances {
+        to_stop.push(a.release(i));
+    }
+    if empty {
+        a.persisted.clusters.remove(&k);
+        if let Some(p) = a.rt.proxies.remove(&k) {
+            p.stop();
+        }
+    }
+}
+
+/// Restart delay after the `n`th crash: 200 ms doubling, at most 30 s.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << n.min(8))).min(Duration::from_secs(30))
+}
+
+/// Restarts instances that died, with backoff, and records why they died.
+async fn supervise(shared: Shared) {
+    loop {
+        tokio::time::sleep(SUPERVISE).await;
+        let mut a = shared.lock().await;
+        let now = tokio::time::Instant::now();
+        let mut changed = Vec::new();
+        let all: Vec<(String, ClusterId, AppName, GroupState, InstanceState)> = a
+            .persisted
+            .clusters
+            .iter()
+            .flat_map(|(k, c)| c.groups.values().flat_map(move |g| g.instances.iter().map(move |i| (k.clone(), c.id.clone(), c.app.clone(), g.clone(), i.clone()))))
+            .collect();
+        for (k, cid, app, g, inst) in all {
+            if let Some(&at) = a.rt.restarts.get(&inst.id) {
+                if now < at {
+                    continue;
+                }
+                let crashes = a.rt.crashes.get(&inst.id).copied().unwrap_or(0);
+                match a.spawn_instance(&cid, &app, &g, Some(inst.id.clone())) {
+                    Ok(fresh) => {
+                        a.rt.restarts.remove(&inst.id);
+                        if let Some(gm) = a.group_mut(&cid, g.sequence) {
+                            if let Some(slot) = gm.instances.iter_mut().find(|i| i.id == inst.id) {
+                                *slot = fresh;
+                            }
+                        }
+                        let last = a.rt.notes.get(&inst.id).cloned().unwrap_or_default();
+                        let last = last.rsplit_once("; last: ").map_or(last.clone(), |(_, l)| l.to_string());
+                        a.rt.notes.insert(inst.id.clone(), format!("restarted {crashes} time(s); last: {last}"));
+                    }
+                    Err(e) => {
+                        a.rt.crashes.insert(inst.id.clone(), crashes + 1);
+                        a.rt.restarts.insert(inst.id.clone(), now + backoff(crashes + 1));
+                        a.rt.notes.insert(inst.id.clone(), e.to_string());
+                    }
+                }
+                changed.push(k);
+                continue;
+            }
+            let exited = match a.rt.children.get_mut(&inst.id) {
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => Some(status.to_string()),
+                    _ => None,
+                },
+                None => (!process::alive(inst.pid)).then(|| "process is gone".to_string()),
+            };
+            if let Some(status) = exited {
+                a.rt.children.remove(&inst.id);
+                if let Ok(mut h) = a.health.write() {
+                    h.insert(inst.id.clone(), false);
+                }
+                let log = process::log_path(&a.dir, cid.name.as_str(), &inst.id);
+                let tail = process::tail(&log, 5);
+                eprintln!("keelson local-agent: {} exited ({status}); restarting", inst.id);
+                let crashes = a.rt.crashes.get(&inst.id).copied().unwrap_or(0) + 1;
+                a.rt.crashes.insert(inst.id.clone(), crashes);
+                a.rt.restarts.insert(inst.id.clone(), now + backoff(crashes));
+                a.rt.notes.insert(inst.id.clone(), format!("exited ({status}){}", if tail.is_empty() { String::new() } else { format!(": {tail}") }));
+                changed.push(k);
+            }
+        }
+        if !changed.is_empty() {
+            changed.dedup();
+            for k in changed {
+                a.routes(&k);
+            }
+            a.save();
+        }
+    }
+}
+
+async fn ops(State(shared): State<Shared>, Json(op): Json<Op>) -> Json<Reply> {
+    Json(apply(&shared, op).await)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "pid": std::process::id() }))
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory is unusable.
+    #[error("cannot use state directory `{path}`")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent for a state directory until SIGTERM/SIGINT, or until `down` empties it.
+pub async fn run(dir: &Path) -> Result<(), AgentError> {
+    let io = |source| AgentError::Io { path: dir.to_path_buf(), source };
+    fs::create_dir_all(dir).map_err(io)?;
+    let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("agent.lock")).map_err(io)?;
+    if lock.try_lock().is_err() {
+        eprintln!("keelson local-agent: another agent serves {}; exiting", dir.display());
+        return Ok(());
+    }
+    let persisted: Persisted = fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let mut agent = Agent { dir: dir.to_path_buf(), persisted, rt: Runtime::default(), health: Arc::new(RwLock::new(HashMap::new())) };
+    adopt(&mut agent);
+    let shared: Shared = Arc::new(Mutex::new(agent));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+    let port = listener.local_addr().map_err(io)?.port();
+    let info = AgentInfo { pid: std::process::id(), port };
+    let tmp = dir.join("agent.json.tmp");
+    fs::write(&tmp, serde_json::to_vec(&info).unwrap_or_default()).map_err(io)?;
+    fs::rename(&tmp, dir.join("agent.json")).map_err(io)?;
+    eprintln!("keelson local-agent: pid {} serving {} on 127.0.0.1:{port}", info.pid, dir.display());
+    tokio::spawn(supervise(shared.clone()));
+    let app = Router::new().route("/v1/health", get(health)).route("/v1/ops", post(ops)).with_state(shared.clone());
+    let watcher = shared.clone();
+    let empty = async move {
+        // After `down` stopped everything, nothing is left to own: exit.
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if watcher.lock().await.persisted.clusters.is_empty() {
+                return;
+            }
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            () = crate::demo::shutdown_signal() => {}
+            () = empty => {}
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(io)?;
+    let _ = fs::remove_file(dir.join("agent.json"));
+    drop(lock);
+    Ok(())
+}
+
+/// Takes over instances recorded in the state file: live ones keep running, dead ones are
+/// restarted by the supervisor; proxies are bound again.
+fn adopt(a: &mut Agent) {
+    let now = tokio::time::Instant::now();
+    let clusters: Vec<(String, ClusterState)> = a.persisted.clusters.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+    for (k, c) in clusters {
+        if let Some(port) = c.traffic_port {
+            match Proxy::start(port, a.health.clone()) {
+                Ok(p) => {
+                    a.rt.proxies.insert(k.clone(), p);
+                }
+                Err(e) => eprintln!("keelson local-agent: {}: {e}", c.id),
+            }
+        }
+        for g in c.groups.values() {
+            for i in &g.instances {
+                a.rt.inflight.entry(i.id.clone()).or_default();
+                if process::alive(i.pid) {
+                    a.start_probe(&i.id, i.port, &g.spec);
+                } else {
+                    a.rt.restarts.insert(i.id.clone(), now);
+                    a.rt.notes.insert(i.id.clone(), "found dead when the agent started".into());
+                }
+            }
+        }
+        a.routes(&k);
+    }
+}

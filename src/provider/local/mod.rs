@@ -1,0 +1,154 @@
+//! The local target: real processes behind a real proxy on this machine, owned by a detached
+//! agent (`keelson local-agent`) so that `keelson apply` can exit and leave the apps serving.
+
+pub mod agent;
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper::Method;
+
+use super::{Provider, ProviderError, TargetRef};
+use crate::http_client::{call, client, HttpClient};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
+use crate::spec::AppName;
+use wire::{AgentInfo, ClusterSpec, Op, Reply};
+
+/// How long an operation may take (destroying drains instances for up to 10 s, then stops them).
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The local provider: a client of the agent of one state directory.
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    dir: PathBuf,
+    agent_exe: PathBuf,
+    client: HttpClient,
+}
+
+impl LocalProvider {
+    /// A provider keeping its state in `<state_dir>/local`, starting agents with `agent_exe`
+    /// (the `keelson` binary).
+    pub fn new(state_dir: &Path, agent_exe: PathBuf) -> Self {
+        Self { dir: state_dir.join("local"), agent_exe, client: client() }
+    }
+
+    /// The agent's own directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn running(&self) -> Option<String> {
+        let info: AgentInfo = serde_json::from_slice(&std::fs::read(self.dir.join("agent.json")).ok()?).ok()?;
+        let url = format!("http://127.0.0.1:{}", info.port);
+        let ok: Result<serde_json::Value, _> = call(&self.client, Method::GET, &format!("{url}/v1/health"), None::<&()>, Duration::from_secs(2)).await;
+        ok.is_ok().then_some(url)
+    }
+
+    /// The agent's URL, starting the agent if it is not running.
+    async fn agent(&self) -> Result<String, ProviderError> {
+        if let Some(url) = self.running().await {
+            return Ok(url);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| ProviderError::Unavailable(format!("cannot create {}: {e}", self.dir.display())))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .map_err(|e| ProviderError::Unavailable(format!("cannot open agent log: {e}")))?;
+        let err = log.try_clone().map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let _ = std::fs::remove_file(self.dir.join("agent.json"));
+        // Its own process group: the agent must outlive this process and its terminal.
+        let child = std::process::Command::new(&self.agent_exe)
+            .arg("local-agent")
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| ProviderError::Unavailable(format!("cannot start `{} local-agent`: {e}", self.agent_exe.display())))?;
+        drop(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(url) = self.running().await {
+                return Ok(url);
+            }
+        }
+        let tail = agent::process::tail(&self.dir.join("agent.log"), 5);
+        Err(ProviderError::Unavailable(format!("the local agent did not start; its log says:\n{tail}")))
+    }
+
+    async fn op(&self, op: &Op) -> Result<Reply, ProviderError> {
+        let url = self.agent().await?;
+        let reply: Reply = call(&self.client, Method::POST, &format!("{url}/v1/ops"), Some(op), OP_TIMEOUT).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        match reply {
+            Reply::Invalid { message } => Err(ProviderError::Invalid(message)),
+            r => Ok(r),
+        }
+    }
+
+    async fn ok(&self, op: Op) -> Result<(), ProviderError> {
+        self.op(&op).await.map(|_| ())
+    }
+
+    /// Stops every local cluster (or one application's) and says what stopped.
+    pub async fn down(&self, app: Option<AppName>) -> Result<Vec<String>, ProviderError> {
+        if self.running().await.is_none() && !self.dir.join("state.json").exists() {
+            return Ok(Vec::new());
+        }
+        match self.op(&Op::Down { app }).await? {
+            Reply::Stopped { stopped } => Ok(stopped),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
+        // Observing never starts an agent for a target that has nothing: an empty state
+        // directory means an empty target. With state on disk, the agent is (re)started so it
+        // re-adopts its instances and traffic resumes.
+        if self.running().await.is_none() && !self.dir.join("state.json").exists() {
+            return Ok(Vec::new());
+        }
+        match self.op(&Op::Observe { environment: target.environment.clone(), target: target.target.name.clone() }).await? {
+            Reply::Clusters { clusters } => Ok(clusters),
+            other => Err(ProviderError::Unavailable(format!("unexpected agent reply: {other:?}"))),
+        }
+    }
+
+    async fn create_server_group(&self, cluster: &DesiredCluster, seq: Sequence, capacity: u32, enabled: bool) -> Result<(), ProviderError> {
+        self.ok(Op::Create { cluster: ClusterSpec::from(cluster), sequence: seq, capacity, enabled }).await
+    }
+
+    async fn resize(&self, cluster: &ClusterId, seq: Sequence, capacity: u32) -> Result<(), ProviderError> {
+        self.ok(Op::Resize { cluster: cluster.clone(), sequence: seq, capacity }).await
+    }
+
+    async fn set_traffic(&self, cluster: &ClusterId, seq: Sequence, enabled: bool, weight: u8) -> Result<(), ProviderError> {
+        self.ok(Op::Traffic { cluster: cluster.clone(), sequence: seq, enabled, weight }).await
+    }
+
+    async fn update_in_place(&self, cluster: &DesiredCluster, seq: Sequence) -> Result<(), ProviderError> {
+        self.ok(Op::Update { cluster: ClusterSpec::from(cluster), sequence: seq }).await
+    }
+
+    async fn replace_instances(&self, cluster: &ClusterId, seq: Sequence, count: u32) -> Result<(), ProviderError> {
+        self.ok(Op::Replace { cluster: cluster.clone(), sequence: seq, count }).await
+    }
+
+    async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
+        self.ok(Op::Heal { cluster: cluster.clone(), sequence: seq }).await
+    }
+
+    async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
+        self.ok(Op::Destroy { cluster: cluster.clone(), sequence: seq }).await
+    }
+}
