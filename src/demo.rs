@@ -2,8 +2,8 @@
 //! purpose so rollouts and rollbacks can be shown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration as StdDuration;
 
 use axum::extract::State;
@@ -48,7 +48,12 @@ pub struct Identity {
 impl Identity {
     fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).unwrap_or_else(|_| "unknown".into());
-        Self { app: var("KEELSON_APP"), version: var("KEELSON_VERSION"), server_group: var("KEELSON_SERVER_GROUP"), instance: var("KEELSON_INSTANCE") }
+        Self {
+            app: var("KEELSON_APP"),
+            version: var("KEELSON_VERSION"),
+            server_group: var("KEELSON_SERVER_GROUP"),
+            instance: var("KEELSON_INSTANCE"),
+        }
     }
 }
 
@@ -65,24 +70,38 @@ async fn index(State(s): State<Arc<AppState>>) -> Response {
     }
     s.served.fetch_add(1, Ordering::Relaxed);
     if s.config.error_rate > 0.0 && fastrand::f64() < s.config.error_rate {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "injected error (--error-rate)\n").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected error (--error-rate)\n",
+        )
+            .into_response();
     }
     Json(&s.identity).into_response()
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    let ready = !s.config.fail_health && s.config.healthy_after.is_none_or(|d| s.started.elapsed() >= d.to_std());
-    if ready { (StatusCode::OK, "ok\n").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not healthy\n").into_response() }
+    let ready = !s.config.fail_health
+        && s.config
+            .healthy_after
+            .is_none_or(|d| s.started.elapsed() >= d.to_std());
+    if ready {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not healthy\n").into_response()
+    }
 }
 
 /// The demo app's routes.
 fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/", get(index)).route("/healthz", get(healthz)).with_state(state)
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .with_state(state)
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     match (term, int) {
@@ -101,7 +120,12 @@ pub async fn run(config: DemoConfig) -> std::io::Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let crash = config.crash_after;
-    let state = Arc::new(AppState { config, identity: Identity::from_env(), started: tokio::time::Instant::now(), served: AtomicU64::new(0) });
+    let state = Arc::new(AppState {
+        config,
+        identity: Identity::from_env(),
+        started: tokio::time::Instant::now(),
+        served: AtomicU64::new(0),
+    });
     if let Some(c) = crash {
         tokio::spawn(async move {
             tokio::time::sleep(c.to_std()).await;

@@ -6,11 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// A pooled HTTP/1 client.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -20,7 +20,9 @@ pub fn client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector)
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
 }
 
 /// Why a call failed.
@@ -55,8 +57,17 @@ pub enum HttpError {
 }
 
 /// Sends a request with an optional JSON body and decodes a JSON answer.
-pub async fn call<B: Serialize, T: DeserializeOwned>(client: &HttpClient, method: Method, url: &str, body: Option<&B>, timeout: Duration) -> Result<T, HttpError> {
-    let unreachable = |message: String| HttpError::Unreachable { url: url.to_string(), message };
+pub async fn call<B: Serialize, T: DeserializeOwned>(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    body: Option<&B>,
+    timeout: Duration,
+) -> Result<T, HttpError> {
+    let unreachable = |message: String| HttpError::Unreachable {
+        url: url.to_string(),
+        message,
+    };
     let bytes = match body {
         Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| unreachable(e.to_string()))?),
         None => Bytes::new(),
@@ -78,14 +89,27 @@ pub async fn call<B: Serialize, T: DeserializeOwned>(client: &HttpClient, method
         .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
     if !status.is_success() {
-        return Err(HttpError::Status { url: url.to_string(), status, body: String::from_utf8_lossy(&body).into_owned() });
+        return Err(HttpError::Status {
+            url: url.to_string(),
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
     }
-    serde_json::from_slice(&body).map_err(|e| HttpError::Decode { url: url.to_string(), message: e.to_string() })
+    serde_json::from_slice(&body).map_err(|e| HttpError::Decode {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// GETs a URL and says whether it answered 2xx within `timeout`.
 pub async fn probe(client: &HttpClient, url: &str, timeout: Duration) -> bool {
-    let Ok(req) = Request::builder().method(Method::GET).uri(url).body(Full::new(Bytes::new())) else { return false };
+    let Ok(req) = Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .body(Full::new(Bytes::new()))
+    else {
+        return false;
+    };
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) => {
             let ok = resp.status().is_success();

@@ -8,8 +8,8 @@
 pub mod cli;
 pub mod clock;
 pub mod compile;
-pub mod diag;
 pub mod demo;
+pub mod diag;
 pub mod engine;
 pub mod http_client;
 pub mod load;

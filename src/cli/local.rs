@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::{CliError, DemoAppArgs, DownArgs, LocalAgentArgs};
-use crate::demo::{run as run_demo, DemoConfig};
+use crate::demo::{DemoConfig, run as run_demo};
 use crate::provider::local::LocalProvider;
 use crate::spec::AppName;
 
@@ -17,13 +17,17 @@ pub async fn demo_app(args: &DemoAppArgs) -> Result<ExitCode, CliError> {
         latency: args.latency,
         crash_after: args.crash_after,
     };
-    run_demo(config).await.map_err(|e| CliError::Usage(format!("demo-app cannot serve on port {}: {e}", args.port)))?;
+    run_demo(config).await.map_err(|e| {
+        CliError::Usage(format!("demo-app cannot serve on port {}: {e}", args.port))
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the local agent in the foreground.
 pub async fn local_agent(args: &LocalAgentArgs) -> Result<ExitCode, CliError> {
-    crate::provider::local::agent::run(&args.state_dir).await.map_err(|e| CliError::Usage(e.to_string()))?;
+    crate::provider::local::agent::run(&args.state_dir)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -31,8 +35,18 @@ pub async fn local_agent(args: &LocalAgentArgs) -> Result<ExitCode, CliError> {
 pub async fn down(args: &DownArgs) -> Result<ExitCode, CliError> {
     let state = super::plan::state_dir(&args.repo, args.state_dir.as_ref());
     let exe = std::env::current_exe().unwrap_or_else(|_| "keelson".into());
-    let app = args.app.as_ref().map(|a| AppName::new(a.clone()).map_err(|_| CliError::Usage(format!("`{a}` is not a valid application name")))).transpose()?;
-    let stopped = LocalProvider::new(&state, exe).down(app).await.map_err(|e| CliError::Usage(e.to_string()))?;
+    let app = args
+        .app
+        .as_ref()
+        .map(|a| {
+            AppName::new(a.clone())
+                .map_err(|_| CliError::Usage(format!("`{a}` is not a valid application name")))
+        })
+        .transpose()?;
+    let stopped = LocalProvider::new(&state, exe)
+        .down(app)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     if stopped.is_empty() {
         println!("Nothing is running on the local target.");
     } else {

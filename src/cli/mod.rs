@@ -86,7 +86,12 @@ pub enum PlanFormat {
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// The config repository.
-    #[arg(long, default_value = ".", env = "KEELSON_REPO", hide_env_values = true)]
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
     pub repo: PathBuf,
     /// Where Keelson keeps its state (default: <repo>/.keelson).
     #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
@@ -112,7 +117,12 @@ pub struct PlanArgs {
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
     /// The config repository (its state directory holds the local target).
-    #[arg(long, default_value = ".", env = "KEELSON_REPO", hide_env_values = true)]
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
     pub repo: PathBuf,
     /// Where Keelson keeps its state (default: <repo>/.keelson).
     #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
@@ -191,8 +201,14 @@ pub struct ValidateArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let style = Style { color: cli.color.enabled() };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let style = Style {
+        color: cli.color.enabled(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{}", output::error_report(&e, style));

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::{render_diagnostics, CliError, PlanArgs, PlanFormat, Style};
-use crate::observe::{observe, Providers};
+use super::{CliError, PlanArgs, PlanFormat, Style, render_diagnostics};
+use crate::observe::{Providers, observe};
 use crate::pipeline::check;
-use crate::plan::{plan, Plan, Policy, Selection};
+use crate::plan::{Plan, Policy, Selection, plan};
 use crate::provider::local::LocalProvider;
 use crate::source::read_dir;
 use crate::spec::{AppName, EnvName, ProviderKind};
@@ -19,39 +19,75 @@ pub fn state_dir(repo: &Path, explicit: Option<&PathBuf>) -> PathBuf {
 /// The providers this build has, for a state directory.
 pub fn providers(state: &Path) -> Providers {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keelson"));
-    Providers::new().with(ProviderKind::Local, std::sync::Arc::new(LocalProvider::new(state, exe)))
+    Providers::new().with(
+        ProviderKind::Local,
+        std::sync::Arc::new(LocalProvider::new(state, exe)),
+    )
 }
 
 /// Parses `--env`/`--app` filters.
 pub fn selection(envs: &[String], apps: &[String]) -> Result<Selection, CliError> {
     let bad = |what: &str, v: &str| CliError::Usage(format!("`{v}` is not a valid {what} name"));
     Ok(Selection {
-        environments: envs.iter().map(|e| EnvName::new(e.clone()).map_err(|_| bad("environment", e))).collect::<Result<_, _>>()?,
-        apps: apps.iter().map(|a| AppName::new(a.clone()).map_err(|_| bad("application", a))).collect::<Result<_, _>>()?,
+        environments: envs
+            .iter()
+            .map(|e| EnvName::new(e.clone()).map_err(|_| bad("environment", e)))
+            .collect::<Result<_, _>>()?,
+        apps: apps
+            .iter()
+            .map(|a| AppName::new(a.clone()).map_err(|_| bad("application", a)))
+            .collect::<Result<_, _>>()?,
     })
 }
 
 /// Loads, validates, observes and plans; prints diagnostics and returns `None` when invalid.
-pub async fn compute(repo: &Path, state: &Path, sel: &Selection, style: Style) -> Result<Option<Plan>, CliError> {
+pub async fn compute(
+    repo: &Path,
+    state: &Path,
+    sel: &Selection,
+    style: Style,
+) -> Result<Option<Plan>, CliError> {
     let sources = read_dir(repo)?;
     let revision = sources.content_revision();
-    let texts: std::collections::HashMap<PathBuf, String> =
-        sources.files.iter().filter_map(|f| std::str::from_utf8(&f.bytes).ok().map(|t| (f.path.clone(), t.to_string()))).collect();
+    let texts: std::collections::HashMap<PathBuf, String> = sources
+        .files
+        .iter()
+        .filter_map(|f| {
+            std::str::from_utf8(&f.bytes)
+                .ok()
+                .map(|t| (f.path.clone(), t.to_string()))
+        })
+        .collect();
     let checked = check(sources);
     let Some(desired) = checked.desired else {
-        eprint!("{}", render_diagnostics(&checked.diagnostics, |p: &Path| texts.get(p).map(String::as_str), style));
+        eprint!(
+            "{}",
+            render_diagnostics(
+                &checked.diagnostics,
+                |p: &Path| texts.get(p).map(String::as_str),
+                style
+            )
+        );
         eprintln!("{}", super::validate::summary(&checked, style));
         return Ok(None);
     };
     let observed = observe(&desired, &providers(state)).await;
-    Ok(Some(plan(&desired, &observed, &Policy::at(crate::clock::now()), &revision, sel)))
+    Ok(Some(plan(
+        &desired,
+        &observed,
+        &Policy::at(crate::clock::now()),
+        &revision,
+        sel,
+    )))
 }
 
 /// Runs `keelson plan`.
 pub async fn run(args: &PlanArgs, style: Style) -> Result<ExitCode, CliError> {
     let state = state_dir(&args.repo, args.state_dir.as_ref());
     let sel = selection(&args.env, &args.app)?;
-    let Some(pl) = compute(&args.repo, &state, &sel, style).await? else { return Ok(ExitCode::from(1)) };
+    let Some(pl) = compute(&args.repo, &state, &sel, style).await? else {
+        return Ok(ExitCode::from(1));
+    };
     let out = match args.format {
         PlanFormat::Text => crate::render::text(&pl, style),
         PlanFormat::Markdown => crate::render::markdown(&pl),
@@ -59,8 +95,19 @@ pub async fn run(args: &PlanArgs, style: Style) -> Result<ExitCode, CliError> {
     };
     print!("{out}");
     if let Some(file) = &args.out {
-        std::fs::write(file, crate::render::json(&pl)).map_err(|source| CliError::Write { path: file.clone(), source })?;
-        eprintln!("Saved the plan to {}; run `keelson apply --plan {}` to execute exactly this plan.", file.display(), file.display());
+        std::fs::write(file, crate::render::json(&pl)).map_err(|source| CliError::Write {
+            path: file.clone(),
+            source,
+        })?;
+        eprintln!(
+            "Saved the plan to {}; run `keelson apply --plan {}` to execute exactly this plan.",
+            file.display(),
+            file.display()
+        );
     }
-    Ok(if args.detailed_exitcode && pl.has_changes() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if args.detailed_exitcode && pl.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -16,7 +16,11 @@ use crate::plan_scenarios::desired;
 
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A state directory whose local target is torn down when dropped, even if the test fails.
@@ -37,14 +41,20 @@ impl Local {
     }
 
     pub fn agent_pid(&self) -> Option<i32> {
-        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(self.dir.path().join("local/agent.json")).ok()?).ok()?;
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.path().join("local/agent.json")).ok()?)
+                .ok()?;
         info["pid"].as_i64().map(|p| p as i32)
     }
 }
 
 impl Drop for Local {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson")).arg("down").arg("--state-dir").arg(self.dir.path()).output();
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("down")
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .output();
         if let Some(pid) = self.agent_pid() {
             // SAFETY: only signals the agent this test started.
             unsafe {
@@ -55,7 +65,13 @@ impl Drop for Local {
 }
 
 /// One-cluster specs on the local target with a demo-app workload.
-pub fn local_app(name: &str, version: &str, desired_n: u32, port: u16, extra_args: &str) -> DesiredState {
+pub fn local_app(
+    name: &str,
+    version: &str,
+    desired_n: u32,
+    port: u16,
+    extra_args: &str,
+) -> DesiredState {
     let text = format!(
         "apiVersion: keelson/v1
 kind: Application
@@ -76,8 +92,15 @@ pub fn only(d: &DesiredState) -> DesiredCluster {
 }
 
 pub async fn observe_one(p: &LocalProvider, c: &DesiredCluster) -> Option<ObservedCluster> {
-    let t = TargetRef { environment: c.id.environment.clone(), target: c.target.clone() };
-    p.observe(&t).await.unwrap().into_iter().find(|o| o.id == c.id)
+    let t = TargetRef {
+        environment: c.id.environment.clone(),
+        target: c.target.clone(),
+    };
+    p.observe(&t)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|o| o.id == c.id)
 }
 
 /// Steady client load against a port; counts answers per server group and failures.
@@ -97,16 +120,24 @@ impl Load {
         let (s, c, f) = (stop.clone(), counts.clone(), failures.clone());
         let task = tokio::spawn(async move {
             let client = keelson::http_client::client();
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(rate)));
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(rate)));
             let mut running = tokio::task::JoinSet::new();
             while !s.load(Ordering::Acquire) {
                 tick.tick().await;
                 let (client, c, f) = (client.clone(), c.clone(), f.clone());
                 running.spawn(async move {
-                    let req = hyper::Request::get(format!("http://127.0.0.1:{port}/")).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+                    let req = hyper::Request::get(format!("http://127.0.0.1:{port}/"))
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
                     match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
                         Ok(Ok(resp)) if resp.status().is_success() => {
-                            let g = resp.headers().get("x-keelson-server-group").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+                            let g = resp
+                                .headers()
+                                .get("x-keelson-server-group")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("?")
+                                .to_string();
                             *c.lock().unwrap().entry(g).or_insert(0) += 1;
                         }
                         Ok(Ok(resp)) => f.lock().unwrap().push(format!("status {}", resp.status())),
@@ -118,7 +149,12 @@ impl Load {
             }
             while running.join_next().await.is_some() {}
         });
-        Self { stop, counts, failures, task }
+        Self {
+            stop,
+            counts,
+            failures,
+            task,
+        }
     }
 
     pub fn take(&self) -> BTreeMap<String, u64> {
@@ -136,7 +172,9 @@ impl Load {
 
 async fn run(p: &LocalProvider, c: &DesiredCluster, steps: &[Step]) {
     for s in steps {
-        execute_step(p, c, s).await.unwrap_or_else(|e| panic!("step `{s}` failed: {e}"));
+        execute_step(p, c, s)
+            .await
+            .unwrap_or_else(|e| panic!("step `{s}` failed: {e}"));
     }
 }
 
@@ -148,8 +186,20 @@ fn group(c: &DesiredCluster, n: u32) -> (keelson::model::ServerGroupName, Sequen
 fn create_steps(c: &DesiredCluster, n: u32, capacity: u32, enable: bool) -> Vec<Step> {
     let (group, sequence) = group(c, n);
     let mut v = vec![
-        Step::CreateServerGroup { group: group.clone(), sequence, version: c.version.clone(), spec_hash: c.spec_hash.clone(), capacity, enabled: false },
-        Step::WaitHealthy { group: group.clone(), sequence, count: capacity, timeout: c.health.timeout },
+        Step::CreateServerGroup {
+            group: group.clone(),
+            sequence,
+            version: c.version.clone(),
+            spec_hash: c.spec_hash.clone(),
+            capacity,
+            enabled: false,
+        },
+        Step::WaitHealthy {
+            group: group.clone(),
+            sequence,
+            count: capacity,
+            timeout: c.health.timeout,
+        },
     ];
     if enable {
         v.push(Step::Enable { group, sequence });
@@ -168,13 +218,24 @@ async fn weights_and_traffic_changes_drop_nothing_under_load() {
     let load = Load::start(port, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = load.take();
-    assert!(before.keys().all(|g| g == "shop-v000"), "only the enabled group serves: {before:?}");
+    assert!(
+        before.keys().all(|g| g == "shop-v000"),
+        "only the enabled group serves: {before:?}"
+    );
     for w in [10u8, 50, 90] {
         let (ga, sa) = group(&a, 0);
         let (gb, sb) = group(&b, 1);
         let shares = vec![
-            keelson::plan::Share { group: gb, sequence: sb, weight: w },
-            keelson::plan::Share { group: ga, sequence: sa, weight: 100 - w },
+            keelson::plan::Share {
+                group: gb,
+                sequence: sb,
+                weight: w,
+            },
+            keelson::plan::Share {
+                group: ga,
+                sequence: sa,
+                weight: 100 - w,
+            },
         ];
         run(&local.provider, &b, &[Step::Shift { shares }]).await;
         load.take();
@@ -183,15 +244,41 @@ async fn weights_and_traffic_changes_drop_nothing_under_load() {
         let total: u64 = counts.values().sum();
         let share_b = *counts.get("shop-v001").unwrap_or(&0) as f64 * 100.0 / total as f64;
         assert!(total > 150, "load ran: {counts:?}");
-        assert!((share_b - f64::from(w)).abs() <= 5.0, "weight {w}%: new group got {share_b:.1}% of {total}");
+        assert!(
+            (share_b - f64::from(w)).abs() <= 5.0,
+            "weight {w}%: new group got {share_b:.1}% of {total}"
+        );
     }
     let (gb, sb) = group(&b, 1);
     let (ga, sa) = group(&a, 0);
-    run(&local.provider, &b, &[Step::Enable { group: gb, sequence: sb }, Step::Disable { group: ga.clone(), sequence: sa }, Step::Destroy { group: ga, sequence: sa }]).await;
+    run(
+        &local.provider,
+        &b,
+        &[
+            Step::Enable {
+                group: gb,
+                sequence: sb,
+            },
+            Step::Disable {
+                group: ga.clone(),
+                sequence: sa,
+            },
+            Step::Destroy {
+                group: ga,
+                sequence: sa,
+            },
+        ],
+    )
+    .await;
     load.take();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (after, failures) = load.finish().await;
-    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(after.keys().all(|g| g == "shop-v001"), "{after:?}");
 }
 
@@ -216,7 +303,12 @@ async fn a_killed_instance_leaves_traffic_and_is_restarted() {
         let live = observe_one(&local.provider, &c).await.unwrap();
         let g = &live.server_groups[0];
         if g.healthy() == 2 && !instance_pids(local.state()).contains(&pids[0]) {
-            assert!(g.instances.iter().any(|i| i.note.as_deref().is_some_and(|n| n.contains("restarted"))), "{g:?}");
+            assert!(
+                g.instances
+                    .iter()
+                    .any(|i| i.note.as_deref().is_some_and(|n| n.contains("restarted"))),
+                "{g:?}"
+            );
             restarted = true;
             break;
         }
@@ -229,9 +321,15 @@ async fn a_killed_instance_leaves_traffic_and_is_restarted() {
 
 /// Instance pids from the agent's state file.
 pub fn instance_pids(state: &Path) -> Vec<i32> {
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("local/state.json")).unwrap_or_default()).unwrap_or_default();
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("local/state.json")).unwrap_or_default())
+            .unwrap_or_default();
     let mut pids = Vec::new();
-    for c in s["clusters"].as_object().into_iter().flat_map(|m| m.values()) {
+    for c in s["clusters"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
         for g in c["groups"].as_object().into_iter().flat_map(|m| m.values()) {
             for i in g["instances"].as_array().into_iter().flatten() {
                 pids.push(i["pid"].as_i64().unwrap_or(0) as i32);
@@ -257,7 +355,10 @@ async fn the_agent_killed_and_restarted_re_adopts_its_instances() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The instances keep running without their agent.
     for p in &pids {
-        assert!(keelson::provider::local::agent::process::alive(*p as u32), "instance {p} died with the agent");
+        assert!(
+            keelson::provider::local::agent::process::alive(*p as u32),
+            "instance {p} died with the agent"
+        );
     }
     // Observing starts a new agent, which adopts them; traffic resumes.
     let mut after = None;
@@ -271,12 +372,22 @@ async fn the_agent_killed_and_restarted_re_adopts_its_instances() {
     }
     let after = after.expect("instances healthy again after the agent restarted");
     assert_ne!(local.agent_pid(), Some(agent));
-    assert_eq!(instance_pids(local.state()), pids, "the same processes, adopted, not restarted");
-    assert_eq!(before, after, "the observed state is the same before and after");
+    assert_eq!(
+        instance_pids(local.state()),
+        pids,
+        "the same processes, adopted, not restarted"
+    );
+    assert_eq!(
+        before, after,
+        "the observed state is the same before and after"
+    );
     let load = Load::start(port, 100);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (counts, failures) = load.finish().await;
-    assert!(failures.is_empty() && counts.values().sum::<u64>() > 20, "{counts:?} {failures:?}");
+    assert!(
+        failures.is_empty() && counts.values().sum::<u64>() > 20,
+        "{counts:?} {failures:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,24 +396,60 @@ async fn port_conflicts_and_bad_commands_are_clear_and_leave_nothing_running() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let c = only(&local_app("busy", "1.0.0", 1, port, ""));
-    let err = execute_step(&local.provider, &c, &create_steps(&c, 0, 1, false)[0]).await.unwrap_err();
-    let text = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
-    assert!(text.contains(&format!("traffic port {port} is already in use by pid {}", std::process::id())), "{text}");
-    assert!(observe_one(&local.provider, &c).await.is_none(), "nothing half-created");
+    let err = execute_step(&local.provider, &c, &create_steps(&c, 0, 1, false)[0])
+        .await
+        .unwrap_err();
+    let text = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(
+        text.contains(&format!(
+            "traffic port {port} is already in use by pid {}",
+            std::process::id()
+        )),
+        "{text}"
+    );
+    assert!(
+        observe_one(&local.provider, &c).await.is_none(),
+        "nothing half-created"
+    );
 
     let mut bad = only(&local_app("bad", "1.0.0", 1, free_port(), ""));
-    bad.workload.command = vec!["no-such-program-keelson".into(), "--port".into(), "{port}".into()];
-    let err = execute_step(&local.provider, &bad, &create_steps(&bad, 0, 1, false)[0]).await.unwrap_err();
-    let text = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
-    assert!(text.starts_with("command not found: `no-such-program-keelson --port "), "the exact command line: {text}");
-    assert!(observe_one(&local.provider, &bad).await.is_none(), "nothing half-created");
+    bad.workload.command = vec![
+        "no-such-program-keelson".into(),
+        "--port".into(),
+        "{port}".into(),
+    ];
+    let err = execute_step(&local.provider, &bad, &create_steps(&bad, 0, 1, false)[0])
+        .await
+        .unwrap_err();
+    let text = std::error::Error::source(&err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        text.starts_with("command not found: `no-such-program-keelson --port "),
+        "the exact command line: {text}"
+    );
+    assert!(
+        observe_one(&local.provider, &bad).await.is_none(),
+        "nothing half-created"
+    );
     assert!(instance_pids(local.state()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_exits_at_start_says_why() {
     let local = Local::new();
-    let c = only(&local_app("crash", "1.0.0", 1, free_port(), ", --crash-after, 10ms"));
+    let c = only(&local_app(
+        "crash",
+        "1.0.0",
+        1,
+        free_port(),
+        ", --crash-after, 10ms",
+    ));
     run(&local.provider, &c, &create_steps(&c, 0, 1, false)[..1]).await;
     let mut note = None;
     for _ in 0..50 {
@@ -314,5 +461,8 @@ async fn an_instance_that_exits_at_start_says_why() {
         }
     }
     let note = note.expect("a crashed instance carries a note");
-    assert!(note.contains("exit status: 1") && note.contains("crashing as asked"), "{note}");
+    assert!(
+        note.contains("exit status: 1") && note.contains("crashing as asked"),
+        "{note}"
+    );
 }

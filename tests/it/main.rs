@@ -1,7 +1,7 @@
 //! Integration tests: one binary, a module per area (fewer binaries link faster).
 
-mod plan_scenarios;
 mod local_target;
+mod plan_scenarios;
 mod properties;
 mod schemas;
 mod support;

@@ -4,8 +4,8 @@
 pub mod agent;
 pub mod wire;
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use hyper::Method;
 
 use super::{Provider, ProviderError, TargetRef};
-use crate::http_client::{call, client, HttpClient};
+use crate::http_client::{HttpClient, call, client};
 use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
 use crate::spec::AppName;
 use wire::{AgentInfo, ClusterSpec, Op, Reply};
@@ -33,7 +33,11 @@ impl LocalProvider {
     /// A provider keeping its state in `<state_dir>/local`, starting agents with `agent_exe`
     /// (the `keelson` binary).
     pub fn new(state_dir: &Path, agent_exe: PathBuf) -> Self {
-        Self { dir: state_dir.join("local"), agent_exe, client: client() }
+        Self {
+            dir: state_dir.join("local"),
+            agent_exe,
+            client: client(),
+        }
     }
 
     /// The agent's own directory.
@@ -42,9 +46,17 @@ impl LocalProvider {
     }
 
     async fn running(&self) -> Option<String> {
-        let info: AgentInfo = serde_json::from_slice(&std::fs::read(self.dir.join("agent.json")).ok()?).ok()?;
+        let info: AgentInfo =
+            serde_json::from_slice(&std::fs::read(self.dir.join("agent.json")).ok()?).ok()?;
         let url = format!("http://127.0.0.1:{}", info.port);
-        let ok: Result<serde_json::Value, _> = call(&self.client, Method::GET, &format!("{url}/v1/health"), None::<&()>, Duration::from_secs(2)).await;
+        let ok: Result<serde_json::Value, _> = call(
+            &self.client,
+            Method::GET,
+            &format!("{url}/v1/health"),
+            None::<&()>,
+            Duration::from_secs(2),
+        )
+        .await;
         ok.is_ok().then_some(url)
     }
 
@@ -53,13 +65,17 @@ impl LocalProvider {
         if let Some(url) = self.running().await {
             return Ok(url);
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| ProviderError::Unavailable(format!("cannot create {}: {e}", self.dir.display())))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            ProviderError::Unavailable(format!("cannot create {}: {e}", self.dir.display()))
+        })?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("agent.log"))
             .map_err(|e| ProviderError::Unavailable(format!("cannot open agent log: {e}")))?;
-        let err = log.try_clone().map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         let _ = std::fs::remove_file(self.dir.join("agent.json"));
         // Its own process group: the agent must outlive this process and its terminal.
         let child = std::process::Command::new(&self.agent_exe)
@@ -71,7 +87,12 @@ impl LocalProvider {
             .stderr(err)
             .process_group(0)
             .spawn()
-            .map_err(|e| ProviderError::Unavailable(format!("cannot start `{} local-agent`: {e}", self.agent_exe.display())))?;
+            .map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "cannot start `{} local-agent`: {e}",
+                    self.agent_exe.display()
+                ))
+            })?;
         drop(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
@@ -81,12 +102,22 @@ impl LocalProvider {
             }
         }
         let tail = agent::process::tail(&self.dir.join("agent.log"), 5);
-        Err(ProviderError::Unavailable(format!("the local agent did not start; its log says:\n{tail}")))
+        Err(ProviderError::Unavailable(format!(
+            "the local agent did not start; its log says:\n{tail}"
+        )))
     }
 
     async fn op(&self, op: &Op) -> Result<Reply, ProviderError> {
         let url = self.agent().await?;
-        let reply: Reply = call(&self.client, Method::POST, &format!("{url}/v1/ops"), Some(op), OP_TIMEOUT).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let reply: Reply = call(
+            &self.client,
+            Method::POST,
+            &format!("{url}/v1/ops"),
+            Some(op),
+            OP_TIMEOUT,
+        )
+        .await
+        .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         match reply {
             Reply::Invalid { message } => Err(ProviderError::Invalid(message)),
             r => Ok(r),
@@ -118,37 +149,105 @@ impl Provider for LocalProvider {
         if self.running().await.is_none() && !self.dir.join("state.json").exists() {
             return Ok(Vec::new());
         }
-        match self.op(&Op::Observe { environment: target.environment.clone(), target: target.target.name.clone() }).await? {
+        match self
+            .op(&Op::Observe {
+                environment: target.environment.clone(),
+                target: target.target.name.clone(),
+            })
+            .await?
+        {
             Reply::Clusters { clusters } => Ok(clusters),
-            other => Err(ProviderError::Unavailable(format!("unexpected agent reply: {other:?}"))),
+            other => Err(ProviderError::Unavailable(format!(
+                "unexpected agent reply: {other:?}"
+            ))),
         }
     }
 
-    async fn create_server_group(&self, cluster: &DesiredCluster, seq: Sequence, capacity: u32, enabled: bool) -> Result<(), ProviderError> {
-        self.ok(Op::Create { cluster: ClusterSpec::from(cluster), sequence: seq, capacity, enabled }).await
+    async fn create_server_group(
+        &self,
+        cluster: &DesiredCluster,
+        seq: Sequence,
+        capacity: u32,
+        enabled: bool,
+    ) -> Result<(), ProviderError> {
+        self.ok(Op::Create {
+            cluster: ClusterSpec::from(cluster),
+            sequence: seq,
+            capacity,
+            enabled,
+        })
+        .await
     }
 
-    async fn resize(&self, cluster: &ClusterId, seq: Sequence, capacity: u32) -> Result<(), ProviderError> {
-        self.ok(Op::Resize { cluster: cluster.clone(), sequence: seq, capacity }).await
+    async fn resize(
+        &self,
+        cluster: &ClusterId,
+        seq: Sequence,
+        capacity: u32,
+    ) -> Result<(), ProviderError> {
+        self.ok(Op::Resize {
+            cluster: cluster.clone(),
+            sequence: seq,
+            capacity,
+        })
+        .await
     }
 
-    async fn set_traffic(&self, cluster: &ClusterId, seq: Sequence, enabled: bool, weight: u8) -> Result<(), ProviderError> {
-        self.ok(Op::Traffic { cluster: cluster.clone(), sequence: seq, enabled, weight }).await
+    async fn set_traffic(
+        &self,
+        cluster: &ClusterId,
+        seq: Sequence,
+        enabled: bool,
+        weight: u8,
+    ) -> Result<(), ProviderError> {
+        self.ok(Op::Traffic {
+            cluster: cluster.clone(),
+            sequence: seq,
+            enabled,
+            weight,
+        })
+        .await
     }
 
-    async fn update_in_place(&self, cluster: &DesiredCluster, seq: Sequence) -> Result<(), ProviderError> {
-        self.ok(Op::Update { cluster: ClusterSpec::from(cluster), sequence: seq }).await
+    async fn update_in_place(
+        &self,
+        cluster: &DesiredCluster,
+        seq: Sequence,
+    ) -> Result<(), ProviderError> {
+        self.ok(Op::Update {
+            cluster: ClusterSpec::from(cluster),
+            sequence: seq,
+        })
+        .await
     }
 
-    async fn replace_instances(&self, cluster: &ClusterId, seq: Sequence, count: u32) -> Result<(), ProviderError> {
-        self.ok(Op::Replace { cluster: cluster.clone(), sequence: seq, count }).await
+    async fn replace_instances(
+        &self,
+        cluster: &ClusterId,
+        seq: Sequence,
+        count: u32,
+    ) -> Result<(), ProviderError> {
+        self.ok(Op::Replace {
+            cluster: cluster.clone(),
+            sequence: seq,
+            count,
+        })
+        .await
     }
 
     async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        self.ok(Op::Heal { cluster: cluster.clone(), sequence: seq }).await
+        self.ok(Op::Heal {
+            cluster: cluster.clone(),
+            sequence: seq,
+        })
+        .await
     }
 
     async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        self.ok(Op::Destroy { cluster: cluster.clone(), sequence: seq }).await
+        self.ok(Op::Destroy {
+            cluster: cluster.clone(),
+            sequence: seq,
+        })
+        .await
     }
 }

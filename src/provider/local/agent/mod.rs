@@ -20,7 +20,10 @@ use tokio::process::Child;
 use tokio::sync::Mutex;
 
 use super::wire::{AgentInfo, ClusterSpec, GroupSpec, Op, Reply};
-use crate::model::{ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName, SpecHash};
+use crate::model::{
+    ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName,
+    SpecHash,
+};
 use crate::spec::AppName;
 use process::StartError;
 use proxy::{Backend, HealthMap, Proxy, Route};
@@ -106,16 +109,20 @@ impl Agent {
     fn save(&self) {
         let path = self.dir.join("state.json");
         let tmp = self.dir.join("state.json.tmp");
-        if let Ok(bytes) = serde_json::to_vec_pretty(&self.persisted) {
-            if fs::write(&tmp, bytes).is_ok() {
-                let _ = fs::rename(&tmp, &path);
-            }
+        if let Ok(bytes) = serde_json::to_vec_pretty(&self.persisted)
+            && fs::write(&tmp, bytes).is_ok()
+        {
+            let _ = fs::rename(&tmp, &path);
         }
     }
 
     fn routes(&self, cluster: &str) {
-        let Some(c) = self.persisted.clusters.get(cluster) else { return };
-        let Some(proxy) = self.rt.proxies.get(cluster) else { return };
+        let Some(c) = self.persisted.clusters.get(cluster) else {
+            return;
+        };
+        let Some(proxy) = self.rt.proxies.get(cluster) else {
+            return;
+        };
         let routes = c
             .groups
             .values()
@@ -126,7 +133,11 @@ impl Agent {
                     .instances
                     .iter()
                     .filter(|i| !self.rt.restarts.contains_key(&i.id))
-                    .map(|i| Backend { id: i.id.clone(), port: i.port, inflight: self.rt.inflight.get(&i.id).cloned().unwrap_or_default() })
+                    .map(|i| Backend {
+                        id: i.id.clone(),
+                        port: i.port,
+                        inflight: self.rt.inflight.get(&i.id).cloned().unwrap_or_default(),
+                    })
                     .collect(),
             })
             .collect();
@@ -147,8 +158,17 @@ impl Agent {
             let mut ever = false;
             while !stop.load(Ordering::Acquire) {
                 let ok = match &check {
-                    Some(h) => crate::http_client::probe(&client, &format!("http://127.0.0.1:{port}{}", h.path), h.timeout.to_std()).await,
-                    None => tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+                    Some(h) => {
+                        crate::http_client::probe(
+                            &client,
+                            &format!("http://127.0.0.1:{port}{}", h.path),
+                            h.timeout.to_std(),
+                        )
+                        .await
+                    }
+                    None => tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok(),
                 };
                 if stop.load(Ordering::Acquire) {
                     break;
@@ -157,19 +177,30 @@ impl Agent {
                     m.insert(id.clone(), ok);
                 }
                 ever |= ok;
-                let interval = check.as_ref().map_or(Duration::from_secs(1), |h| h.interval.to_std());
+                let interval = check
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |h| h.interval.to_std());
                 tokio::time::sleep(if ever { interval } else { FAST_PROBE }).await;
             }
         });
     }
 
     /// Starts one instance of a group; returns its state.
-    fn spawn_instance(&mut self, cluster: &ClusterId, app: &AppName, group: &GroupState, id: Option<String>) -> Result<InstanceState, StartError> {
+    fn spawn_instance(
+        &mut self,
+        cluster: &ClusterId,
+        app: &AppName,
+        group: &GroupState,
+        id: Option<String>,
+    ) -> Result<InstanceState, StartError> {
         let id = id.unwrap_or_else(|| {
             self.persisted.next_instance += 1;
             format!("{}-i{}", group.name, self.persisted.next_instance)
         });
-        let port = process::free_port().map_err(|e| StartError::Spawn { command: group.spec.command.join(" "), message: format!("no free port: {e}") })?;
+        let port = process::free_port().map_err(|e| StartError::Spawn {
+            command: group.spec.command.join(" "),
+            message: format!("no free port: {e}"),
+        })?;
         let command = process::resolve(&group.spec.command, port);
         let mut env = group.spec.env.clone();
         env.insert("PORT".into(), port.to_string());
@@ -186,7 +217,13 @@ impl Agent {
             h.insert(id.clone(), false);
         }
         self.start_probe(&id, port, &group.spec);
-        Ok(InstanceState { id, port, pid: started.pid, spec_hash: group.spec.spec_hash.clone(), version: group.spec.version.clone() })
+        Ok(InstanceState {
+            id,
+            port,
+            pid: started.pid,
+            spec_hash: group.spec.spec_hash.clone(),
+            version: group.spec.version.clone(),
+        })
     }
 
     /// Forgets an instance and hands back what is needed to stop it.
@@ -200,11 +237,18 @@ impl Agent {
         self.rt.restarts.remove(&inst.id);
         self.rt.crashes.remove(&inst.id);
         self.rt.notes.remove(&inst.id);
-        Stopping { pid: inst.pid, child: self.rt.children.remove(&inst.id), inflight: self.rt.inflight.remove(&inst.id) }
+        Stopping {
+            pid: inst.pid,
+            child: self.rt.children.remove(&inst.id),
+            inflight: self.rt.inflight.remove(&inst.id),
+        }
     }
 
     fn group_mut(&mut self, cluster: &ClusterId, seq: Sequence) -> Option<&mut GroupState> {
-        self.persisted.clusters.get_mut(&key(cluster)).and_then(|c| c.groups.get_mut(&seq.get()))
+        self.persisted
+            .clusters
+            .get_mut(&key(cluster))
+            .and_then(|c| c.groups.get_mut(&seq.get()))
     }
 
     fn observe(&self, env: &str, target: &str) -> Vec<ObservedCluster> {
@@ -240,7 +284,12 @@ impl Agent {
                                 } else {
                                     InstanceHealth::Starting
                                 };
-                                Instance { id: i.id.clone(), spec_hash: i.spec_hash.clone(), health, note }
+                                Instance {
+                                    id: i.id.clone(),
+                                    spec_hash: i.spec_hash.clone(),
+                                    health,
+                                    note,
+                                }
                             })
                             .collect(),
                     })
@@ -251,13 +300,17 @@ impl Agent {
 }
 
 fn invalid(message: impl Into<String>) -> Reply {
-    Reply::Invalid { message: message.into() }
+    Reply::Invalid {
+        message: message.into(),
+    }
 }
 
 async fn stop_all(list: Vec<Stopping>) {
     let inflight: Vec<Arc<AtomicUsize>> = list.iter().filter_map(|s| s.inflight.clone()).collect();
     proxy::drain(&inflight, DRAIN).await;
-    let stops = list.into_iter().map(|s| process::stop(s.pid, s.child, GRACE));
+    let stops = list
+        .into_iter()
+        .map(|s| process::stop(s.pid, s.child, GRACE));
     for f in stops {
         f.await;
     }
@@ -278,12 +331,32 @@ async fn apply(shared: &Shared, op: Op) -> Reply {
 
 fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
     match op {
-        Op::Observe { environment, target } => Reply::Clusters { clusters: a.observe(environment.as_str(), target.as_str()) },
-        Op::Create { cluster, sequence, capacity, enabled } => create(a, &cluster, sequence, capacity, enabled, to_stop),
-        Op::Resize { cluster, sequence, capacity } => {
-            let Some(g) = a.group_mut(&cluster, sequence) else { return invalid(format!("{cluster} has no server group {sequence}")) };
+        Op::Observe {
+            environment,
+            target,
+        } => Reply::Clusters {
+            clusters: a.observe(environment.as_str(), target.as_str()),
+        },
+        Op::Create {
+            cluster,
+            sequence,
+            capacity,
+            enabled,
+        } => create(a, &cluster, sequence, capacity, enabled, to_stop),
+        Op::Resize {
+            cluster,
+            sequence,
+            capacity,
+        } => {
+            let Some(g) = a.group_mut(&cluster, sequence) else {
+                return invalid(format!("{cluster} has no server group {sequence}"));
+            };
             g.capacity = capacity;
-            let extra: Vec<InstanceState> = if g.instances.len() > capacity as usize { g.instances.split_off(capacity as usize) } else { Vec::new() };
+            let extra: Vec<InstanceState> = if g.instances.len() > capacity as usize {
+                g.instances.split_off(capacity as usize)
+            } else {
+                Vec::new()
+            };
             for i in &extra {
                 to_stop.push(a.release(i));
             }
@@ -291,20 +364,35 @@ fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
             a.routes(&key(&cluster));
             reply
         }
-        Op::Traffic { cluster, sequence, enabled, weight } => {
-            let Some(g) = a.group_mut(&cluster, sequence) else { return invalid(format!("{cluster} has no server group {sequence}")) };
+        Op::Traffic {
+            cluster,
+            sequence,
+            enabled,
+            weight,
+        } => {
+            let Some(g) = a.group_mut(&cluster, sequence) else {
+                return invalid(format!("{cluster} has no server group {sequence}"));
+            };
             g.enabled = enabled;
             g.weight = if enabled { weight } else { 0 };
             a.routes(&key(&cluster));
             Reply::Ok
         }
         Op::Update { cluster, sequence } => {
-            let Some(g) = a.group_mut(&cluster.id, sequence) else { return invalid(format!("{} has no server group {sequence}", cluster.id)) };
+            let Some(g) = a.group_mut(&cluster.id, sequence) else {
+                return invalid(format!("{} has no server group {sequence}", cluster.id));
+            };
             g.spec = cluster.group.clone();
             Reply::Ok
         }
-        Op::Replace { cluster, sequence, count } => {
-            let Some(g) = a.group_mut(&cluster, sequence) else { return invalid(format!("{cluster} has no server group {sequence}")) };
+        Op::Replace {
+            cluster,
+            sequence,
+            count,
+        } => {
+            let Some(g) = a.group_mut(&cluster, sequence) else {
+                return invalid(format!("{cluster} has no server group {sequence}"));
+            };
             let hash = g.spec.spec_hash.clone();
             let mut old = Vec::new();
             g.instances.retain(|i| {
@@ -332,11 +420,23 @@ fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
             Reply::Ok
         }
         Op::Down { app } => {
-            let doomed: Vec<ClusterState> = a.persisted.clusters.values().filter(|c| app.as_ref().is_none_or(|x| &c.app == x)).cloned().collect();
+            let doomed: Vec<ClusterState> = a
+                .persisted
+                .clusters
+                .values()
+                .filter(|c| app.as_ref().is_none_or(|x| &c.app == x))
+                .cloned()
+                .collect();
             let mut stopped = Vec::new();
             for c in doomed {
                 for g in c.groups.values() {
-                    stopped.push(format!("{} {} ({} instance{})", c.id, g.name, g.instances.len(), if g.instances.len() == 1 { "" } else { "s" }));
+                    stopped.push(format!(
+                        "{} {} ({} instance{})",
+                        c.id,
+                        g.name,
+                        g.instances.len(),
+                        if g.instances.len() == 1 { "" } else { "s" }
+                    ));
                     destroy(a, &c.id, g.sequence, to_stop);
                 }
             }
@@ -345,22 +445,42 @@ fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
     }
 }
 
-fn create(a: &mut Agent, cluster: &ClusterSpec, sequence: Sequence, capacity: u32, enabled: bool, to_stop: &mut Vec<Stopping>) -> Reply {
+fn create(
+    a: &mut Agent,
+    cluster: &ClusterSpec,
+    sequence: Sequence,
+    capacity: u32,
+    enabled: bool,
+    to_stop: &mut Vec<Stopping>,
+) -> Reply {
     let k = key(&cluster.id);
-    if a.persisted.clusters.get(&k).is_some_and(|c| c.groups.contains_key(&sequence.get())) {
+    if a.persisted
+        .clusters
+        .get(&k)
+        .is_some_and(|c| c.groups.contains_key(&sequence.get()))
+    {
         return Reply::Ok;
     }
-    if let Some(port) = cluster.traffic_port {
-        if !a.rt.proxies.contains_key(&k) {
-            match Proxy::start(port, a.health.clone()) {
-                Ok(p) => {
-                    a.rt.proxies.insert(k.clone(), p);
-                }
-                Err(e) => return invalid(e.to_string()),
+    if let Some(port) = cluster.traffic_port
+        && !a.rt.proxies.contains_key(&k)
+    {
+        match Proxy::start(port, a.health.clone()) {
+            Ok(p) => {
+                a.rt.proxies.insert(k.clone(), p);
             }
+            Err(e) => return invalid(e.to_string()),
         }
     }
-    let c = a.persisted.clusters.entry(k.clone()).or_insert_with(|| ClusterState { id: cluster.id.clone(), app: cluster.app.clone(), traffic_port: cluster.traffic_port, groups: BTreeMap::new() });
+    let c = a
+        .persisted
+        .clusters
+        .entry(k.clone())
+        .or_insert_with(|| ClusterState {
+            id: cluster.id.clone(),
+            app: cluster.app.clone(),
+            traffic_port: cluster.traffic_port,
+            groups: BTreeMap::new(),
+        });
     c.groups.insert(
         sequence.get(),
         GroupState {
@@ -387,9 +507,13 @@ fn create(a: &mut Agent, cluster: &ClusterSpec, sequence: Sequence, capacity: u3
 fn fill(a: &mut Agent, cluster: &ClusterId, sequence: Sequence) -> Reply {
     let k = key(cluster);
     loop {
-        let Some(c) = a.persisted.clusters.get(&k) else { return invalid(format!("{cluster} does not exist")) };
+        let Some(c) = a.persisted.clusters.get(&k) else {
+            return invalid(format!("{cluster} does not exist"));
+        };
         let app = c.app.clone();
-        let Some(g) = c.groups.get(&sequence.get()).cloned() else { return invalid(format!("{cluster} has no server group {sequence}")) };
+        let Some(g) = c.groups.get(&sequence.get()).cloned() else {
+            return invalid(format!("{cluster} has no server group {sequence}"));
+        };
         if g.instances.len() >= g.capacity as usize {
             return Reply::Ok;
         }
@@ -406,8 +530,12 @@ fn fill(a: &mut Agent, cluster: &ClusterId, sequence: Sequence) -> Reply {
 
 fn destroy(a: &mut Agent, cluster: &ClusterId, sequence: Sequence, to_stop: &mut Vec<Stopping>) {
     let k = key(cluster);
-    let Some(c) = a.persisted.clusters.get_mut(&k) else { return };
-    let Some(g) = c.groups.remove(&sequence.get()) else { return };
+    let Some(c) = a.persisted.clusters.get_mut(&k) else {
+        return;
+    };
+    let Some(g) = c.groups.remove(&sequence.get()) else {
+        return;
+    };
     let empty = c.groups.is_empty();
     a.routes(&k);
     for i in &g.instances {
@@ -437,7 +565,13 @@ async fn supervise(shared: Shared) {
             .persisted
             .clusters
             .iter()
-            .flat_map(|(k, c)| c.groups.values().flat_map(move |g| g.instances.iter().map(move |i| (k.clone(), c.id.clone(), c.app.clone(), g.clone(), i.clone()))))
+            .flat_map(|(k, c)| {
+                c.groups.values().flat_map(move |g| {
+                    g.instances.iter().map(move |i| {
+                        (k.clone(), c.id.clone(), c.app.clone(), g.clone(), i.clone())
+                    })
+                })
+            })
             .collect();
         for (k, cid, app, g, inst) in all {
             if let Some(&at) = a.rt.restarts.get(&inst.id) {
@@ -448,18 +582,24 @@ async fn supervise(shared: Shared) {
                 match a.spawn_instance(&cid, &app, &g, Some(inst.id.clone())) {
                     Ok(fresh) => {
                         a.rt.restarts.remove(&inst.id);
-                        if let Some(gm) = a.group_mut(&cid, g.sequence) {
-                            if let Some(slot) = gm.instances.iter_mut().find(|i| i.id == inst.id) {
-                                *slot = fresh;
-                            }
+                        if let Some(gm) = a.group_mut(&cid, g.sequence)
+                            && let Some(slot) = gm.instances.iter_mut().find(|i| i.id == inst.id)
+                        {
+                            *slot = fresh;
                         }
                         let last = a.rt.notes.get(&inst.id).cloned().unwrap_or_default();
-                        let last = last.rsplit_once("; last: ").map_or(last.clone(), |(_, l)| l.to_string());
-                        a.rt.notes.insert(inst.id.clone(), format!("restarted {crashes} time(s); last: {last}"));
+                        let last = last
+                            .rsplit_once("; last: ")
+                            .map_or(last.clone(), |(_, l)| l.to_string());
+                        a.rt.notes.insert(
+                            inst.id.clone(),
+                            format!("restarted {crashes} time(s); last: {last}"),
+                        );
                     }
                     Err(e) => {
                         a.rt.crashes.insert(inst.id.clone(), crashes + 1);
-                        a.rt.restarts.insert(inst.id.clone(), now + backoff(crashes + 1));
+                        a.rt.restarts
+                            .insert(inst.id.clone(), now + backoff(crashes + 1));
                         a.rt.notes.insert(inst.id.clone(), e.to_string());
                     }
                 }
@@ -480,11 +620,25 @@ async fn supervise(shared: Shared) {
                 }
                 let log = process::log_path(&a.dir, cid.name.as_str(), &inst.id);
                 let tail = process::tail(&log, 5);
-                eprintln!("keelson local-agent: {} exited ({status}); restarting", inst.id);
+                eprintln!(
+                    "keelson local-agent: {} exited ({status}); restarting",
+                    inst.id
+                );
                 let crashes = a.rt.crashes.get(&inst.id).copied().unwrap_or(0) + 1;
                 a.rt.crashes.insert(inst.id.clone(), crashes);
-                a.rt.restarts.insert(inst.id.clone(), now + backoff(crashes));
-                a.rt.notes.insert(inst.id.clone(), format!("exited ({status}){}", if tail.is_empty() { String::new() } else { format!(": {tail}") }));
+                a.rt.restarts
+                    .insert(inst.id.clone(), now + backoff(crashes));
+                a.rt.notes.insert(
+                    inst.id.clone(),
+                    format!(
+                        "exited ({status}){}",
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {tail}")
+                        }
+                    ),
+                );
                 changed.push(k);
             }
         }
@@ -522,26 +676,57 @@ pub enum AgentError {
 
 /// Runs the agent for a state directory until SIGTERM/SIGINT, or until `down` empties it.
 pub async fn run(dir: &Path) -> Result<(), AgentError> {
-    let io = |source| AgentError::Io { path: dir.to_path_buf(), source };
+    let io = |source| AgentError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(io)?;
-    let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("agent.lock")).map_err(io)?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("agent.lock"))
+        .map_err(io)?;
     if lock.try_lock().is_err() {
-        eprintln!("keelson local-agent: another agent serves {}; exiting", dir.display());
+        eprintln!(
+            "keelson local-agent: another agent serves {}; exiting",
+            dir.display()
+        );
         return Ok(());
     }
-    let persisted: Persisted = fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    let mut agent = Agent { dir: dir.to_path_buf(), persisted, rt: Runtime::default(), health: Arc::new(RwLock::new(HashMap::new())) };
+    let persisted: Persisted = fs::read(dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut agent = Agent {
+        dir: dir.to_path_buf(),
+        persisted,
+        rt: Runtime::default(),
+        health: Arc::new(RwLock::new(HashMap::new())),
+    };
     adopt(&mut agent);
     let shared: Shared = Arc::new(Mutex::new(agent));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(io)?;
     let port = listener.local_addr().map_err(io)?.port();
-    let info = AgentInfo { pid: std::process::id(), port };
+    let info = AgentInfo {
+        pid: std::process::id(),
+        port,
+    };
     let tmp = dir.join("agent.json.tmp");
     fs::write(&tmp, serde_json::to_vec(&info).unwrap_or_default()).map_err(io)?;
     fs::rename(&tmp, dir.join("agent.json")).map_err(io)?;
-    eprintln!("keelson local-agent: pid {} serving {} on 127.0.0.1:{port}", info.pid, dir.display());
+    eprintln!(
+        "keelson local-agent: pid {} serving {} on 127.0.0.1:{port}",
+        info.pid,
+        dir.display()
+    );
     tokio::spawn(supervise(shared.clone()));
-    let app = Router::new().route("/v1/health", get(health)).route("/v1/ops", post(ops)).with_state(shared.clone());
+    let app = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ops", post(ops))
+        .with_state(shared.clone());
     let watcher = shared.clone();
     let empty = async move {
         // After `down` stopped everything, nothing is left to own: exit.
@@ -558,7 +743,10 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
             () = empty => {}
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(io)?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(io)?;
     let _ = fs::remove_file(dir.join("agent.json"));
     drop(lock);
     Ok(())
@@ -568,7 +756,12 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
 /// restarted by the supervisor; proxies are bound again.
 fn adopt(a: &mut Agent) {
     let now = tokio::time::Instant::now();
-    let clusters: Vec<(String, ClusterState)> = a.persisted.clusters.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+    let clusters: Vec<(String, ClusterState)> = a
+        .persisted
+        .clusters
+        .iter()
+        .map(|(k, c)| (k.clone(), c.clone()))
+        .collect();
     for (k, c) in clusters {
         if let Some(port) = c.traffic_port {
             match Proxy::start(port, a.health.clone()) {
@@ -585,7 +778,8 @@ fn adopt(a: &mut Agent) {
                     a.start_probe(&i.id, i.port, &g.spec);
                 } else {
                     a.rt.restarts.insert(i.id.clone(), now);
-                    a.rt.notes.insert(i.id.clone(), "found dead when the agent started".into());
+                    a.rt.notes
+                        .insert(i.id.clone(), "found dead when the agent started".into());
                 }
             }
         }

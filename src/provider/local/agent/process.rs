@@ -43,17 +43,24 @@ pub fn free_port() -> std::io::Result<u16> {
 /// The command line with `{port}` replaced; `keelson` means this very binary, so examples work
 /// from a fresh clone without installing it.
 pub fn resolve(command: &[String], port: u16) -> Vec<String> {
-    let mut out: Vec<String> = command.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
-    if out.first().is_some_and(|c| c == "keelson") {
-        if let Ok(exe) = std::env::current_exe() {
-            out[0] = exe.display().to_string();
-        }
+    let mut out: Vec<String> = command
+        .iter()
+        .map(|a| a.replace("{port}", &port.to_string()))
+        .collect();
+    if out.first().is_some_and(|c| c == "keelson")
+        && let Ok(exe) = std::env::current_exe()
+    {
+        out[0] = exe.display().to_string();
     }
     out
 }
 
 /// Starts one instance with its environment, logging to `log`.
-pub fn start(command: &[String], env: &BTreeMap<String, String>, log: &Path) -> Result<Started, StartError> {
+pub fn start(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> Result<Started, StartError> {
     let line = command.join(" ");
     let Some((program, args)) = command.split_first() else {
         return Err(StartError::NotFound(line));
@@ -61,24 +68,44 @@ pub fn start(command: &[String], env: &BTreeMap<String, String>, log: &Path) -> 
     if let Some(dir) = log.parent() {
         let _ = fs::create_dir_all(dir);
     }
-    let spawn_err = |message: String| StartError::Spawn { command: line.clone(), message };
-    let out = OpenOptions::new().create(true).append(true).open(log).map_err(|e| spawn_err(format!("log file {}: {e}", log.display())))?;
+    let spawn_err = |message: String| StartError::Spawn {
+        command: line.clone(),
+        message,
+    };
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| spawn_err(format!("log file {}: {e}", log.display())))?;
     let err = out.try_clone().map_err(|e| spawn_err(e.to_string()))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).envs(env).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(false);
+    cmd.args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false);
     match cmd.spawn() {
         Ok(child) => {
             let pid = child.id().unwrap_or(0);
             Ok(Started { child, pid })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::PermissionDenied => Err(StartError::NotFound(line)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(StartError::NotFound(line))
+        }
         Err(e) => Err(spawn_err(e.to_string())),
     }
 }
 
 /// Whether a process exists (and is not a zombie we could reap).
 pub fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
     if pid <= 0 {
         return false;
     }
@@ -89,18 +116,20 @@ pub fn alive(pid: u32) -> bool {
     }
     // A zombie still "exists"; read its state.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => exists,
     }
 }
 
 fn signal_group(pid: u32, sig: i32) {
-    if let Ok(p) = i32::try_from(pid) {
-        if p > 0 {
-            // SAFETY: signals the instance's own process group, created with process_group(0).
-            unsafe {
-                libc::kill(-p, sig);
-            }
+    if let Ok(p) = i32::try_from(pid)
+        && p > 0
+    {
+        // SAFETY: signals the instance's own process group, created with process_group(0).
+        unsafe {
+            libc::kill(-p, sig);
         }
     }
 }
@@ -137,7 +166,10 @@ pub fn tail(log: &Path, n: usize) -> String {
 
 /// The log file of an instance.
 pub fn log_path(state_dir: &Path, cluster: &str, instance: &str) -> PathBuf {
-    state_dir.join("logs").join(cluster).join(format!("{instance}.log"))
+    state_dir
+        .join("logs")
+        .join(cluster)
+        .join(format!("{instance}.log"))
 }
 
 /// Who listens on a local TCP port, if Linux's /proc can tell: `pid 1234 (nginx)`.
@@ -145,7 +177,9 @@ pub fn port_owner(port: u16) -> Option<String> {
     let hex = format!(":{port:04X}");
     let mut inode = None;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else { continue };
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             // local_address, state 0A = LISTEN, inode at column 9.
@@ -157,8 +191,15 @@ pub fn port_owner(port: u16) -> Option<String> {
     let needle = format!("socket:[{}]", inode?);
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.chars().all(|c| c.is_ascii_digit())) else { continue };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == needle) {
                 let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();

@@ -21,14 +21,22 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
-use crate::http_client::{client, HttpClient};
+use crate::http_client::{HttpClient, client};
 
 /// Largest request body the proxy buffers (bodies are buffered so a retry can resend them).
 const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Attempts per request (first try plus retries on connection errors).
 const ATTEMPTS: usize = 3;
 /// Headers that belong to one hop and are not forwarded.
-const HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"];
+const HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// Health of instances by id, shared with the probers.
 pub type HealthMap = Arc<RwLock<HashMap<String, bool>>>;
@@ -89,15 +97,31 @@ pub struct BindError {
 impl Proxy {
     /// Binds the port and starts serving with no routes.
     pub fn start(port: u16, health: HealthMap) -> Result<Self, BindError> {
-        let socket = tokio::net::TcpSocket::new_v4().map_err(|_| BindError { port, owner: None })?;
+        let socket =
+            tokio::net::TcpSocket::new_v4().map_err(|_| BindError { port, owner: None })?;
         let _ = socket.set_reuseaddr(true);
-        socket.bind(SocketAddr::from(([127, 0, 0, 1], port))).map_err(|_| BindError { port, owner: super::process::port_owner(port) })?;
-        let listener = socket.listen(1024).map_err(|_| BindError { port, owner: super::process::port_owner(port) })?;
-        let shared = Arc::new(Shared { routes: RwLock::new(Vec::new()), health, picker: Mutex::new(Picker::default()), client: client() });
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|_| BindError {
+                port,
+                owner: super::process::port_owner(port),
+            })?;
+        let listener = socket.listen(1024).map_err(|_| BindError {
+            port,
+            owner: super::process::port_owner(port),
+        })?;
+        let shared = Arc::new(Shared {
+            routes: RwLock::new(Vec::new()),
+            health,
+            picker: Mutex::new(Picker::default()),
+            client: client(),
+        });
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -105,7 +129,10 @@ impl Proxy {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(handle(&s, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -134,7 +161,9 @@ impl Drop for Proxy {
 /// Waits until none of `backends` has a request in flight, or `timeout` passes.
 pub async fn drain(backends: &[Arc<AtomicUsize>], timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
-    while backends.iter().any(|b| b.load(Ordering::Acquire) > 0) && tokio::time::Instant::now() < deadline {
+    while backends.iter().any(|b| b.load(Ordering::Acquire) > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -145,7 +174,17 @@ fn pick(s: &Shared, tried: &HashSet<String>) -> Option<(String, Backend)> {
     let candidates: Vec<(&Route, Vec<&Backend>)> = routes
         .iter()
         .filter(|r| r.weight > 0)
-        .map(|r| (r, r.backends.iter().filter(|b| !tried.contains(&b.id) && health.get(&b.id).copied().unwrap_or(false)).collect::<Vec<_>>()))
+        .map(|r| {
+            (
+                r,
+                r.backends
+                    .iter()
+                    .filter(|b| {
+                        !tried.contains(&b.id) && health.get(&b.id).copied().unwrap_or(false)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
         .filter(|(_, b)| !b.is_empty())
         .collect();
     if candidates.is_empty() {
@@ -172,34 +211,54 @@ fn pick(s: &Shared, tried: &HashSet<String>) -> Option<(String, Backend)> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("keelson proxy: {message}\n"))));
+    let mut r = Response::new(Full::new(Bytes::from(format!(
+        "keelson proxy: {message}\n"
+    ))));
     *r.status_mut() = status;
     r
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or broken"),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or broken",
+            );
+        }
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let mut tried = HashSet::new();
     let mut last_error = String::from("no healthy instance of an enabled server group");
     for _ in 0..ATTEMPTS {
-        let Some((group, backend)) = pick(s, &tried) else { break };
+        let Some((group, backend)) = pick(s, &tried) else {
+            break;
+        };
         tried.insert(backend.id.clone());
-        let mut out = Request::builder().method(parts.method.clone()).uri(format!("http://127.0.0.1:{}{path}", backend.port));
+        let mut out = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("http://127.0.0.1:{}{path}", backend.port));
         for (k, v) in &parts.headers {
             if !HOP.contains(&k.as_str()) {
                 out = out.header(k, v);
             }
         }
-        let Ok(out) = out.body(Full::new(body.clone())) else { return error(StatusCode::BAD_REQUEST, "cannot forward request") };
+        let Ok(out) = out.body(Full::new(body.clone())) else {
+            return error(StatusCode::BAD_REQUEST, "cannot forward request");
+        };
         backend.inflight.fetch_add(1, Ordering::AcqRel);
         let result = async {
             let resp = s.client.request(out).await?;
@@ -240,5 +299,12 @@ async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
     }
-    error(if tried.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY }, &last_error)
+    error(
+        if tried.is_empty() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_GATEWAY
+        },
+        &last_error,
+    )
 }
