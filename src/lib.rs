@@ -21,5 +21,6 @@ pub mod provider;
 pub mod render;
 pub mod source;
 pub mod spec;
+pub mod store;
 pub mod suggest;
 pub mod validate;

@@ -1,6 +1,8 @@
 //! The command line: arguments, verbs, output and exit codes.
 
+mod apply;
 mod local;
+mod ops;
 mod output;
 mod plan;
 mod validate;
@@ -63,6 +65,22 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Show what apply would do to the clusters, step by step, and what blocks it.
     Plan(PlanArgs),
+    /// Converge the clusters: plan, confirm, then run each cluster's strategy safely.
+    Apply(ApplyArgs),
+    /// Per cluster: server groups, traffic, health, version, lock, suspend, last action.
+    Status(StatusArgs),
+    /// The audit history: every step, rollback, suspend, lock takeover.
+    History(HistoryArgs),
+    /// Break-glass: stop all actuation in a scope until resumed (plans still show changes).
+    Suspend(SuspendArgs),
+    /// Lift a suspend.
+    Resume(ScopeArgs),
+    /// List cluster locks, or force-release one (audited).
+    Locks(LocksArgs),
+    /// Put an older healthy server group back in traffic.
+    Rollback(RollbackArgs),
+    /// Approve a version for an environment that requires approval.
+    Approve(ApproveArgs),
     /// Stop everything Keelson runs on the local target (or one application's clusters).
     Down(DownArgs),
     /// A small HTTP service for examples and tests, with flags to misbehave on purpose.
@@ -111,6 +129,198 @@ pub struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+}
+
+/// Arguments of `keelson apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Only this environment (repeatable).
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// Only this application (repeatable).
+    #[arg(long)]
+    pub app: Vec<String>,
+    /// Execute exactly this plan (from `plan --out`), or refuse it if stale.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Clusters moved at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallelism: usize,
+}
+
+/// Arguments of `keelson status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// Arguments of `keelson history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Only this cluster (`name`, `env/name` or `env/target/name`).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// How many entries, newest last.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// A suspend scope: at most one of environment, application, cluster; none means global.
+#[derive(Debug, clap::Args)]
+pub struct ScopeArgs {
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// An environment.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// An application.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// A cluster (`name`, `env/name` or `env/target/name`).
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+/// Arguments of `keelson suspend`.
+#[derive(Debug, clap::Args)]
+pub struct SuspendArgs {
+    /// Where.
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Why (recorded and shown in every plan).
+    #[arg(long)]
+    pub reason: String,
+    /// Lift by itself after this long, e.g. 2h.
+    #[arg(long = "for")]
+    pub r#for: Option<crate::spec::Duration>,
+}
+
+/// Arguments of `keelson locks`.
+#[derive(Debug, clap::Args)]
+pub struct LocksArgs {
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// What to do (default: list).
+    #[command(subcommand)]
+    pub command: Option<LocksCommand>,
+}
+
+/// `keelson locks release`.
+#[derive(Debug, Subcommand)]
+pub enum LocksCommand {
+    /// Release a cluster's lock whoever holds it (audited).
+    Release {
+        /// The cluster.
+        cluster: String,
+        /// Required: you are taking the lock from someone.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Arguments of `keelson rollback`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The cluster (`name`, `env/name` or `env/target/name`).
+    pub cluster: String,
+    /// The server group to go back to, e.g. v003 (default: the newest healthy disabled one).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Arguments of `keelson approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// The application.
+    #[arg(long)]
+    pub app: String,
+    /// The version (default: the one the specs ask for).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The config repository.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: PathBuf,
+    /// Where Keelson keeps its state (default: <repo>/.keelson).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Arguments of `keelson down`.
@@ -219,6 +429,14 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Validate(args) => validate::run(&args, style).map_err(CliError::from),
             Command::Plan(args) => plan::run(&args, style).await,
+            Command::Apply(args) => apply::run(&args, style).await,
+            Command::Status(args) => ops::status(&args, style).await,
+            Command::History(args) => ops::history(&args).await,
+            Command::Suspend(args) => ops::suspend(&args).await,
+            Command::Resume(args) => ops::resume(&args).await,
+            Command::Locks(args) => ops::locks(&args).await,
+            Command::Rollback(args) => ops::rollback(&args, style).await,
+            Command::Approve(args) => ops::approve(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,
             Command::LocalAgent(args) => local::local_agent(&args).await,

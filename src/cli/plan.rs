@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::{CliError, PlanArgs, PlanFormat, Style, render_diagnostics};
 use crate::observe::{Providers, observe};
 use crate::pipeline::check;
-use crate::plan::{Plan, Policy, Selection, plan};
+use crate::plan::{Plan, Selection, plan};
 use crate::provider::local::LocalProvider;
 use crate::source::read_dir;
 use crate::spec::{AppName, EnvName, ProviderKind};
@@ -72,13 +72,13 @@ pub async fn compute(
         return Ok(None);
     };
     let observed = observe(&desired, &providers(state)).await;
-    Ok(Some(plan(
-        &desired,
-        &observed,
-        &Policy::at(crate::clock::now()),
-        &revision,
-        sel,
-    )))
+    // Suspends, locks and approvals live in the store; plans show them even though they only
+    // stop actuation.
+    let store = super::apply::store(state)?;
+    let policy = store
+        .policy(crate::clock::now(), None)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Some(plan(&desired, &observed, &policy, &revision, sel)))
 }
 
 /// Runs `keelson plan`.

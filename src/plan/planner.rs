@@ -651,6 +651,15 @@ fn converge_existing(
             let current = if m.enabled { m.weight } else { 0 };
             match &d.strategy {
                 Strategy::Canary { steps: cs, .. } => {
+                    // How long traffic has been at this weight is not observable: a rollout
+                    // resumed after a crash holds the current step's pause again.
+                    if let Some(p) = cs
+                        .iter()
+                        .find(|c| c.weight.0 == current)
+                        .and_then(|c| c.pause)
+                    {
+                        steps.push(Step::Pause { duration: p });
+                    }
                     for c in cs
                         .iter()
                         .filter(|c| c.weight.0 > current && c.weight.0 < 100)
@@ -672,7 +681,18 @@ fn converge_existing(
                 }
                 _ => {}
             }
-            traffic_finish(d, m.sequence, &others_enabled, steps);
+            if !(m.enabled && m.weight == 100) {
+                steps.push(Step::Enable {
+                    group: m.name.clone(),
+                    sequence: m.sequence,
+                });
+            }
+            for o in &others_enabled {
+                steps.push(Step::Disable {
+                    group: o.name.clone(),
+                    sequence: o.sequence,
+                });
+            }
             reasons.push(format!(
                 "rollout of {} in progress (traffic {current}%)",
                 m.name

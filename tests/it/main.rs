@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per area (fewer binaries link faster).
 
+mod apply_e2e;
 mod local_target;
 mod plan_scenarios;
 mod properties;

@@ -1,0 +1,206 @@
+//! The state store: only what cannot be observed (locks, suspends, approvals, the audit
+//! history, the last good revision). SQLite by default; the trait lets a server database take
+//! over for several replicas.
+
+mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+use crate::plan::{Approval, Policy, Scope, Suspend};
+
+/// Who acts: host, process and command, plus a token unique to this process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// The command, e.g. `keelson apply`.
+    pub command: String,
+    /// Unique per process run.
+    pub token: String,
+}
+
+impl Owner {
+    /// This process as an owner.
+    pub fn this_process(command: &str, now: jiff::Timestamp) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let pid = std::process::id();
+        Self {
+            host: host.clone(),
+            pid,
+            command: command.to_string(),
+            token: format!("{host}/{pid}/{}", now.as_nanosecond()),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} pid {} ({})", self.host, self.pid, self.command)
+    }
+}
+
+/// A held cluster lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The cluster (`env/target/name`).
+    pub cluster: String,
+    /// Who holds it.
+    pub owner: Owner,
+    /// What for.
+    pub reason: String,
+    /// Since when.
+    pub acquired_at: jiff::Timestamp,
+    /// Until when, unless renewed.
+    pub expires_at: jiff::Timestamp,
+}
+
+/// The outcome of trying to take a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// Taken; `took_over` names a previous holder whose lock had expired or who had died.
+    Acquired {
+        /// The previous holder, if taken over.
+        took_over: Option<LockInfo>,
+    },
+    /// Someone else holds it.
+    Held(LockInfo),
+}
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at: jiff::Timestamp,
+    /// The cluster, or `*` for global actions.
+    pub cluster: String,
+    /// What kind: `step`, `rollback`, `suspend`, `resume`, `lock-takeover`, `lock-release`, ...
+    pub action: String,
+    /// The step or a description.
+    pub detail: String,
+    /// Who.
+    pub who: String,
+    /// The config revision.
+    pub revision: String,
+    /// `ok`, `failed`, `refused`, ...
+    pub result: String,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("state store `{path}`: {message}")]
+    Db {
+        /// The database file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The store's operations; each is one transaction.
+pub trait Store: Send + Sync {
+    /// Takes the lock of a cluster for `ttl`, taking over an expired lock or one whose owner
+    /// died on this host.
+    fn acquire_lock(
+        &self,
+        cluster: &str,
+        owner: &Owner,
+        reason: &str,
+        ttl: std::time::Duration,
+        now: jiff::Timestamp,
+    ) -> Result<LockOutcome, StoreError>;
+    /// Extends a lock this owner holds; false if it is no longer ours.
+    fn renew_lock(
+        &self,
+        cluster: &str,
+        owner: &Owner,
+        ttl: std::time::Duration,
+        now: jiff::Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Releases a lock this owner holds.
+    fn release_lock(&self, cluster: &str, owner: &Owner) -> Result<(), StoreError>;
+    /// Releases a lock whoever holds it (audited); returns the lock released.
+    fn force_release(
+        &self,
+        cluster: &str,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<LockInfo>, StoreError>;
+    /// Every lock, held or expired.
+    fn locks(&self) -> Result<Vec<LockInfo>, StoreError>;
+    /// Adds a suspend (audited).
+    fn suspend(&self, s: &Suspend, now: jiff::Timestamp) -> Result<(), StoreError>;
+    /// Lifts the suspends of exactly this scope (audited); returns how many.
+    fn resume(&self, scope: &Scope, who: &str, now: jiff::Timestamp) -> Result<usize, StoreError>;
+    /// Suspends in force at `now`.
+    fn suspends(&self, now: jiff::Timestamp) -> Result<Vec<Suspend>, StoreError>;
+    /// Records an approval (audited).
+    fn approve(&self, a: &Approval, who: &str, now: jiff::Timestamp) -> Result<(), StoreError>;
+    /// Every approval.
+    fn approvals(&self) -> Result<Vec<Approval>, StoreError>;
+    /// Appends to the audit history.
+    fn record(&self, e: &HistoryEntry) -> Result<(), StoreError>;
+    /// The newest `limit` entries, optionally for clusters matching a selector, newest last.
+    fn history(&self, cluster: Option<&str>, limit: usize)
+    -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Remembers the last revision that validated and was applied.
+    fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError>;
+    /// The last good revision.
+    fn last_good_revision(&self) -> Result<Option<String>, StoreError>;
+
+    /// The planner's policy at `now`: suspends, held locks of others, approvals.
+    fn policy(&self, now: jiff::Timestamp, me: Option<&Owner>) -> Result<Policy, StoreError> {
+        let mut p = Policy::at(now);
+        p.suspends = self.suspends(now)?;
+        p.approvals = self.approvals()?;
+        for l in self.locks()? {
+            if l.expires_at <= now
+                || me.is_some_and(|m| m.token == l.owner.token)
+                || owner_gone(&l.owner)
+            {
+                continue;
+            }
+            let Some(cluster) = parse_cluster(&l.cluster) else {
+                continue;
+            };
+            p.locks.push(crate::plan::Lock {
+                cluster,
+                owner: l.owner.to_string(),
+                reason: l.reason.clone(),
+                expires: l.expires_at,
+            });
+        }
+        Ok(p)
+    }
+}
+
+/// Whether a lock's owner was a process on this host that no longer runs: its lock will be
+/// taken over, so it does not block.
+pub fn owner_gone(owner: &Owner) -> bool {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    owner.host == host
+        && owner.pid != std::process::id()
+        && !crate::provider::local::agent::process::alive(owner.pid)
+}
+
+/// Parses `env/target/name` back into a cluster id.
+pub fn parse_cluster(s: &str) -> Option<crate::model::ClusterId> {
+    let mut parts = s.splitn(3, '/');
+    let env = crate::spec::EnvName::new(parts.next()?).ok()?;
+    let target = crate::spec::TargetName::new(parts.next()?).ok()?;
+    let name = crate::model::ClusterName::from_label(parts.next()?);
+    Some(crate::model::ClusterId {
+        environment: env,
+        target,
+        name,
+    })
+}

@@ -1,0 +1,530 @@
+//! The embedded SQLite store: one file under the state directory, WAL, migrations by
+//! `user_version`, every write in a transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{HistoryEntry, LockInfo, LockOutcome, Owner, Store, StoreError};
+use crate::plan::{Approval, Scope, Suspend};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE locks (
+        cluster TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        acquired_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE TABLE suspends (
+        id INTEGER PRIMARY KEY,
+        scope TEXT NOT NULL,
+        who TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        until TEXT,
+        resumed_at TEXT
+    );
+    CREATE TABLE approvals (
+        environment TEXT NOT NULL,
+        app TEXT NOT NULL,
+        version TEXT NOT NULL,
+        who TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (environment, app, version)
+    );
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        who TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        result TEXT NOT NULL
+    );
+    CREATE INDEX history_cluster ON history (cluster, id);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn ts(s: &str) -> jiff::Timestamp {
+    s.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) `<dir>/keelson.db`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("keelson.db");
+        let err = |e: &dyn std::fmt::Display| StoreError::Db {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let mut conn = Connection::open(&path).map_err(|e| err(&e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| err(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| err(&e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| err(&e))?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| err(&e))?;
+        if version > MIGRATIONS.len() {
+            return Err(err(&format!(
+                "the database is schema version {version}, newer than this keelson knows ({}); upgrade keelson",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| err(&e))?;
+            tx.execute_batch(m).map_err(|e| err(&e))?;
+            tx.pragma_update(None, "user_version", i + 1)
+                .map_err(|e| err(&e))?;
+            tx.commit().map_err(|e| err(&e))?;
+        }
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| self.err("store lock poisoned"))?;
+        f(&mut c).map_err(|e| self.err(e))
+    }
+}
+
+fn read_lock(row: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
+    let owner: String = row.get(1)?;
+    Ok(LockInfo {
+        cluster: row.get(0)?,
+        owner: serde_json::from_str(&owner).unwrap_or(Owner {
+            host: "?".into(),
+            pid: 0,
+            command: owner.clone(),
+            token: owner,
+        }),
+        reason: row.get(2)?,
+        acquired_at: ts(&row.get::<_, String>(3)?),
+        expires_at: ts(&row.get::<_, String>(4)?),
+    })
+}
+
+fn owner_dead_here(owner: &Owner, me: &Owner) -> bool {
+    owner.host == me.host
+        && owner.pid != me.pid
+        && !crate::provider::local::agent::process::alive(owner.pid)
+}
+
+fn audit(tx: &rusqlite::Transaction<'_>, e: &HistoryEntry) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO history (at, cluster, action, detail, who, revision, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![e.at.to_string(), e.cluster, e.action, e.detail, e.who, e.revision, e.result],
+    )?;
+    Ok(())
+}
+
+fn ttl_end(now: jiff::Timestamp, ttl: Duration) -> jiff::Timestamp {
+    now.checked_add(
+        jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::from_secs(60)),
+    )
+    .unwrap_or(now)
+}
+
+impl Store for SqliteStore {
+    fn acquire_lock(
+        &self,
+        cluster: &str,
+        owner: &Owner,
+        reason: &str,
+        ttl: Duration,
+        now: jiff::Timestamp,
+    ) -> Result<LockOutcome, StoreError> {
+        let owner_json = serde_json::to_string(owner).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = tx.query_row("SELECT cluster, owner, reason, acquired_at, expires_at FROM locks WHERE cluster = ?1", [cluster], read_lock).optional()?;
+            let mut took_over = None;
+            if let Some(l) = current {
+                let mine = l.owner.token == owner.token;
+                if !mine && l.expires_at > now && !owner_dead_here(&l.owner, owner) {
+                    return Ok(LockOutcome::Held(l));
+                }
+                if !mine {
+                    audit(&tx, &HistoryEntry {
+                        at: now,
+                        cluster: cluster.to_string(),
+                        action: "lock-takeover".into(),
+                        detail: format!("took over the lock of {} ({}), {}", l.owner, l.reason, if l.expires_at <= now { "expired" } else { "whose process is gone" }),
+                        who: owner.to_string(),
+                        revision: String::new(),
+                        result: "ok".into(),
+                    })?;
+                    took_over = Some(l);
+                }
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO locks (cluster, owner, reason, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![cluster, owner_json, reason, now.to_string(), ttl_end(now, ttl).to_string()],
+            )?;
+            tx.commit()?;
+            Ok(LockOutcome::Acquired { took_over })
+        })
+    }
+
+    fn renew_lock(
+        &self,
+        cluster: &str,
+        owner: &Owner,
+        ttl: Duration,
+        now: jiff::Timestamp,
+    ) -> Result<bool, StoreError> {
+        let owner_json = serde_json::to_string(owner).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE locks SET expires_at = ?3 WHERE cluster = ?1 AND owner = ?2",
+                params![cluster, owner_json, ttl_end(now, ttl).to_string()],
+            )? == 1)
+        })
+    }
+
+    fn release_lock(&self, cluster: &str, owner: &Owner) -> Result<(), StoreError> {
+        let owner_json = serde_json::to_string(owner).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM locks WHERE cluster = ?1 AND owner = ?2",
+                params![cluster, owner_json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn force_release(
+        &self,
+        cluster: &str,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<LockInfo>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = tx.query_row("SELECT cluster, owner, reason, acquired_at, expires_at FROM locks WHERE cluster = ?1", [cluster], read_lock).optional()?;
+            if let Some(l) = &current {
+                tx.execute("DELETE FROM locks WHERE cluster = ?1", [cluster])?;
+                audit(&tx, &HistoryEntry {
+                    at: now,
+                    cluster: cluster.to_string(),
+                    action: "lock-release".into(),
+                    detail: format!("forced release of the lock of {} ({})", l.owner, l.reason),
+                    who: who.to_string(),
+                    revision: String::new(),
+                    result: "ok".into(),
+                })?;
+            }
+            tx.commit()?;
+            Ok(current)
+        })
+    }
+
+    fn locks(&self) -> Result<Vec<LockInfo>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT cluster, owner, reason, acquired_at, expires_at FROM locks ORDER BY cluster")?;
+            let rows = st.query_map([], read_lock)?;
+            rows.collect()
+        })
+    }
+
+    fn suspend(&self, s: &Suspend, now: jiff::Timestamp) -> Result<(), StoreError> {
+        let scope = serde_json::to_string(&s.scope).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO suspends (scope, who, reason, created_at, until) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![scope, s.who, s.reason, now.to_string(), s.until.map(|u| u.to_string())],
+            )?;
+            audit(&tx, &HistoryEntry {
+                at: now,
+                cluster: "*".into(),
+                action: "suspend".into(),
+                detail: format!("suspended {}: {}{}", s.scope, s.reason, s.until.map(|u| format!(" until {u}")).unwrap_or_default()),
+                who: s.who.clone(),
+                revision: String::new(),
+                result: "ok".into(),
+            })?;
+            tx.commit()
+        })
+    }
+
+    fn resume(&self, scope: &Scope, who: &str, now: jiff::Timestamp) -> Result<usize, StoreError> {
+        let scope_json = serde_json::to_string(scope).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE suspends SET resumed_at = ?2 WHERE scope = ?1 AND resumed_at IS NULL",
+                params![scope_json, now.to_string()],
+            )?;
+            audit(
+                &tx,
+                &HistoryEntry {
+                    at: now,
+                    cluster: "*".into(),
+                    action: "resume".into(),
+                    detail: format!("resumed {scope} ({n} suspend(s) lifted)"),
+                    who: who.to_string(),
+                    revision: String::new(),
+                    result: "ok".into(),
+                },
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn suspends(&self, now: jiff::Timestamp) -> Result<Vec<Suspend>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT scope, who, reason, until FROM suspends WHERE resumed_at IS NULL ORDER BY id")?;
+            let rows = st.query_map([], |r| {
+                let scope: String = r.get(0)?;
+                let until: Option<String> = r.get(3)?;
+                Ok((scope, r.get::<_, String>(1)?, r.get::<_, String>(2)?, until))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (scope, who, reason, until) = row?;
+                let Ok(scope) = serde_json::from_str::<Scope>(&scope) else { continue };
+                let until = until.map(|u| ts(&u));
+                if until.is_none_or(|u| u > now) {
+                    out.push(Suspend { scope, who, reason, until });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn approve(&self, a: &Approval, who: &str, now: jiff::Timestamp) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO approvals (environment, app, version, who, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.environment.as_str(), a.app.as_str(), a.version, who, now.to_string()],
+            )?;
+            audit(&tx, &HistoryEntry {
+                at: now,
+                cluster: format!("{}/*/{}", a.environment, a.app),
+                action: "approve".into(),
+                detail: format!("approved {} {} in {}", a.app, a.version, a.environment),
+                who: who.to_string(),
+                revision: String::new(),
+                result: "ok".into(),
+            })?;
+            tx.commit()
+        })
+    }
+
+    fn approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT environment, app, version FROM approvals")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (e, a, version) = row?;
+                if let (Ok(environment), Ok(app)) =
+                    (crate::spec::EnvName::new(e), crate::spec::AppName::new(a))
+                {
+                    out.push(Approval {
+                        environment,
+                        app,
+                        version,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn record(&self, e: &HistoryEntry) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            audit(&tx, e)?;
+            tx.commit()
+        })
+    }
+
+    fn history(
+        &self,
+        cluster: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = self.with(|c| {
+            let mut st = c.prepare("SELECT at, cluster, action, detail, who, revision, result FROM history ORDER BY id DESC")?;
+            let rows = st.query_map([], |r| {
+                Ok(HistoryEntry {
+                    at: ts(&r.get::<_, String>(0)?),
+                    cluster: r.get(1)?,
+                    action: r.get(2)?,
+                    detail: r.get(3)?,
+                    who: r.get(4)?,
+                    revision: r.get(5)?,
+                    result: r.get(6)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut out: Vec<HistoryEntry> = rows
+            .into_iter()
+            .filter(|e| {
+                cluster.is_none_or(|sel| {
+                    super::parse_cluster(&e.cluster).is_some_and(|id| id.matches(sel))
+                        || e.cluster == sel
+                })
+            })
+            .take(limit)
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_good_revision', ?1)",
+                [revision],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn last_good_revision(&self) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'last_good_revision'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pid: u32, token: &str) -> Owner {
+        Owner {
+            host: "h".into(),
+            pid,
+            command: "keelson apply".into(),
+            token: token.into(),
+        }
+    }
+
+    #[test]
+    fn locks_are_exclusive_expire_and_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let now: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let me = Owner {
+            pid: std::process::id(),
+            ..owner(0, "a")
+        };
+        let other = Owner {
+            pid: std::process::id(),
+            ..owner(0, "b")
+        };
+        assert!(matches!(
+            s.acquire_lock("dev/local/x", &me, "apply", Duration::from_secs(60), now)
+                .unwrap(),
+            LockOutcome::Acquired { took_over: None }
+        ));
+        assert!(matches!(
+            s.acquire_lock("dev/local/x", &other, "apply", Duration::from_secs(60), now)
+                .unwrap(),
+            LockOutcome::Held(_)
+        ));
+        let later = "2026-11-23T10:02:00Z".parse().unwrap();
+        match s
+            .acquire_lock(
+                "dev/local/x",
+                &other,
+                "apply",
+                Duration::from_secs(60),
+                later,
+            )
+            .unwrap()
+        {
+            LockOutcome::Acquired { took_over: Some(l) } => assert_eq!(l.owner.token, "a"),
+            o => panic!("{o:?}"),
+        }
+        assert!(
+            !s.renew_lock("dev/local/x", &me, Duration::from_secs(60), later)
+                .unwrap(),
+            "no longer mine"
+        );
+        let h = s.history(Some("dev/local/x"), 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].action, "lock-takeover");
+        // Reopening migrates nothing and keeps the data.
+        drop(s);
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.locks().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn suspends_lapse_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let now: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let scope = Scope::Global;
+        s.suspend(
+            &Suspend {
+                scope: scope.clone(),
+                who: "alice".into(),
+                reason: "incident".into(),
+                until: Some("2026-11-23T11:00:00Z".parse().unwrap()),
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.suspends(now).unwrap().len(), 1);
+        assert!(
+            s.suspends("2026-11-23T12:00:00Z".parse().unwrap())
+                .unwrap()
+                .is_empty(),
+            "lapsed"
+        );
+        assert_eq!(s.resume(&scope, "bob", now).unwrap(), 1);
+        assert!(s.suspends(now).unwrap().is_empty());
+    }
+}
