@@ -15,6 +15,7 @@ pub mod http_client;
 pub mod load;
 pub mod model;
 pub mod observe;
+pub mod par;
 pub mod pipeline;
 pub mod plan;
 pub mod provider;

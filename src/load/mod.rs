@@ -39,9 +39,18 @@ pub struct Loaded {
 
 /// Loads every file; never fails as a whole, problems become diagnostics.
 pub fn load(files: &[SourceFile]) -> Loaded {
+    // Files are independent: parse them on every core, keeping file order.
+    let parts = crate::par::map_chunks(files, |chunk| {
+        let mut out = Loaded::default();
+        for f in chunk {
+            load_file(f, &mut out);
+        }
+        vec![out]
+    });
     let mut out = Loaded::default();
-    for f in files {
-        load_file(f, &mut out);
+    for p in parts {
+        out.documents.extend(p.documents);
+        out.diagnostics.extend(p.diagnostics);
     }
     out
 }

@@ -125,7 +125,8 @@ impl Node {
         let mut node = self;
         let mut key = None;
         for raw in pointer.split('/').skip(1) {
-            let seg = raw.replace("~1", "/").replace("~0", "~");
+            let seg = unescape(raw);
+            let seg = seg.as_ref();
             let next = match &node.kind {
                 NodeKind::Map(entries) => entries
                     .iter()
@@ -172,6 +173,15 @@ impl Node {
             }
         }
         n
+    }
+}
+
+/// Unescapes one JSON pointer segment, allocating only when it has escapes.
+fn unescape(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.contains('~') {
+        std::borrow::Cow::Owned(raw.replace("~1", "/").replace("~0", "~"))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
     }
 }
 

@@ -53,34 +53,48 @@ pub fn validate(loaded: Loaded) -> Validated {
     };
     // Names of documents that failed their schema: references to them are not reported again.
     let mut broken = semantic::Broken::default();
-    for doc in loaded.documents {
-        let value = doc.root.to_json();
-        let problems = schema::check(&doc, &value);
-        if !problems.is_empty() {
-            broken.note(&doc);
-            out.diagnostics.extend(problems);
-            continue;
-        }
-        match doc.kind {
-            Kind::Application => match typed::<Application>(&doc, value) {
-                Ok(spec) => out.specs.applications.push(Spec { doc, spec }),
-                Err(d) => {
-                    broken.note(&doc);
-                    out.diagnostics.push(*d);
-                }
-            },
-            Kind::Environment => match typed::<Environment>(&doc, value) {
-                Ok(spec) => out.specs.environments.push(Spec { doc, spec }),
-                Err(d) => {
-                    broken.note(&doc);
-                    out.diagnostics.push(*d);
-                }
-            },
+    // Schema checks and typing are per document: run them on every core, in document order.
+    let checked = crate::par::map_chunks(&loaded.documents, |docs| {
+        docs.iter().map(check_document).collect()
+    });
+    for (doc, result) in loaded.documents.into_iter().zip(checked) {
+        match result {
+            Checked::App(spec) => out.specs.applications.push(Spec { doc, spec: *spec }),
+            Checked::Env(spec) => out.specs.environments.push(Spec { doc, spec: *spec }),
+            Checked::Invalid(problems) => {
+                broken.note(&doc);
+                out.diagnostics.extend(problems);
+            }
         }
     }
     semantic::check(&out.specs, &broken, &mut out.diagnostics);
     diag::sort(&mut out.diagnostics);
     out
+}
+
+/// One document after its schema check and typing.
+enum Checked {
+    App(Box<Application>),
+    Env(Box<Environment>),
+    Invalid(Vec<Diagnostic>),
+}
+
+fn check_document(doc: &Document) -> Checked {
+    let value = doc.root.to_json();
+    let problems = schema::check(doc, &value);
+    if !problems.is_empty() {
+        return Checked::Invalid(problems);
+    }
+    match doc.kind {
+        Kind::Application => typed::<Application>(doc, value).map_or_else(
+            |d| Checked::Invalid(vec![*d]),
+            |a| Checked::App(Box::new(a)),
+        ),
+        Kind::Environment => typed::<Environment>(doc, value).map_or_else(
+            |d| Checked::Invalid(vec![*d]),
+            |e| Checked::Env(Box::new(e)),
+        ),
+    }
 }
 
 fn typed<T: serde::de::DeserializeOwned>(

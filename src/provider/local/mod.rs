@@ -128,6 +128,11 @@ impl LocalProvider {
         self.op(&op).await.map(|_| ())
     }
 
+    /// Starts the agent now if it is not running (otherwise the first operation does).
+    pub async fn start_agent(&self) -> Result<(), ProviderError> {
+        self.agent().await.map(|_| ())
+    }
+
     /// Stops every local cluster (or one application's) and says what stopped.
     pub async fn down(&self, app: Option<AppName>) -> Result<Vec<String>, ProviderError> {
         if self.running().await.is_none() && !self.dir.join("state.json").exists() {

@@ -1,0 +1,247 @@
+//! Local target benchmark (a bench binary): proxy overhead against calling an instance
+//! directly, time from "create a server group of 3" to "all healthy and in traffic", Keelson's
+//! own overhead in a red/black of 3 instances, and an apply of 50 clusters at parallelism 4.
+//!
+//! `cargo bench --bench local`. Real processes on 127.0.0.1; everything is torn down at the end.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use keelson::engine::{Engine, Progress, execute_step};
+use keelson::model::{ClusterId, DesiredState};
+use keelson::observe::Providers;
+use keelson::plan::Selection;
+use keelson::provider::local::LocalProvider;
+use keelson::spec::ProviderKind;
+use keelson::store::{Owner, SqliteStore};
+
+const ENV: &str = "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n";
+
+fn app(name: &str, version: &str, desired: u32, port: u16, strategy: &str) -> String {
+    format!(
+        "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  artifact: {{version: \"{version}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}\n  health: {{http: {{path: /healthz, interval: 1s, timeout: 500ms}}, timeout: 20s}}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: {desired}}}, strategy: {strategy}, traffic: {{port: {port}}}}}\n"
+    )
+}
+
+fn desired(apps: &[String]) -> DesiredState {
+    let mut files = vec![keelson::source::SourceFile {
+        path: "env.yaml".into(),
+        bytes: ENV.as_bytes().to_vec(),
+    }];
+    for (i, a) in apps.iter().enumerate() {
+        files.push(keelson::source::SourceFile {
+            path: format!("a{i}.yaml").into(),
+            bytes: a.as_bytes().to_vec(),
+        });
+    }
+    keelson::pipeline::check(keelson::source::SourceSet {
+        files,
+        diagnostics: vec![],
+    })
+    .desired
+    .expect("valid bench specs")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// `c` keep-alive clients hammering `port` for `secs`; returns (requests/s, p50, p99).
+async fn load(port: u16, c: usize, secs: u64) -> (f64, Duration, Duration) {
+    let client = keelson::http_client::client();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (client, lat) = (client.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < end {
+                let req = hyper::Request::get(format!("http://127.0.0.1:{port}/"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let t = Instant::now();
+                if let Ok(resp) = client.request(req).await {
+                    let _ = resp.into_body().collect().await;
+                    mine.push(t.elapsed());
+                }
+            }
+            lat.lock().map(|mut l| l.extend(mine)).ok();
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    v.sort();
+    let n = v.len().max(1);
+    (v.len() as f64 / secs as f64, v[n / 2], v[n * 99 / 100])
+}
+
+struct Timeline(Mutex<Vec<(Instant, String)>>);
+
+impl Progress for Timeline {
+    fn step(&self, _c: &ClusterId, _i: usize, _t: usize, d: &str) {
+        self.0
+            .lock()
+            .map(|mut v| v.push((Instant::now(), d.to_string())))
+            .ok();
+    }
+    fn done(&self, _c: &ClusterId, _o: &str, _ok: bool) {
+        self.0
+            .lock()
+            .map(|mut v| v.push((Instant::now(), "done".into())))
+            .ok();
+    }
+    fn note(&self, _c: &ClusterId, _m: &str) {}
+}
+
+fn rss_mib(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_keelson"));
+    let provider = Arc::new(LocalProvider::new(dir.path(), exe.clone()));
+    let providers = Providers::new().with(ProviderKind::Local, provider.clone());
+
+    // 1. Create 3 instances -> all healthy and in traffic; and the app's own start time.
+    let port = free_port();
+    let d = desired(&[app("bench", "1.0.0", 3, port, "{type: red-black}")]);
+    let c = d.clusters.values().next().cloned().expect("one cluster");
+    let direct_port = free_port();
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["demo-app", "--port", &direct_port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("demo-app starts");
+    let client = keelson::http_client::client();
+    while !keelson::http_client::probe(
+        &client,
+        &format!("http://127.0.0.1:{direct_port}/healthz"),
+        Duration::from_millis(200),
+    )
+    .await
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let app_start = t.elapsed();
+    let steps = keelson::plan::plan(
+        &d,
+        &keelson::model::ObservedState::default(),
+        &keelson::plan::Policy::at(keelson::clock::now()),
+        "b",
+        &Selection::default(),
+    );
+    provider
+        .start_agent()
+        .await
+        .expect("the local agent starts");
+    let t = Instant::now();
+    for s in &steps.clusters[0].steps {
+        execute_step(provider.as_ref(), &c, &s.step)
+            .await
+            .expect("create step");
+    }
+    let create = t.elapsed();
+    println!(
+        "create server group of 3 -> all healthy and in traffic: {create:?} (demo-app alone starts in {app_start:?})"
+    );
+
+    // 2. Proxy overhead: one instance directly vs the proxy in front of three.
+    let (rps_d, p50_d, p99_d) = load(direct_port, 8, 3).await;
+    let (rps_p, p50_p, p99_p) = load(port, 8, 3).await;
+    println!("direct: {rps_d:.0} req/s, p50 {p50_d:?}, p99 {p99_d:?}");
+    println!("proxy:  {rps_p:.0} req/s, p50 {p50_p:?}, p99 {p99_p:?}");
+    println!(
+        "proxy adds p50 {:?}; throughput {:.0}% of direct",
+        p50_p.saturating_sub(p50_d),
+        rps_p * 100.0 / rps_d
+    );
+    let _ = child.kill().await;
+
+    // 3. Red/black of 3 instances through the engine: total minus health waits.
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
+    let engine = Arc::new(Engine {
+        store,
+        providers: providers.clone(),
+        owner: Owner::this_process("bench", keelson::clock::now()),
+        parallelism: 4,
+    });
+    let d2 = desired(&[app("bench", "2.0.0", 3, port, "{type: red-black}")]);
+    let timeline = Arc::new(Timeline(Mutex::new(Vec::new())));
+    let t = Instant::now();
+    let report = engine
+        .apply(&d2, "b2", &Selection::default(), None, timeline.clone())
+        .await;
+    let total = t.elapsed();
+    assert!(!report.failed(), "{report:?}");
+    let events = timeline.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let waits: Duration = events
+        .windows(2)
+        .filter(|w| w[0].1.starts_with("wait until"))
+        .map(|w| w[1].0 - w[0].0)
+        .sum();
+    println!(
+        "red/black of 3 instances: total {total:?}, health waits {waits:?}, Keelson's own overhead {:?}",
+        total.saturating_sub(waits)
+    );
+
+    // 4. 50 clusters at once, parallelism 4.
+    let apps: Vec<String> = (0..50)
+        .map(|i| {
+            app(
+                &format!("fleet-{i}"),
+                "1.0.0",
+                1,
+                free_port(),
+                "{type: red-black}",
+            )
+        })
+        .collect();
+    let d50 = desired(&apps);
+    let t = Instant::now();
+    let report = engine
+        .apply(
+            &d50,
+            "b50",
+            &Selection::default(),
+            None,
+            Arc::new(Timeline(Mutex::new(Vec::new()))),
+        )
+        .await;
+    assert!(!report.failed(), "{report:?}");
+    println!(
+        "apply of 50 new clusters (1 instance each), parallelism 4: {:?}",
+        t.elapsed()
+    );
+    let agent_pid = std::fs::read_to_string(dir.path().join("local/agent.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .unwrap_or(0);
+    println!(
+        "peak RSS: this process (the engine) {:.1} MiB, the local agent {:.1} MiB",
+        rss_mib("self"),
+        rss_mib(&agent_pid.to_string())
+    );
+    let stopped = provider.down(None).await.map(|s| s.len()).unwrap_or(0);
+    println!("stopped {stopped} server groups");
+}
