@@ -144,6 +144,14 @@ pub async fn run(args: &ApplyArgs, style: Style) -> Result<ExitCode, CliError> {
                     file.display()
                 )));
             }
+            // Plans are saved with secret values masked; the specs are at the plan's revision,
+            // so take each cluster's full spec from them.
+            let mut saved = saved;
+            for c in &mut saved.clusters {
+                if c.desired.is_some() {
+                    c.desired = desired.clusters.get(&c.id).cloned();
+                }
+            }
             Some(saved)
         }
         None => None,

@@ -95,9 +95,11 @@ pub async fn run(args: &PlanArgs, style: Style) -> Result<ExitCode, CliError> {
     };
     print!("{out}");
     if let Some(file) = &args.out {
-        std::fs::write(file, crate::render::json(&pl)).map_err(|source| CliError::Write {
-            path: file.clone(),
-            source,
+        std::fs::write(file, crate::render::json(&pl) + "\n").map_err(|source| {
+            CliError::Write {
+                path: file.clone(),
+                source,
+            }
         })?;
         eprintln!(
             "Saved the plan to {}; run `keelson apply --plan {}` to execute exactly this plan.",

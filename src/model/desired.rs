@@ -47,6 +47,7 @@ pub type Target = TargetSpec;
 
 /// Capacity with defaults filled in: `min <= desired <= max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CapacityRange {
     /// Fewest instances.
     pub min: u32,
@@ -58,6 +59,7 @@ pub struct CapacityRange {
 
 /// The immutable workload of a server group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// The command, `{port}` not yet replaced.
     pub command: Vec<String>,
@@ -69,6 +71,7 @@ pub struct WorkloadSpec {
 
 /// An HTTP probe with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpCheck {
     /// The path to GET.
     pub path: String,
@@ -80,6 +83,7 @@ pub struct HttpCheck {
 
 /// Health checking with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     /// The HTTP probe, if any; without one an instance is healthy once running.
     pub http: Option<HttpCheck>,
@@ -89,6 +93,7 @@ pub struct Health {
 
 /// What one cluster should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DesiredCluster {
     /// Environment, target and name.
     pub id: ClusterId,
@@ -108,7 +113,8 @@ pub struct DesiredCluster {
     pub version: String,
     /// The container image, when there is one.
     pub image: Option<String>,
-    /// What each instance runs.
+    /// What each instance runs (secret env values are masked when serialized).
+    #[serde(serialize_with = "masked_workload")]
     pub workload: WorkloadSpec,
     /// Health checking.
     pub health: Health,
@@ -129,6 +135,7 @@ pub struct DesiredCluster {
 
 /// A file and line in the config repository.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SourceRef {
     /// The file, relative to the repository root.
     pub file: PathBuf,
@@ -138,6 +145,7 @@ pub struct SourceRef {
 
 /// What one environment holds besides its clusters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DesiredEnvironment {
     /// The name.
     pub name: EnvName,
@@ -157,6 +165,7 @@ pub struct DesiredEnvironment {
 
 /// The whole desired state, ordered for deterministic output.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DesiredState {
     /// Environments by name.
     pub environments: BTreeMap<EnvName, DesiredEnvironment>,
@@ -212,4 +221,41 @@ mod cluster_list {
         let list = Vec::<DesiredCluster>::deserialize(d)?;
         Ok(list.into_iter().map(|c| (c.id.clone(), c)).collect())
     }
+}
+
+/// The mask printed in place of a secret value.
+pub const MASK: &str = "********";
+
+impl WorkloadSpec {
+    /// Whether an env key holds a secret: listed in `secretEnv`, or named like one.
+    pub fn is_secret(&self, key: &str) -> bool {
+        let k = key.to_ascii_uppercase();
+        self.secret_env.iter().any(|s| s == key)
+            || [
+                "SECRET",
+                "PASSWORD",
+                "TOKEN",
+                "PRIVATE_KEY",
+                "API_KEY",
+                "CREDENTIAL",
+            ]
+            .iter()
+            .any(|w| k.contains(w))
+    }
+
+    /// A copy with secret values replaced by [`MASK`].
+    pub fn masked(&self) -> Self {
+        let mut w = self.clone();
+        for (k, v) in &mut w.env {
+            if self.is_secret(k) {
+                *v = MASK.to_string();
+            }
+        }
+        w
+    }
+}
+
+/// Serializes a workload with its secrets masked: plans are printed and saved to files.
+fn masked_workload<S: serde::Serializer>(w: &WorkloadSpec, s: S) -> Result<S::Ok, S::Error> {
+    w.masked().serialize(s)
 }

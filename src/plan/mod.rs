@@ -44,6 +44,8 @@ pub enum Action {
     Prune,
     /// An orphaned cluster, reported only (pruning is off).
     Orphan,
+    /// The target could not be observed: nothing is planned.
+    Unobserved,
 }
 
 impl Action {
@@ -55,6 +57,7 @@ impl Action {
             Self::Resize | Self::Restore => "~",
             Self::Cleanup | Self::Prune => "-",
             Self::Orphan => "?",
+            Self::Unobserved => "!",
         }
     }
 
@@ -68,6 +71,7 @@ impl Action {
             Self::Cleanup => "clean up",
             Self::Prune => "prune",
             Self::Orphan => "orphan",
+            Self::Unobserved => "not observed",
         }
     }
 }
@@ -266,6 +270,8 @@ pub struct Summary {
     pub orphans: usize,
     /// Clusters blocked.
     pub blocked: usize,
+    /// Clusters whose target could not be observed.
+    pub unobserved: usize,
     /// Clusters already as desired.
     pub unchanged: usize,
 }
@@ -291,6 +297,8 @@ pub struct Plan {
 impl Plan {
     /// Whether the plan changes anything (orphans reported only do not count).
     pub fn has_changes(&self) -> bool {
-        self.clusters.iter().any(|c| c.action != Action::Orphan)
+        self.clusters
+            .iter()
+            .any(|c| !matches!(c.action, Action::Orphan | Action::Unobserved))
     }
 }

@@ -45,7 +45,7 @@ pub fn plan(
             clusters.push(ClusterPlan {
                 id: d.id.clone(),
                 app: d.app.clone(),
-                action: Action::RollOut,
+                action: Action::Unobserved,
                 drift: false,
                 strategy: Some(d.strategy.kind()),
                 reason: "the target could not be observed; nothing is planned for it".into(),
@@ -104,6 +104,7 @@ fn summarize(clusters: &[ClusterPlan], unchanged: usize) -> Summary {
             Action::Restore => s.restore += 1,
             Action::Cleanup | Action::Prune => {}
             Action::Orphan => s.orphans += 1,
+            Action::Unobserved => s.unobserved += 1,
         }
         s.destroy += c
             .steps
@@ -829,7 +830,8 @@ fn blocks(
                     .windows
                     .iter()
                     .map(|w| {
-                        format!("{:?} {}-{} {}", w.days, w.start, w.end, w.timezone).to_lowercase()
+                        let days: Vec<&str> = w.days.iter().map(|d| d.as_str()).collect();
+                        format!("{} {}-{} {}", days.join(","), w.start, w.end, w.timezone)
                     })
                     .collect(),
             });

@@ -11,7 +11,7 @@ fn paint(style: Style, action: Action, t: &str) -> String {
         Action::RollOut => style.roll(t),
         Action::Resize | Action::Restore => style.change(t),
         Action::Cleanup | Action::Prune => style.remove(t),
-        Action::Orphan => style.warn(t),
+        Action::Orphan | Action::Unobserved => style.warn(t),
     }
 }
 
@@ -37,6 +37,9 @@ pub fn summary_line(plan: &Plan) -> String {
     }
     if s.orphans > 0 {
         let _ = write!(line, " {} orphaned.", s.orphans);
+    }
+    if s.unobserved > 0 {
+        let _ = write!(line, " {} not observed.", s.unobserved);
     }
     line
 }

@@ -161,6 +161,21 @@ pub enum Weekday {
     Sun,
 }
 
+impl Weekday {
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mon => "mon",
+            Self::Tue => "tue",
+            Self::Wed => "wed",
+            Self::Thu => "thu",
+            Self::Fri => "fri",
+            Self::Sat => "sat",
+            Self::Sun => "sun",
+        }
+    }
+}
+
 /// A deployment window: days, a start and end time of day, and a time zone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

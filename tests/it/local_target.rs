@@ -14,13 +14,15 @@ use keelson::provider::{Provider, TargetRef};
 
 use crate::plan_scenarios::desired;
 
-/// A free port on 127.0.0.1.
+/// A free port for a traffic proxy, below the kernel's ephemeral range (32768 and up), so an
+/// instance port chosen by the kernel meanwhile can never take it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A state directory whose local target is torn down when dropped, even if the test fails.

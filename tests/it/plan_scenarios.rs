@@ -474,3 +474,33 @@ impl ParseName for &str {
         keelson::spec::EnvName::new(self).unwrap()
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn secrets_never_appear_in_plans() {
+    let spec = app("vault", "1.0.0", 1, rb(), 18080).replace(
+        "workload: {command: [keelson, demo-app, --port, \"{port}\"]}",
+        "workload: {command: [keelson, demo-app, --port, \"{port}\"], env: {DB_PASSWORD: hunter2, API_TOKEN: abc123, LOG_LEVEL: debug, OTHER: s3cr3t}, secretEnv: [OTHER]}",
+    );
+    let d = desired(&[spec]);
+    let p = Arc::new(MemoryProvider::new());
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    let all = format!(
+        "{}{}{}",
+        json(&pl),
+        text(&pl, Style::default()),
+        markdown(&pl)
+    );
+    for secret in ["hunter2", "abc123", "s3cr3t"] {
+        assert!(!all.contains(secret), "{secret} leaked");
+    }
+    assert!(all.contains("debug"), "ordinary values are shown");
+    // The real values still reach the provider.
+    converge(&d, &p, &policy()).await;
+    assert!(d.clusters.values().next().unwrap().workload.env["DB_PASSWORD"] == "hunter2");
+}

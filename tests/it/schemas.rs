@@ -92,3 +92,30 @@ fn examples_pass_schema_and_types() {
     assert!(desired.clusters.len() >= 6);
     insta::assert_json_snapshot!("desired_state_examples", desired);
 }
+
+/// Every plan the scenario tests render as JSON validates against `schemas/plan.schema.json`.
+#[test]
+fn plan_json_matches_its_schema() {
+    let s = schema("plan.schema.json");
+    let validator = jsonschema::draft202012::new(&s).expect("the plan schema compiles");
+    let dir = root().join("tests/it/snapshots");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("it__plan_scenarios__plan_") && name.ends_with("_json.snap")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // insta's header ends at the second `---` line.
+        let body = text.split("\n---\n").nth(1).unwrap();
+        let plan: Value = serde_json::from_str(body).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&plan)
+            .map(|e| format!("{} at {}", e, e.instance_path().as_str()))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "plan samples went missing ({checked})");
+}

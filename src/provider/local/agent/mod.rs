@@ -26,7 +26,10 @@ use crate::model::{
 };
 use crate::spec::AppName;
 use process::StartError;
-use proxy::{Backend, HealthMap, Proxy, Route};
+use proxy::{Backend, Proxy, Route};
+
+/// Health of instances by id, for observation.
+type HealthMap = Arc<RwLock<HashMap<String, bool>>>;
 
 /// How long a stopping instance may finish in-flight requests before SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -79,6 +82,8 @@ struct Runtime {
     notes: HashMap<String, String>,
     /// Instances waiting to be restarted, and when to try.
     restarts: HashMap<String, tokio::time::Instant>,
+    /// Health flags the proxies read per request, set by the probers.
+    flags: HashMap<String, Arc<AtomicBool>>,
     /// How often each instance has crashed, for backoff and reports.
     crashes: HashMap<String, u32>,
     proxies: HashMap<String, Proxy>,
@@ -133,10 +138,13 @@ impl Agent {
                     .instances
                     .iter()
                     .filter(|i| !self.rt.restarts.contains_key(&i.id))
-                    .map(|i| Backend {
-                        id: i.id.clone(),
-                        port: i.port,
-                        inflight: self.rt.inflight.get(&i.id).cloned().unwrap_or_default(),
+                    .map(|i| {
+                        Backend::new(
+                            &i.id,
+                            i.port,
+                            self.rt.inflight.get(&i.id).cloned().unwrap_or_default(),
+                            self.rt.flags.get(&i.id).cloned().unwrap_or_default(),
+                        )
                     })
                     .collect(),
             })
@@ -151,6 +159,7 @@ impl Agent {
         let stop = Arc::new(AtomicBool::new(false));
         self.rt.probes.insert(id.to_string(), stop.clone());
         let health = self.health.clone();
+        let flag = self.rt.flags.entry(id.to_string()).or_default().clone();
         let id = id.to_string();
         let check = spec.health.http.clone();
         tokio::spawn(async move {
@@ -173,6 +182,7 @@ impl Agent {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
+                flag.store(ok, Ordering::Release);
                 if let Ok(mut m) = health.write() {
                     m.insert(id.clone(), ok);
                 }
@@ -197,10 +207,23 @@ impl Agent {
             self.persisted.next_instance += 1;
             format!("{}-i{}", group.name, self.persisted.next_instance)
         });
-        let port = process::free_port().map_err(|e| StartError::Spawn {
-            command: group.spec.command.join(" "),
-            message: format!("no free port: {e}"),
-        })?;
+        // Never hand an instance a port a cluster proxies on.
+        let traffic: Vec<u16> = self
+            .persisted
+            .clusters
+            .values()
+            .filter_map(|c| c.traffic_port)
+            .collect();
+        let mut port = 0;
+        for _ in 0..16 {
+            port = process::free_port().map_err(|e| StartError::Spawn {
+                command: group.spec.command.join(" "),
+                message: format!("no free port: {e}"),
+            })?;
+            if !traffic.contains(&port) {
+                break;
+            }
+        }
         let command = process::resolve(&group.spec.command, port);
         let mut env = group.spec.env.clone();
         env.insert("PORT".into(), port.to_string());
@@ -216,6 +239,11 @@ impl Agent {
         if let Ok(mut h) = self.health.write() {
             h.insert(id.clone(), false);
         }
+        self.rt
+            .flags
+            .entry(id.clone())
+            .or_default()
+            .store(false, Ordering::Release);
         self.start_probe(&id, port, &group.spec);
         Ok(InstanceState {
             id,
@@ -233,6 +261,9 @@ impl Agent {
         }
         if let Ok(mut h) = self.health.write() {
             h.remove(&inst.id);
+        }
+        if let Some(f) = self.rt.flags.remove(&inst.id) {
+            f.store(false, Ordering::Release);
         }
         self.rt.restarts.remove(&inst.id);
         self.rt.crashes.remove(&inst.id);
@@ -464,7 +495,7 @@ fn create(
     if let Some(port) = cluster.traffic_port
         && !a.rt.proxies.contains_key(&k)
     {
-        match Proxy::start(port, a.health.clone()) {
+        match Proxy::start(port) {
             Ok(p) => {
                 a.rt.proxies.insert(k.clone(), p);
             }
@@ -618,6 +649,9 @@ async fn supervise(shared: Shared) {
                 if let Ok(mut h) = a.health.write() {
                     h.insert(inst.id.clone(), false);
                 }
+                if let Some(f) = a.rt.flags.get(&inst.id) {
+                    f.store(false, Ordering::Release);
+                }
                 let log = process::log_path(&a.dir, cid.name.as_str(), &inst.id);
                 let tail = process::tail(&log, 5);
                 eprintln!(
@@ -764,7 +798,7 @@ fn adopt(a: &mut Agent) {
         .collect();
     for (k, c) in clusters {
         if let Some(port) = c.traffic_port {
-            match Proxy::start(port, a.health.clone()) {
+            match Proxy::start(port) {
                 Ok(p) => {
                     a.rt.proxies.insert(k.clone(), p);
                 }

@@ -2,26 +2,29 @@
 //!
 //! Routes each request to a healthy instance of an enabled server group, choosing groups by
 //! weight (smooth weighted round-robin, as nginx does, so shares are exact over short runs) and
-//! instances round-robin. Changing the topology affects new requests at once; requests in flight
-//! finish on the instance they started on (counted, so a group can be drained before its
-//! instances stop). A connection error on an idempotent request is retried on another instance.
+//! instances round-robin. Changing the routes affects new requests at once; requests in flight
+//! finish on the instance they started on (counted until their response body ends, so a group
+//! can be drained before its instances stop). A connection error on an idempotent request is
+//! retried on another instance.
 
-use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinHandle;
-
-use crate::http_client::{HttpClient, client};
 
 /// Largest request body the proxy buffers (bodies are buffered so a retry can resend them).
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -38,18 +41,32 @@ const HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// Health of instances by id, shared with the probers.
-pub type HealthMap = Arc<RwLock<HashMap<String, bool>>>;
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type ForwardClient = Client<HttpConnector, ProxyBody>;
 
 /// An instance the proxy may route to.
 #[derive(Debug, Clone)]
 pub struct Backend {
-    /// Instance id.
-    pub id: String,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
+    /// Instance id, sent back in `X-Keelson-Instance`.
+    pub id: Arc<str>,
+    /// `127.0.0.1:port`.
+    pub authority: Arc<str>,
     /// Requests in flight.
     pub inflight: Arc<AtomicUsize>,
+    /// Set by the instance's health prober.
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// A backend for an instance on a local port.
+    pub fn new(id: &str, port: u16, inflight: Arc<AtomicUsize>, healthy: Arc<AtomicBool>) -> Self {
+        Self {
+            id: id.into(),
+            authority: format!("127.0.0.1:{port}").into(),
+            inflight,
+            healthy,
+        }
+    }
 }
 
 /// A server group as the proxy sees it.
@@ -63,17 +80,21 @@ pub struct Route {
     pub backends: Vec<Backend>,
 }
 
-struct Shared {
-    routes: RwLock<Vec<Route>>,
-    health: HealthMap,
-    picker: Mutex<Picker>,
-    client: HttpClient,
+struct Table {
+    routes: Vec<Route>,
+    headers: Vec<Option<HeaderValue>>,
 }
 
 #[derive(Default)]
 struct Picker {
-    current: HashMap<String, i64>,
-    next_instance: HashMap<String, usize>,
+    current: Vec<i64>,
+    next: Vec<usize>,
+}
+
+struct Shared {
+    table: RwLock<Arc<Table>>,
+    picker: Mutex<Picker>,
+    client: ForwardClient,
 }
 
 /// A running proxy.
@@ -96,25 +117,31 @@ pub struct BindError {
 
 impl Proxy {
     /// Binds the port and starts serving with no routes.
-    pub fn start(port: u16, health: HealthMap) -> Result<Self, BindError> {
-        let socket =
-            tokio::net::TcpSocket::new_v4().map_err(|_| BindError { port, owner: None })?;
+    pub fn start(port: u16) -> Result<Self, BindError> {
+        let busy = || BindError {
+            port,
+            owner: super::process::port_owner(port),
+        };
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|_| busy())?;
         let _ = socket.set_reuseaddr(true);
         socket
             .bind(SocketAddr::from(([127, 0, 0, 1], port)))
-            .map_err(|_| BindError {
-                port,
-                owner: super::process::port_owner(port),
-            })?;
-        let listener = socket.listen(1024).map_err(|_| BindError {
-            port,
-            owner: super::process::port_owner(port),
-        })?;
+            .map_err(|_| busy())?;
+        let listener = socket.listen(1024).map_err(|_| busy())?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
         let shared = Arc::new(Shared {
-            routes: RwLock::new(Vec::new()),
-            health,
+            table: RwLock::new(Arc::new(Table {
+                routes: Vec::new(),
+                headers: Vec::new(),
+            })),
             picker: Mutex::new(Picker::default()),
-            client: client(),
+            client,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -141,8 +168,17 @@ impl Proxy {
 
     /// Replaces the routes; new requests use them at once.
     pub fn set_routes(&self, routes: Vec<Route>) {
-        if let Ok(mut r) = self.shared.routes.write() {
-            *r = routes;
+        let headers = routes
+            .iter()
+            .map(|r| HeaderValue::from_str(&r.group).ok())
+            .collect();
+        let n = routes.len();
+        if let Ok(mut t) = self.shared.table.write() {
+            *t = Arc::new(Table { routes, headers });
+        }
+        if let Ok(mut p) = self.shared.picker.lock() {
+            p.current = vec![0; n];
+            p.next.resize(n, 0);
         }
     }
 
@@ -168,52 +204,92 @@ pub async fn drain(backends: &[Arc<AtomicUsize>], timeout: Duration) {
     }
 }
 
-fn pick(s: &Shared, tried: &HashSet<String>) -> Option<(String, Backend)> {
-    let routes = s.routes.read().ok()?;
-    let health = s.health.read().ok()?;
-    let candidates: Vec<(&Route, Vec<&Backend>)> = routes
-        .iter()
-        .filter(|r| r.weight > 0)
-        .map(|r| {
-            (
-                r,
-                r.backends
-                    .iter()
-                    .filter(|b| {
-                        !tried.contains(&b.id) && health.get(&b.id).copied().unwrap_or(false)
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .filter(|(_, b)| !b.is_empty())
-        .collect();
-    if candidates.is_empty() {
-        return None;
+/// Picks (route index, backend) by smooth weighted round-robin, skipping `tried` backends.
+fn pick(table: &Table, picker: &Mutex<Picker>, tried: &[Arc<str>]) -> Option<(usize, Backend)> {
+    let usable = |b: &Backend| {
+        b.healthy.load(Ordering::Relaxed) && !tried.iter().any(|t| Arc::ptr_eq(t, &b.id))
+    };
+    let mut p = picker.lock().ok()?;
+    if p.current.len() != table.routes.len() {
+        p.current = vec![0; table.routes.len()];
+        p.next.resize(table.routes.len(), 0);
     }
-    let mut p = s.picker.lock().ok()?;
-    let total: i64 = candidates.iter().map(|(r, _)| i64::from(r.weight)).sum();
-    let mut best: Option<(&Route, &Vec<&Backend>, i64)> = None;
-    for (r, b) in &candidates {
-        let cur = p.current.entry(r.group.clone()).or_insert(0);
-        *cur += i64::from(r.weight);
-        if best.is_none_or(|(_, _, v)| *cur > v) {
-            best = Some((r, b, *cur));
+    let mut total = 0i64;
+    let mut best: Option<usize> = None;
+    for (i, r) in table.routes.iter().enumerate() {
+        if r.weight == 0 || !r.backends.iter().any(usable) {
+            continue;
+        }
+        let w = i64::from(r.weight);
+        total += w;
+        p.current[i] += w;
+        if best.is_none_or(|b| p.current[i] > p.current[b]) {
+            best = Some(i);
         }
     }
-    let (route, backends, _) = best?;
-    if let Some(cur) = p.current.get_mut(&route.group) {
-        *cur -= total;
+    let i = best?;
+    p.current[i] -= total;
+    let backends = &table.routes[i].backends;
+    for _ in 0..backends.len() {
+        let n = p.next[i] % backends.len();
+        p.next[i] = p.next[i].wrapping_add(1);
+        if usable(&backends[n]) {
+            return Some((i, backends[n].clone()));
+        }
     }
-    let n = p.next_instance.entry(route.group.clone()).or_insert(0);
-    let backend = backends[*n % backends.len()].clone();
-    *n = n.wrapping_add(1);
-    Some((route.group.clone(), backend))
+    None
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(format!(
-        "keelson proxy: {message}\n"
-    ))));
+/// A response body that counts its request as in flight until it ends or is dropped.
+struct Tracked {
+    inner: Incoming,
+    inflight: Option<Arc<AtomicUsize>>,
+}
+
+impl Tracked {
+    fn finish(&mut self) {
+        if let Some(c) = self.inflight.take() {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.finish();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("keelson proxy: {message}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -225,77 +301,108 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+async fn handle(s: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    // Bodies are buffered so a retry can resend them; most requests have none.
+    let has_body = parts.headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let body = if has_body {
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => Some(b.to_bytes()),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large or broken",
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let pq = parts.uri.path_and_query().cloned();
+    let table = match s.table.read() {
+        Ok(t) => t.clone(),
         Err(_) => {
             return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or broken",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "routing table unavailable",
             );
         }
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let mut tried = HashSet::new();
+    let mut headers = parts.headers;
+    for hop in HOP {
+        headers.remove(hop);
+    }
+    // Kept only for idempotent requests, which may be retried on another instance.
+    let saved = if idempotent(&parts.method) || has_body {
+        headers.clone()
+    } else {
+        hyper::HeaderMap::new()
+    };
+    let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = String::from("no healthy instance of an enabled server group");
     for _ in 0..ATTEMPTS {
-        let Some((group, backend)) = pick(s, &tried) else {
+        let Some((route, backend)) = pick(&table, &s.picker, &tried) else {
             break;
         };
-        tried.insert(backend.id.clone());
-        let mut out = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://127.0.0.1:{}{path}", backend.port));
-        for (k, v) in &parts.headers {
-            if !HOP.contains(&k.as_str()) {
-                out = out.header(k, v);
-            }
-        }
-        let Ok(out) = out.body(Full::new(body.clone())) else {
+        let mut uri = Uri::builder().scheme("http").authority(&*backend.authority);
+        uri = match &pq {
+            Some(pq) => uri.path_and_query(pq.clone()),
+            None => uri.path_and_query("/"),
+        };
+        let Ok(uri) = uri.build() else {
             return error(StatusCode::BAD_REQUEST, "cannot forward request");
         };
+        let mut out = Request::new(body.clone().map_or_else(empty, |b| {
+            Full::new(b).map_err(|never| match never {}).boxed()
+        }));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        // The first attempt takes the headers as they are; a retry needs a copy.
+        *out.headers_mut() = if tried.is_empty() {
+            std::mem::take(&mut headers)
+        } else {
+            saved.clone()
+        };
         backend.inflight.fetch_add(1, Ordering::AcqRel);
-        let result = async {
-            let resp = s.client.request(out).await?;
-            let (rparts, rbody) = resp.into_parts();
-            let bytes = rbody.collect().await.map(|c| c.to_bytes());
-            Ok::<_, hyper_util::client::legacy::Error>((rparts, bytes))
-        }
-        .await;
-        backend.inflight.fetch_sub(1, Ordering::AcqRel);
-        match result {
-            Ok((rparts, Ok(bytes))) => {
-                let mut resp = Response::from_parts(rparts, Full::new(bytes));
-                let h = resp.headers_mut();
+        match s.client.request(out).await {
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
                 for hop in HOP {
-                    h.remove(hop);
+                    rparts.headers.remove(hop);
                 }
-                if let Ok(v) = HeaderValue::from_str(&group) {
-                    h.insert(HeaderName::from_static("x-keelson-server-group"), v);
+                if let Some(Some(v)) = table.headers.get(route) {
+                    rparts
+                        .headers
+                        .insert(HeaderName::from_static("x-keelson-server-group"), v.clone());
                 }
                 if let Ok(v) = HeaderValue::from_str(&backend.id) {
-                    h.insert(HeaderName::from_static("x-keelson-instance"), v);
+                    rparts
+                        .headers
+                        .insert(HeaderName::from_static("x-keelson-instance"), v);
                 }
-                return resp;
-            }
-            Ok((_, Err(e))) => {
-                last_error = format!("{group}/{}: response broke off: {e}", backend.id);
-                if !idempotent(&parts.method) {
-                    return error(StatusCode::BAD_GATEWAY, &last_error);
-                }
+                let tracked = Tracked {
+                    inner: rbody,
+                    inflight: Some(backend.inflight.clone()),
+                };
+                return Response::from_parts(rparts, tracked.boxed());
             }
             Err(e) => {
-                last_error = format!("{group}/{}: {e}", backend.id);
+                backend.inflight.fetch_sub(1, Ordering::AcqRel);
+                last_error = format!("{}/{}: {e}", table.routes[route].group, backend.id);
                 // Only a request that never reached the instance is safe to send elsewhere,
                 // unless the method is idempotent.
                 if !(e.is_connect() || idempotent(&parts.method)) {
                     return error(StatusCode::BAD_GATEWAY, &last_error);
                 }
+                tried.push(backend.id.clone());
             }
         }
     }
