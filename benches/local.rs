@@ -111,6 +111,15 @@ fn rss_mib(pid: &str) -> f64 {
         .map_or(0.0, |k| k / 1024.0)
 }
 
+/// Stops everything the bench started, even when it panics.
+struct Teardown(PathBuf, PathBuf);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0).arg("down").arg("--state-dir").arg(&self.1).output();
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -118,6 +127,7 @@ async fn main() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_keelson"));
+    let _teardown = Teardown(exe.clone(), dir.path().to_path_buf());
     let provider = Arc::new(LocalProvider::new(dir.path(), exe.clone()));
     let providers = Providers::new().with(ProviderKind::Local, provider.clone());
 

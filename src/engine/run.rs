@@ -431,7 +431,8 @@ impl Engine {
                 }
             };
             let mut sim = Sim::of(fresh.as_ref());
-            let serving = sim.serving();
+            // Pruning removes a cluster no spec declares any more: it is meant to stop serving.
+            let serving = sim.serving() && cp.action != crate::plan::Action::Prune;
             let verdict = sim.apply(&ps.step).and_then(|()| {
                 if serving && !sim.serving() {
                     Err(format!(

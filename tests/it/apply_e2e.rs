@@ -352,3 +352,36 @@ async fn apply_killed_at_any_point_converges_when_run_again() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_puts_the_previous_group_back_under_the_engine() {
+    let repo = Repo::new();
+    repo.app("1.0.0", "{type: red-black, keepDisabled: 1}", 1, "");
+    assert_eq!(repo.apply().await.0, 0);
+    repo.app("2.0.0", "{type: red-black, keepDisabled: 1}", 1, "");
+    assert_eq!(repo.apply().await.0, 0);
+    let load = Load::start(repo.port, 100);
+    let (code, out) = repo.run(&["rollback", "web"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dev/local/web: converged"), "{out}");
+    assert!(
+        out.contains("the specs still want 2.0.0"),
+        "says the next apply rolls forward: {out}"
+    );
+    let (_, failures) = load.finish().await;
+    assert_clean(&failures);
+    assert!(
+        reqwest_get(repo.port)
+            .await
+            .contains("\"version\":\"1.0.0\"")
+    );
+    let (_, history) = repo.run(&["history", "--cluster", "web"]).await;
+    assert!(
+        history.contains("step: enable web-v000") && history.contains("keelson rollback"),
+        "{history}"
+    );
+    // Nothing to roll back to is a clear error.
+    let (code, out) = repo.run(&["rollback", "web", "--to", "v007"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("has no server group v007"), "{out}");
+}

@@ -89,7 +89,9 @@ pub async fn converge(d: &DesiredState, p: &Arc<MemoryProvider>, policy: &Policy
             return round;
         }
         for c in ready {
-            let serving_before = observed.clusters.get(&c.id).is_some_and(|l| l.serving());
+            // Pruning is meant to stop a cluster serving; the guard covers everything else.
+            let serving_before = c.action != keelson::plan::Action::Prune
+                && observed.clusters.get(&c.id).is_some_and(|l| l.serving());
             let cluster = c.desired.clone().unwrap_or_else(|| orphan_stub(d, &c.id));
             for s in &c.steps {
                 execute_step(p.as_ref(), &cluster, &s.step).await.unwrap();
@@ -503,4 +505,135 @@ async fn secrets_never_appear_in_plans() {
     // The real values still reach the provider.
     converge(&d, &p, &policy()).await;
     assert!(d.clusters.values().next().unwrap().workload.env["DB_PASSWORD"] == "hunter2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_in_a_pruning_environment_are_destroyed() {
+    let prod_app = |name: &str, port: u16| {
+        format!(
+            "apiVersion: keelson/v1
+kind: Application
+metadata: {{name: {name}}}
+spec:
+  artifact: {{version: \"1.0.0\"}}
+  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}
+  clusters:
+    - {{environment: dev, target: local, capacity: {{desired: 1}}, traffic: {{port: {port}}}}}
+    - {{environment: prod, target: local, stack: prod, capacity: {{desired: 1}}, traffic: {{port: {}}}}}
+",
+            port + 1
+        )
+    };
+    let both = vec![prod_app("keep", 18100), prod_app("gone", 18110)];
+    let p = Arc::new(MemoryProvider::new());
+    converge(&desired(&both), &p, &policy()).await;
+    let d = desired(&both[..1]);
+    let pl = plan(
+        &d,
+        &observed(&d, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    let actions: Vec<(String, keelson::plan::Action)> = pl
+        .clusters
+        .iter()
+        .map(|c| (c.id.to_string(), c.action))
+        .collect();
+    // prod prunes, dev does not.
+    assert!(
+        actions.contains(&("prod/local/gone-prod".into(), keelson::plan::Action::Prune)),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("dev/local/gone".into(), keelson::plan::Action::Orphan)),
+        "{actions:?}"
+    );
+    snapshot("prune", &pl);
+    converge(&d, &p, &policy()).await;
+    let left: Vec<String> = p.snapshot().iter().map(|c| c.id.to_string()).collect();
+    assert!(
+        !left.contains(&"prod/local/gone-prod".to_string())
+            && left.contains(&"dev/local/gone".to_string()),
+        "{left:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_and_approvals_hold_new_versions() {
+    let envs_with = |constraints: &str| {
+        format!(
+            "apiVersion: keelson/v1\nkind: Environment\nmetadata: {{name: dev}}\nspec:\n  targets: [{{name: local, provider: local}}]\n  constraints: {constraints}\n"
+        )
+    };
+    let app_text = app("gated", "1.0.0", 1, rb(), 18080);
+    let compile = |env: String| {
+        let files = vec![
+            SourceFile {
+                path: PathBuf::from("envs.yaml"),
+                bytes: env.into_bytes(),
+            },
+            SourceFile {
+                path: PathBuf::from("app.yaml"),
+                bytes: app_text.clone().into_bytes(),
+            },
+        ];
+        keelson::pipeline::check(SourceSet {
+            files,
+            diagnostics: vec![],
+        })
+        .desired
+        .expect("valid")
+    };
+    let p = Arc::new(MemoryProvider::new());
+    // Policy time is Monday 2026-11-23 11:00 in Berlin.
+    let closed = compile(envs_with(
+        "{windows: [{days: [tue], start: \"09:00\", end: \"17:00\", timezone: Europe/Berlin}]}",
+    ));
+    let pl = plan(
+        &closed,
+        &observed(&closed, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    assert!(
+        matches!(&pl.clusters[0].blocked[..], [keelson::plan::Block::OutsideWindow { windows }] if windows[0] == "tue 09:00-17:00 Europe/Berlin"),
+        "{:?}",
+        pl.clusters[0].blocked
+    );
+    let open = compile(envs_with(
+        "{windows: [{days: [mon], start: \"09:00\", end: \"17:00\", timezone: Europe/Berlin}], approval: required}",
+    ));
+    let pl = plan(
+        &open,
+        &observed(&open, &p).await,
+        &policy(),
+        "rev",
+        &Selection::default(),
+    );
+    assert!(
+        matches!(&pl.clusters[0].blocked[..], [keelson::plan::Block::AwaitingApproval { version }] if version == "1.0.0"),
+        "{:?}",
+        pl.clusters[0].blocked
+    );
+    snapshot("awaiting_approval", &pl);
+    let mut approved = policy();
+    approved.approvals.push(keelson::plan::Approval {
+        environment: "dev".parse_name(),
+        app: keelson::spec::AppName::new("gated").unwrap(),
+        version: "1.0.0".into(),
+    });
+    let pl = plan(
+        &open,
+        &observed(&open, &p).await,
+        &approved,
+        "rev",
+        &Selection::default(),
+    );
+    assert!(
+        pl.clusters[0].blocked.is_empty(),
+        "{:?}",
+        pl.clusters[0].blocked
+    );
 }
