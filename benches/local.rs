@@ -116,7 +116,11 @@ struct Teardown(PathBuf, PathBuf);
 
 impl Drop for Teardown {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.0).arg("down").arg("--state-dir").arg(&self.1).output();
+        let _ = std::process::Command::new(&self.0)
+            .arg("down")
+            .arg("--state-dir")
+            .arg(&self.1)
+            .output();
     }
 }
 
@@ -194,6 +198,7 @@ async fn main() {
         providers: providers.clone(),
         owner: Owner::this_process("bench", keelson::clock::now()),
         parallelism: 4,
+        stop: Default::default(),
     });
     let d2 = desired(&[app("bench", "2.0.0", 3, port, "{type: red-black}")]);
     let timeline = Arc::new(Timeline(Mutex::new(Vec::new())));

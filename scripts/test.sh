@@ -12,6 +12,16 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
+step "system packages (git for the daemon tests; OpenSSL headers for git2's https)"
+need=""
+command -v git >/dev/null || need="$need git"
+dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
+dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+if [ -n "$need" ]; then
+  apt-get update -qq && apt-get install -y -qq $need
+fi
+git --version
+
 step "format"
 cargo fmt --all -- --check
 

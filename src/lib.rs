@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod clock;
 pub mod compile;
+pub mod daemon;
 pub mod demo;
 pub mod diag;
 pub mod engine;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod provider;
 pub mod render;
+pub mod server;
 pub mod source;
 pub mod spec;
 pub mod store;

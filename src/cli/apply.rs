@@ -187,6 +187,7 @@ pub async fn run(args: &ApplyArgs, style: Style) -> Result<ExitCode, CliError> {
         providers,
         owner,
         parallelism: args.parallelism,
+        stop: Default::default(),
     });
     let report = engine
         .apply(&desired, &revision, &sel, fixed, progress())

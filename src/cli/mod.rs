@@ -5,6 +5,7 @@ mod local;
 mod ops;
 mod output;
 mod plan;
+mod up;
 mod validate;
 
 use std::io::IsTerminal;
@@ -67,6 +68,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the clusters: plan, confirm, then run each cluster's strategy safely.
     Apply(ApplyArgs),
+    /// The GitOps daemon: watch a Git branch, reconcile continuously, serve the HTTP API.
+    Up(UpArgs),
     /// Per cluster: server groups, traffic, health, version, lock, suspend, last action.
     Status(StatusArgs),
     /// The audit history: every step, rollback, suspend, lock takeover.
@@ -162,9 +165,76 @@ pub struct ApplyArgs {
     pub parallelism: usize,
 }
 
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `keelson up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// The config repository: a local path, file://, https:// or ssh:// URL.
+    #[arg(
+        long,
+        default_value = ".",
+        env = "KEELSON_REPO",
+        hide_env_values = true
+    )]
+    pub repo: String,
+    /// The branch to follow.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// A subdirectory of the repository holding the specs.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// How often to fetch.
+    #[arg(long, default_value = "30s")]
+    pub interval: crate::spec::Duration,
+    /// How often to check for drift even without a new commit.
+    #[arg(long, default_value = "1m")]
+    pub drift_interval: crate::spec::Duration,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// Read the working directory instead of Git, and re-plan when a spec file is saved.
+    #[arg(long)]
+    pub watch_files: bool,
+    /// Where Keelson keeps its state (default: <repo>/.keelson, or ./.keelson for a URL).
+    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Clusters moved at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallelism: usize,
+    /// File holding the API bearer token (else KEELSON_API_TOKEN).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// File holding the GitHub webhook secret (else KEELSON_WEBHOOK_SECRET).
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// File holding a token for https remotes (else KEELSON_GIT_TOKEN).
+    #[arg(long)]
+    pub git_token_file: Option<PathBuf>,
+    /// Private key for ssh remotes.
+    #[arg(long)]
+    pub ssh_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
 /// Arguments of `keelson status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// A running daemon's API (`keelson up`); without it the local state store is used.
+    #[arg(long, env = "KEELSON_SERVER", hide_env_values = true)]
+    pub server: Option<String>,
+
     /// The config repository.
     #[arg(
         long,
@@ -209,6 +279,10 @@ pub struct HistoryArgs {
 /// A suspend scope: at most one of environment, application, cluster; none means global.
 #[derive(Debug, clap::Args)]
 pub struct ScopeArgs {
+    /// A running daemon's API (`keelson up`); without it the local state store is used.
+    #[arg(long, env = "KEELSON_SERVER", hide_env_values = true)]
+    pub server: Option<String>,
+
     /// The config repository.
     #[arg(
         long,
@@ -430,6 +504,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Validate(args) => validate::run(&args, style).map_err(CliError::from),
             Command::Plan(args) => plan::run(&args, style).await,
             Command::Apply(args) => apply::run(&args, style).await,
+            Command::Up(args) => up::run_up(&args).await,
             Command::Status(args) => ops::status(&args, style).await,
             Command::History(args) => ops::history(&args).await,
             Command::Suspend(args) => ops::suspend(&args).await,

@@ -56,8 +56,66 @@ fn scope(s: &ScopeArgs) -> Result<Scope, CliError> {
     })
 }
 
+/// Calls the daemon's API with the bearer token from `KEELSON_API_TOKEN`.
+async fn api(
+    server: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, CliError> {
+    let token = std::env::var("KEELSON_API_TOKEN").unwrap_or_default();
+    let client = crate::http_client::client();
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let bytes = body
+        .map(|b| bytes::Bytes::from(b.to_string()))
+        .unwrap_or_default();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| CliError::Usage(format!("{url}: no answer within 10s")))?
+        .map_err(|e| CliError::Usage(format!("cannot reach the daemon at {url}: {e}")))?;
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if status == hyper::StatusCode::UNAUTHORIZED {
+        return Err(CliError::Usage(format!(
+            "the daemon refused: {text} (set KEELSON_API_TOKEN)"
+        )));
+    }
+    if !status.is_success() {
+        return Err(CliError::Usage(format!(
+            "the daemon answered {status}: {text}"
+        )));
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+fn scope_json(s: &ScopeArgs) -> serde_json::Value {
+    serde_json::json!({ "env": s.env, "app": s.app, "cluster": s.cluster, "who": who() })
+}
+
 /// `keelson suspend`.
 pub async fn suspend(args: &SuspendArgs) -> Result<ExitCode, CliError> {
+    if let Some(server) = &args.scope.server {
+        let mut body = scope_json(&args.scope);
+        body["reason"] = args.reason.clone().into();
+        body["for"] = args.r#for.map(|d| d.to_string()).into();
+        let r = api(server, hyper::Method::POST, "/api/v1/suspend", Some(&body)).await?;
+        println!(
+            "Suspended {} through {server}.",
+            r["suspended"].as_str().unwrap_or("?")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let state = state_dir(&args.scope.repo, args.scope.state_dir.as_ref());
     let now = crate::clock::now();
     let until = args.r#for.map(|d| {
@@ -85,6 +143,21 @@ pub async fn suspend(args: &SuspendArgs) -> Result<ExitCode, CliError> {
 
 /// `keelson resume`.
 pub async fn resume(args: &ScopeArgs) -> Result<ExitCode, CliError> {
+    if let Some(server) = &args.server {
+        let r = api(
+            server,
+            hyper::Method::POST,
+            "/api/v1/resume",
+            Some(&scope_json(args)),
+        )
+        .await?;
+        println!(
+            "Resumed {} through {server} ({} suspend(s) lifted).",
+            r["resumed"].as_str().unwrap_or("?"),
+            r["lifted"]
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let state = state_dir(&args.repo, args.state_dir.as_ref());
     let sc = scope(args)?;
     let n = store(&state)?
@@ -235,6 +308,58 @@ struct ClusterStatus {
 
 /// `keelson status`.
 pub async fn status(args: &StatusArgs, style: Style) -> Result<ExitCode, CliError> {
+    if let Some(server) = &args.server {
+        let r = api(server, hyper::Method::GET, "/api/v1/status", None).await?;
+        if args.format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let d = &r["daemon"];
+        println!(
+            "{} at {}: revision {} ({}){}",
+            style.bold("keelson up"),
+            d["source"].as_str().unwrap_or("?"),
+            d["revision"].as_str().unwrap_or("none"),
+            d["last_result"].as_str().unwrap_or("?"),
+            d["last_error"]
+                .as_str()
+                .map(|e| format!("\n  {} {e}", style.warn("last error:")))
+                .unwrap_or_default()
+        );
+        for c in d["clusters"].as_array().into_iter().flatten() {
+            println!(
+                "{}  wants {}  {}",
+                style.bold(c["cluster"].as_str().unwrap_or("?")),
+                c["desired_version"].as_str().unwrap_or("?"),
+                c["outcome"].as_str().unwrap_or("")
+            );
+            for g in c["server_groups"].as_array().into_iter().flatten() {
+                let traffic = if g["enabled"] == true {
+                    format!("enabled {}%", g["weight"])
+                } else {
+                    "disabled".into()
+                };
+                println!(
+                    "    {:<28} {:<10} {:<14} {}/{} healthy",
+                    g["name"].as_str().unwrap_or("?"),
+                    g["version"].as_str().unwrap_or("?"),
+                    traffic,
+                    g["healthy"],
+                    g["instances"]
+                );
+            }
+        }
+        for s in r["suspends"].as_array().into_iter().flatten() {
+            println!(
+                "{} {} by {}: {}",
+                style.warn("suspended:"),
+                serde_json::to_string(&s["scope"]).unwrap_or_default(),
+                s["who"].as_str().unwrap_or("?"),
+                s["reason"].as_str().unwrap_or("")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let state = state_dir(&args.repo, args.state_dir.as_ref());
     let (d, _) = desired(&args.repo)?;
     let observed: ObservedState = observe(&d, &providers(&state)).await;
@@ -450,6 +575,7 @@ pub async fn rollback(args: &RollbackArgs, style: Style) -> Result<ExitCode, Cli
         providers: providers(&state),
         owner: Owner::this_process("keelson rollback", crate::clock::now()),
         parallelism: 1,
+        stop: Default::default(),
     };
     let report = engine
         .run_cluster(&cp, &target, &revision, &LogProgress)

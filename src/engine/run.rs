@@ -72,6 +72,8 @@ pub struct ClusterReport {
     pub outcome: ClusterOutcome,
     /// Steps executed.
     pub steps: usize,
+    /// Whether the cluster was restored from drift.
+    pub drift: bool,
 }
 
 /// The result of an apply.
@@ -98,6 +100,8 @@ pub struct Engine {
     pub owner: Owner,
     /// Clusters moved at once.
     pub parallelism: usize,
+    /// Set to stop every cluster at its next step boundary (shutdown).
+    pub stop: Arc<AtomicBool>,
 }
 
 fn holds(blocks: &[Block]) -> Vec<String> {
@@ -163,6 +167,7 @@ impl Engine {
                                             rollback: "nothing was done".into(),
                                         },
                                         steps: 0,
+                                        drift: false,
                                     },
                                 );
                             }
@@ -209,6 +214,7 @@ impl Engine {
                                 id: cp.id.clone(),
                                 outcome: o,
                                 steps: 0,
+                                drift: false,
                             },
                         );
                     }
@@ -287,6 +293,7 @@ impl Engine {
             id: id.clone(),
             outcome,
             steps,
+            drift: cp.drift,
         };
         let Some(provider) = self.providers.get(target.target.provider).cloned() else {
             return report(
@@ -403,6 +410,37 @@ impl Engine {
                         i,
                     );
                 }
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return (
+                    ClusterOutcome::Held(vec![format!(
+                        "shutting down; stopped before step {}/{total}",
+                        i + 1
+                    )]),
+                    i,
+                );
+            }
+            if let Step::Pause { duration } = &ps.step {
+                // Pauses can be long: wait in slices so shutdown and suspends are not held up.
+                progress.step(id, i, total, &ps.description);
+                let end = tokio::time::Instant::now() + duration.to_std();
+                while tokio::time::Instant::now() < end {
+                    if self.stop.load(Ordering::Acquire) {
+                        return (
+                            ClusterOutcome::Held(vec![format!(
+                                "shutting down during step {}/{total}",
+                                i + 1
+                            )]),
+                            i,
+                        );
+                    }
+                    tokio::time::sleep(
+                        (end - tokio::time::Instant::now()).min(Duration::from_millis(100)),
+                    )
+                    .await;
+                }
+                self.record(id, "step", &ps.description, revision, "ok");
+                continue;
             }
             if lost.load(Ordering::Acquire) {
                 return (

@@ -1,8 +1,9 @@
 //! Sources of config files: a directory on disk now; Git revisions later.
 
 mod dir;
+pub mod git;
 
-pub use dir::{MAX_FILE_BYTES, read_dir};
+pub use dir::{IGNORE_FILE, MAX_FILE_BYTES, read_dir};
 
 use std::path::PathBuf;
 

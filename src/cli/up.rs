@@ -1,0 +1,165 @@
+//! `keelson up`: the daemon.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::plan::providers;
+use super::{CliError, LogFormat, UpArgs};
+use crate::daemon::{LoopConfig, Source, run};
+use crate::engine::Engine;
+use crate::server::{Shared, router};
+use crate::source::git::{GitAuth, GitSource};
+use crate::store::{Owner, SqliteStore};
+
+/// A secret from an environment variable or a file (the file wins), trimmed; never logged.
+fn secret(env: &str, file: Option<&PathBuf>) -> Result<Option<String>, CliError> {
+    if let Some(f) = file {
+        let v = std::fs::read_to_string(f).map_err(|e| {
+            CliError::Usage(format!("cannot read secret file `{}`: {e}", f.display()))
+        })?;
+        return Ok(Some(v.trim().to_string()).filter(|v| !v.is_empty()));
+    }
+    Ok(std::env::var(env)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty()))
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEELSON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs `keelson up` until SIGTERM/SIGINT.
+pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
+    init_logs(args.log_format);
+    let is_local_dir = std::path::Path::new(&args.repo).is_dir();
+    let state = args.state_dir.clone().unwrap_or_else(|| {
+        if is_local_dir {
+            PathBuf::from(&args.repo).join(".keelson")
+        } else {
+            PathBuf::from(".keelson")
+        }
+    });
+    let source = if args.watch_files {
+        if !is_local_dir {
+            return Err(CliError::Usage(
+                "--watch-files needs --repo to be a local directory".into(),
+            ));
+        }
+        Source::Dir(PathBuf::from(&args.repo))
+    } else {
+        let url = if is_local_dir {
+            std::fs::canonicalize(&args.repo)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| args.repo.clone())
+        } else {
+            args.repo.clone()
+        };
+        Source::Git(GitSource {
+            url,
+            branch: args.branch.clone(),
+            path: args.path.clone(),
+            dir: state.join("git"),
+            auth: GitAuth {
+                token: secret("KEELSON_GIT_TOKEN", args.git_token_file.as_ref())?,
+                ssh_key: args.ssh_key.clone(),
+            },
+        })
+    };
+    let store = Arc::new(SqliteStore::open(&state).map_err(|e| CliError::Usage(e.to_string()))?);
+    let shared = Arc::new(Shared {
+        status: Default::default(),
+        metrics: Default::default(),
+        trigger: tokio::sync::Notify::new(),
+        store: store.clone(),
+        api_token: secret("KEELSON_API_TOKEN", args.api_token_file.as_ref())?,
+        webhook_secret: secret("KEELSON_WEBHOOK_SECRET", args.webhook_secret_file.as_ref())?,
+    });
+    let providers = providers(&state);
+    let engine = Arc::new(Engine {
+        store,
+        providers: providers.clone(),
+        owner: Owner::this_process("keelson up", crate::clock::now()),
+        parallelism: args.parallelism,
+        stop: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    tracing::info!(listen = %args.listen, source = %source.describe(), state = %state.display(), "keelson up");
+    if shared.api_token.is_none() {
+        tracing::warn!(
+            "no API token (KEELSON_API_TOKEN): suspend, resume and sync over HTTP are refused"
+        );
+    }
+    let server = axum::serve(listener, router(shared.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = server
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .await;
+    });
+    // Re-plan on file save during local development.
+    let _watcher = if let Source::Dir(dir) = &source {
+        watch(dir, shared.clone())
+    } else {
+        None
+    };
+    let cfg = LoopConfig {
+        interval: args.interval.to_std(),
+        drift_interval: args.drift_interval.to_std(),
+        shutdown_grace: std::time::Duration::from_secs(30),
+    };
+    run(
+        source,
+        cfg,
+        shared,
+        engine,
+        providers,
+        crate::demo::shutdown_signal(),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn watch(dir: &std::path::Path, shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let relevant = ev.paths.iter().any(|p| {
+                let s = p.to_string_lossy();
+                (s.ends_with(".yaml") || s.ends_with(".yml"))
+                    && !s.contains("/.keelson/")
+                    && !s.contains("/target/")
+            });
+            if relevant {
+                shared.trigger.notify_one();
+            }
+        }
+    })
+    .ok()?;
+    w.watch(dir, notify::RecursiveMode::Recursive).ok()?;
+    Some(w)
+}

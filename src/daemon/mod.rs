@@ -1,0 +1,331 @@
+//! `keelson up`: the GitOps loop. Fetches the branch, applies a revision only if the whole of
+//! it validates, reconciles on new revisions, webhooks and a drift timer, and obeys suspends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::engine::{ClusterOutcome, Engine, Progress};
+use crate::model::{ClusterId, DesiredState};
+use crate::observe::{Providers, observe};
+use crate::plan::{Selection, plan};
+use crate::server::{ClusterStatus, Shared};
+use crate::source::SourceSet;
+use crate::source::git::GitSource;
+
+/// Where the daemon reads specs.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A Git branch.
+    Git(GitSource),
+    /// A working directory (with `--watch-files`).
+    Dir(PathBuf),
+}
+
+impl Source {
+    /// For status.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Git(g) => format!(
+                "{} ({}){}",
+                g.url,
+                g.branch,
+                g.path
+                    .as_ref()
+                    .map(|p| format!(" path {}", p.display()))
+                    .unwrap_or_default()
+            ),
+            Self::Dir(d) => format!("{} (working directory)", d.display()),
+        }
+    }
+
+    /// Fetches and reads the newest revision: its id and files. Blocking.
+    fn fetch(&self, last: Option<&str>) -> Result<(String, Option<SourceSet>), String> {
+        match self {
+            Self::Git(g) => {
+                let commit = g.fetch().map_err(|e| e.to_string())?;
+                if last == Some(commit.as_str()) {
+                    return Ok((commit, None));
+                }
+                let files = g.read(&commit).map_err(|e| e.to_string())?;
+                Ok((commit, Some(files)))
+            }
+            Self::Dir(d) => {
+                let files = crate::source::read_dir(d).map_err(|e| e.to_string())?;
+                let rev = files.content_revision();
+                if last == Some(rev.as_str()) {
+                    return Ok((rev, None));
+                }
+                Ok((rev, Some(files)))
+            }
+        }
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Poll interval for new commits.
+    pub interval: Duration,
+    /// Drift check interval (jittered by up to a tenth).
+    pub drift_interval: Duration,
+    /// Longest a shutdown waits for steps in flight.
+    pub shutdown_grace: Duration,
+}
+
+/// Logs steps with tracing.
+struct TracingProgress;
+
+impl Progress for TracingProgress {
+    fn step(&self, cluster: &ClusterId, index: usize, total: usize, description: &str) {
+        info!(cluster = %cluster, step = index + 1, of = total, "{description}");
+    }
+    fn done(&self, cluster: &ClusterId, outcome: &str, ok: bool) {
+        if ok {
+            info!(cluster = %cluster, "{outcome}");
+        } else {
+            warn!(cluster = %cluster, "{outcome}");
+        }
+    }
+    fn note(&self, cluster: &ClusterId, message: &str) {
+        info!(cluster = %cluster, "{message}");
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d + d.mul_f64(fastrand::f64() * 0.1)
+}
+
+/// Runs the loop until `shutdown` resolves.
+pub async fn run(
+    source: Source,
+    cfg: LoopConfig,
+    shared: Arc<Shared>,
+    engine: Arc<Engine>,
+    providers: Providers,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut last_fetched: Option<String> = None;
+    let mut desired: Option<(DesiredState, String)> = None;
+    let mut poll = tokio::time::interval(cfg.interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
+    let mut backoff = Duration::from_secs(2);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    if let Ok(mut st) = shared.status.write() {
+        st.source = source.describe();
+    }
+    loop {
+        let mut reconcile = false;
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = poll.tick() => {}
+            () = shared.trigger.notified() => reconcile = true,
+            () = tokio::time::sleep_until(drift_at) => {
+                reconcile = true;
+                drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
+            }
+            () = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                reconcile = true;
+                retry_at = None;
+            }
+        }
+        // Fetch: cheap when nothing moved (one round trip, same commit, nothing parsed).
+        let src = source.clone();
+        let last = last_fetched.clone();
+        let fetched = tokio::task::spawn_blocking(move || src.fetch(last.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match fetched {
+            Ok((rev, Some(files))) => {
+                last_fetched = Some(rev.clone());
+                let span = tracing::info_span!("revision", revision = %rev);
+                let _enter = span.enter();
+                let checked = crate::pipeline::check(files);
+                match checked.desired {
+                    Some(d) => {
+                        info!(clusters = d.clusters.len(), "new revision is valid");
+                        let _ = shared.store.set_last_good_revision(&rev);
+                        desired = Some((d, rev.clone()));
+                        if let Ok(mut st) = shared.status.write() {
+                            st.fetched = Some(rev.clone());
+                            st.diagnostics.clear();
+                            st.last_error = None;
+                        }
+                        reconcile = true;
+                    }
+                    None => {
+                        let first = checked
+                            .diagnostics
+                            .iter()
+                            .find(|d| d.is_error())
+                            .map(|d| format!("{d}"))
+                            .unwrap_or_default();
+                        warn!(
+                            errors = checked.error_count(),
+                            "revision is invalid; keeping the last good revision: {first}"
+                        );
+                        if let Ok(mut st) = shared.status.write() {
+                            st.fetched = Some(rev.clone());
+                            st.last_result = "invalid".into();
+                            st.last_error = Some(format!(
+                                "revision {rev} is invalid ({} errors), e.g. {first}; the last good revision stays in force",
+                                checked.error_count()
+                            ));
+                            st.diagnostics = checked.diagnostics.clone();
+                        }
+                        shared.metrics.last_sync_success.set(0);
+                    }
+                }
+            }
+            Ok((_, None)) => {}
+            Err(e) => {
+                warn!("fetch failed: {e}");
+                if let Ok(mut st) = shared.status.write() {
+                    st.last_result = "fetch-error".into();
+                    st.last_error = Some(format!("{e}; the last good revision stays in force"));
+                }
+                shared.metrics.last_sync_success.set(0);
+            }
+        }
+        if !reconcile {
+            continue;
+        }
+        let Some((d, rev)) = &desired else { continue };
+        // Reconcile in a task, so a shutdown can stop it at the next step boundary.
+        let started = std::time::Instant::now();
+        let (e, d2, r2) = (engine.clone(), d.clone(), rev.clone());
+        let mut task = tokio::spawn(async move {
+            e.apply(
+                &d2,
+                &r2,
+                &Selection::default(),
+                None,
+                Arc::new(TracingProgress),
+            )
+            .await
+        });
+        let report = tokio::select! {
+            r = &mut task => r.ok(),
+            () = &mut shutdown => {
+                info!("shutting down: stopping at the next step boundary");
+                engine.stop.store(true, Ordering::Release);
+                match tokio::time::timeout(cfg.shutdown_grace, &mut task).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        warn!("steps did not stop within {:?}; exiting anyway", cfg.shutdown_grace);
+                        task.abort();
+                    }
+                }
+                return;
+            }
+        };
+        let Some(report) = report else { continue };
+        shared
+            .metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let failed = report.failed();
+        for c in &report.clusters {
+            let result = match &c.outcome {
+                ClusterOutcome::Converged => "ok",
+                ClusterOutcome::Held(_) => "held",
+                ClusterOutcome::Refused(_) | ClusterOutcome::Locked(_) => "refused",
+                ClusterOutcome::Failed { .. } => "failed",
+            };
+            shared
+                .metrics
+                .actuations
+                .get_or_create(&crate::server::metrics::ResultLabel {
+                    result: result.into(),
+                })
+                .inc();
+            shared.metrics.steps.inc_by(c.steps as u64);
+        }
+        // What the clusters look like now, for status and for the next plan's count.
+        let observed = observe(d, &providers).await;
+        let policy = shared
+            .store
+            .policy(crate::clock::now(), None)
+            .unwrap_or_else(|_| crate::plan::Policy::at(crate::clock::now()));
+        let after = plan(d, &observed, &policy, rev, &Selection::default());
+        let healed = report
+            .clusters
+            .iter()
+            .filter(|c| c.drift && c.outcome == ClusterOutcome::Converged)
+            .count();
+        if healed > 0 {
+            info!(clusters = healed, "drift healed");
+            shared.metrics.drift_healed.inc_by(healed as u64);
+        }
+        shared.metrics.plan_changes.set(
+            i64::try_from(
+                after
+                    .clusters
+                    .iter()
+                    .filter(|c| c.action != crate::plan::Action::Orphan)
+                    .count(),
+            )
+            .unwrap_or(0),
+        );
+        shared
+            .metrics
+            .suspends
+            .set(i64::try_from(policy.suspends.len()).unwrap_or(0));
+        shared.metrics.revision.clear();
+        shared
+            .metrics
+            .revision
+            .get_or_create(&crate::server::metrics::RevisionLabel {
+                revision: rev.clone(),
+            })
+            .set(1);
+        shared
+            .metrics
+            .last_sync
+            .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+        shared.metrics.last_sync_success.set(i64::from(!failed));
+        if let Ok(mut st) = shared.status.write() {
+            st.revision = Some(rev.clone());
+            st.last_sync = Some(crate::clock::now());
+            st.ready = st.ready || !failed;
+            st.last_result = if failed { "failed".into() } else { "ok".into() };
+            if failed {
+                st.last_error = report
+                    .clusters
+                    .iter()
+                    .find(|c| c.outcome.is_failure())
+                    .map(|c| format!("{}: {}", c.id, c.outcome));
+            } else if st.diagnostics.is_empty() {
+                st.last_error = None;
+            }
+            st.clusters = d
+                .clusters
+                .values()
+                .map(|c| ClusterStatus {
+                    cluster: c.id.to_string(),
+                    desired_version: c.version.clone(),
+                    server_groups: observed
+                        .clusters
+                        .get(&c.id)
+                        .map(|l| l.server_groups.iter().map(|g| json!({"name": g.name, "version": g.version, "enabled": g.enabled, "weight": g.weight, "healthy": g.healthy(), "instances": g.instances.len()})).collect())
+                        .unwrap_or_default(),
+                    outcome: report.clusters.iter().find(|r| r.id == c.id).map_or_else(|| "unchanged".into(), |r| r.outcome.to_string()),
+                })
+                .collect();
+        }
+        if failed {
+            retry_at = Some(tokio::time::Instant::now() + backoff);
+            warn!("a cluster failed; retrying in {backoff:?}");
+            backoff = (backoff * 2).min(Duration::from_secs(300));
+        } else {
+            backoff = Duration::from_secs(2);
+        }
+    }
+    info!("stopped");
+}

@@ -1,0 +1,338 @@
+//! The daemon's HTTP API (axum): health, readiness, metrics, status, suspend/resume, sync and
+//! GitHub webhooks.
+
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::plan::{Scope, Suspend};
+use crate::spec::{AppName, EnvName};
+use crate::store::Store;
+use metrics::Metrics;
+
+/// Largest webhook body accepted (GitHub sends at most 25 MB; pushes are far smaller).
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+
+/// What the daemon shows in `/api/v1/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DaemonStatus {
+    /// Where specs come from.
+    pub source: String,
+    /// The revision in force (the last good one).
+    pub revision: Option<String>,
+    /// The newest revision fetched (may be invalid).
+    pub fetched: Option<String>,
+    /// Ready after the first successful sync.
+    pub ready: bool,
+    /// When the last sync finished.
+    pub last_sync: Option<jiff::Timestamp>,
+    /// `ok`, `failed`, `invalid` or `fetch-error`.
+    pub last_result: String,
+    /// The last error, for a person.
+    pub last_error: Option<String>,
+    /// Diagnostics of the newest revision when it is invalid.
+    pub diagnostics: Vec<crate::diag::Diagnostic>,
+    /// Per cluster, as last reconciled.
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// One cluster in the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// `env/target/name`.
+    pub cluster: String,
+    /// The version the specs ask for.
+    pub desired_version: String,
+    /// Server groups: name, version, enabled, weight, healthy, instances.
+    pub server_groups: Vec<serde_json::Value>,
+    /// The last reconcile's outcome for it.
+    pub outcome: String,
+}
+
+/// State shared by the server and the reconcile loop.
+pub struct Shared {
+    /// The status.
+    pub status: std::sync::RwLock<DaemonStatus>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Wakes the reconcile loop (webhook, sync, file change).
+    pub trigger: tokio::sync::Notify,
+    /// Locks, suspends, history.
+    pub store: Arc<dyn Store>,
+    /// Bearer token for mutations; without one they are refused.
+    pub api_token: Option<String>,
+    /// Secret for `X-Hub-Signature-256`; without one webhooks are refused.
+    pub webhook_secret: Option<String>,
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(token) = &shared.api_token else {
+        return false;
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, body.into()).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let ready = s.status.read().map(|st| st.ready).unwrap_or(false);
+    if ready {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no successful sync yet\n",
+        )
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let st = s.status.read().map(|st| st.clone()).unwrap_or_default();
+    let now = crate::clock::now();
+    let suspends = s.store.suspends(now).unwrap_or_default();
+    let locks = s.store.locks().unwrap_or_default();
+    Json(serde_json::json!({ "daemon": st, "suspends": suspends, "locks": locks })).into_response()
+}
+
+/// The body of suspend and resume calls.
+#[derive(Debug, Deserialize)]
+pub struct ScopeBody {
+    /// An environment.
+    pub env: Option<String>,
+    /// An application.
+    pub app: Option<String>,
+    /// A cluster selector.
+    pub cluster: Option<String>,
+    /// Why (suspend only).
+    pub reason: Option<String>,
+    /// Who (recorded).
+    pub who: Option<String>,
+    /// Lapse after this long, e.g. `2h` (suspend only).
+    #[serde(rename = "for")]
+    pub for_: Option<crate::spec::Duration>,
+}
+
+fn scope(b: &ScopeBody) -> Result<Scope, String> {
+    Ok(match (&b.env, &b.app, &b.cluster) {
+        (Some(e), None, None) => {
+            Scope::Environment(EnvName::new(e.clone()).map_err(|e| e.to_string())?)
+        }
+        (None, Some(a), None) => {
+            Scope::Application(AppName::new(a.clone()).map_err(|e| e.to_string())?)
+        }
+        (None, None, Some(c)) => Scope::Cluster(c.clone()),
+        (None, None, None) => Scope::Global,
+        _ => return Err("give at most one of env, app and cluster".into()),
+    })
+}
+
+async fn suspend(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(b): Json<ScopeBody>,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    }
+    let sc = match scope(&b) {
+        Ok(sc) => sc,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(reason) = b.reason.clone().filter(|r| !r.trim().is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "a reason is required\n");
+    };
+    let now = crate::clock::now();
+    let until = b.for_.and_then(|d| {
+        now.checked_add(jiff::SignedDuration::from_millis(
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        ))
+        .ok()
+    });
+    let who = format!(
+        "{} (api)",
+        b.who.clone().unwrap_or_else(|| "unknown".into())
+    );
+    match s.store.suspend(
+        &Suspend {
+            scope: sc.clone(),
+            who,
+            reason,
+            until,
+        },
+        now,
+    ) {
+        Ok(()) => {
+            s.metrics.suspends.set(
+                i64::try_from(s.store.suspends(now).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
+            );
+            Json(serde_json::json!({ "suspended": sc.to_string(), "until": until })).into_response()
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn resume(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(b): Json<ScopeBody>,
+) -> Response {
+    if !authorized(&s, &headers) {
+        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    }
+    let sc = match scope(&b) {
+        Ok(sc) => sc,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let who = format!(
+        "{} (api)",
+        b.who.clone().unwrap_or_else(|| "unknown".into())
+    );
+    let now = crate::clock::now();
+    match s.store.resume(&sc, &who, now) {
+        Ok(n) => {
+            s.metrics.suspends.set(
+                i64::try_from(s.store.suspends(now).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
+            );
+            s.trigger.notify_one();
+            Json(serde_json::json!({ "resumed": sc.to_string(), "lifted": n })).into_response()
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn sync(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    }
+    s.trigger.notify_one();
+    text(StatusCode::ACCEPTED, "sync requested\n")
+}
+
+/// Checks `X-Hub-Signature-256: sha256=<hex>` over the raw body, in constant time.
+pub fn verify_signature(secret: &str, body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(sig) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+async fn github(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &s.webhook_secret else {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "webhooks need a secret (KEELSON_WEBHOOK_SECRET)\n",
+        );
+    };
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !verify_signature(secret, &body, sig) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "bad or missing X-Hub-Signature-256\n",
+        );
+    }
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match event {
+        "push" => {
+            tracing::info!(event, "webhook: fetching now");
+            s.trigger.notify_one();
+            text(StatusCode::ACCEPTED, "sync requested\n")
+        }
+        _ => text(StatusCode::ACCEPTED, format!("event `{event}` ignored\n")),
+    }
+}
+
+/// The router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/suspend", post(suspend))
+        .route("/api/v1/resume", post(resume))
+        .route("/api/v1/sync", post(sync))
+        .route(
+            "/webhooks/github",
+            post(github).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
+        )
+        .with_state(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        // The example from GitHub's documentation.
+        let body = b"Hello, World!";
+        let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(verify_signature(
+            "It's a Secret to Everybody",
+            body,
+            Some(sig)
+        ));
+        assert!(!verify_signature("wrong", body, Some(sig)));
+        assert!(!verify_signature("It's a Secret to Everybody", body, None));
+        assert!(!verify_signature(
+            "It's a Secret to Everybody",
+            body,
+            Some("sha256=zz")
+        ));
+    }
+}

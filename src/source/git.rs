@@ -1,0 +1,210 @@
+//! A Git source: fetch a branch into a bare clone under the state directory, then read the
+//! YAML blobs of the fetched commit straight from its tree (no checkout, so no race with files
+//! changing on disk). Force-pushes are followed; a branch that disappears is reported and the
+//! last good revision stays in force.
+
+use std::path::{Path, PathBuf};
+
+use git2::{
+    Cred, FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult,
+};
+
+use super::{MAX_FILE_BYTES, SourceFile, SourceSet};
+use crate::diag::Diagnostic;
+
+/// Credentials for a remote.
+#[derive(Clone, Default)]
+pub struct GitAuth {
+    /// A token for https remotes (never logged).
+    pub token: Option<String>,
+    /// A private key file for ssh remotes.
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitAuth")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ssh_key", &self.ssh_key)
+            .finish()
+    }
+}
+
+/// Where specs come from in Git.
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    /// A local path, `file://`, `https://` or `ssh://` URL.
+    pub url: String,
+    /// The branch to follow.
+    pub branch: String,
+    /// A subdirectory of the repository holding the specs.
+    pub path: Option<PathBuf>,
+    /// Where the bare clone lives.
+    pub dir: PathBuf,
+    /// Credentials.
+    pub auth: GitAuth,
+}
+
+/// Why fetching or reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// Git itself failed (network, auth, corrupt repository).
+    #[error("git: {0}")]
+    Git(String),
+    /// The branch is not on the remote (any more).
+    #[error("branch `{0}` does not exist on the remote; keeping the last good revision")]
+    BranchMissing(String),
+}
+
+fn err(e: &git2::Error) -> GitError {
+    GitError::Git(e.message().to_string())
+}
+
+impl GitSource {
+    fn open(&self) -> Result<Repository, GitError> {
+        match Repository::open_bare(&self.dir) {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                std::fs::create_dir_all(&self.dir).map_err(|e| {
+                    GitError::Git(format!("cannot create {}: {e}", self.dir.display()))
+                })?;
+                Repository::init_bare(&self.dir).map_err(|e| err(&e))
+            }
+        }
+    }
+
+    /// Fetches the branch (incrementally after the first time) and returns its commit id.
+    pub fn fetch(&self) -> Result<String, GitError> {
+        let repo = self.open()?;
+        let mut callbacks = RemoteCallbacks::new();
+        let auth = self.auth.clone();
+        callbacks.credentials(move |_url, user, allowed| {
+            if allowed.contains(git2::CredentialType::SSH_KEY)
+                && let Some(key) = &auth.ssh_key {
+                    return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
+                }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(t) = &auth.token {
+                    return Cred::userpass_plaintext("x-access-token", t);
+                }
+            Err(git2::Error::from_str(
+                "no credentials configured for this remote (set KEELSON_GIT_TOKEN or --ssh-key)",
+            ))
+        });
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks);
+        let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
+        // `+` follows force-pushes; pruning makes a deleted branch disappear locally too.
+        let local = format!("refs/remotes/origin/{}", self.branch);
+        let refspec = format!("+refs/heads/{}:{local}", self.branch);
+        options.prune(git2::FetchPrune::On);
+        if let Err(e) = remote.fetch(&[&refspec], Some(&mut options), None) {
+            let m = e.message().to_lowercase();
+            if m.contains("couldn't find remote ref")
+                || m.contains("not found") && m.contains("ref")
+            {
+                let _ = repo.find_reference(&local).and_then(|mut r| r.delete());
+                return Err(GitError::BranchMissing(self.branch.clone()));
+            }
+            return Err(err(&e));
+        }
+        let reference = repo
+            .find_reference(&local)
+            .map_err(|_| GitError::BranchMissing(self.branch.clone()))?;
+        let oid = reference
+            .target()
+            .ok_or_else(|| GitError::BranchMissing(self.branch.clone()))?;
+        Ok(oid.to_string())
+    }
+
+    /// The YAML files of a commit (under `path`), with the same rules as a directory source.
+    pub fn read(&self, commit: &str) -> Result<SourceSet, GitError> {
+        let repo = self.open()?;
+        let oid = git2::Oid::from_str(commit).map_err(|e| err(&e))?;
+        let tree = repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| err(&e))?;
+        let tree = match &self.path {
+            Some(p) if !p.as_os_str().is_empty() => {
+                let entry = tree.get_path(p).map_err(|_| {
+                    GitError::Git(format!("path `{}` does not exist at {commit}", p.display()))
+                })?;
+                repo.find_tree(entry.id()).map_err(|_| {
+                    GitError::Git(format!("`{}` is not a directory at {commit}", p.display()))
+                })?
+            }
+            _ => tree,
+        };
+        let ignored: Vec<PathBuf> = tree
+            .get_name(super::IGNORE_FILE)
+            .and_then(|e| repo.find_blob(e.id()).ok())
+            .map(|b| {
+                String::from_utf8_lossy(b.content())
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| PathBuf::from(l.trim_start_matches('/').trim_end_matches('/')))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut set = SourceSet::default();
+        tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+            let name = entry.name().unwrap_or("");
+            let rel = Path::new(root).join(name);
+            if ignored.iter().any(|i| rel.starts_with(i)) {
+                return TreeWalkResult::Skip;
+            }
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    if name.starts_with('.') || name == "target" || name == "node_modules" {
+                        TreeWalkResult::Skip
+                    } else {
+                        TreeWalkResult::Ok
+                    }
+                }
+                Some(ObjectType::Blob) if name.ends_with(".yaml") || name.ends_with(".yml") => {
+                    if entry.filemode() == 0o120_000 {
+                        set.diagnostics.push(
+                            Diagnostic::error(
+                                "symlink-outside",
+                                &rel,
+                                "symlinks are not followed in Git sources",
+                            )
+                            .hint("commit the file itself instead of a symlink"),
+                        );
+                        return TreeWalkResult::Ok;
+                    }
+                    match repo.find_blob(entry.id()) {
+                        Ok(b) if b.size() as u64 > MAX_FILE_BYTES => set.diagnostics.push(
+                            Diagnostic::error(
+                                "file-too-large",
+                                &rel,
+                                format!(
+                                    "file is {:.1} MiB; spec files may be at most {} MiB",
+                                    b.size() as f64 / 1048576.0,
+                                    MAX_FILE_BYTES / 1048576
+                                ),
+                            )
+                            .hint("split it into several files"),
+                        ),
+                        Ok(b) => set.files.push(SourceFile {
+                            path: rel,
+                            bytes: b.content().to_vec(),
+                        }),
+                        Err(e) => set.diagnostics.push(Diagnostic::error(
+                            "unreadable",
+                            &rel,
+                            format!("cannot read blob: {}", e.message()),
+                        )),
+                    }
+                    TreeWalkResult::Ok
+                }
+                _ => TreeWalkResult::Ok,
+            }
+        })
+        .map_err(|e| err(&e))?;
+        set.files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(set)
+    }
+}

@@ -1,0 +1,594 @@
+//! `keelson up` end to end: a real bare Git repository, the real daemon binary, real HTTP.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use hmac::Mac;
+
+use crate::local_target::{Load, free_port};
+
+const ENV: &str = "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n";
+
+fn app(version: &str, port: u16, strategy: &str) -> String {
+    format!(
+        "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: web}}\nspec:\n  artifact: {{version: \"{version}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}\n  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 10s}}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, strategy: {strategy}, traffic: {{port: {port}}}}}\n"
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A working copy pushing to a bare repository, and a daemon following it.
+struct Fixture {
+    work: tempfile::TempDir,
+    bare: tempfile::TempDir,
+    state: tempfile::TempDir,
+    port: u16,
+    api: u16,
+    daemon: Option<tokio::process::Child>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let bare = tempfile::tempdir().unwrap();
+        git(bare.path(), &["init", "-q", "--bare", "-b", "main"]);
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(
+            work.path(),
+            &["remote", "add", "origin", bare.path().to_str().unwrap()],
+        );
+        std::fs::write(work.path().join("env.yaml"), ENV).unwrap();
+        Self {
+            work,
+            bare,
+            state: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            api: free_port(),
+            daemon: None,
+        }
+    }
+
+    /// Commits the app at a version (or raw text) and pushes; returns the commit id.
+    fn push(&self, text: &str) -> String {
+        std::fs::write(self.work.path().join("web.yaml"), text).unwrap();
+        git(self.work.path(), &["add", "-A"]);
+        git(self.work.path(), &["commit", "-q", "-m", "change"]);
+        git(self.work.path(), &["push", "-q", "-f", "origin", "main"]);
+        git(self.work.path(), &["rev-parse", "HEAD"])
+    }
+
+    fn start(&mut self, drift: &str) {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args([
+                "up",
+                "--repo",
+                self.bare.path().to_str().unwrap(),
+                "--interval",
+                "300ms",
+                "--drift-interval",
+                drift,
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{}", self.api))
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .env("KEELSON_API_TOKEN", "s3cret-token")
+            .env("KEELSON_WEBHOOK_SECRET", "hook-secret")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.state.path().join("daemon.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api)
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let (_, body) = http(&self.url("/api/v1/status"), "GET", &[], "").await;
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+
+    /// Waits until the app answers with `version`.
+    async fn wait_version(&self, version: &str, secs: u64) {
+        for _ in 0..secs * 10 {
+            let (_, body) = http(&format!("http://127.0.0.1:{}/", self.port), "GET", &[], "").await;
+            if body.contains(&format!("\"version\":\"{version}\"")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(self.state.path().join("daemon.log")).unwrap_or_default();
+        panic!(
+            "{version} never served; daemon log:\n{}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(c) = self.daemon.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("down")
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .output();
+    }
+}
+
+/// One HTTP call; returns status and body ("" and 0 when unreachable).
+async fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let client = keelson::http_client::client();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let b = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&b).into_owned())
+        }
+        _ => (0, String::new()),
+    }
+}
+
+async fn wait_ready(f: &Fixture) {
+    for _ in 0..100 {
+        if http(&f.url("/readyz"), "GET", &[], "").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "daemon never ready: {}",
+        std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_follows_the_branch_keeps_the_last_good_revision_and_follows_force_pushes() {
+    let mut f = Fixture::new();
+    let rb = "{type: red-black, keepDisabled: 1}";
+    f.push(&app("1.0.0", f.port, rb));
+    f.start("1m");
+    wait_ready(&f).await;
+    f.wait_version("1.0.0", 20).await;
+    let load = Load::start(f.port, 100);
+    let good = f.push(&app("2.0.0", f.port, rb));
+    f.wait_version("2.0.0", 20).await;
+    // An invalid revision changes nothing; status names the file and line.
+    let bad = f.push(&app("3.0.0", f.port, rb).replace("desired: 1", "desired: \"one\""));
+    let mut st = serde_json::Value::Null;
+    for _ in 0..50 {
+        st = f.status().await;
+        if st["daemon"]["fetched"] == bad.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(st["daemon"]["fetched"], bad.as_str(), "{st}");
+    assert_eq!(
+        st["daemon"]["revision"],
+        good.as_str(),
+        "the last good revision stays: {st}"
+    );
+    assert_eq!(st["daemon"]["last_result"], "invalid");
+    assert!(
+        st["daemon"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("web.yaml:9:61: spec.clusters[0].capacity.desired"),
+        "file:line in status: {st}"
+    );
+    let (_, metrics) = http(&f.url("/metrics"), "GET", &[], "").await;
+    assert!(metrics.contains("keelson_last_sync_success 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("keelson_revision{{revision=\"{good}\"}} 1")),
+        "{metrics}"
+    );
+    // Fixed: converges.
+    f.push(&app("3.0.0", f.port, rb));
+    f.wait_version("3.0.0", 20).await;
+    // Force-push back to the good commit: converges back to it.
+    git(f.work.path(), &["reset", "-q", "--hard", &good]);
+    git(f.work.path(), &["push", "-q", "-f", "origin", "main"]);
+    f.wait_version("2.0.0", 20).await;
+    let (_, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    // SIGTERM: a clean exit.
+    let pid = f.daemon.as_ref().and_then(|c| c.id()).unwrap();
+    // SAFETY: signals the daemon this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), f.daemon.as_mut().unwrap().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn sign(body: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+    mac.update(body.as_bytes());
+    format!(
+        "sha256={}",
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_api_auth_drift_and_suspend() {
+    let mut f = Fixture::new();
+    let canary = "{type: canary, steps: [{weight: 50, pause: 3s}]}";
+    f.push(&app("1.0.0", f.port, canary));
+    f.start("1s");
+    wait_ready(&f).await;
+    f.wait_version("1.0.0", 20).await;
+
+    // Webhooks: signatures are checked, other events ignored, big bodies refused.
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let hook = f.url("/webhooks/github");
+    assert_eq!(
+        http(
+            &hook,
+            "POST",
+            &[
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", &sign(body))
+            ],
+            body
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        http(
+            &hook,
+            "POST",
+            &[
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", "sha256=00")
+            ],
+            body
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        http(&hook, "POST", &[("x-github-event", "push")], body)
+            .await
+            .0,
+        401
+    );
+    let ping = r#"{"zen":"hi"}"#;
+    let (code, text) = http(
+        &hook,
+        "POST",
+        &[
+            ("x-github-event", "ping"),
+            ("x-hub-signature-256", &sign(ping)),
+        ],
+        ping,
+    )
+    .await;
+    assert!(code == 202 && text.contains("ignored"), "{code} {text}");
+    let big = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        http(
+            &hook,
+            "POST",
+            &[
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", &sign(&big))
+            ],
+            &big
+        )
+        .await
+        .0,
+        413
+    );
+    // Mutations need the token.
+    let suspend = f.url("/api/v1/suspend");
+    let sbody = r#"{"cluster": "web", "reason": "incident 9"}"#;
+    assert_eq!(
+        http(
+            &suspend,
+            "POST",
+            &[("content-type", "application/json")],
+            sbody
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            &suspend,
+            "POST",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer wrong")
+            ],
+            sbody
+        )
+        .await
+        .0,
+        401
+    );
+
+    // Drift: a group disabled by hand is enabled again within a drift interval.
+    let agent: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.state.path().join("local/agent.json")).unwrap())
+            .unwrap();
+    let op = r#"{"op": "traffic", "cluster": {"environment": "dev", "target": "local", "name": "web"}, "sequence": 0, "enabled": false, "weight": 0}"#;
+    let (code, _) = http(
+        &format!("http://127.0.0.1:{}/v1/ops", agent["port"]),
+        "POST",
+        &[("content-type", "application/json")],
+        op,
+    )
+    .await;
+    assert_eq!(code, 200);
+    f.wait_version("1.0.0", 10).await;
+    let (_, metrics) = http(&f.url("/metrics"), "GET", &[], "").await;
+    assert!(
+        metrics.contains("keelson_drift_healed_total 1"),
+        "{metrics}"
+    );
+
+    // Suspend via the API during a canary: it stops at the next step; resume carries on.
+    f.push(&app("2.0.0", f.port, canary));
+    for _ in 0..100 {
+        let st = f.status().await;
+        if st["daemon"]["clusters"][0]["server_groups"]
+            .as_array()
+            .is_some_and(|g| g.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let auth = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer s3cret-token"),
+    ];
+    // Through the CLI, as a person on call would.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(args)
+            .env("KEELSON_SERVER", f.url(""))
+            .env("KEELSON_API_TOKEN", "s3cret-token")
+            .env("KEELSON_USER", "alice")
+            .env("KEELSON_COLOR", "never")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = cli(&["suspend", "--cluster", "web", "--reason", "incident 9"]);
+    assert_eq!(code, Some(0), "{out}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = f.status().await;
+    assert!(
+        st["suspends"][0]["reason"] == "incident 9" && st["suspends"][0]["who"] == "alice (api)",
+        "{st}"
+    );
+    let (_, shown) = cli(&["status"]);
+    assert!(
+        shown.contains("suspended:")
+            && shown.contains("incident 9")
+            && shown.contains("dev/local/web"),
+        "{shown}"
+    );
+    let (_, served) = http(&format!("http://127.0.0.1:{}/", f.port), "GET", &[], "").await;
+    let groups = st["daemon"]["clusters"][0]["server_groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        groups.len(),
+        2,
+        "stopped part-way with both groups: {st} {served}"
+    );
+    assert_eq!(
+        http(
+            &f.url("/api/v1/resume"),
+            "POST",
+            &auth,
+            r#"{"cluster": "web"}"#
+        )
+        .await
+        .0,
+        200
+    );
+    f.wait_version("2.0.0", 20).await;
+    for _ in 0..50 {
+        let st = f.status().await;
+        if st["daemon"]["clusters"][0]["server_groups"]
+            .as_array()
+            .is_some_and(|g| {
+                g.iter().filter(|g| g["enabled"] == true).count() == 1
+                    && g.iter()
+                        .any(|g| g["enabled"] == true && g["version"] == "2.0.0")
+            })
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "did not finish the canary after resume: {}",
+        f.status().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_git_protocol_sigterm_mid_rollout_then_restart_converges() {
+    let mut f = Fixture::new();
+    let canary = "{type: canary, steps: [{weight: 50, pause: 4s}]}";
+    f.push(&app("1.0.0", f.port, canary));
+    // Serve the bare repository over the network with `git daemon`.
+    let git_port = free_port();
+    let base = f.bare.path().parent().unwrap().to_path_buf();
+    let name = f
+        .bare
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    std::fs::write(f.bare.path().join("git-daemon-export-ok"), "").unwrap();
+    let pid_file = f.state.path().join("git-daemon.pid");
+    let _gitd_guard = KillPidFile(pid_file.clone());
+    let mut gitd = tokio::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            &format!("--port={git_port}"),
+            &format!("--base-path={}", base.display()),
+        ])
+        .arg(format!("--pid-file={}", pid_file.display()))
+        .arg(&base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("git daemon starts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = |f: &mut Fixture| {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args([
+                "up",
+                "--repo",
+                &format!("git://127.0.0.1:{git_port}/{name}"),
+                "--interval",
+                "300ms",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{}", f.api))
+            .arg("--state-dir")
+            .arg(f.state.path())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f.state.path().join("daemon.log"))
+                    .unwrap(),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        f.daemon = Some(child);
+    };
+    start(&mut f);
+    wait_ready(&f).await;
+    f.wait_version("1.0.0", 20).await;
+    f.push(&app("2.0.0", f.port, canary));
+    // Wait until the canary is at 50%, then SIGTERM the daemon inside the pause.
+    for _ in 0..100 {
+        let st = f.status().await;
+        let _ = st;
+        let (_, body) = http(&format!("http://127.0.0.1:{}/", f.port), "GET", &[], "").await;
+        if body.contains("2.0.0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = f.daemon.as_ref().and_then(|c| c.id()).unwrap();
+    // SAFETY: signals the daemon this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), f.daemon.as_mut().unwrap().wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("shutting down"), "{log}");
+    // Restarted, it carries on to the same end state: only 2.0.0 serves.
+    start(&mut f);
+    wait_ready(&f).await;
+    for _ in 0..150 {
+        let st = f.status().await;
+        let groups = st["daemon"]["clusters"][0]["server_groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if groups.iter().filter(|g| g["enabled"] == true).count() == 1
+            && groups
+                .iter()
+                .any(|g| g["enabled"] == true && g["version"] == "2.0.0")
+        {
+            let _ = gitd.start_kill();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("did not converge after restart: {}", f.status().await);
+}
+
+/// Kills the process named in a pid file when dropped (git daemon forks away from its parent).
+struct KillPidFile(std::path::PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: signals the git daemon this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
