@@ -86,6 +86,7 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
     let store = Arc::new(SqliteStore::open(&state).map_err(|e| CliError::Usage(e.to_string()))?);
     let shared = Arc::new(Shared {
         status: Default::default(),
+        status_json: std::sync::RwLock::new("{}".into()),
         metrics: Default::default(),
         trigger: tokio::sync::Notify::new(),
         store: store.clone(),

@@ -117,9 +117,9 @@ pub async fn run(
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
     let mut backoff = Duration::from_secs(2);
     let mut retry_at: Option<tokio::time::Instant> = None;
-    if let Ok(mut st) = shared.status.write() {
+    shared.update_status(|st| {
         st.source = source.describe();
-    }
+    });
     loop {
         let mut reconcile = false;
         tokio::select! {
@@ -152,11 +152,11 @@ pub async fn run(
                         info!(clusters = d.clusters.len(), "new revision is valid");
                         let _ = shared.store.set_last_good_revision(&rev);
                         desired = Some((d, rev.clone()));
-                        if let Ok(mut st) = shared.status.write() {
+                        shared.update_status(|st| {
                             st.fetched = Some(rev.clone());
                             st.diagnostics.clear();
                             st.last_error = None;
-                        }
+                        });
                         reconcile = true;
                     }
                     None => {
@@ -170,7 +170,7 @@ pub async fn run(
                             errors = checked.error_count(),
                             "revision is invalid; keeping the last good revision: {first}"
                         );
-                        if let Ok(mut st) = shared.status.write() {
+                        shared.update_status(|st| {
                             st.fetched = Some(rev.clone());
                             st.last_result = "invalid".into();
                             st.last_error = Some(format!(
@@ -178,7 +178,7 @@ pub async fn run(
                                 checked.error_count()
                             ));
                             st.diagnostics = checked.diagnostics.clone();
-                        }
+                        });
                         shared.metrics.last_sync_success.set(0);
                     }
                 }
@@ -186,10 +186,10 @@ pub async fn run(
             Ok((_, None)) => {}
             Err(e) => {
                 warn!("fetch failed: {e}");
-                if let Ok(mut st) = shared.status.write() {
+                shared.update_status(|st| {
                     st.last_result = "fetch-error".into();
                     st.last_error = Some(format!("{e}; the last good revision stays in force"));
-                }
+                });
                 shared.metrics.last_sync_success.set(0);
             }
         }
@@ -290,7 +290,7 @@ pub async fn run(
             .last_sync
             .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
         shared.metrics.last_sync_success.set(i64::from(!failed));
-        if let Ok(mut st) = shared.status.write() {
+        shared.update_status(|st| {
             st.revision = Some(rev.clone());
             st.last_sync = Some(crate::clock::now());
             st.ready = st.ready || !failed;
@@ -318,7 +318,7 @@ pub async fn run(
                     outcome: report.clusters.iter().find(|r| r.id == c.id).map_or_else(|| "unchanged".into(), |r| r.outcome.to_string()),
                 })
                 .collect();
-        }
+        });
         if failed {
             retry_at = Some(tokio::time::Instant::now() + backoff);
             warn!("a cluster failed; retrying in {backoff:?}");

@@ -64,6 +64,9 @@ pub struct ClusterStatus {
 pub struct Shared {
     /// The status.
     pub status: std::sync::RwLock<DaemonStatus>,
+    /// The status serialized once per change: `/api/v1/status` is read far more often than it
+    /// changes.
+    pub status_json: std::sync::RwLock<Arc<str>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Wakes the reconcile loop (webhook, sync, file change).
@@ -74,6 +77,21 @@ pub struct Shared {
     pub api_token: Option<String>,
     /// Secret for `X-Hub-Signature-256`; without one webhooks are refused.
     pub webhook_secret: Option<String>,
+}
+
+impl Shared {
+    /// Changes the status and refreshes its cached JSON.
+    pub fn update_status(&self, f: impl FnOnce(&mut DaemonStatus)) {
+        if let Ok(mut st) = self.status.write() {
+            f(&mut st);
+            let json: Arc<str> = serde_json::to_string(&*st)
+                .unwrap_or_else(|_| "{}".into())
+                .into();
+            if let Ok(mut cache) = self.status_json.write() {
+                *cache = json;
+            }
+        }
+    }
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
@@ -120,11 +138,18 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {
-    let st = s.status.read().map(|st| st.clone()).unwrap_or_default();
+    let daemon = s
+        .status_json
+        .read()
+        .map(|j| j.clone())
+        .unwrap_or_else(|_| "{}".into());
     let now = crate::clock::now();
-    let suspends = s.store.suspends(now).unwrap_or_default();
-    let locks = s.store.locks().unwrap_or_default();
-    Json(serde_json::json!({ "daemon": st, "suspends": suspends, "locks": locks })).into_response()
+    let suspends = serde_json::to_string(&s.store.suspends(now).unwrap_or_default())
+        .unwrap_or_else(|_| "[]".into());
+    let locks =
+        serde_json::to_string(&s.store.locks().unwrap_or_default()).unwrap_or_else(|_| "[]".into());
+    let body = format!("{{\"daemon\":{daemon},\"suspends\":{suspends},\"locks\":{locks}}}");
+    ([("content-type", "application/json")], body).into_response()
 }
 
 /// The body of suspend and resume calls.

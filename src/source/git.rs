@@ -80,13 +80,15 @@ impl GitSource {
         let auth = self.auth.clone();
         callbacks.credentials(move |_url, user, allowed| {
             if allowed.contains(git2::CredentialType::SSH_KEY)
-                && let Some(key) = &auth.ssh_key {
-                    return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
-                }
+                && let Some(key) = &auth.ssh_key
+            {
+                return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
+            }
             if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-                && let Some(t) = &auth.token {
-                    return Cred::userpass_plaintext("x-access-token", t);
-                }
+                && let Some(t) = &auth.token
+            {
+                return Cred::userpass_plaintext("x-access-token", t);
+            }
             Err(git2::Error::from_str(
                 "no credentials configured for this remote (set KEELSON_GIT_TOKEN or --ssh-key)",
             ))
