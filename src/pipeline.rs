@@ -55,3 +55,94 @@ pub fn check(sources: SourceSet) -> Checked {
         environments,
     }
 }
+
+/// Parse and schema results of files, by path and content, so a new revision re-parses only
+/// the files that changed (the daemon keeps one across revisions).
+#[derive(Debug, Default)]
+pub struct Cache {
+    files: std::collections::HashMap<(std::path::PathBuf, u64), CachedFile>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedFile {
+    documents: Vec<(crate::load::Document, crate::validate::Checked)>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn content_key(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Like [`check`], reusing `cache` for files whose path and content are unchanged.
+pub fn check_cached(sources: SourceSet, cache: &mut Cache) -> Checked {
+    let keys: Vec<(std::path::PathBuf, u64)> = sources
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), content_key(&f.bytes)))
+        .collect();
+    let missing: Vec<&crate::source::SourceFile> = sources
+        .files
+        .iter()
+        .zip(&keys)
+        .filter(|(_, k)| !cache.files.contains_key(k))
+        .map(|(f, _)| f)
+        .collect();
+    let fresh = crate::par::map_chunks(&missing, |chunk| {
+        chunk
+            .iter()
+            .map(|f| {
+                let mut l = crate::load::Loaded::default();
+                crate::load::load_file(f, &mut l);
+                let documents = l.documents.into_iter().map(|d| {
+                    let c = crate::validate::check_document(&d);
+                    (d, c)
+                });
+                CachedFile {
+                    documents: documents.collect(),
+                    diagnostics: l.diagnostics,
+                }
+            })
+            .collect()
+    });
+    for (f, c) in missing.iter().zip(fresh) {
+        cache
+            .files
+            .insert((f.path.clone(), content_key(&f.bytes)), c);
+    }
+    // Forget files that are gone or changed.
+    let live: std::collections::HashSet<&(std::path::PathBuf, u64)> = keys.iter().collect();
+    cache.files.retain(|k, _| live.contains(k));
+    let mut documents = Vec::new();
+    let mut diagnostics = sources.diagnostics;
+    for k in &keys {
+        if let Some(c) = cache.files.get(k) {
+            documents.extend(c.documents.iter().cloned());
+            diagnostics.extend(c.diagnostics.iter().cloned());
+        }
+    }
+    let count = |kind| {
+        documents
+            .iter()
+            .filter(|(d, _): &&(crate::load::Document, _)| d.kind == kind)
+            .count()
+    };
+    let applications = count(Kind::Application);
+    let environments = count(Kind::Environment);
+    let validated = crate::validate::assemble(documents, diagnostics);
+    let mut diagnostics = validated.diagnostics.clone();
+    diag::sort(&mut diagnostics);
+    let desired = if validated.has_errors() {
+        None
+    } else {
+        Some(compile(&validated.specs))
+    };
+    Checked {
+        desired,
+        diagnostics,
+        applications,
+        environments,
+    }
+}

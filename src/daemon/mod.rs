@@ -112,6 +112,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut last_fetched: Option<String> = None;
     let mut desired: Option<(DesiredState, String)> = None;
+    // Unchanged files are not parsed again from one revision to the next.
+    let mut cache = crate::pipeline::Cache::default();
     let mut poll = tokio::time::interval(cfg.interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
@@ -146,7 +148,7 @@ pub async fn run(
                 last_fetched = Some(rev.clone());
                 let span = tracing::info_span!("revision", revision = %rev);
                 let _enter = span.enter();
-                let checked = crate::pipeline::check(files);
+                let checked = crate::pipeline::check_cached(files, &mut cache);
                 match checked.desired {
                     Some(d) => {
                         info!(clusters = d.clusters.len(), "new revision is valid");

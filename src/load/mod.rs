@@ -62,7 +62,8 @@ fn may_hold_spec(text: &str) -> bool {
         || text.contains("kind: Environment")
 }
 
-fn load_file(f: &SourceFile, out: &mut Loaded) {
+/// Loads one file into `out`.
+pub fn load_file(f: &SourceFile, out: &mut Loaded) {
     let text = match std::str::from_utf8(&f.bytes) {
         Ok(t) => t,
         Err(e) => {

@@ -47,17 +47,25 @@ impl Validated {
 
 /// Validates loaded documents: schema, types, then cross-document rules.
 pub fn validate(loaded: Loaded) -> Validated {
-    let mut out = Validated {
-        diagnostics: loaded.diagnostics,
-        ..Validated::default()
-    };
-    // Names of documents that failed their schema: references to them are not reported again.
-    let mut broken = semantic::Broken::default();
     // Schema checks and typing are per document: run them on every core, in document order.
     let checked = crate::par::map_chunks(&loaded.documents, |docs| {
         docs.iter().map(check_document).collect()
     });
-    for (doc, result) in loaded.documents.into_iter().zip(checked) {
+    assemble(
+        loaded.documents.into_iter().zip(checked).collect(),
+        loaded.diagnostics,
+    )
+}
+
+/// Puts per-document results together and runs the rules across documents.
+pub fn assemble(documents: Vec<(Document, Checked)>, diagnostics: Vec<Diagnostic>) -> Validated {
+    let mut out = Validated {
+        diagnostics,
+        ..Validated::default()
+    };
+    // Names of documents that failed their schema: references to them are not reported again.
+    let mut broken = semantic::Broken::default();
+    for (doc, result) in documents {
         match result {
             Checked::App(spec) => out.specs.applications.push(Spec { doc, spec: *spec }),
             Checked::Env(spec) => out.specs.environments.push(Spec { doc, spec: *spec }),
@@ -73,13 +81,18 @@ pub fn validate(loaded: Loaded) -> Validated {
 }
 
 /// One document after its schema check and typing.
-enum Checked {
+#[derive(Debug, Clone)]
+pub enum Checked {
+    /// A valid Application.
     App(Box<Application>),
+    /// A valid Environment.
     Env(Box<Environment>),
+    /// Its problems.
     Invalid(Vec<Diagnostic>),
 }
 
-fn check_document(doc: &Document) -> Checked {
+/// Checks one document against its schema and types it.
+pub fn check_document(doc: &Document) -> Checked {
     let value = doc.root.to_json();
     let problems = schema::check(doc, &value);
     if !problems.is_empty() {

@@ -159,3 +159,45 @@ mod planner {
         }
     }
 }
+
+/// The cached pipeline (the daemon's) gives exactly what a fresh check gives, before and after
+/// one file changes.
+#[test]
+fn cached_check_matches_a_fresh_check() {
+    let sources = keelson::source::read_dir(&crate::support::root()).unwrap();
+    let mut cache = keelson::pipeline::Cache::default();
+    let same = |a: &keelson::pipeline::Checked, b: &keelson::pipeline::Checked| {
+        serde_json::to_string(&a.desired).unwrap() == serde_json::to_string(&b.desired).unwrap()
+            && a.diagnostics == b.diagnostics
+    };
+    let fresh = keelson::pipeline::check(sources.clone());
+    let cached = keelson::pipeline::check_cached(sources.clone(), &mut cache);
+    assert!(same(&fresh, &cached));
+    assert!(fresh.desired.is_some());
+    let mut changed = sources.clone();
+    let f = changed
+        .files
+        .iter_mut()
+        .find(|f| f.path.ends_with("hello.yaml"))
+        .unwrap();
+    f.bytes = String::from_utf8(f.bytes.clone())
+        .unwrap()
+        .replace("\"1.0.0\"", "\"1.0.1\"")
+        .into_bytes();
+    let fresh = keelson::pipeline::check(changed.clone());
+    let cached = keelson::pipeline::check_cached(changed.clone(), &mut cache);
+    assert!(same(&fresh, &cached));
+    let mut broken = changed;
+    let f = broken
+        .files
+        .iter_mut()
+        .find(|f| f.path.ends_with("hello.yaml"))
+        .unwrap();
+    f.bytes = String::from_utf8(f.bytes.clone())
+        .unwrap()
+        .replace("desired: 1", "desired: one")
+        .into_bytes();
+    let fresh = keelson::pipeline::check(broken.clone());
+    let cached = keelson::pipeline::check_cached(broken, &mut cache);
+    assert!(fresh.desired.is_none() && same(&fresh, &cached));
+}
