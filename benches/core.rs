@@ -141,6 +141,31 @@ fn main() {
         keelson::render::json(&plan(&d_changed, &live, &policy, "bench", &sel))
     });
     println!("plan + render JSON, 5% changed: best {best:?}, median {median:?}");
+    // The daemon's path: a cache warm from the last revision, one file changed, then plan.
+    let mut cache = keelson::pipeline::Cache::default();
+    let base_sources = keelson::source::read_dir(&base).expect("reads");
+    let _ = keelson::pipeline::check_cached(base_sources.clone(), &mut cache);
+    let mut flip = false;
+    let (best, median) = time(9, || {
+        let mut s = base_sources.clone();
+        flip = !flip;
+        if flip {
+            if let Some(f) = s
+                .files
+                .iter_mut()
+                .find(|f| f.path.ends_with("app-0007.yaml"))
+            {
+                f.bytes.extend_from_slice(b"# changed\n");
+            }
+        }
+        let d = keelson::pipeline::check_cached(s, &mut cache)
+            .desired
+            .expect("valid");
+        plan(&d, &live, &policy, "bench", &sel)
+    });
+    println!(
+        "re-plan after one file of 2,000 changed (cached parse): best {best:?}, median {median:?}"
+    );
     println!(
         "peak RSS of this process (all of the above): {:.1} MiB",
         peak_rss_mib()
