@@ -149,14 +149,13 @@ fn main() {
     let (best, median) = time(9, || {
         let mut s = base_sources.clone();
         flip = !flip;
-        if flip {
-            if let Some(f) = s
+        if flip
+            && let Some(f) = s
                 .files
                 .iter_mut()
                 .find(|f| f.path.ends_with("app-0007.yaml"))
-            {
-                f.bytes.extend_from_slice(b"# changed\n");
-            }
+        {
+            f.bytes.extend_from_slice(b"# changed\n");
         }
         let d = keelson::pipeline::check_cached(s, &mut cache)
             .desired
