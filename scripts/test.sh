@@ -29,6 +29,16 @@ step "tests (unit, integration, golden, property)"
 # Build the tests once; clippy below reuses the dependency graph's downloads and cache.
 cargo test --all-targets --no-fail-fast
 
+step "no processes left behind by the tests"
+sleep 1
+leaked=$(pgrep -af "$PWD/target/debug/keelson (demo-app|local-agent|up)" || true)
+if [ -n "$leaked" ]; then
+  echo "the tests left these processes running:"; echo "$leaked"
+  pkill -f "$PWD/target/debug/keelson (demo-app|local-agent|up)" || true
+  exit 1
+fi
+echo "none"
+
 step "clippy"
 cargo clippy --all-targets -- -D warnings
 

@@ -106,6 +106,9 @@ struct Stopping {
 
 type Shared = Arc<Mutex<Agent>>;
 
+/// Stops in progress; the agent does not exit while any is pending.
+static PENDING_STOPS: AtomicUsize = AtomicUsize::new(0);
+
 fn key(id: &ClusterId) -> String {
     id.to_string()
 }
@@ -356,7 +359,16 @@ async fn apply(shared: &Shared, op: Op) -> Reply {
         a.save();
         reply
     };
-    stop_all(to_stop).await;
+    // Stopping runs in its own task: if the caller goes away mid-request, the processes are
+    // still stopped (a dropped handler would otherwise leave them running).
+    if !to_stop.is_empty() {
+        PENDING_STOPS.fetch_add(1, Ordering::AcqRel);
+        let task = tokio::spawn(async move {
+            stop_all(to_stop).await;
+            PENDING_STOPS.fetch_sub(1, Ordering::AcqRel);
+        });
+        let _ = task.await;
+    }
     reply
 }
 
@@ -766,7 +778,9 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         // After `down` stopped everything, nothing is left to own: exit.
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if watcher.lock().await.persisted.clusters.is_empty() {
+            if watcher.lock().await.persisted.clusters.is_empty()
+                && PENDING_STOPS.load(Ordering::Acquire) == 0
+            {
                 return;
             }
         }
