@@ -25,7 +25,7 @@ pub struct Document {
     /// Application or Environment.
     pub kind: Kind,
     /// The spanned tree, for positions.
-    pub root: Node,
+    pub root: std::sync::Arc<Node>,
 }
 
 /// The documents of a repository and the problems found loading them.
@@ -107,7 +107,7 @@ pub fn load_file(f: &SourceFile, out: &mut Loaded) {
                 file: f.path.clone(),
                 index,
                 kind,
-                root,
+                root: std::sync::Arc::new(root),
             });
         }
     }

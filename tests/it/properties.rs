@@ -187,6 +187,25 @@ fn cached_check_matches_a_fresh_check() {
     let fresh = keelson::pipeline::check(changed.clone());
     let cached = keelson::pipeline::check_cached(changed.clone(), &mut cache);
     assert!(same(&fresh, &cached));
+    // An environment change recompiles every application that uses it.
+    let mut env_changed = changed.clone();
+    let f = env_changed
+        .files
+        .iter_mut()
+        .find(|f| f.path.ends_with("dev.yaml"))
+        .unwrap();
+    let text = String::from_utf8(f.bytes.clone()).unwrap();
+    assert!(
+        text.contains("highlander"),
+        "dev.yaml's default strategy is what this test changes"
+    );
+    f.bytes = text.replace("highlander", "none").into_bytes();
+    let fresh = keelson::pipeline::check(env_changed.clone());
+    let cached = keelson::pipeline::check_cached(env_changed, &mut cache);
+    assert!(
+        same(&fresh, &cached),
+        "a changed environment default reaches the cached result"
+    );
     let mut broken = changed;
     let f = broken
         .files
