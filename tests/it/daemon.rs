@@ -534,8 +534,6 @@ async fn over_git_protocol_sigterm_mid_rollout_then_restart_converges() {
     f.push(&app("2.0.0", f.port, canary));
     // Wait until the canary is at 50%, then SIGTERM the daemon inside the pause.
     for _ in 0..100 {
-        let st = f.status().await;
-        let _ = st;
         let (_, body) = http(&format!("http://127.0.0.1:{}/", f.port), "GET", &[], "").await;
         if body.contains("2.0.0") {
             break;
