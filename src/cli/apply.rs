@@ -7,14 +7,12 @@ use std::sync::Arc;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::plan::{providers, selection, state_dir};
-use super::{ApplyArgs, CliError, Style, render_diagnostics};
+use super::plan::{load_desired, providers, selection};
+use super::{ApplyArgs, CliError, Style};
 use crate::engine::{Engine, LogProgress, Progress};
 use crate::model::ClusterId;
 use crate::observe::observe;
-use crate::pipeline::check;
 use crate::plan::{Plan, plan};
-use crate::source::read_dir;
 use crate::store::{Owner, SqliteStore, Store};
 
 /// One spinner per cluster, on a terminal.
@@ -87,33 +85,11 @@ fn confirm() -> bool {
 
 /// Runs `keelson apply`.
 pub async fn run(args: &ApplyArgs, style: Style) -> Result<ExitCode, CliError> {
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
+    let state = args.location.state();
     let sel = selection(&args.env, &args.app)?;
-    let sources = read_dir(&args.repo)?;
-    let revision = sources.content_revision();
-    let texts: std::collections::HashMap<std::path::PathBuf, String> = sources
-        .files
-        .iter()
-        .filter_map(|f| {
-            std::str::from_utf8(&f.bytes)
-                .ok()
-                .map(|t| (f.path.clone(), t.to_string()))
-        })
-        .collect();
-    let checked = check(sources);
-    let Some(desired) = checked.desired else {
-        eprint!(
-            "{}",
-            render_diagnostics(
-                &checked.diagnostics,
-                |p: &Path| texts.get(p).map(String::as_str),
-                style
-            )
-        );
-        eprintln!(
-            "{}\nNothing was changed.",
-            super::validate::summary(&checked, style)
-        );
+    let Some((desired, revision)) =
+        load_desired(&args.location.repo, style, Some("Nothing was changed."))?
+    else {
         return Ok(ExitCode::from(1));
     };
     let store = store(&state)?;

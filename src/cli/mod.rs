@@ -106,17 +106,9 @@ pub enum PlanFormat {
 /// Arguments of `keelson plan`.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
     /// Only this environment (repeatable).
     #[arg(long)]
     pub env: Vec<String>,
@@ -134,9 +126,9 @@ pub struct PlanArgs {
     pub detailed_exitcode: bool,
 }
 
-/// Arguments of `keelson apply`.
+/// Where the config repository and Keelson's state are (shared by most verbs).
 #[derive(Debug, clap::Args)]
-pub struct ApplyArgs {
+pub struct Location {
     /// The config repository.
     #[arg(
         long,
@@ -148,6 +140,21 @@ pub struct ApplyArgs {
     /// Where Keelson keeps its state (default: <repo>/.keelson).
     #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
     pub state_dir: Option<PathBuf>,
+}
+
+impl Location {
+    /// The state directory: `--state-dir`, else `<repo>/.keelson`.
+    pub fn state(&self) -> PathBuf {
+        plan::state_dir(&self.repo, self.state_dir.as_ref())
+    }
+}
+
+/// Arguments of `keelson apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
     /// Only this environment (repeatable).
     #[arg(long)]
     pub env: Vec<String>,
@@ -235,17 +242,9 @@ pub struct StatusArgs {
     #[arg(long, env = "KEELSON_SERVER", hide_env_values = true)]
     pub server: Option<String>,
 
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -254,17 +253,9 @@ pub struct StatusArgs {
 /// Arguments of `keelson history`.
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
     /// Only this cluster (`name`, `env/name` or `env/target/name`).
     #[arg(long)]
     pub cluster: Option<String>,
@@ -283,17 +274,9 @@ pub struct ScopeArgs {
     #[arg(long, env = "KEELSON_SERVER", hide_env_values = true)]
     pub server: Option<String>,
 
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
     /// An environment.
     #[arg(long)]
     pub env: Option<String>,
@@ -322,17 +305,9 @@ pub struct SuspendArgs {
 /// Arguments of `keelson locks`.
 #[derive(Debug, clap::Args)]
 pub struct LocksArgs {
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
     /// What to do (default: list).
     #[command(subcommand)]
     pub command: Option<LocksCommand>,
@@ -359,17 +334,9 @@ pub struct RollbackArgs {
     /// The server group to go back to, e.g. v003 (default: the newest healthy disabled one).
     #[arg(long)]
     pub to: Option<String>,
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
 }
 
 /// Arguments of `keelson approve`.
@@ -384,17 +351,9 @@ pub struct ApproveArgs {
     /// The version (default: the one the specs ask for).
     #[arg(long)]
     pub version: Option<String>,
-    /// The config repository.
-    #[arg(
-        long,
-        default_value = ".",
-        env = "KEELSON_REPO",
-        hide_env_values = true
-    )]
-    pub repo: PathBuf,
-    /// Where Keelson keeps its state (default: <repo>/.keelson).
-    #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
-    pub state_dir: Option<PathBuf>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
 }
 
 /// Arguments of `keelson down`.

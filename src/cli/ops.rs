@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::apply::store;
-use super::plan::{providers, state_dir};
+use super::plan::providers;
 use super::{
     ApproveArgs, CliError, Format, HistoryArgs, LocksArgs, LocksCommand, RollbackArgs, ScopeArgs,
     StatusArgs, Style, SuspendArgs,
@@ -116,7 +116,7 @@ pub async fn suspend(args: &SuspendArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let state = state_dir(&args.scope.repo, args.scope.state_dir.as_ref());
+    let state = args.scope.location.state();
     let now = crate::clock::now();
     let until = args.r#for.map(|d| {
         now.checked_add(jiff::SignedDuration::from_millis(
@@ -158,7 +158,7 @@ pub async fn resume(args: &ScopeArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
+    let state = args.location.state();
     let sc = scope(args)?;
     let n = store(&state)?
         .resume(&sc, &who(), crate::clock::now())
@@ -173,13 +173,13 @@ pub async fn resume(args: &ScopeArgs) -> Result<ExitCode, CliError> {
 
 /// `keelson approve`.
 pub async fn approve(args: &ApproveArgs) -> Result<ExitCode, CliError> {
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
+    let state = args.location.state();
     let environment = EnvName::new(args.env.clone()).map_err(|e| CliError::Usage(e.to_string()))?;
     let app = AppName::new(args.app.clone()).map_err(|e| CliError::Usage(e.to_string()))?;
     let version = match &args.version {
         Some(v) => v.clone(),
         None => {
-            let (d, _) = desired(&args.repo)?;
+            let (d, _) = desired(&args.location.repo)?;
             d.clusters
                 .values()
                 .find(|c| c.app == app && c.id.environment == environment)
@@ -204,7 +204,7 @@ pub async fn approve(args: &ApproveArgs) -> Result<ExitCode, CliError> {
 
 /// `keelson locks`.
 pub async fn locks(args: &LocksArgs) -> Result<ExitCode, CliError> {
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
+    let state = args.location.state();
     let st = store(&state)?;
     let now = crate::clock::now();
     match &args.command {
@@ -259,7 +259,7 @@ pub async fn locks(args: &LocksArgs) -> Result<ExitCode, CliError> {
 
 /// `keelson history`.
 pub async fn history(args: &HistoryArgs) -> Result<ExitCode, CliError> {
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
+    let state = args.location.state();
     let entries = store(&state)?
         .history(args.cluster.as_deref(), args.limit)
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -360,8 +360,8 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<ExitCode, CliErro
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
-    let (d, _) = desired(&args.repo)?;
+    let state = args.location.state();
+    let (d, _) = desired(&args.location.repo)?;
     let observed: ObservedState = observe(&d, &providers(&state)).await;
     let st = store(&state)?;
     let now = crate::clock::now();
@@ -473,8 +473,8 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<ExitCode, CliErro
 
 /// `keelson rollback`.
 pub async fn rollback(args: &RollbackArgs, style: Style) -> Result<ExitCode, CliError> {
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
-    let (d, revision) = desired(&args.repo)?;
+    let state = args.location.state();
+    let (d, revision) = desired(&args.location.repo)?;
     let observed = observe(&d, &providers(&state)).await;
     let matching: Vec<_> = observed
         .clusters

@@ -1,14 +1,16 @@
 //! `keelson plan`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{CliError, PlanArgs, PlanFormat, Style, render_diagnostics};
+use crate::model::DesiredState;
 use crate::observe::{Providers, observe};
 use crate::pipeline::check;
 use crate::plan::{Plan, Selection, plan};
 use crate::provider::local::LocalProvider;
-use crate::source::read_dir;
+use crate::source::{SourceSet, read_dir};
 use crate::spec::{AppName, EnvName, ProviderKind};
 
 /// The state directory: `--state-dir`, else `<repo>/.keelson`.
@@ -47,28 +49,7 @@ pub async fn compute(
     sel: &Selection,
     style: Style,
 ) -> Result<Option<Plan>, CliError> {
-    let sources = read_dir(repo)?;
-    let revision = sources.content_revision();
-    let texts: std::collections::HashMap<PathBuf, String> = sources
-        .files
-        .iter()
-        .filter_map(|f| {
-            std::str::from_utf8(&f.bytes)
-                .ok()
-                .map(|t| (f.path.clone(), t.to_string()))
-        })
-        .collect();
-    let checked = check(sources);
-    let Some(desired) = checked.desired else {
-        eprint!(
-            "{}",
-            render_diagnostics(
-                &checked.diagnostics,
-                |p: &Path| texts.get(p).map(String::as_str),
-                style
-            )
-        );
-        eprintln!("{}", super::validate::summary(&checked, style));
+    let Some((desired, revision)) = load_desired(repo, style, None)? else {
         return Ok(None);
     };
     let observed = observe(&desired, &providers(state)).await;
@@ -81,11 +62,55 @@ pub async fn compute(
     Ok(Some(plan(&desired, &observed, &policy, &revision, sel)))
 }
 
+/// The text of each source file, to quote lines in diagnostics.
+pub fn source_texts(sources: &SourceSet) -> HashMap<PathBuf, String> {
+    sources
+        .files
+        .iter()
+        .filter_map(|f| {
+            std::str::from_utf8(&f.bytes)
+                .ok()
+                .map(|t| (f.path.clone(), t.to_string()))
+        })
+        .collect()
+}
+
+/// Reads and checks the specs with their revision; when they are invalid, prints every problem,
+/// the summary and `note` on stderr and returns `None`.
+pub fn load_desired(
+    repo: &Path,
+    style: Style,
+    note: Option<&str>,
+) -> Result<Option<(DesiredState, String)>, CliError> {
+    let sources = read_dir(repo)?;
+    let revision = sources.content_revision();
+    let texts = source_texts(&sources);
+    let checked = check(sources);
+    match checked.desired {
+        Some(desired) => Ok(Some((desired, revision))),
+        None => {
+            eprint!(
+                "{}",
+                render_diagnostics(
+                    &checked.diagnostics,
+                    |p: &Path| texts.get(p).map(String::as_str),
+                    style
+                )
+            );
+            eprintln!("{}", super::validate::summary(&checked, style));
+            if let Some(n) = note {
+                eprintln!("{n}");
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// Runs `keelson plan`.
 pub async fn run(args: &PlanArgs, style: Style) -> Result<ExitCode, CliError> {
-    let state = state_dir(&args.repo, args.state_dir.as_ref());
+    let state = args.location.state();
     let sel = selection(&args.env, &args.app)?;
-    let Some(pl) = compute(&args.repo, &state, &sel, style).await? else {
+    let Some(pl) = compute(&args.location.repo, &state, &sel, style).await? else {
         return Ok(ExitCode::from(1));
     };
     let out = match args.format {

@@ -1,6 +1,5 @@
 //! `keelson validate`.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -33,15 +32,7 @@ pub struct ValidateReport<'a> {
 /// Runs `keelson validate`.
 pub fn run(args: &ValidateArgs, style: Style) -> Result<ExitCode, SourceError> {
     let sources = read_dir(&args.repo)?;
-    let texts: HashMap<std::path::PathBuf, String> = sources
-        .files
-        .iter()
-        .filter_map(|f| {
-            std::str::from_utf8(&f.bytes)
-                .ok()
-                .map(|t| (f.path.clone(), t.to_string()))
-        })
-        .collect();
+    let texts = super::plan::source_texts(&sources);
     let checked = check(sources);
     let valid = checked.desired.is_some();
     match args.format {
