@@ -41,19 +41,7 @@ pub fn check(sources: SourceSet) -> Checked {
     let applications = count(Kind::Application);
     let environments = count(Kind::Environment);
     let validated = validate(loaded);
-    let mut diagnostics = validated.diagnostics.clone();
-    diag::sort(&mut diagnostics);
-    let desired = if validated.has_errors() {
-        None
-    } else {
-        Some(compile(&validated.specs))
-    };
-    Checked {
-        desired,
-        diagnostics,
-        applications,
-        environments,
-    }
+    finish(&validated, applications, environments)
 }
 
 /// Parse and schema results of files, by path and content, so a new revision re-parses only
@@ -132,6 +120,15 @@ pub fn check_cached(sources: SourceSet, cache: &mut Cache) -> Checked {
     let applications = count(Kind::Application);
     let environments = count(Kind::Environment);
     let validated = crate::validate::assemble(documents, diagnostics);
+    finish(&validated, applications, environments)
+}
+
+/// Compiles a validated repository, if it is valid (Principle 2: whole revisions).
+fn finish(
+    validated: &crate::validate::Validated,
+    applications: usize,
+    environments: usize,
+) -> Checked {
     let mut diagnostics = validated.diagnostics.clone();
     diag::sort(&mut diagnostics);
     let desired = if validated.has_errors() {
