@@ -5,6 +5,7 @@ mod local;
 mod ops;
 mod output;
 mod plan;
+pub(crate) mod review;
 mod up;
 mod validate;
 
@@ -68,6 +69,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the clusters: plan, confirm, then run each cluster's strategy safely.
     Apply(ApplyArgs),
+    /// Post the plan of a pull request as comments (edited in place) and a commit status.
+    PrComment(PrCommentArgs),
     /// The GitOps daemon: watch a Git branch, reconcile continuously, serve the HTTP API.
     Up(UpArgs),
     /// Per cluster: server groups, traffic, health, version, lock, suspend, last action.
@@ -124,6 +127,64 @@ pub struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Plan a change: compare with this base (a Git revision of --repo, or a directory) and
+    /// mark what the change itself alters.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// With --base: the changed side (a Git revision or a directory; default: --repo as it is
+    /// on disk).
+    #[arg(long, requires = "base")]
+    pub head: Option<String>,
+    /// With --base: where the live state comes from.
+    #[arg(long, value_enum, default_value_t = LiveArg::Observe, requires = "base")]
+    pub live: LiveArg,
+}
+
+/// Where a review's live state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LiveArg {
+    /// Observe the targets (the daemon's view).
+    Observe,
+    /// Assume base is deployed and converged (CI jobs that cannot reach the targets).
+    Base,
+}
+
+/// Arguments of `keelson pr-comment`.
+#[derive(Debug, clap::Args)]
+pub struct PrCommentArgs {
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
+    /// The pull request's base: a Git revision of --repo (e.g. origin/main) or a directory.
+    #[arg(long)]
+    pub base: String,
+    /// The pull request's head: a Git revision (e.g. HEAD) or a directory.
+    #[arg(long, default_value = "HEAD")]
+    pub head: String,
+    /// The pull request number.
+    #[arg(long)]
+    pub pr: u64,
+    /// The repository on the forge, owner/name.
+    #[arg(long, env = "GITHUB_REPOSITORY")]
+    pub forge_repo: Option<String>,
+    /// The forge's REST API (GitHub Enterprise: https://HOST/api/v3; Gitea: https://HOST/api/v1).
+    #[arg(long, env = "GITHUB_API_URL", default_value = crate::forge::github::DEFAULT_API)]
+    pub forge_url: String,
+    /// File holding the forge token (else KEELSON_FORGE_TOKEN, else GITHUB_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Only this environment (repeatable); the comments are then this scope's own.
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// Where the live state comes from.
+    #[arg(long, value_enum, default_value_t = LiveArg::Observe)]
+    pub live: LiveArg,
+    /// Where the whole plan can be read (default: this GitHub Actions run, when in one).
+    #[arg(long)]
+    pub plan_url: Option<String>,
+    /// Print the comments instead of posting them.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Where the config repository and Keelson's state are (shared by most verbs).
@@ -233,6 +294,12 @@ pub struct UpArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+    /// The forge's REST API, for plan comments on pull_request webhooks (needs a token).
+    #[arg(long, env = "KEELSON_FORGE_URL", default_value = crate::forge::github::DEFAULT_API)]
+    pub forge_url: String,
+    /// File holding the forge token (else KEELSON_FORGE_TOKEN, else GITHUB_TOKEN).
+    #[arg(long)]
+    pub forge_token_file: Option<PathBuf>,
 }
 
 /// Arguments of `keelson status`.
@@ -463,6 +530,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Validate(args) => validate::run(&args, style).map_err(CliError::from),
             Command::Plan(args) => plan::run(&args, style).await,
             Command::Apply(args) => apply::run(&args, style).await,
+            Command::PrComment(args) => review::pr_comment(&args, style).await,
             Command::Up(args) => up::run_up(&args).await,
             Command::Status(args) => ops::status(&args, style).await,
             Command::History(args) => ops::history(&args).await,

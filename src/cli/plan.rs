@@ -110,6 +110,9 @@ pub fn load_desired(
 pub async fn run(args: &PlanArgs, style: Style) -> Result<ExitCode, CliError> {
     let state = args.location.state();
     let sel = selection(&args.env, &args.app)?;
+    if let Some(base) = &args.base {
+        return super::review::plan_between(args, base, &sel, style).await;
+    }
     let Some(pl) = compute(&args.location.repo, &state, &sel, style).await? else {
         return Ok(ExitCode::from(1));
     };

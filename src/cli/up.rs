@@ -84,6 +84,36 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
         })
     };
     let store = Arc::new(SqliteStore::open(&state).map_err(|e| CliError::Usage(e.to_string()))?);
+    let providers = providers(&state);
+    // Pull request comments need a Git source (to fetch heads) and a forge token.
+    let pull_requests = match (
+        &source,
+        super::review::forge_token(args.forge_token_file.as_ref())?,
+    ) {
+        (Source::Git(git), Some(token)) => {
+            let forge = crate::forge::github::GitHub::new(
+                &args.forge_url,
+                token,
+                crate::forge::github::Retry::default(),
+            )
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let worker = crate::daemon::pull_request::Worker {
+                source: GitSource {
+                    dir: state.join("git-pulls"),
+                    ..git.clone()
+                },
+                forge: Arc::new(forge),
+                forge_url: args.forge_url.clone(),
+                providers: providers.clone(),
+                store: store.clone(),
+            };
+            tokio::spawn(worker.run(rx));
+            tracing::info!(forge = %args.forge_url, "pull_request webhooks get plan comments");
+            Some(tx)
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         status: Default::default(),
         status_json: std::sync::RwLock::new("{}".into()),
@@ -92,8 +122,8 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
         store: store.clone(),
         api_token: secret("KEELSON_API_TOKEN", args.api_token_file.as_ref())?,
         webhook_secret: secret("KEELSON_WEBHOOK_SECRET", args.webhook_secret_file.as_ref())?,
+        pull_requests,
     });
-    let providers = providers(&state);
     let engine = Arc::new(Engine {
         store,
         providers: providers.clone(),

@@ -1,6 +1,8 @@
 //! `keelson up`: the GitOps loop. Fetches the branch, applies a revision only if the whole of
 //! it validates, reconciles on new revisions, webhooks and a drift timer, and obeys suspends.
 
+pub mod pull_request;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -5,8 +5,8 @@ mod ids;
 mod observed;
 
 pub use desired::{
-    CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, SourceRef,
-    SpecHash, Target, WorkloadSpec,
+    CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, MASK,
+    SourceRef, SpecHash, Target, WorkloadSpec,
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
 pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};

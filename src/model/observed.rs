@@ -110,6 +110,49 @@ pub struct ObservedState {
 }
 
 impl ObservedState {
+    /// The live state as it would be had `desired` been applied and converged: one enabled,
+    /// healthy server group per cluster. Used to plan a pull request where the clusters cannot be
+    /// observed (a CI job): "what would merging do, starting from the base branch".
+    pub fn assuming_converged(desired: &super::DesiredState) -> Self {
+        let clusters = desired
+            .clusters
+            .values()
+            .map(|d| {
+                let seq = Sequence::FIRST;
+                let group = ServerGroup {
+                    name: ServerGroupName::new(&d.id.name, seq),
+                    sequence: seq,
+                    version: d.version.clone(),
+                    spec_hash: d.spec_hash.clone(),
+                    capacity: d.capacity.desired,
+                    enabled: true,
+                    weight: 100,
+                    instances: (0..d.capacity.desired)
+                        .map(|i| Instance {
+                            id: format!("{}-{i}", d.id.name),
+                            spec_hash: d.spec_hash.clone(),
+                            health: InstanceHealth::Healthy,
+                            note: None,
+                        })
+                        .collect(),
+                    labels: d.labels.clone(),
+                };
+                (
+                    d.id.clone(),
+                    ObservedCluster {
+                        id: d.id.clone(),
+                        app: d.app.clone(),
+                        server_groups: vec![group],
+                    },
+                )
+            })
+            .collect();
+        Self {
+            clusters,
+            unavailable: BTreeMap::new(),
+        }
+    }
+
     /// A fingerprint of everything observed: `apply --plan` refuses a plan whose fingerprint no
     /// longer matches. Instance ids and health are left out: they move without anyone acting.
     pub fn fingerprint(&self) -> SpecHash {

@@ -20,7 +20,8 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn includes(&self, env: &EnvName, app: &AppName) -> bool {
+    /// Whether a cluster of `app` in `env` is selected.
+    pub fn includes(&self, env: &EnvName, app: &AppName) -> bool {
         (self.environments.is_empty() || self.environments.contains(env))
             && (self.apps.is_empty() || self.apps.contains(app))
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{field_diff, summary_line};
-use crate::plan::{Action, ClusterPlan, Plan};
+use crate::plan::{Action, Change, ClusterPlan, Plan};
 
 fn headline(plan: &Plan) -> String {
     let changing = plan
@@ -23,11 +23,15 @@ fn headline(plan: &Plan) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('<', "&lt;").replace('>', "&gt;")
+/// Escapes text a person wrote so it cannot open HTML tags in a comment.
+pub(crate) fn escape(s: &str) -> String {
+    s.replace('<', "&lt;")
 }
 
-fn cluster(out: &mut String, c: &ClusterPlan) {
+/// One cluster as a collapsible block: its action, `note` (e.g. a badge), `changes` as a diff
+/// fence, its steps and what blocks it.
+pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> String {
+    let mut out = String::new();
     let strategy = c
         .strategy
         .filter(|_| matches!(c.action, Action::Create | Action::RollOut))
@@ -36,7 +40,7 @@ fn cluster(out: &mut String, c: &ClusterPlan) {
     let blocked = if c.blocked.is_empty() { "" } else { " ⛔" };
     let _ = writeln!(
         out,
-        "<details><summary><code>{} {}</code> {}{}{}{}</summary>\n",
+        "<details><summary><code>{} {}</code> {}{}{}{}{note}</summary>\n",
         escape(c.action.symbol()),
         c.id.name,
         c.action.word(),
@@ -47,8 +51,8 @@ fn cluster(out: &mut String, c: &ClusterPlan) {
     if !c.reason.is_empty() {
         let _ = writeln!(out, "{}\n", escape(&c.reason));
     }
-    if !c.changes.is_empty() {
-        let _ = writeln!(out, "```diff\n{}```\n", field_diff(&c.changes));
+    if !changes.is_empty() {
+        let _ = writeln!(out, "```diff\n{}```\n", field_diff(changes));
     }
     for (i, p) in c.steps.iter().enumerate() {
         let _ = writeln!(out, "{}. {}", i + 1, escape(&p.description));
@@ -60,6 +64,44 @@ fn cluster(out: &mut String, c: &ClusterPlan) {
         let _ = writeln!(out, "> ⛔ **blocked**: {}\n", escape(&b.to_string()));
     }
     out.push_str("</details>\n\n");
+    out
+}
+
+/// The header of the per-environment count table.
+pub(crate) const TABLE_HEADER: &str = "| environment | create | roll out | resize | restore | destroy | blocked | orphans |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+
+/// One row of the count table.
+pub(crate) fn table_row(env: &str, cs: &[&ClusterPlan]) -> String {
+    let n = |a: Action| cs.iter().filter(|c| c.action == a).count();
+    let destroy: usize = cs
+        .iter()
+        .map(|c| {
+            c.steps
+                .iter()
+                .filter(|p| matches!(p.step, crate::plan::Step::Destroy { .. }))
+                .count()
+        })
+        .sum();
+    let blocked = cs.iter().filter(|c| !c.blocked.is_empty()).count();
+    format!(
+        "| {env} | {} | {} | {} | {} | {destroy} | {blocked} | {} |\n",
+        n(Action::Create),
+        n(Action::RollOut),
+        n(Action::Resize),
+        n(Action::Restore),
+        n(Action::Orphan)
+    )
+}
+
+/// The plan's clusters by environment.
+pub(crate) fn by_environment(plan: &Plan) -> BTreeMap<String, Vec<&ClusterPlan>> {
+    let mut envs: BTreeMap<String, Vec<&ClusterPlan>> = BTreeMap::new();
+    for c in &plan.clusters {
+        envs.entry(c.id.environment.to_string())
+            .or_default()
+            .push(c);
+    }
+    envs
 }
 
 /// The whole plan as markdown.
@@ -73,37 +115,13 @@ pub fn markdown(plan: &Plan) -> String {
         plan.observed_fingerprint,
         summary_line(plan)
     );
-    let mut envs: BTreeMap<String, Vec<&ClusterPlan>> = BTreeMap::new();
-    for c in &plan.clusters {
-        envs.entry(c.id.environment.to_string())
-            .or_default()
-            .push(c);
-    }
+    let envs = by_environment(plan);
     if envs.is_empty() {
         return out;
     }
-    out.push_str("| environment | create | roll out | resize | restore | destroy | blocked | orphans |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(TABLE_HEADER);
     for (env, cs) in &envs {
-        let n = |a: Action| cs.iter().filter(|c| c.action == a).count();
-        let destroy: usize = cs
-            .iter()
-            .map(|c| {
-                c.steps
-                    .iter()
-                    .filter(|p| matches!(p.step, crate::plan::Step::Destroy { .. }))
-                    .count()
-            })
-            .sum();
-        let blocked = cs.iter().filter(|c| !c.blocked.is_empty()).count();
-        let _ = writeln!(
-            out,
-            "| {env} | {} | {} | {} | {} | {destroy} | {blocked} | {} |",
-            n(Action::Create),
-            n(Action::RollOut),
-            n(Action::Resize),
-            n(Action::Restore),
-            n(Action::Orphan)
-        );
+        out.push_str(&table_row(env, cs));
     }
     out.push('\n');
     for (env, cs) in &envs {
@@ -114,7 +132,7 @@ pub fn markdown(plan: &Plan) -> String {
             if cs.len() == 1 { "" } else { "s" }
         );
         for c in cs {
-            cluster(&mut out, c);
+            out.push_str(&cluster_block(c, "", &c.changes));
         }
         out.push_str("</details>\n\n");
     }

@@ -1,6 +1,6 @@
 //! Rendering plans for people and programs: text, markdown, JSON. Pure functions.
 
-mod markdown;
+pub(crate) mod markdown;
 mod style;
 mod text;
 
@@ -18,9 +18,15 @@ pub fn json(plan: &Plan) -> String {
 
 /// The changed fields as a unified diff (`--- live` / `+++ desired`).
 pub fn field_diff(changes: &[crate::plan::Change]) -> String {
+    field_diff_between(changes, "live", "desired")
+}
+
+/// The changed fields as a unified diff between two named sides.
+pub fn field_diff_between(changes: &[crate::plan::Change], from: &str, to: &str) -> String {
     let line = |field: &str, v: &Option<String>| {
         v.as_ref()
-            .map(|v| format!("{field}: {v}\n"))
+            // One line per field: a newline in a value must not end the diff fence.
+            .map(|v| format!("{field}: {}\n", v.replace('\n', "\\n")))
             .unwrap_or_default()
     };
     let old: String = changes.iter().map(|c| line(&c.field, &c.from)).collect();
@@ -28,6 +34,6 @@ pub fn field_diff(changes: &[crate::plan::Change]) -> String {
     similar::TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
-        .header("live", "desired")
+        .header(from, to)
         .to_string()
 }

@@ -77,6 +77,95 @@ pub struct Shared {
     pub api_token: Option<String>,
     /// Secret for `X-Hub-Signature-256`; without one webhooks are refused.
     pub webhook_secret: Option<String>,
+    /// Where `pull_request` events go to be planned and commented on; `None` without a forge
+    /// token.
+    pub pull_requests: Option<tokio::sync::mpsc::Sender<PullRequestEvent>>,
+}
+
+/// A pull request to plan and comment on, from a `pull_request` webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    /// `owner/name` on the forge.
+    pub repo: String,
+    /// The pull request number.
+    pub number: u64,
+    /// The head commit.
+    pub head_sha: String,
+    /// The head branch (used when the forge has no `refs/pull/N/head`).
+    pub head_ref: String,
+    /// The base commit.
+    pub base_sha: String,
+    /// The base branch.
+    pub base_ref: String,
+}
+
+#[derive(Deserialize)]
+struct PrPayload {
+    action: String,
+    number: u64,
+    pull_request: PrBody,
+    repository: PrRepo,
+}
+
+#[derive(Deserialize)]
+struct PrBody {
+    head: PrRef,
+    base: PrRef,
+}
+
+#[derive(Deserialize)]
+struct PrRef {
+    sha: String,
+    #[serde(rename = "ref")]
+    branch: String,
+}
+
+#[derive(Deserialize)]
+struct PrRepo {
+    full_name: String,
+}
+
+/// The actions of a `pull_request` event that change what the pull request would merge.
+const PR_ACTIONS: [&str; 3] = ["opened", "synchronize", "reopened"];
+
+fn pull_request(s: &Shared, body: &[u8]) -> Response {
+    let Some(tx) = &s.pull_requests else {
+        return text(
+            StatusCode::ACCEPTED,
+            "pull_request ignored: plan comments need a forge token (KEELSON_FORGE_TOKEN)\n",
+        );
+    };
+    let p: PrPayload = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("not a pull_request payload: {e}\n"),
+            );
+        }
+    };
+    if !PR_ACTIONS.contains(&p.action.as_str()) {
+        return text(
+            StatusCode::ACCEPTED,
+            format!("pull_request action `{}` ignored\n", p.action),
+        );
+    }
+    let ev = PullRequestEvent {
+        repo: p.repository.full_name,
+        number: p.number,
+        head_sha: p.pull_request.head.sha,
+        head_ref: p.pull_request.head.branch,
+        base_sha: p.pull_request.base.sha,
+        base_ref: p.pull_request.base.branch,
+    };
+    tracing::info!(pr = ev.number, head = %ev.head_sha, "webhook: planning pull request");
+    match tx.try_send(ev) {
+        Ok(()) => text(StatusCode::ACCEPTED, "plan comment queued\n"),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many pull requests queued; GitHub will redeliver\n",
+        ),
+    }
 }
 
 impl Shared {
@@ -312,6 +401,7 @@ async fn github(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match event {
+        "pull_request" => pull_request(&s, &body),
         "push" => {
             tracing::info!(event, "webhook: fetching now");
             s.trigger.notify_one();

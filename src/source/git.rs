@@ -76,25 +76,8 @@ impl GitSource {
     /// Fetches the branch (incrementally after the first time) and returns its commit id.
     pub fn fetch(&self) -> Result<String, GitError> {
         let repo = self.open()?;
-        let mut callbacks = RemoteCallbacks::new();
-        let auth = self.auth.clone();
-        callbacks.credentials(move |_url, user, allowed| {
-            if allowed.contains(git2::CredentialType::SSH_KEY)
-                && let Some(key) = &auth.ssh_key
-            {
-                return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
-            }
-            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-                && let Some(t) = &auth.token
-            {
-                return Cred::userpass_plaintext("x-access-token", t);
-            }
-            Err(git2::Error::from_str(
-                "no credentials configured for this remote (set KEELSON_GIT_TOKEN or --ssh-key)",
-            ))
-        });
         let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks);
+        options.remote_callbacks(callbacks(self.auth.clone()));
         let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
         // `+` follows force-pushes; pruning makes a deleted branch disappear locally too.
         let local = format!("refs/remotes/origin/{}", self.branch);
@@ -123,90 +106,184 @@ impl GitSource {
     pub fn read(&self, commit: &str) -> Result<SourceSet, GitError> {
         let repo = self.open()?;
         let oid = git2::Oid::from_str(commit).map_err(|e| err(&e))?;
-        let tree = repo
-            .find_commit(oid)
-            .and_then(|c| c.tree())
-            .map_err(|e| err(&e))?;
-        let tree = match &self.path {
-            Some(p) if !p.as_os_str().is_empty() => {
-                let entry = tree.get_path(p).map_err(|_| {
-                    GitError::Git(format!("path `{}` does not exist at {commit}", p.display()))
-                })?;
-                repo.find_tree(entry.id()).map_err(|_| {
-                    GitError::Git(format!("`{}` is not a directory at {commit}", p.display()))
-                })?
-            }
-            _ => tree,
-        };
-        let ignored: Vec<PathBuf> = tree
-            .get_name(super::IGNORE_FILE)
-            .and_then(|e| repo.find_blob(e.id()).ok())
-            .map(|b| {
-                String::from_utf8_lossy(b.content())
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(|l| PathBuf::from(l.trim_start_matches('/').trim_end_matches('/')))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut set = SourceSet::default();
-        tree.walk(TreeWalkMode::PreOrder, |root, entry| {
-            let name = entry.name().unwrap_or("");
-            let rel = Path::new(root).join(name);
-            if ignored.iter().any(|i| rel.starts_with(i)) {
-                return TreeWalkResult::Skip;
-            }
-            match entry.kind() {
-                Some(ObjectType::Tree) => {
-                    if name.starts_with('.') || name == "target" || name == "node_modules" {
-                        TreeWalkResult::Skip
-                    } else {
-                        TreeWalkResult::Ok
-                    }
-                }
-                Some(ObjectType::Blob) if name.ends_with(".yaml") || name.ends_with(".yml") => {
-                    if entry.filemode() == 0o120_000 {
-                        set.diagnostics.push(
-                            Diagnostic::error(
-                                "symlink-outside",
-                                &rel,
-                                "symlinks are not followed in Git sources",
-                            )
-                            .hint("commit the file itself instead of a symlink"),
-                        );
-                        return TreeWalkResult::Ok;
-                    }
-                    match repo.find_blob(entry.id()) {
-                        Ok(b) if b.size() as u64 > MAX_FILE_BYTES => set.diagnostics.push(
-                            Diagnostic::error(
-                                "file-too-large",
-                                &rel,
-                                format!(
-                                    "file is {:.1} MiB; spec files may be at most {} MiB",
-                                    b.size() as f64 / 1048576.0,
-                                    MAX_FILE_BYTES / 1048576
-                                ),
-                            )
-                            .hint("split it into several files"),
-                        ),
-                        Ok(b) => set.files.push(SourceFile {
-                            path: rel,
-                            bytes: b.content().to_vec(),
-                        }),
-                        Err(e) => set.diagnostics.push(Diagnostic::error(
-                            "unreadable",
-                            &rel,
-                            format!("cannot read blob: {}", e.message()),
-                        )),
-                    }
+        read_commit(&repo, oid, self.path.as_deref())
+    }
+
+    /// Fetches extra refs (e.g. a pull request's head) into the bare clone; `(remote, local)`
+    /// pairs, force-updated.
+    pub fn fetch_refs(&self, refs: &[(String, String)]) -> Result<(), GitError> {
+        let repo = self.open()?;
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks(self.auth.clone()));
+        let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
+        let specs: Vec<String> = refs.iter().map(|(r, l)| format!("+{r}:{l}")).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        remote
+            .fetch(&specs, Some(&mut options), None)
+            .map_err(|e| err(&e))
+    }
+
+    /// Whether the clone has this commit.
+    pub fn has_commit(&self, commit: &str) -> bool {
+        self.open()
+            .is_ok_and(|r| git2::Oid::from_str(commit).is_ok_and(|oid| r.find_commit(oid).is_ok()))
+    }
+}
+
+/// A commit of a working copy or bare repository, resolved from any revision Git understands
+/// (`main`, `origin/main`, `HEAD~1`, a SHA).
+#[derive(Debug, Clone)]
+pub struct ResolvedRevision {
+    /// The full commit id.
+    pub commit: String,
+    /// Where the specs live inside the repository (the part of `--repo` below its top).
+    pub prefix: PathBuf,
+    /// The files at that commit.
+    pub files: SourceSet,
+}
+
+/// Reads the specs of `dir` (a directory inside a Git repository) as they are at `rev`.
+pub fn read_revision(dir: &Path, rev: &str) -> Result<ResolvedRevision, GitError> {
+    let repo = Repository::discover(dir).map_err(|e| {
+        GitError::Git(format!(
+            "`{}` is not inside a Git repository ({})",
+            dir.display(),
+            e.message()
+        ))
+    })?;
+    let commit = repo
+        .revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|e| GitError::Git(format!("cannot resolve `{rev}`: {}", e.message())))?;
+    // The specs may live in a subdirectory of the work tree (`--repo examples`).
+    let top = repo
+        .workdir()
+        .or_else(|| repo.path().parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let prefix = abs(dir)
+        .strip_prefix(abs(&top))
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let files = read_commit(&repo, commit.id(), Some(&prefix))?;
+    Ok(ResolvedRevision {
+        commit: commit.id().to_string(),
+        prefix,
+        files,
+    })
+}
+
+fn callbacks(auth: GitAuth) -> RemoteCallbacks<'static> {
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.credentials(move |_url, user, allowed| {
+        if allowed.contains(git2::CredentialType::SSH_KEY)
+            && let Some(key) = &auth.ssh_key
+        {
+            return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
+        }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+            && let Some(t) = &auth.token
+        {
+            return Cred::userpass_plaintext("x-access-token", t);
+        }
+        Err(git2::Error::from_str(
+            "no credentials configured for this remote (set KEELSON_GIT_TOKEN or --ssh-key)",
+        ))
+    });
+    callbacks
+}
+
+/// The YAML files of a commit (under `path`), with the same rules as a directory source.
+fn read_commit(
+    repo: &Repository,
+    oid: git2::Oid,
+    path: Option<&Path>,
+) -> Result<SourceSet, GitError> {
+    let commit = oid.to_string();
+    let tree = repo
+        .find_commit(oid)
+        .and_then(|c| c.tree())
+        .map_err(|e| err(&e))?;
+    let tree = match path {
+        Some(p) if !p.as_os_str().is_empty() => {
+            let entry = tree.get_path(p).map_err(|_| {
+                GitError::Git(format!("path `{}` does not exist at {commit}", p.display()))
+            })?;
+            repo.find_tree(entry.id()).map_err(|_| {
+                GitError::Git(format!("`{}` is not a directory at {commit}", p.display()))
+            })?
+        }
+        _ => tree,
+    };
+    let ignored: Vec<PathBuf> = tree
+        .get_name(super::IGNORE_FILE)
+        .and_then(|e| repo.find_blob(e.id()).ok())
+        .map(|b| {
+            String::from_utf8_lossy(b.content())
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| PathBuf::from(l.trim_start_matches('/').trim_end_matches('/')))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut set = SourceSet::default();
+    tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        let name = entry.name().unwrap_or("");
+        let rel = Path::new(root).join(name);
+        if ignored.iter().any(|i| rel.starts_with(i)) {
+            return TreeWalkResult::Skip;
+        }
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                if name.starts_with('.') || name == "target" || name == "node_modules" {
+                    TreeWalkResult::Skip
+                } else {
                     TreeWalkResult::Ok
                 }
-                _ => TreeWalkResult::Ok,
             }
-        })
-        .map_err(|e| err(&e))?;
-        set.files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(set)
-    }
+            Some(ObjectType::Blob) if name.ends_with(".yaml") || name.ends_with(".yml") => {
+                if entry.filemode() == 0o120_000 {
+                    set.diagnostics.push(
+                        Diagnostic::error(
+                            "symlink-outside",
+                            &rel,
+                            "symlinks are not followed in Git sources",
+                        )
+                        .hint("commit the file itself instead of a symlink"),
+                    );
+                    return TreeWalkResult::Ok;
+                }
+                match repo.find_blob(entry.id()) {
+                    Ok(b) if b.size() as u64 > MAX_FILE_BYTES => set.diagnostics.push(
+                        Diagnostic::error(
+                            "file-too-large",
+                            &rel,
+                            format!(
+                                "file is {:.1} MiB; spec files may be at most {} MiB",
+                                b.size() as f64 / 1048576.0,
+                                MAX_FILE_BYTES / 1048576
+                            ),
+                        )
+                        .hint("split it into several files"),
+                    ),
+                    Ok(b) => set.files.push(SourceFile {
+                        path: rel,
+                        bytes: b.content().to_vec(),
+                    }),
+                    Err(e) => set.diagnostics.push(Diagnostic::error(
+                        "unreadable",
+                        &rel,
+                        format!("cannot read blob: {}", e.message()),
+                    )),
+                }
+                TreeWalkResult::Ok
+            }
+            _ => TreeWalkResult::Ok,
+        }
+    })
+    .map_err(|e| err(&e))?;
+    set.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(set)
 }

@@ -1,12 +1,12 @@
 //! `keelson up` end to end: a real bare Git repository, the real daemon binary, real HTTP.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use hmac::Mac;
 
 use crate::local_target::{Load, free_port};
+use crate::support::git;
 
 const ENV: &str = "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n";
 
@@ -14,24 +14,6 @@ fn app(version: &str, port: u16, strategy: &str) -> String {
     format!(
         "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: web}}\nspec:\n  artifact: {{version: \"{version}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}\n  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 10s}}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, strategy: {strategy}, traffic: {{port: {port}}}}}\n"
     )
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A working copy pushing to a bare repository, and a daemon following it.

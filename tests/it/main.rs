@@ -2,8 +2,10 @@
 
 mod apply_e2e;
 mod daemon;
+mod github_stub;
 mod local_target;
 mod plan_scenarios;
+mod pr_comment;
 mod properties;
 mod schemas;
 mod support;

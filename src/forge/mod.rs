@@ -1,0 +1,293 @@
+//! Publishing reviews on a forge: Keelson's comments on a pull request, found by their hidden
+//! marker and edited in place, and a commit status. The forge is behind [`Forge`]; the GitHub
+//! REST client (also GitHub Enterprise and Gitea) is [`github::GitHub`].
+
+pub mod github;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::review::StatusState;
+use crate::review::comment::parse_marker;
+
+/// `owner/name` of a repository on the forge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoSlug {
+    /// The owner (user or organisation).
+    pub owner: String,
+    /// The repository.
+    pub name: String,
+}
+
+impl std::str::FromStr for RepoSlug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match s.split_once('/') {
+            Some((o, n)) if ok(o) && ok(n) => Ok(Self {
+                owner: o.to_string(),
+                name: n.to_string(),
+            }),
+            _ => Err(format!(
+                "`{s}` is not a repository: expected owner/name, e.g. acme/deploy-config"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for RepoSlug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// A comment on a pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    /// The forge's id.
+    pub id: u64,
+    /// The markdown.
+    pub body: String,
+}
+
+/// A commit status, e.g. `keelson/plan: success`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommitStatus {
+    /// Success or failure.
+    pub state: StatusState,
+    /// One line.
+    pub description: String,
+    /// The check's name.
+    pub context: String,
+    /// Where to read more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+}
+
+/// Why a forge call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    /// No answer (connection refused, reset, timed out, TLS).
+    #[error("cannot reach the forge at {url}: {message}")]
+    Unreachable {
+        /// The URL, without credentials.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// An answer that is not a success, after retries.
+    #[error("{method} {url} answered {status}: {message}")]
+    Status {
+        /// The method.
+        method: String,
+        /// The URL, without credentials.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The forge's message.
+        message: String,
+    },
+    /// An answer that could not be read.
+    #[error("{url}: unexpected answer: {message}")]
+    Decode {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl ForgeError {
+    /// What a person can do about it, when there is something.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Status { status: 401, .. } => Some(
+                "check the token (KEELSON_FORGE_TOKEN, GITHUB_TOKEN or --token-file): it is wrong or expired",
+            ),
+            Self::Status {
+                status: 403 | 404, ..
+            } => Some(
+                "the token needs write access to pull requests (issues) and commit statuses of this repository",
+            ),
+            Self::Unreachable { .. } => Some("check --forge-url and the network"),
+            _ => None,
+        }
+    }
+}
+
+/// The forge calls Keelson makes.
+#[async_trait]
+pub trait Forge: Send + Sync {
+    /// Every comment on a pull request, oldest first.
+    async fn comments(&self, repo: &RepoSlug, pr: u64) -> Result<Vec<Comment>, ForgeError>;
+    /// Posts a comment.
+    async fn create_comment(&self, repo: &RepoSlug, pr: u64, body: &str)
+    -> Result<u64, ForgeError>;
+    /// Replaces a comment's body.
+    async fn update_comment(&self, repo: &RepoSlug, id: u64, body: &str) -> Result<(), ForgeError>;
+    /// Deletes a comment.
+    async fn delete_comment(&self, repo: &RepoSlug, id: u64) -> Result<(), ForgeError>;
+    /// Sets a commit status.
+    async fn set_status(
+        &self,
+        repo: &RepoSlug,
+        sha: &str,
+        status: &CommitStatus,
+    ) -> Result<(), ForgeError>;
+}
+
+/// One change to the comments on a pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommentOp {
+    /// Post part `part` (1-based).
+    Create {
+        /// The part.
+        part: usize,
+    },
+    /// Edit comment `id` to hold part `part`.
+    Update {
+        /// The comment.
+        id: u64,
+        /// The part.
+        part: usize,
+    },
+    /// Delete comment `id` (a surplus part, or a duplicate).
+    Delete {
+        /// The comment.
+        id: u64,
+    },
+}
+
+/// What to do so that the pull request holds exactly `parts` for `scope`: edit Keelson's
+/// comments in place (when their text differs), post missing parts, delete surplus ones and
+/// duplicates. Other comments, and Keelson's comments for other scopes, are left alone.
+pub fn comment_ops(existing: &[Comment], scope: &str, parts: &[String]) -> Vec<CommentOp> {
+    let mut by_part: std::collections::BTreeMap<usize, &Comment> = Default::default();
+    let mut ops = Vec::new();
+    for c in existing {
+        match parse_marker(&c.body) {
+            Some((s, part)) if s == scope => {
+                if part == 0 || part > parts.len() || by_part.contains_key(&part) {
+                    ops.push(CommentOp::Delete { id: c.id });
+                } else {
+                    by_part.insert(part, c);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (i, body) in parts.iter().enumerate() {
+        let part = i + 1;
+        match by_part.get(&part) {
+            Some(c) if &c.body == body => {}
+            Some(c) => out.push(CommentOp::Update { id: c.id, part }),
+            None => out.push(CommentOp::Create { part }),
+        }
+    }
+    // Writes first, deletes last: a failure half-way leaves too much rather than too little.
+    out.extend(ops);
+    out
+}
+
+/// What publishing did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// Comments posted.
+    pub created: usize,
+    /// Comments edited.
+    pub updated: usize,
+    /// Comments deleted.
+    pub deleted: usize,
+    /// Comments already up to date.
+    pub unchanged: usize,
+}
+
+/// Makes the pull request's Keelson comments for `scope` equal to `parts`.
+pub async fn publish(
+    forge: &dyn Forge,
+    repo: &RepoSlug,
+    pr: u64,
+    scope: &str,
+    parts: &[String],
+) -> Result<Published, ForgeError> {
+    let existing = forge.comments(repo, pr).await?;
+    let ops = comment_ops(&existing, scope, parts);
+    let mut done = Published::default();
+    for op in &ops {
+        match *op {
+            CommentOp::Create { part } => {
+                forge.create_comment(repo, pr, &parts[part - 1]).await?;
+                done.created += 1;
+            }
+            CommentOp::Update { id, part } => {
+                forge.update_comment(repo, id, &parts[part - 1]).await?;
+                done.updated += 1;
+            }
+            CommentOp::Delete { id } => {
+                forge.delete_comment(repo, id).await?;
+                done.deleted += 1;
+            }
+        }
+    }
+    done.unchanged = parts.len() - done.created - done.updated;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::review::comment::marker;
+
+    fn c(id: u64, scope: &str, part: usize, text: &str) -> Comment {
+        Comment {
+            id,
+            body: format!("{}\n{text}", marker(scope, part)),
+        }
+    }
+
+    #[test]
+    fn edits_in_place_creates_missing_and_deletes_surplus() {
+        let existing = vec![
+            Comment {
+                id: 1,
+                body: "LGTM".into(),
+            },
+            c(2, "all", 1, "old"),
+            c(3, "prod", 1, "other scope"),
+            c(4, "all", 2, "same"),
+            c(5, "all", 3, "surplus"),
+            c(6, "all", 1, "duplicate"),
+        ];
+        let parts = vec![
+            format!("{}\nnew", marker("all", 1)),
+            format!("{}\nsame", marker("all", 2)),
+        ];
+        assert_eq!(
+            comment_ops(&existing, "all", &parts),
+            vec![
+                CommentOp::Update { id: 2, part: 1 },
+                CommentOp::Delete { id: 5 },
+                CommentOp::Delete { id: 6 },
+            ]
+        );
+        assert_eq!(
+            comment_ops(&[], "all", &parts),
+            vec![CommentOp::Create { part: 1 }, CommentOp::Create { part: 2 }]
+        );
+    }
+
+    #[test]
+    fn repo_slugs() {
+        assert_eq!(
+            "acme/deploy".parse::<RepoSlug>().map(|r| r.to_string()),
+            Ok("acme/deploy".to_string())
+        );
+        assert!("acme".parse::<RepoSlug>().is_err());
+        assert!("a/b/c".parse::<RepoSlug>().is_err());
+    }
+}
