@@ -57,7 +57,12 @@ impl Fixture {
     }
 
     fn start(&mut self, drift: &str) {
+        self.start_with(drift, &[]);
+    }
+
+    fn start_with(&mut self, drift: &str, env: &[(&str, &str)]) {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .envs(env.iter().copied())
             .args([
                 "up",
                 "--repo",
@@ -355,7 +360,15 @@ async fn webhooks_api_auth_drift_and_suspend() {
     .await;
     assert_eq!(code, 200);
     f.wait_version("1.0.0", 10).await;
-    let (_, metrics) = http(&f.url("/metrics"), "GET", &[], "").await;
+    // Traffic returns at the enable step; the metrics follow when the reconcile finishes.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http(&f.url("/metrics"), "GET", &[], "").await.1;
+        if metrics.contains("keelson_drift_healed_total 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         metrics.contains("keelson_drift_healed_total 1"),
         "{metrics}"
@@ -571,4 +584,88 @@ impl Drop for KillPidFile {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
+    const TOKEN: &str = "ghp_daemon0token0secret";
+    let stub = crate::github_stub::GitHubStub::start(TOKEN).await;
+    let mut f = Fixture::new();
+    let rb = "{type: red-black}";
+    let base = f.push(&app("1.0.0", f.port, rb));
+    let forge = stub.url();
+    f.start_with(
+        "1m",
+        &[
+            ("KEELSON_FORGE_URL", &forge),
+            ("KEELSON_FORGE_TOKEN", TOKEN),
+        ],
+    );
+    wait_ready(&f).await;
+    f.wait_version("1.0.0", 20).await;
+    // The pull request: a branch the forge also exposes as refs/pull/5/head.
+    let work = f.work.path();
+    git(work, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(work.join("web.yaml"), app("1.1.0", f.port, rb)).unwrap();
+    git(work, &["commit", "-qam", "bump"]);
+    git(work, &["push", "-q", "origin", "HEAD:refs/pull/5/head"]);
+    let head = git(work, &["rev-parse", "HEAD"]);
+    let event = |action: &str| {
+        serde_json::json!({
+            "action": action,
+            "number": 5,
+            "pull_request": {
+                "head": {"sha": head, "ref": "feature"},
+                "base": {"sha": base, "ref": "main"}
+            },
+            "repository": {"full_name": "acme/deploy"}
+        })
+        .to_string()
+    };
+    let send = |body: String| {
+        let url = f.url("/webhooks/github");
+        async move {
+            let sig = sign(&body);
+            http(
+                &url,
+                "POST",
+                &[
+                    ("x-github-event", "pull_request"),
+                    ("x-hub-signature-256", &sig),
+                ],
+                &body,
+            )
+            .await
+        }
+    };
+    let (code, body) = send(event("synchronize")).await;
+    assert_eq!((code, body.trim()), (202, "plan comment queued"));
+    let mut comments = Vec::new();
+    for _ in 0..200 {
+        comments = stub.comments(5);
+        if !comments.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default();
+    assert_eq!(comments.len(), 1, "no comment; daemon log:\n{log}");
+    let c = &comments[0].body;
+    assert!(
+        c.starts_with("<!-- keelson-plan: env=all part=1 -->"),
+        "{c}"
+    );
+    assert!(c.contains("live state observed"), "{c}");
+    assert!(c.contains("-version: 1.0.0\n+version: 1.1.0"), "{c}");
+    assert!(c.contains("changed by this pull request"), "{c}");
+    let statuses = stub.statuses();
+    assert_eq!(statuses[0].0, head);
+    assert_eq!(statuses[0].1["state"], "success");
+    // Closing a pull request plans nothing.
+    let (code, body) = send(event("closed")).await;
+    assert_eq!(code, 202);
+    assert!(body.contains("ignored"), "{body}");
+    // A pull request is not a merge: the cluster stays at 1.0.0.
+    f.wait_version("1.0.0", 1).await;
+    assert!(!log.contains(TOKEN), "the token leaked into the log");
 }
