@@ -669,3 +669,36 @@ async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
     f.wait_version("1.0.0", 1).await;
     assert!(!log.contains(TOKEN), "the token leaked into the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_files_replans_when_a_spec_is_saved() {
+    let mut f = Fixture::new();
+    let rb = "{type: red-black}";
+    std::fs::write(f.work.path().join("web.yaml"), app("1.0.0", f.port, rb)).unwrap();
+    // A poll interval of an hour: only the file watcher can pick up the change.
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args([
+            "up",
+            "--watch-files",
+            "--interval",
+            "1h",
+            "--drift-interval",
+            "1h",
+        ])
+        .arg("--repo")
+        .arg(f.work.path())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", f.api))
+        .arg("--state-dir")
+        .arg(f.state.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(f.state.path().join("daemon.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    f.daemon = Some(child);
+    wait_ready(&f).await;
+    f.wait_version("1.0.0", 20).await;
+    std::fs::write(f.work.path().join("web.yaml"), app("1.1.0", f.port, rb)).unwrap();
+    f.wait_version("1.1.0", 20).await;
+}
