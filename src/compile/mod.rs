@@ -49,11 +49,33 @@ pub fn compile(specs: &Specs) -> DesiredState {
             )
         })
         .collect();
-    for a in &specs.applications {
+    // Applications compile independently: split them over the cores, keep their order.
+    let environments = &state.environments;
+    let clusters = crate::par::map_chunks(&specs.applications, |apps| {
+        apps.iter()
+            .flat_map(|a| compile_application(a, environments, &env_defaults))
+            .collect()
+    });
+    for c in clusters {
+        state.clusters.insert(c.id.clone(), c);
+    }
+    state
+}
+
+/// The clusters of one application.
+fn compile_application(
+    a: &crate::validate::Spec<crate::spec::Application>,
+    environments: &BTreeMap<crate::spec::EnvName, DesiredEnvironment>,
+    env_defaults: &BTreeMap<crate::spec::EnvName, Option<Strategy>>,
+) -> Vec<DesiredCluster> {
+    let mut out = Vec::new();
+    {
         let app = &a.spec;
         let spec = &app.spec;
+        // Where each cluster is declared, for `source`: looked up once per application.
+        let clusters_node = a.doc.root.resolve_pointer("/spec/clusters").0;
         for (i, c) in spec.clusters.iter().enumerate() {
-            let Some(env) = state.environments.get(&c.environment) else {
+            let Some(env) = environments.get(&c.environment) else {
                 continue;
             };
             let Some(target) = env.targets.iter().find(|t| t.name == c.target) else {
@@ -114,13 +136,12 @@ pub fn compile(specs: &Specs) -> DesiredState {
                 workload: &workload,
                 health: &health,
             });
-            let line = a
-                .doc
-                .root
-                .resolve_pointer(&format!("/spec/clusters/{i}"))
-                .0
-                .pos
-                .line;
+            let line = match &clusters_node.kind {
+                crate::load::NodeKind::Seq(items) => items.get(i).unwrap_or(clusters_node),
+                _ => clusters_node,
+            }
+            .pos
+            .line;
             let mut cluster = DesiredCluster {
                 id: id.clone(),
                 app: app.metadata.name.clone(),
@@ -152,10 +173,10 @@ pub fn compile(specs: &Specs) -> DesiredState {
                 },
             };
             cluster.hash = hash_without_source(&cluster);
-            state.clusters.insert(id, cluster);
+            out.push(cluster);
         }
     }
-    state
+    out
 }
 
 /// The content hash of a cluster, leaving out where it is declared (moving a spec between

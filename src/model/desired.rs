@@ -20,9 +20,17 @@ pub struct SpecHash(String);
 impl SpecHash {
     /// Hashes the canonical JSON of `value`.
     pub fn of<T: Serialize>(value: &T) -> Self {
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
-        Self(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+        // Streamed into the hasher: the same bytes as `to_vec`, without building them.
+        let mut hasher = Sha256::new();
+        let _ = serde_json::to_writer(&mut hasher, value);
+        let digest = hasher.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(16);
+        for b in digest.iter().take(8) {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        Self(hex)
     }
 
     /// Wraps a hash observed on a provider.

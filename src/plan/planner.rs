@@ -35,39 +35,21 @@ pub fn plan(
     revision: &str,
     selection: &Selection,
 ) -> Plan {
-    let mut clusters = Vec::new();
-    let mut unchanged = 0;
-    for d in desired.clusters.values() {
-        if !selection.includes(&d.id.environment, &d.app) {
-            continue;
-        }
-        let target_key = format!("{}/{}", d.id.environment, d.id.target);
-        if let Some(reason) = observed.unavailable.get(&target_key) {
-            clusters.push(ClusterPlan {
-                id: d.id.clone(),
-                app: d.app.clone(),
-                action: Action::Unobserved,
-                drift: false,
-                strategy: Some(d.strategy.kind()),
-                reason: "the target could not be observed; nothing is planned for it".into(),
-                changes: Vec::new(),
-                steps: Vec::new(),
-                blocked: vec![Block::TargetUnavailable {
-                    reason: reason.clone(),
-                }],
-                desired: Some(d.clone()),
-            });
-            continue;
-        }
-        let env = desired.environments.get(&d.id.environment);
-        match plan_cluster(d, observed.clusters.get(&d.id)) {
-            Some(mut cp) => {
-                cp.blocked = blocks(d, env, &cp, desired, observed, policy);
-                clusters.push(cp);
-            }
-            None => unchanged += 1,
-        }
-    }
+    // Clusters are planned independently (blocks only read the rest), so they are split over
+    // the cores; the order is restored by the sort below.
+    let selected: Vec<&DesiredCluster> = desired
+        .clusters
+        .values()
+        .filter(|d| selection.includes(&d.id.environment, &d.app))
+        .collect();
+    let planned: Vec<Option<ClusterPlan>> = crate::par::map_chunks(&selected, |chunk| {
+        chunk
+            .iter()
+            .map(|d| plan_one(d, desired, observed, policy))
+            .collect()
+    });
+    let unchanged = planned.iter().filter(|p| p.is_none()).count();
+    let mut clusters: Vec<ClusterPlan> = planned.into_iter().flatten().collect();
     for live in observed.clusters.values() {
         if desired.clusters.contains_key(&live.id)
             || !selection.includes(&live.id.environment, &live.app)
@@ -90,6 +72,36 @@ pub fn plan(
         clusters,
         summary,
     }
+}
+
+/// One desired cluster's plan; `None` when it is as desired.
+fn plan_one(
+    d: &DesiredCluster,
+    desired: &DesiredState,
+    observed: &ObservedState,
+    policy: &Policy,
+) -> Option<ClusterPlan> {
+    let target_key = format!("{}/{}", d.id.environment, d.id.target);
+    if let Some(reason) = observed.unavailable.get(&target_key) {
+        return Some(ClusterPlan {
+            id: d.id.clone(),
+            app: d.app.clone(),
+            action: Action::Unobserved,
+            drift: false,
+            strategy: Some(d.strategy.kind()),
+            reason: "the target could not be observed; nothing is planned for it".into(),
+            changes: Vec::new(),
+            steps: Vec::new(),
+            blocked: vec![Block::TargetUnavailable {
+                reason: reason.clone(),
+            }],
+            desired: Some(d.clone()),
+        });
+    }
+    let env = desired.environments.get(&d.id.environment);
+    let mut cp = plan_cluster(d, observed.clusters.get(&d.id))?;
+    cp.blocked = blocks(d, env, &cp, desired, observed, policy);
+    Some(cp)
 }
 
 fn summarize(clusters: &[ClusterPlan], unchanged: usize) -> Summary {

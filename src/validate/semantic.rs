@@ -71,7 +71,9 @@ pub fn check(specs: &Specs, broken: &Broken, out: &mut Vec<Diagnostic>) {
         check_environment(env, &envs, broken, out);
     }
     dependency_cycles(&specs.environments, out);
-    let mut identities: HashMap<(String, String, String), (PathBuf, Pos)> = HashMap::new();
+    // The first declaration of each cluster identity: its document and index (positions are
+    // looked up only for a duplicate).
+    let mut identities: HashMap<(String, String, String), (&Document, usize)> = HashMap::new();
     let mut ports: HashMap<u16, (String, PathBuf, Pos)> = HashMap::new();
     let mut seen_apps = BTreeSet::new();
     for app in &specs.applications {
@@ -357,11 +359,11 @@ fn check_strategy(doc: &Document, p: &str, s: &Strategy, out: &mut Vec<Diagnosti
     }
 }
 
-fn check_application(
-    app: &Spec<Application>,
+fn check_application<'a>(
+    app: &'a Spec<Application>,
     envs: &BTreeMap<&str, &Spec<Environment>>,
     broken: &Broken,
-    identities: &mut HashMap<(String, String, String), (PathBuf, Pos)>,
+    identities: &mut HashMap<(String, String, String), (&'a Document, usize)>,
     ports: &mut HashMap<u16, (String, PathBuf, Pos)>,
     out: &mut Vec<Diagnostic>,
 ) {
@@ -428,8 +430,8 @@ fn check_application(
             c.target.to_string(),
             cluster.to_string(),
         );
-        let here = (doc.file.clone(), pos(doc, &p));
-        if let Some((file, at)) = identities.get(&identity) {
+        if let Some((first, j)) = identities.get(&identity) {
+            let (file, at) = (&first.file, pos(first, &format!("/spec/clusters/{j}")));
             out.push(
                 err(
                     doc,
@@ -446,7 +448,7 @@ fn check_application(
                 .hint("give one of them a different stack or detail"),
             );
         } else {
-            identities.insert(identity, here.clone());
+            identities.insert(identity, (doc, i));
         }
         let sg = ServerGroupName::new(&cluster, Sequence::FIRST);
         if sg.as_str().len() > 63 {
