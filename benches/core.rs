@@ -147,16 +147,7 @@ fn main() {
     let _ = keelson::pipeline::check_cached(base_sources.clone(), &mut cache);
     let mut flip = false;
     let (best, median) = time(9, || {
-        let mut s = base_sources.clone();
-        flip = !flip;
-        if flip
-            && let Some(f) = s
-                .files
-                .iter_mut()
-                .find(|f| f.path.ends_with("app-0007.yaml"))
-        {
-            f.bytes.extend_from_slice(b"# changed\n");
-        }
+        let s = next_revision(&base_sources, &mut flip);
         let d = keelson::pipeline::check_cached(s, &mut cache)
             .desired
             .expect("valid");
@@ -166,16 +157,7 @@ fn main() {
         "re-plan after one file of 2,000 changed (cached parse): best {best:?}, median {median:?}"
     );
     let (best, median) = time(9, || {
-        let mut s = base_sources.clone();
-        flip = !flip;
-        if flip
-            && let Some(f) = s
-                .files
-                .iter_mut()
-                .find(|f| f.path.ends_with("app-0007.yaml"))
-        {
-            f.bytes.extend_from_slice(b"# changed\n");
-        }
+        let s = next_revision(&base_sources, &mut flip);
         keelson::pipeline::check_cached(s, &mut cache).desired
     });
     println!(
@@ -185,6 +167,21 @@ fn main() {
         "peak RSS of this process (all of the above): {:.1} MiB",
         peak_rss_mib()
     );
+}
+
+/// The next revision of the daemon's path: every other one has one file changed.
+fn next_revision(base: &keelson::source::SourceSet, flip: &mut bool) -> keelson::source::SourceSet {
+    let mut s = base.clone();
+    *flip = !*flip;
+    if *flip
+        && let Some(f) = s
+            .files
+            .iter_mut()
+            .find(|f| f.path.ends_with("app-0007.yaml"))
+    {
+        f.bytes.extend_from_slice(b"# changed\n");
+    }
+    s
 }
 
 #[global_allocator]

@@ -28,15 +28,7 @@ impl From<LiveArg> for Live {
 fn read_side(repo: &Path, spec: &str) -> Result<(Revision, PathBuf), CliError> {
     let dir = Path::new(spec);
     if dir.is_dir() {
-        let files = read_dir(dir)?;
-        return Ok((
-            Revision {
-                label: spec.to_string(),
-                commit: None,
-                files,
-            },
-            PathBuf::new(),
-        ));
+        return dir_side(dir);
     }
     let r = read_revision(repo, spec).map_err(|e| {
         CliError::Usage(format!(
@@ -54,6 +46,19 @@ fn read_side(repo: &Path, spec: &str) -> Result<(Revision, PathBuf), CliError> {
     ))
 }
 
+/// A directory as one side.
+fn dir_side(dir: &Path) -> Result<(Revision, PathBuf), CliError> {
+    let files = read_dir(dir)?;
+    Ok((
+        Revision {
+            label: dir.display().to_string(),
+            commit: None,
+            files,
+        },
+        PathBuf::new(),
+    ))
+}
+
 /// Both sides, reviewed.
 async fn reviewed(
     location: &super::Location,
@@ -66,7 +71,7 @@ async fn reviewed(
     let (base, _) = read_side(repo, base)?;
     let (head, prefix) = match head {
         Some(h) => read_side(repo, h)?,
-        None => read_side(repo, &repo.display().to_string())?,
+        None => dir_side(repo)?,
     };
     let state = location.state();
     // A CI job assuming base is live needs no state directory; do not create one.

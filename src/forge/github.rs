@@ -90,6 +90,14 @@ impl GitHub {
         format!("{}/repos/{}/{}/{rest}", self.base, repo.owner, repo.name)
     }
 
+    /// The wait before retry `attempt + 1` when the forge names none: doubling, jittered.
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.retry
+            .base
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .mul_f64(1.0 + fastrand::f64() * 0.2)
+    }
+
     /// How long to wait before retrying an answer, or `None` when retrying cannot help.
     fn wait_for(
         &self,
@@ -108,13 +116,8 @@ impl GitHub {
                 let now = crate::clock::now().as_second();
                 Duration::from_secs(u64::try_from(t - now).unwrap_or(0) + 1)
             });
-        let backoff = self
-            .retry
-            .base
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .mul_f64(1.0 + fastrand::f64() * 0.2);
         let wait = if status.is_server_error() {
-            retry_after.unwrap_or(backoff)
+            retry_after.unwrap_or_else(|| self.backoff(attempt))
         } else if status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::FORBIDDEN && (retry_after.is_some() || exhausted)
         {
@@ -169,9 +172,8 @@ impl GitHub {
                     });
                 }
                 Err(e) if !last && (e.is_connect() || e.is_timeout()) => {
-                    let wait = self.retry.base.saturating_mul(2u32.saturating_pow(attempt));
                     tracing::warn!(%method, url, "forge unreachable ({e}); retrying");
-                    tokio::time::sleep(wait.min(self.retry.max_wait)).await;
+                    tokio::time::sleep(self.backoff(attempt).min(self.retry.max_wait)).await;
                     attempt += 1;
                 }
                 Err(e) => {

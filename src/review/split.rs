@@ -116,14 +116,8 @@ impl Open {
     }
 
     fn closers(self) -> String {
-        let mut s = String::new();
-        if self.fence {
-            s.push_str("```\n");
-        }
-        for _ in 0..self.details {
-            s.push_str("</details>\n");
-        }
-        s
+        let fence = if self.fence { "```\n" } else { "" };
+        fence.to_string() + &"</details>\n".repeat(self.details)
     }
 }
 
@@ -140,15 +134,13 @@ pub fn truncate(text: &str, max: usize, note: &str) -> String {
         kept += line.len();
         open = next;
     }
-    let mut out = text[..kept].to_string();
-    let closers = open.closers();
     // Close the fence first, then the note, then the `<details>`, so the note is visible.
-    if open.fence {
-        out.push_str("```\n");
-    }
-    out.push_str(note);
-    out.push_str(&closers[if open.fence { 4 } else { 0 }..]);
-    out
+    let fence = if open.fence { "```\n" } else { "" };
+    format!(
+        "{}{fence}{note}{}",
+        &text[..kept],
+        "</details>\n".repeat(open.details)
+    )
 }
 
 /// Whether every fence and `<details>` in `text` is closed, in order (for tests and checks).

@@ -61,18 +61,25 @@ impl Fixture {
     }
 
     fn start_with(&mut self, drift: &str, env: &[(&str, &str)]) {
+        let repo = self.bare.path().to_str().unwrap().to_string();
+        let args = [
+            "--repo",
+            &repo,
+            "--interval",
+            "300ms",
+            "--drift-interval",
+            drift,
+        ];
+        self.spawn(&args, env);
+    }
+
+    /// Starts `keelson up` with `args`, on this fixture's API port and state directory.
+    fn spawn(&mut self, args: &[&str], env: &[(&str, &str)]) {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
             .envs(env.iter().copied())
-            .args([
-                "up",
-                "--repo",
-                self.bare.path().to_str().unwrap(),
-                "--interval",
-                "300ms",
-                "--drift-interval",
-                drift,
-                "--listen",
-            ])
+            .arg("up")
+            .args(args)
+            .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.api))
             .arg("--state-dir")
             .arg(self.state.path())
@@ -676,27 +683,19 @@ async fn watch_files_replans_when_a_spec_is_saved() {
     let rb = "{type: red-black}";
     std::fs::write(f.work.path().join("web.yaml"), app("1.0.0", f.port, rb)).unwrap();
     // A poll interval of an hour: only the file watcher can pick up the change.
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args([
-            "up",
+    let work = f.work.path().to_str().unwrap().to_string();
+    f.spawn(
+        &[
+            "--repo",
+            &work,
             "--watch-files",
             "--interval",
             "1h",
             "--drift-interval",
             "1h",
-        ])
-        .arg("--repo")
-        .arg(f.work.path())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", f.api))
-        .arg("--state-dir")
-        .arg(f.state.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(f.state.path().join("daemon.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    f.daemon = Some(child);
+        ],
+        &[],
+    );
     wait_ready(&f).await;
     f.wait_version("1.0.0", 20).await;
     std::fs::write(f.work.path().join("web.yaml"), app("1.1.0", f.port, rb)).unwrap();

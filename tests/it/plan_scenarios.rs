@@ -46,20 +46,11 @@ spec:
 
 /// Compiles specs (with the standard environments); panics on invalid specs.
 pub fn desired(apps: &[String]) -> DesiredState {
-    let mut files = vec![SourceFile {
-        path: PathBuf::from("envs.yaml"),
-        bytes: ENVS.as_bytes().to_vec(),
-    }];
+    let mut files = vec![("envs.yaml".to_string(), ENVS.to_string())];
     for (i, a) in apps.iter().enumerate() {
-        files.push(SourceFile {
-            path: PathBuf::from(format!("app{i}.yaml")),
-            bytes: a.as_bytes().to_vec(),
-        });
+        files.push((format!("app{i}.yaml"), a.clone()));
     }
-    let checked = keelson::pipeline::check(SourceSet {
-        files,
-        diagnostics: vec![],
-    });
+    let checked = keelson::pipeline::check(crate::support::sources(&files));
     checked
         .desired
         .unwrap_or_else(|| panic!("invalid specs: {:?}", checked.diagnostics))

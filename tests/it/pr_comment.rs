@@ -1,7 +1,7 @@
 //! Pull request comments: golden comments for the cases a reviewer meets, the split property,
 //! and `keelson pr-comment` end to end against a local server that answers like GitHub.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use keelson::model::{ClusterName, DesiredState, ObservedState};
@@ -9,7 +9,7 @@ use keelson::plan::{Policy, Scope, Selection, Suspend};
 use keelson::review::comment::{CommentContext, marker, parts};
 use keelson::review::split::balanced;
 use keelson::review::{Live, Outcome, Review, planned};
-use keelson::source::{SourceFile, SourceSet};
+use keelson::source::SourceSet;
 use keelson::spec::EnvName;
 use proptest::prelude::*;
 
@@ -66,20 +66,12 @@ spec:
 }
 
 fn files(apps: &[(&str, String)]) -> SourceSet {
-    let mut files = vec![SourceFile {
-        path: PathBuf::from("environments.yaml"),
-        bytes: ENVS.as_bytes().to_vec(),
-    }];
-    for (name, text) in apps {
-        files.push(SourceFile {
-            path: PathBuf::from(format!("apps/{name}.yaml")),
-            bytes: text.as_bytes().to_vec(),
-        });
-    }
-    SourceSet {
-        files,
-        diagnostics: vec![],
-    }
+    let mut files = vec![("environments.yaml".to_string(), ENVS.to_string())];
+    files.extend(
+        apps.iter()
+            .map(|(name, text)| (format!("apps/{name}.yaml"), text.clone())),
+    );
+    crate::support::sources(&files)
 }
 
 fn compiled(apps: &[(&str, String)]) -> Option<DesiredState> {

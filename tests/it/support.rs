@@ -49,3 +49,17 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Spec files in memory, as a source would read them: `(path, text)` pairs.
+pub fn sources(files: &[(String, String)]) -> keelson::source::SourceSet {
+    keelson::source::SourceSet {
+        files: files
+            .iter()
+            .map(|(path, text)| keelson::source::SourceFile {
+                path: PathBuf::from(path),
+                bytes: text.as_bytes().to_vec(),
+            })
+            .collect(),
+        diagnostics: vec![],
+    }
+}
