@@ -129,12 +129,16 @@ fn compile_application(
                 image: &'a Option<String>,
                 workload: &'a WorkloadSpec,
                 health: &'a Health,
+                // Left out when absent, so hashes of clusters without it stay as they were.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                kubernetes: Option<&'a crate::spec::KubernetesWorkload>,
             }
             let spec_hash = SpecHash::of(&Immutable {
                 version: &spec.artifact.version,
                 image: &spec.artifact.image,
                 workload: &workload,
                 health: &health,
+                kubernetes: spec.kubernetes.as_ref(),
             });
             let line = match &clusters_node.kind {
                 crate::load::NodeKind::Seq(items) => items.get(i).unwrap_or(clusters_node),
@@ -154,6 +158,7 @@ fn compile_application(
                 image: spec.artifact.image.clone(),
                 workload,
                 health,
+                kubernetes: spec.kubernetes.clone(),
                 traffic_port: c.traffic.map(|t| t.port),
                 strategy,
                 suspended_by: if c.suspended {

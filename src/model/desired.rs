@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use super::{ClusterId, ClusterName};
 use crate::spec::{
-    AppName, Approval, Duration, EnvName, ProviderKind, Strategy, TargetSpec, Window,
+    AppName, Approval, Duration, EnvName, KubernetesWorkload, ProviderKind, Strategy, TargetSpec,
+    Window,
 };
 
 /// A short content hash (first 16 hex digits of SHA-256).
@@ -126,6 +127,9 @@ pub struct DesiredCluster {
     pub workload: WorkloadSpec,
     /// Health checking.
     pub health: Health,
+    /// What a pod needs, for Kubernetes targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesWorkload>,
     /// The traffic port, if the cluster takes traffic.
     pub traffic_port: Option<u16>,
     /// The effective strategy.

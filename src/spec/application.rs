@@ -52,6 +52,9 @@ pub struct ApplicationSpec {
     /// How to tell an instance is healthy.
     #[serde(default)]
     pub health: HealthSpec,
+    /// What a pod needs on Kubernetes targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesWorkload>,
     /// Where it runs.
     pub clusters: Vec<ClusterSpec>,
 }
@@ -80,6 +83,39 @@ pub struct Workload {
     /// Keys of `env` whose values are secret and never printed.
     #[serde(default)]
     pub secret_env: Vec<String>,
+}
+
+/// What a pod needs on a Kubernetes target; the image is `artifact.image:artifact.version` and
+/// the environment variables are the workload's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesWorkload {
+    /// The port the container listens on; probes and the Service's target port use it.
+    pub container_port: u16,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// The service account the pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// Container resources, as Kubernetes quantities (`250m`, `128Mi`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// What the scheduler reserves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    /// The most the container may use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
 }
 
 /// Health checking.

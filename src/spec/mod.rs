@@ -12,7 +12,7 @@ mod strategy;
 
 pub use application::{
     Application, ApplicationMetadata, ApplicationSpec, Artifact, Capacity, ClusterSpec, HealthSpec,
-    HttpProbe, Traffic, Workload,
+    HttpProbe, KubernetesWorkload, Resources, Traffic, Workload,
 };
 pub use duration::{Duration, DurationError};
 pub use environment::{

@@ -494,6 +494,20 @@ fn check_application<'a>(
         if let Some(s) = &c.strategy {
             check_strategy(doc, &format!("{p}/strategy"), s, out);
         }
+        if provider == Some(ProviderKind::Kubernetes) {
+            if spec.artifact.image.is_none() {
+                out.push(
+                    err(doc, "kubernetes", &p, format!("cluster `{cluster}` runs on a Kubernetes target but the application has no `artifact.image`"))
+                        .hint("add spec.artifact.image, the repository without a tag, e.g. registry.example.com/shop/hello; the tag is artifact.version"),
+                );
+            }
+            if spec.kubernetes.is_none() {
+                out.push(
+                    err(doc, "kubernetes", &p, format!("cluster `{cluster}` runs on a Kubernetes target but the application has no `kubernetes` section"))
+                        .hint("add spec.kubernetes with at least containerPort, e.g. kubernetes: {containerPort: 8080}"),
+                );
+            }
+        }
         if provider == Some(ProviderKind::Local) {
             if spec.workload.command.is_empty() {
                 out.push(
