@@ -9,6 +9,7 @@ use crate::model::DesiredState;
 use crate::observe::{Providers, observe};
 use crate::pipeline::check;
 use crate::plan::{Plan, Selection, plan};
+use crate::provider::kubernetes::KubernetesProvider;
 use crate::provider::local::LocalProvider;
 use crate::source::{SourceSet, read_dir};
 use crate::spec::{AppName, EnvName, ProviderKind};
@@ -21,10 +22,16 @@ pub fn state_dir(repo: &Path, explicit: Option<&PathBuf>) -> PathBuf {
 /// The providers this build has, for a state directory.
 pub fn providers(state: &Path) -> Providers {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keelson"));
-    Providers::new().with(
-        ProviderKind::Local,
-        std::sync::Arc::new(LocalProvider::new(state, exe)),
-    )
+    // The Kubernetes provider reads no kubeconfig until a Kubernetes target is observed.
+    Providers::new()
+        .with(
+            ProviderKind::Local,
+            std::sync::Arc::new(LocalProvider::new(state, exe)),
+        )
+        .with(
+            ProviderKind::Kubernetes,
+            std::sync::Arc::new(KubernetesProvider::new()),
+        )
 }
 
 /// Parses `--env`/`--app` filters.

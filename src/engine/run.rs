@@ -11,7 +11,7 @@ use super::Progress;
 use crate::model::{ClusterId, DesiredState, ObservedCluster};
 use crate::observe::{Providers, observe};
 use crate::plan::{Block, ClusterPlan, Plan, Selection, Sim, Step, plan};
-use crate::provider::{Provider, TargetRef};
+use crate::provider::{LeaseOutcome, Provider, TargetRef};
 use crate::store::{HistoryEntry, LockOutcome, Owner, Store};
 
 /// How long a lock lasts unless renewed; renewed every third of it while working.
@@ -341,6 +341,25 @@ impl Engine {
                 );
             }
         }
+        // The target's own lock (a Kubernetes Lease) guards against instances with other stores.
+        let holder = self.owner.holder();
+        let refused = match provider.acquire_lease(target, id, &holder, LOCK_TTL).await {
+            Ok(LeaseOutcome::Acquired) => None,
+            Ok(LeaseOutcome::Held { holder, until }) => {
+                self.record(id, "apply", "cluster lease is held", revision, "refused");
+                Some(ClusterOutcome::Locked(format!("{holder} until {until}")))
+            }
+            Err(e) => Some(ClusterOutcome::Failed {
+                error: format!("cannot take the cluster's lease: {e}"),
+                rollback: "nothing was done".into(),
+            }),
+        };
+        if let Some(outcome) = refused {
+            if let Err(e) = self.store.release_lock(&key, &self.owner) {
+                progress.note(id, &format!("cannot release the lock: {e}"));
+            }
+            return report(outcome, 0);
+        }
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
             let (store, owner, key, lost) = (
@@ -349,13 +368,21 @@ impl Engine {
                 key.clone(),
                 lost.clone(),
             );
+            let (provider, target, id, holder) =
+                (provider.clone(), target.clone(), id.clone(), holder.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LOCK_TTL / 3).await;
-                    if !matches!(
-                        store.renew_lock(&key, &owner, LOCK_TTL, crate::clock::now()),
+                    let leased = matches!(
+                        provider.renew_lease(&target, &id, &holder, LOCK_TTL).await,
                         Ok(true)
-                    ) {
+                    );
+                    if !leased
+                        || !matches!(
+                            store.renew_lock(&key, &owner, LOCK_TTL, crate::clock::now()),
+                            Ok(true)
+                        )
+                    {
                         lost.store(true, Ordering::Release);
                         return;
                     }
@@ -366,6 +393,9 @@ impl Engine {
             .steps(cp, provider.as_ref(), target, revision, progress, &lost)
             .await;
         renewer.abort();
+        if let Err(e) = provider.release_lease(target, id, &holder).await {
+            progress.note(id, &format!("cannot release the lease: {e}"));
+        }
         if let Err(e) = self.store.release_lock(&key, &self.owner) {
             progress.note(id, &format!("cannot release the lock: {e}"));
         }

@@ -1,6 +1,7 @@
 //! Providers: where server groups run. One trait for the local process cluster, Kubernetes and
 //! EC2; every operation is idempotent and identifies groups by labels, never by parsing names.
 
+pub mod kubernetes;
 pub mod local;
 pub mod memory;
 
@@ -42,6 +43,20 @@ pub enum ProviderError {
     /// The call can never succeed as made.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What taking a target's own lock on a cluster came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Ours until it expires or is released.
+    Acquired,
+    /// Someone else holds it.
+    Held {
+        /// Who.
+        holder: String,
+        /// When it expires unless renewed.
+        until: String,
+    },
 }
 
 /// The operations the strategies need. Every call may be retried safely.
@@ -89,4 +104,38 @@ pub trait Provider: Send + Sync {
     async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError>;
     /// Destroys a group; a no-op if it is gone.
     async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError>;
+
+    /// Takes the target's own lock on a cluster for `holder`, where the target has one (a
+    /// Kubernetes Lease), on top of the store's lock: instances with separate stores then still
+    /// never actuate one cluster together. Targets without one always grant it.
+    async fn acquire_lease(
+        &self,
+        _target: &TargetRef,
+        _cluster: &ClusterId,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<LeaseOutcome, ProviderError> {
+        Ok(LeaseOutcome::Acquired)
+    }
+
+    /// Renews a lease taken with [`Provider::acquire_lease`]; false once it is lost.
+    async fn renew_lease(
+        &self,
+        _target: &TargetRef,
+        _cluster: &ClusterId,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, ProviderError> {
+        Ok(true)
+    }
+
+    /// Gives a lease back.
+    async fn release_lease(
+        &self,
+        _target: &TargetRef,
+        _cluster: &ClusterId,
+        _holder: &str,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }

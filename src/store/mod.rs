@@ -24,6 +24,14 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// How this owner names itself to a target's own lock (a Kubernetes Lease's holder).
+    pub fn holder(&self) -> String {
+        format!(
+            "{} on {} (pid {}, {})",
+            self.command, self.host, self.pid, self.token
+        )
+    }
+
     /// This process as an owner.
     pub fn this_process(command: &str, now: jiff::Timestamp) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -1,0 +1,588 @@
+//! The Kubernetes target, through the `kube` client: a server group is a ReplicaSet
+//! `<cluster>-vNNN`, its instances are the ReplicaSet's pods, and a cluster's traffic is a
+//! Service `<cluster>` selecting the cluster's pods labelled `keelson.io/traffic: enabled`.
+//!
+//! Observation reads reflector caches (one watch per kind per namespace); every write waits
+//! until the cache shows it, so the engine's next observation (the traffic guard, a health
+//! wait) sees what was just done. Writes are server-side applies with field manager `keelson`
+//! where Keelson owns the whole object, merge patches where it changes one field (traffic
+//! labels), the scale subresource for capacity, and foreground deletes.
+
+mod cache;
+pub mod lease;
+pub mod objects;
+mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Client;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+
+use self::cache::{Namespace, at_version, gone};
+use self::objects::{MANAGER, Traffic};
+use self::retry::{failed, not_found, retry};
+use super::{LeaseOutcome, Provider, ProviderError, TargetRef};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence, ServerGroupName};
+use crate::spec::{EnvName, KubernetesTarget, TargetName};
+
+/// How long the first list of a namespace may take before the target counts as unavailable.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A kubeconfig context (the current one when `None`) and a namespace.
+type NamespaceKey = (Option<String>, String);
+
+/// The Kubernetes provider: clients per kubeconfig context, caches per namespace, both made on
+/// first use, so a build that never meets a Kubernetes target never reads a kubeconfig.
+#[derive(Default)]
+pub struct KubernetesProvider {
+    clients: tokio::sync::Mutex<HashMap<Option<String>, Client>>,
+    namespaces: tokio::sync::Mutex<HashMap<NamespaceKey, Arc<Namespace>>>,
+    /// Where each target's clusters live, learned from the targets observed or written to.
+    targets: std::sync::Mutex<HashMap<(EnvName, TargetName), KubernetesTarget>>,
+}
+
+impl std::fmt::Debug for KubernetesProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesProvider").finish_non_exhaustive()
+    }
+}
+
+impl KubernetesProvider {
+    /// A provider with no clients yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn client(&self, context: Option<&str>) -> Result<Client, ProviderError> {
+        let key = context.map(str::to_string);
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let config = match context {
+            Some(ctx) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                context: Some(ctx.to_string()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                ProviderError::Invalid(format!(
+                    "kubeconfig context `{ctx}`: {e}; point KUBECONFIG at a kubeconfig that has it (`kubectl config get-contexts`)"
+                ))
+            })?,
+            None => kube::Config::infer().await.map_err(|e| {
+                ProviderError::Invalid(format!(
+                    "no Kubernetes configuration: {e}; set KUBECONFIG, or name a context in the target"
+                ))
+            })?,
+        };
+        let client = Client::try_from(config)
+            .map_err(|e| ProviderError::Invalid(format!("Kubernetes client: {e}")))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    async fn namespace(&self, t: &KubernetesTarget) -> Result<Arc<Namespace>, ProviderError> {
+        let key = (t.context.clone(), t.namespace.clone());
+        let ns = {
+            let existing = self.namespaces.lock().await.get(&key).cloned();
+            match existing {
+                Some(ns) => ns,
+                None => {
+                    let client = self.client(t.context.as_deref()).await?;
+                    let ns = Arc::new(Namespace::start(client, &t.namespace));
+                    self.namespaces
+                        .lock()
+                        .await
+                        .entry(key)
+                        .or_insert(ns)
+                        .clone()
+                }
+            }
+        };
+        ns.ready(SYNC_TIMEOUT).await.map_err(|e| {
+            ProviderError::Unavailable(format!(
+                "cannot watch namespace `{}`{}: {e}",
+                t.namespace,
+                t.context
+                    .as_deref()
+                    .map(|c| format!(" of context `{c}`"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        Ok(ns)
+    }
+
+    fn remember(&self, environment: &EnvName, target: &crate::spec::TargetSpec) {
+        if let (Some(k), Ok(mut targets)) = (&target.kubernetes, self.targets.lock()) {
+            targets.insert((environment.clone(), target.name.clone()), k.clone());
+        }
+    }
+
+    async fn namespace_of(&self, id: &ClusterId) -> Result<Arc<Namespace>, ProviderError> {
+        let t = self
+            .targets
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&(id.environment.clone(), id.target.clone())).cloned())
+            .ok_or_else(|| {
+                ProviderError::Invalid(format!(
+                    "{id}: target {}/{} has not been observed yet",
+                    id.environment, id.target
+                ))
+            })?;
+        self.namespace(&t).await
+    }
+
+    async fn target_namespace(&self, target: &TargetRef) -> Result<Arc<Namespace>, ProviderError> {
+        let t = target.target.kubernetes.as_ref().ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "target {} has no `kubernetes` settings (context, namespace)",
+                target.key()
+            ))
+        })?;
+        self.remember(&target.environment, &target.target);
+        self.namespace(t).await
+    }
+
+    /// The cluster's ReplicaSets and pods, read from the API (not the cache): traffic is
+    /// computed from the freshest state.
+    async fn live(
+        ns: &Namespace,
+        id: &ClusterId,
+    ) -> Result<(Vec<ReplicaSet>, Vec<Pod>), ProviderError> {
+        let lp =
+            ListParams::default().labels(&objects::selector_string(&objects::cluster_selector(id)));
+        let (rs_api, pod_api) = (ns.api::<ReplicaSet>(), ns.api::<Pod>());
+        let rs = retry(|| rs_api.list(&lp))
+            .await
+            .map_err(|e| failed(&format!("list ReplicaSets of {id}"), &e))?;
+        let pods = retry(|| pod_api.list(&lp))
+            .await
+            .map_err(|e| failed(&format!("list pods of {id}"), &e))?;
+        Ok((rs.items, pods.items))
+    }
+
+    /// Creates or updates the cluster's Service from one of its ReplicaSets.
+    async fn ensure_service(ns: &Namespace, rs: &ReplicaSet) -> Result<(), ProviderError> {
+        let Some(svc) = objects::service_for(rs) else {
+            return Ok(());
+        };
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let (api, pp, patch) = (
+            ns.api::<Service>(),
+            PatchParams::apply(MANAGER).force(),
+            Patch::Apply(&svc),
+        );
+        let applied = retry(|| api.patch(&name, &pp, &patch))
+            .await
+            .map_err(|e| failed(&format!("apply Service {name}"), &e))?;
+        ns.settle(
+            &ns.services,
+            &name,
+            at_version(applied.metadata.resource_version.as_deref()),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Labels the cluster's pods so that each group's share of ready pods in traffic follows
+    /// the groups' recorded weights. Pods are put in before others are taken out.
+    async fn assign_traffic(ns: &Namespace, id: &ClusterId) -> Result<(), ProviderError> {
+        let (sets, pods) = Self::live(ns, id).await?;
+        let sets: Vec<&ReplicaSet> = sets
+            .iter()
+            .filter(|r| !objects::terminating(&r.metadata))
+            .collect();
+        let mut members: Vec<Vec<&Pod>> = sets
+            .iter()
+            .map(|r| {
+                let mut mine: Vec<&Pod> = pods
+                    .iter()
+                    .filter(|p| {
+                        !objects::terminating(&p.metadata)
+                            && objects::owner_uid(p).is_some()
+                            && objects::owner_uid(p) == r.metadata.uid.as_deref()
+                    })
+                    .collect();
+                // Ready pods take traffic first; names keep the choice stable.
+                mine.sort_by(|a, b| {
+                    objects::ready(b)
+                        .cmp(&objects::ready(a))
+                        .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+                });
+                mine
+            })
+            .collect();
+        let shape: Vec<(u32, u8)> = sets
+            .iter()
+            .zip(&members)
+            .map(|(r, m)| {
+                let t = objects::traffic_of(r);
+                (
+                    u32::try_from(m.len()).unwrap_or(u32::MAX),
+                    if t.enabled { t.weight } else { 0 },
+                )
+            })
+            .collect();
+        let counts = objects::pods_in_traffic(&shape);
+        let mut enable = Vec::new();
+        let mut disable = Vec::new();
+        for (m, k) in members.iter_mut().zip(counts) {
+            for (i, p) in m.iter().enumerate() {
+                let want = (i as u32) < k;
+                if objects::pod_enabled(p) != want {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    if want {
+                        enable.push(name);
+                    } else {
+                        disable.push(name);
+                    }
+                }
+            }
+        }
+        let api = ns.api::<Pod>();
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        for (names, on) in [(enable, true), (disable, false)] {
+            let patch = Patch::Merge(objects::pod_traffic_patch(on));
+            for name in names {
+                match retry(|| api.patch(&name, &pp, &patch)).await {
+                    Ok(p) => {
+                        ns.settle(
+                            &ns.pods,
+                            &name,
+                            at_version(p.metadata.resource_version.as_deref()),
+                        )
+                        .await;
+                    }
+                    // The pod went away meanwhile; its replacement starts from the template.
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(failed(&format!("label pod {name}"), &e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn replica_set(
+        ns: &Namespace,
+        id: &ClusterId,
+        seq: Sequence,
+    ) -> Result<ReplicaSet, ProviderError> {
+        let name = ServerGroupName::new(&id.name, seq).to_string();
+        let api = ns.api::<ReplicaSet>();
+        match retry(|| api.get_opt(&name)).await {
+            Ok(Some(rs)) if !objects::terminating(&rs.metadata) => Ok(rs),
+            Ok(_) => Err(ProviderError::NotFound {
+                cluster: id.to_string(),
+                sequence: seq,
+            }),
+            Err(e) => Err(failed(&format!("read ReplicaSet {name}"), &e)),
+        }
+    }
+
+    async fn apply_replica_set(ns: &Namespace, rs: &ReplicaSet) -> Result<(), ProviderError> {
+        let name = rs.metadata.name.clone().unwrap_or_default();
+        let (api, pp, patch) = (
+            ns.api::<ReplicaSet>(),
+            PatchParams::apply(MANAGER).force(),
+            Patch::Apply(rs),
+        );
+        let applied = retry(|| api.patch(&name, &pp, &patch))
+            .await
+            .map_err(|e| failed(&format!("apply ReplicaSet {name}"), &e))?;
+        ns.settle(
+            &ns.replica_sets,
+            &name,
+            at_version(applied.metadata.resource_version.as_deref()),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn lease_api(&self, target: &TargetRef) -> Result<kube::Api<Lease>, ProviderError> {
+        let t = target.target.kubernetes.as_ref().ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "target {} has no `kubernetes` settings",
+                target.key()
+            ))
+        })?;
+        self.remember(&target.environment, &target.target);
+        let client = self.client(t.context.as_deref()).await?;
+        Ok(kube::Api::namespaced(client, &t.namespace))
+    }
+}
+
+fn desired_target(cluster: &DesiredCluster) -> Result<&KubernetesTarget, ProviderError> {
+    cluster.target.kubernetes.as_ref().ok_or_else(|| {
+        ProviderError::Invalid(format!(
+            "{}: target {} has no `kubernetes` settings (context, namespace)",
+            cluster.id, cluster.target.name
+        ))
+    })
+}
+
+#[async_trait]
+impl Provider for KubernetesProvider {
+    async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
+        let ns = self.target_namespace(target).await?;
+        Ok(objects::observe(
+            &target.environment,
+            &target.target.name,
+            &ns.replica_sets.state(),
+            &ns.pods.state(),
+            &ns.services.state(),
+        ))
+    }
+
+    async fn create_server_group(
+        &self,
+        cluster: &DesiredCluster,
+        seq: Sequence,
+        capacity: u32,
+        enabled: bool,
+    ) -> Result<(), ProviderError> {
+        self.remember(&cluster.id.environment, &cluster.target);
+        let ns = self.namespace(desired_target(cluster)?).await?;
+        let traffic = Traffic {
+            enabled,
+            weight: if enabled { 100 } else { 0 },
+        };
+        let rs = objects::replica_set(cluster, seq, capacity, traffic)
+            .map_err(ProviderError::Invalid)?;
+        let existing = match Self::replica_set(&ns, &cluster.id, seq).await {
+            Ok(rs) => Some(rs),
+            Err(ProviderError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if existing.is_none() {
+            Self::apply_replica_set(&ns, &rs).await?;
+        }
+        Self::ensure_service(&ns, existing.as_ref().unwrap_or(&rs)).await
+    }
+
+    async fn resize(
+        &self,
+        cluster: &ClusterId,
+        seq: Sequence,
+        capacity: u32,
+    ) -> Result<(), ProviderError> {
+        let ns = self.namespace_of(cluster).await?;
+        let name = ServerGroupName::new(&cluster.name, seq).to_string();
+        let patch = Patch::Merge(serde_json::json!({"spec": {"replicas": capacity}}));
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        let api = ns.api::<ReplicaSet>();
+        match retry(|| api.patch_scale(&name, &pp, &patch)).await {
+            Ok(scale) => {
+                ns.settle(
+                    &ns.replica_sets,
+                    &name,
+                    at_version(scale.metadata.resource_version.as_deref()),
+                )
+                .await;
+                Ok(())
+            }
+            Err(e) if not_found(&e) => Err(ProviderError::NotFound {
+                cluster: cluster.to_string(),
+                sequence: seq,
+            }),
+            Err(e) => Err(failed(&format!("scale ReplicaSet {name}"), &e)),
+        }
+    }
+
+    async fn set_traffic(
+        &self,
+        cluster: &ClusterId,
+        seq: Sequence,
+        enabled: bool,
+        weight: u8,
+    ) -> Result<(), ProviderError> {
+        let ns = self.namespace_of(cluster).await?;
+        let rs = Self::replica_set(&ns, cluster, seq).await?;
+        let name = rs.metadata.name.clone().unwrap_or_default();
+        let traffic = Traffic {
+            enabled,
+            weight: if enabled { weight.min(100) } else { 0 },
+        };
+        if objects::traffic_of(&rs) != traffic {
+            let patch = Patch::Merge(objects::traffic_patch(traffic));
+            let pp = PatchParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            };
+            let api = ns.api::<ReplicaSet>();
+            let patched = retry(|| api.patch(&name, &pp, &patch))
+                .await
+                .map_err(|e| failed(&format!("record traffic on ReplicaSet {name}"), &e))?;
+            ns.settle(
+                &ns.replica_sets,
+                &name,
+                at_version(patched.metadata.resource_version.as_deref()),
+            )
+            .await;
+        }
+        if enabled {
+            Self::ensure_service(&ns, &rs).await?;
+        }
+        Self::assign_traffic(&ns, cluster).await
+    }
+
+    async fn update_in_place(
+        &self,
+        cluster: &DesiredCluster,
+        seq: Sequence,
+    ) -> Result<(), ProviderError> {
+        self.remember(&cluster.id.environment, &cluster.target);
+        let ns = self.namespace(desired_target(cluster)?).await?;
+        let live = Self::replica_set(&ns, &cluster.id, seq).await?;
+        let replicas = live
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .map_or(1, |r| u32::try_from(r).unwrap_or(0));
+        // Only the pod template and annotations change; size and traffic stay as they are.
+        let rs = objects::replica_set(cluster, seq, replicas, objects::traffic_of(&live))
+            .map_err(ProviderError::Invalid)?;
+        Self::apply_replica_set(&ns, &rs).await
+    }
+
+    async fn replace_instances(
+        &self,
+        cluster: &ClusterId,
+        seq: Sequence,
+        count: u32,
+    ) -> Result<(), ProviderError> {
+        let ns = self.namespace_of(cluster).await?;
+        let rs = Self::replica_set(&ns, cluster, seq).await?;
+        let want = rs
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(objects::keys::SPEC_HASH))
+            .cloned()
+            .unwrap_or_default();
+        let (_, pods) = Self::live(&ns, cluster).await?;
+        let mut stale: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| {
+                !objects::terminating(&p.metadata)
+                    && objects::owner_uid(p) == rs.metadata.uid.as_deref()
+                    && objects::label(&p.metadata, objects::keys::SPEC_HASH) != Some(want.as_str())
+            })
+            .collect();
+        // Unready pods go first: replacing them costs no capacity.
+        stale.sort_by(|a, b| {
+            objects::ready(a)
+                .cmp(&objects::ready(b))
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        let (api, dp) = (ns.api::<Pod>(), DeleteParams::default());
+        for p in stale.into_iter().take(count as usize) {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            match retry(|| api.delete(&name, &dp)).await {
+                Ok(_) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(failed(&format!("delete pod {name}"), &e)),
+            }
+            // The ReplicaSet controller starts its replacement from the new template.
+            ns.settle(&ns.pods, &name, gone).await;
+        }
+        Ok(())
+    }
+
+    async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
+        // The ReplicaSet controller replaces missing pods itself; what Keelson repairs is which
+        // of them take traffic.
+        let ns = self.namespace_of(cluster).await?;
+        Self::replica_set(&ns, cluster, seq).await?;
+        Self::assign_traffic(&ns, cluster).await
+    }
+
+    async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
+        let ns = self.namespace_of(cluster).await?;
+        let name = ServerGroupName::new(&cluster.name, seq).to_string();
+        let (api, dp) = (ns.api::<ReplicaSet>(), DeleteParams::foreground());
+        match retry(|| api.delete(&name, &dp)).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(failed(&format!("delete ReplicaSet {name}"), &e)),
+        }
+        ns.settle(&ns.replica_sets, &name, gone).await;
+        let (sets, _) = Self::live(&ns, cluster).await?;
+        if sets.iter().all(|r| objects::terminating(&r.metadata)) {
+            let svc = cluster.name.to_string();
+            let (api, dp) = (ns.api::<Service>(), DeleteParams::default());
+            match retry(|| api.delete(&svc, &dp)).await {
+                Ok(_) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(failed(&format!("delete Service {svc}"), &e)),
+            }
+            ns.settle(&ns.services, &svc, gone).await;
+        }
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        target: &TargetRef,
+        cluster: &ClusterId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, ProviderError> {
+        let api = self.lease_api(target).await?;
+        let name = lease::name(cluster);
+        match lease::acquire(&api, cluster, holder, ttl, crate::clock::now()).await {
+            Ok(LeaseOutcome::Held { holder, until }) => Ok(LeaseOutcome::Held {
+                holder: format!("{holder} (Lease {}/{name})", api_namespace(target)),
+                until,
+            }),
+            Ok(o) => Ok(o),
+            Err(e) => Err(failed(&format!("take Lease {name}"), &e)),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        target: &TargetRef,
+        cluster: &ClusterId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, ProviderError> {
+        let api = self.lease_api(target).await?;
+        lease::renew(&api, cluster, holder, ttl, crate::clock::now())
+            .await
+            .map_err(|e| failed(&format!("renew Lease {}", lease::name(cluster)), &e))
+    }
+
+    async fn release_lease(
+        &self,
+        target: &TargetRef,
+        cluster: &ClusterId,
+        holder: &str,
+    ) -> Result<(), ProviderError> {
+        let api = self.lease_api(target).await?;
+        lease::release(&api, cluster, holder)
+            .await
+            .map_err(|e| failed(&format!("release Lease {}", lease::name(cluster)), &e))
+    }
+}
+
+fn api_namespace(target: &TargetRef) -> &str {
+    target
+        .target
+        .kubernetes
+        .as_ref()
+        .map_or("", |k| k.namespace.as_str())
+}

@@ -1,0 +1,606 @@
+//! Keelson's model in Kubernetes objects, both ways: a server group as a ReplicaSet, a cluster's
+//! traffic as a Service selecting enabled pods, and cached objects back into observed clusters.
+//! Pure: no client, no clock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::model::{
+    ClusterId, ClusterName, DesiredCluster, Instance, InstanceHealth, ObservedCluster, Sequence,
+    ServerGroup, ServerGroupName, SpecHash, labels,
+};
+use crate::spec::{AppName, EnvName, TargetName};
+
+/// Labels and annotations Keelson adds on Kubernetes, besides the identity labels.
+pub mod keys {
+    /// The target, so two targets sharing a namespace never see each other's groups.
+    pub const TARGET: &str = "keelson.io/target";
+    /// On pods: `enabled` puts a pod behind the cluster's Service. On ReplicaSets (annotation):
+    /// the group's traffic intent.
+    pub const TRAFFIC: &str = "keelson.io/traffic";
+    /// The spec hash: an annotation on the ReplicaSet, a label on its pods (a rolling update
+    /// replaces the pods whose label differs).
+    pub const SPEC_HASH: &str = "keelson.io/spec-hash";
+    /// The artifact version (annotation).
+    pub const VERSION: &str = "keelson.io/version";
+    /// The group's traffic weight among the enabled groups, 0..=100 (annotation).
+    pub const WEIGHT: &str = "keelson.io/weight";
+    /// The Service port (annotation on the ReplicaSet, so the Service can be rebuilt from live
+    /// state alone).
+    pub const SERVICE_PORT: &str = "keelson.io/service-port";
+}
+
+/// The field manager of every write.
+pub const MANAGER: &str = "keelson";
+/// Selects everything Keelson manages; the reflectors watch only this.
+pub const MANAGED: &str = "app.kubernetes.io/managed-by=keelson";
+/// The pod label value that puts a pod in traffic.
+pub const ENABLED: &str = "enabled";
+/// The pod label value that keeps a pod out of traffic.
+pub const DISABLED: &str = "disabled";
+/// The container's name in every pod.
+pub const CONTAINER: &str = "app";
+
+/// A group's traffic intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// In traffic.
+    pub enabled: bool,
+    /// Share among the enabled groups, 0..=100.
+    pub weight: u8,
+}
+
+impl Traffic {
+    /// Whether every pod of the group takes traffic (enabled at full weight).
+    pub fn all_pods(self) -> bool {
+        self.enabled && self.weight >= 100
+    }
+
+    fn label(self) -> &'static str {
+        if self.all_pods() { ENABLED } else { DISABLED }
+    }
+}
+
+/// The labels that pick one server group's pods: its selector (immutable once created).
+pub fn group_selector(id: &ClusterId, seq: Sequence) -> BTreeMap<String, String> {
+    let mut l = cluster_selector(id);
+    l.insert(labels::SEQUENCE.into(), seq.get().to_string());
+    l
+}
+
+/// The labels that pick every object of one cluster on one target.
+pub fn cluster_selector(id: &ClusterId) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::CLUSTER.to_string(), id.name.to_string()),
+        (labels::ENVIRONMENT.to_string(), id.environment.to_string()),
+        (keys::TARGET.to_string(), id.target.to_string()),
+    ])
+}
+
+/// The labels of objects that belong to a cluster rather than to one server group (Lease).
+pub fn label_map(id: &ClusterId) -> BTreeMap<String, String> {
+    let mut l = cluster_selector(id);
+    l.insert(labels::MANAGED_BY.into(), MANAGER.into());
+    l
+}
+
+/// A label selector string for a label map (`a=b,c=d`).
+pub fn selector_string(l: &BTreeMap<String, String>) -> String {
+    let mut s = String::from(MANAGED);
+    for (k, v) in l {
+        s.push_str(&format!(",{k}={v}"));
+    }
+    s
+}
+
+fn identity(cluster: &DesiredCluster) -> BTreeMap<String, String> {
+    let mut l = cluster.labels.clone();
+    l.insert(labels::MANAGED_BY.into(), MANAGER.into());
+    l.insert(keys::TARGET.into(), cluster.id.target.to_string());
+    l
+}
+
+/// The image a cluster's pods run: `artifact.image:artifact.version`.
+pub fn image(cluster: &DesiredCluster) -> Option<String> {
+    cluster
+        .image
+        .as_ref()
+        .map(|i| format!("{i}:{}", cluster.version))
+}
+
+/// The port the Service listens on: the traffic port, else the container port.
+fn service_port(cluster: &DesiredCluster) -> Option<u16> {
+    let container = cluster.kubernetes.as_ref()?.container_port;
+    Some(cluster.traffic_port.unwrap_or(container))
+}
+
+/// The ReplicaSet of server group `seq`, as Keelson applies it.
+pub fn replica_set(
+    cluster: &DesiredCluster,
+    seq: Sequence,
+    replicas: u32,
+    traffic: Traffic,
+) -> Result<ReplicaSet, String> {
+    let k = cluster.kubernetes.as_ref().ok_or_else(|| {
+        format!(
+            "{} runs on Kubernetes but its application has no `kubernetes` section",
+            cluster.id
+        )
+    })?;
+    let image = image(cluster).ok_or_else(|| {
+        format!(
+            "{} runs on Kubernetes but its application has no `artifact.image`",
+            cluster.id
+        )
+    })?;
+    let mut meta_labels = identity(cluster);
+    meta_labels.insert(labels::SEQUENCE.into(), seq.get().to_string());
+    let mut pod_labels = meta_labels.clone();
+    pod_labels.insert(keys::SPEC_HASH.into(), cluster.spec_hash.to_string());
+    pod_labels.insert(keys::TRAFFIC.into(), traffic.label().into());
+    let mut annotations = BTreeMap::from([
+        (keys::VERSION.to_string(), cluster.version.clone()),
+        (keys::SPEC_HASH.to_string(), cluster.spec_hash.to_string()),
+        (
+            keys::TRAFFIC.to_string(),
+            traffic_word(traffic.enabled).into(),
+        ),
+        (keys::WEIGHT.to_string(), traffic.weight.to_string()),
+    ]);
+    if let Some(p) = service_port(cluster) {
+        annotations.insert(keys::SERVICE_PORT.into(), p.to_string());
+    }
+    let probe = cluster.health.http.as_ref().map(|h| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(h.path.clone()),
+            port: IntOrString::Int(i32::from(k.container_port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(seconds(h.interval.to_std())),
+        timeout_seconds: Some(seconds(h.timeout.to_std())),
+        ..Default::default()
+    });
+    let quantities = |m: &BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect()
+        })
+    };
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(image),
+        command: (!k.command.is_empty()).then(|| k.command.clone()),
+        args: (!k.args.is_empty()).then(|| k.args.clone()),
+        env: (!cluster.workload.env.is_empty()).then(|| {
+            cluster
+                .workload
+                .env
+                .iter()
+                .map(|(n, v)| EnvVar {
+                    name: n.clone(),
+                    value: Some(v.clone()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(k.container_port),
+            ..Default::default()
+        }]),
+        readiness_probe: probe,
+        resources: k.resources.as_ref().map(|r| ResourceRequirements {
+            requests: quantities(&r.requests),
+            limits: quantities(&r.limits),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(ServerGroupName::new(cluster.name(), seq).to_string()),
+            labels: Some(meta_labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            min_ready_seconds: None,
+            selector: LabelSelector {
+                match_labels: Some(group_selector(&cluster.id, seq)),
+                ..Default::default()
+            },
+            template: Some(PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    service_account_name: k.service_account_name.clone(),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        status: None,
+    })
+}
+
+fn seconds(d: std::time::Duration) -> i32 {
+    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+fn traffic_word(enabled: bool) -> &'static str {
+    if enabled { ENABLED } else { DISABLED }
+}
+
+/// A group's traffic intent as its ReplicaSet records it.
+pub fn traffic_of(rs: &ReplicaSet) -> Traffic {
+    let a = rs.metadata.annotations.as_ref();
+    let enabled = a.and_then(|a| a.get(keys::TRAFFIC)).map(String::as_str) == Some(ENABLED);
+    let weight = a
+        .and_then(|a| a.get(keys::WEIGHT))
+        .and_then(|w| w.parse::<u8>().ok())
+        .unwrap_or(if enabled { 100 } else { 0 })
+        .min(100);
+    Traffic { enabled, weight }
+}
+
+/// The merge patch that records a group's traffic intent on its ReplicaSet, including the label
+/// its future pods start with.
+pub fn traffic_patch(t: Traffic) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"annotations": {
+            keys::TRAFFIC: traffic_word(t.enabled),
+            keys::WEIGHT: t.weight.to_string(),
+        }},
+        "spec": {"template": {"metadata": {"labels": {keys::TRAFFIC: t.label()}}}},
+    })
+}
+
+/// The merge patch that puts a pod in or out of traffic.
+pub fn pod_traffic_patch(enabled: bool) -> serde_json::Value {
+    serde_json::json!({"metadata": {"labels": {keys::TRAFFIC: traffic_word(enabled)}}})
+}
+
+/// The cluster's Service, built from one of its ReplicaSets so that live state alone is enough:
+/// it selects the cluster's pods labelled `keelson.io/traffic: enabled`.
+pub fn service_for(rs: &ReplicaSet) -> Option<Service> {
+    let l = rs.metadata.labels.as_ref()?;
+    let name = l.get(labels::CLUSTER)?;
+    let container_port = rs
+        .spec
+        .as_ref()?
+        .template
+        .as_ref()?
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .ports
+        .as_ref()?
+        .first()?
+        .container_port;
+    let port = rs
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::SERVICE_PORT))
+        .and_then(|p| p.parse::<i32>().ok())
+        .unwrap_or(container_port);
+    let meta_labels: BTreeMap<String, String> = l
+        .iter()
+        .filter(|(k, _)| k.as_str() != labels::SEQUENCE)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut selector: BTreeMap<String, String> =
+        [labels::CLUSTER, labels::ENVIRONMENT, keys::TARGET]
+            .iter()
+            .filter_map(|k| l.get(*k).map(|v| ((*k).to_string(), v.clone())))
+            .collect();
+    selector.insert(keys::TRAFFIC.into(), ENABLED.into());
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(meta_labels),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                target_port: Some(IntOrString::Int(container_port)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// How many pods of each group should take traffic so that the shares follow the weights.
+/// `groups` holds each group's pod count and weight (0 when out of traffic). Canary weights are
+/// replica ratios: a group alone in traffic or at 100 keeps every pod in; the others get the largest
+/// counts whose ratios round to their weights, at least one pod each, so the precision is one
+/// pod (3 + 3 pods at 10/90 give 1 of 4 pods to the canary, 25%).
+pub fn pods_in_traffic(groups: &[(u32, u8)]) -> Vec<u32> {
+    let live: Vec<(u32, u8)> = groups
+        .iter()
+        .copied()
+        .filter(|(n, w)| *n > 0 && *w > 0)
+        .collect();
+    if live.len() <= 1 {
+        return groups
+            .iter()
+            .map(|&(n, w)| if w > 0 { n } else { 0 })
+            .collect();
+    }
+    // Pods per weight point: the scale at which the scarcest group runs out of pods.
+    let scale = live
+        .iter()
+        .map(|(n, w)| f64::from(*n) / f64::from(*w))
+        .fold(f64::INFINITY, f64::min);
+    groups
+        .iter()
+        .map(|&(n, w)| {
+            if n == 0 || w == 0 {
+                0
+            } else if w >= 100 {
+                // Full weight keeps every pod in, whatever else is in traffic meanwhile.
+                n
+            } else {
+                // Within 1..=n after the clamp, so the conversion is exact.
+                (scale * f64::from(w)).round().clamp(1.0, f64::from(n)) as u32
+            }
+        })
+        .collect()
+}
+
+/// Whether a pod passes its readiness check.
+pub fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a pod is on its way out.
+pub fn terminating(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+}
+
+/// Whether a pod's label puts it in traffic.
+pub fn pod_enabled(p: &Pod) -> bool {
+    label(&p.metadata, keys::TRAFFIC) == Some(ENABLED)
+}
+
+/// A label's value.
+pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// The uid of a pod's controlling owner.
+pub fn owner_uid(p: &Pod) -> Option<&str> {
+    p.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+fn health(p: &Pod) -> (InstanceHealth, Option<String>) {
+    if ready(p) {
+        return (InstanceHealth::Healthy, None);
+    }
+    let status = p.status.as_ref();
+    if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
+        let why = status
+            .and_then(|s| s.message.clone().or_else(|| s.reason.clone()))
+            .unwrap_or_else(|| "pod failed".into());
+        return (InstanceHealth::Unhealthy, Some(why));
+    }
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    match waiting {
+        Some(r)
+            if matches!(
+                r.as_str(),
+                "CrashLoopBackOff"
+                    | "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+            ) =>
+        {
+            (InstanceHealth::Unhealthy, Some(r))
+        }
+        _ => (InstanceHealth::Starting, None),
+    }
+}
+
+/// The clusters of one target, from the cached ReplicaSets, pods and Services of its namespace.
+///
+/// A group's traffic is its recorded intent, checked against the live labels where the intent
+/// is unambiguous: a group meant to take all traffic whose pods are not all labelled enabled,
+/// or whose Service is gone, is reported disabled; a group meant to be out of traffic with a pod
+/// labelled enabled is reported enabled. Either way the planner sees drift and repairs it.
+/// ReplicaSets being deleted are left out.
+pub fn observe(
+    environment: &EnvName,
+    target: &TargetName,
+    replica_sets: &[Arc<ReplicaSet>],
+    pods: &[Arc<Pod>],
+    services: &[Arc<Service>],
+) -> Vec<ObservedCluster> {
+    let ours = |m: &ObjectMeta| {
+        label(m, labels::ENVIRONMENT) == Some(environment.as_str())
+            && label(m, keys::TARGET) == Some(target.as_str())
+    };
+    let mut by_owner: HashMap<&str, Vec<&Pod>> = HashMap::new();
+    for p in pods {
+        if terminating(&p.metadata) || !ours(&p.metadata) {
+            continue;
+        }
+        if let Some(uid) = owner_uid(p) {
+            by_owner.entry(uid).or_default().push(p);
+        }
+    }
+    let with_service: HashSet<&str> = services
+        .iter()
+        .filter(|s| ours(&s.metadata))
+        .filter_map(|s| label(&s.metadata, labels::CLUSTER))
+        .collect();
+    let mut clusters: BTreeMap<ClusterId, ObservedCluster> = BTreeMap::new();
+    for rs in replica_sets {
+        let m = &rs.metadata;
+        if terminating(m) || !ours(m) {
+            continue;
+        }
+        let (Some(name), Some(app), Some(seq)) = (
+            label(m, labels::CLUSTER),
+            label(m, labels::APP).and_then(|a| AppName::new(a).ok()),
+            label(m, labels::SEQUENCE)
+                .and_then(|s| s.parse::<u32>().ok())
+                .and_then(|s| Sequence::new(s).ok()),
+        ) else {
+            continue;
+        };
+        let id = ClusterId {
+            environment: environment.clone(),
+            target: target.clone(),
+            name: ClusterName::from_label(name),
+        };
+        let mut mine: Vec<&Pod> = m
+            .uid
+            .as_deref()
+            .and_then(|u| by_owner.get(u))
+            .cloned()
+            .unwrap_or_default();
+        mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let intent = traffic_of(rs);
+        let labelled = mine.iter().filter(|p| pod_enabled(p)).count();
+        let service = with_service.contains(name);
+        let enabled = match (intent.enabled, intent.all_pods()) {
+            (true, true) => service && labelled == mine.len(),
+            (true, false) => service,
+            (false, _) => labelled > 0,
+        };
+        let weight = match (enabled, intent.enabled) {
+            (false, _) => 0,
+            (true, true) => intent.weight,
+            (true, false) => 100,
+        };
+        let instances = mine
+            .iter()
+            .map(|p| {
+                let (health, note) = health(p);
+                Instance {
+                    id: p.metadata.name.clone().unwrap_or_default(),
+                    spec_hash: SpecHash::from_observed(
+                        label(&p.metadata, keys::SPEC_HASH).unwrap_or_default(),
+                    ),
+                    health,
+                    note,
+                }
+            })
+            .collect();
+        let group = ServerGroup {
+            name: ServerGroupName::new(&id.name, seq),
+            sequence: seq,
+            version: annotation(m, keys::VERSION).unwrap_or_default().to_string(),
+            spec_hash: SpecHash::from_observed(annotation(m, keys::SPEC_HASH).unwrap_or_default()),
+            capacity: rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .map_or(1, |r| u32::try_from(r).unwrap_or(0)),
+            enabled,
+            weight,
+            instances,
+            labels: m.labels.clone().unwrap_or_default(),
+        };
+        clusters
+            .entry(id.clone())
+            .or_insert_with(|| ObservedCluster {
+                id,
+                app,
+                server_groups: Vec::new(),
+            })
+            .server_groups
+            .push(group);
+    }
+    clusters
+        .into_values()
+        .map(|mut c| {
+            c.server_groups.sort_by_key(|g| g.sequence);
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_weights_take_every_pod_or_none() {
+        assert_eq!(pods_in_traffic(&[(3, 100), (3, 0)]), vec![3, 0]);
+        assert_eq!(pods_in_traffic(&[(0, 100)]), vec![0]);
+        assert_eq!(pods_in_traffic(&[(4, 100), (4, 100)]), vec![4, 4]);
+        assert_eq!(pods_in_traffic(&[(2, 100), (4, 100)]), vec![2, 4]);
+    }
+
+    #[test]
+    fn canary_weights_become_pod_ratios() {
+        // 10% of 3 + 3 pods: one canary pod beside the three old ones.
+        assert_eq!(pods_in_traffic(&[(3, 10), (3, 90)]), vec![1, 3]);
+        assert_eq!(pods_in_traffic(&[(3, 50), (3, 50)]), vec![3, 3]);
+        assert_eq!(pods_in_traffic(&[(10, 25), (10, 75)]), vec![3, 10]);
+        assert_eq!(pods_in_traffic(&[(20, 10), (20, 90)]), vec![2, 18]);
+        // Mid-shift, the new weight is written before the old one is lowered.
+        assert_eq!(pods_in_traffic(&[(4, 100), (4, 25)]), vec![4, 1]);
+    }
+
+    proptest::proptest! {
+        /// Every enabled group keeps a pod in traffic, no group exceeds its pods, and with enough
+        /// pods the share is within one pod of the weight.
+        #[test]
+        fn shares_follow_weights(a in 1u32..50, b in 1u32..50, w in 1u8..100) {
+            let k = pods_in_traffic(&[(a, w), (b, 100 - w)]);
+            proptest::prop_assert!(k[0] >= 1 && k[0] <= a);
+            proptest::prop_assert!(k[1] >= 1 && k[1] <= b);
+            let share = f64::from(k[0]) / f64::from(k[0] + k[1]);
+            let one_pod = 1.0 / f64::from(k[0] + k[1]);
+            let want = f64::from(w) / 100.0;
+            proptest::prop_assert!((share - want).abs() <= one_pod + 1e-9,
+                "{k:?} for {w}% of {a}+{b}");
+        }
+    }
+}
