@@ -463,9 +463,11 @@ pub fn observe(
         label(m, labels::ENVIRONMENT) == Some(environment.as_str())
             && label(m, keys::TARGET) == Some(target.as_str())
     };
-    let mut by_owner: HashMap<&str, Vec<&Pod>> = HashMap::new();
+    // Pods are reached only through their ReplicaSet's uid, so only the ReplicaSets' labels
+    // need checking (most of the time here goes to label lookups and allocations).
+    let mut by_owner: HashMap<&str, Vec<&Pod>> = HashMap::with_capacity(replica_sets.len());
     for p in pods {
-        if terminating(&p.metadata) || !ours(&p.metadata) {
+        if terminating(&p.metadata) {
             continue;
         }
         if let Some(uid) = owner_uid(p) {
@@ -477,31 +479,43 @@ pub fn observe(
         .filter(|s| ours(&s.metadata))
         .filter_map(|s| label(&s.metadata, labels::CLUSTER))
         .collect();
-    let mut clusters: BTreeMap<ClusterId, ObservedCluster> = BTreeMap::new();
+    // Keyed by name alone: environment and target are the same for all of them.
+    let mut clusters: BTreeMap<&str, ObservedCluster> = BTreeMap::new();
     for rs in replica_sets {
         let m = &rs.metadata;
         if terminating(m) || !ours(m) {
             continue;
         }
-        let (Some(name), Some(app), Some(seq)) = (
+        let (Some(name), Some(seq)) = (
             label(m, labels::CLUSTER),
-            label(m, labels::APP).and_then(|a| AppName::new(a).ok()),
             label(m, labels::SEQUENCE)
                 .and_then(|s| s.parse::<u32>().ok())
                 .and_then(|s| Sequence::new(s).ok()),
         ) else {
             continue;
         };
-        let id = ClusterId {
-            environment: environment.clone(),
-            target: target.clone(),
-            name: ClusterName::from_label(name),
-        };
+        if !clusters.contains_key(name) {
+            let Some(app) = label(m, labels::APP).and_then(|a| AppName::new(a).ok()) else {
+                continue;
+            };
+            let id = ClusterId {
+                environment: environment.clone(),
+                target: target.clone(),
+                name: ClusterName::from_label(name),
+            };
+            clusters.insert(
+                name,
+                ObservedCluster {
+                    id,
+                    app,
+                    server_groups: Vec::new(),
+                },
+            );
+        }
         let mut mine: Vec<&Pod> = m
             .uid
             .as_deref()
-            .and_then(|u| by_owner.get(u))
-            .cloned()
+            .and_then(|u| by_owner.remove(u))
             .unwrap_or_default();
         mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let intent = traffic_of(rs);
@@ -531,8 +545,11 @@ pub fn observe(
                 }
             })
             .collect();
-        let group = ServerGroup {
-            name: ServerGroupName::new(&id.name, seq),
+        let Some(cluster) = clusters.get_mut(name) else {
+            continue;
+        };
+        cluster.server_groups.push(ServerGroup {
+            name: ServerGroupName::new(&cluster.id.name, seq),
             sequence: seq,
             version: annotation(m, keys::VERSION).unwrap_or_default().to_string(),
             spec_hash: SpecHash::from_observed(annotation(m, keys::SPEC_HASH).unwrap_or_default()),
@@ -545,16 +562,7 @@ pub fn observe(
             weight,
             instances,
             labels: m.labels.clone().unwrap_or_default(),
-        };
-        clusters
-            .entry(id.clone())
-            .or_insert_with(|| ObservedCluster {
-                id,
-                app,
-                server_groups: Vec::new(),
-            })
-            .server_groups
-            .push(group);
+        });
     }
     clusters
         .into_values()
