@@ -3,6 +3,9 @@
 mod apply_e2e;
 mod daemon;
 mod github_stub;
+mod kube_protocol;
+mod kube_stub;
+mod kubernetes;
 mod local_target;
 mod plan_scenarios;
 mod pr_comment;

@@ -591,7 +591,7 @@ mod tests {
         assert_eq!(pods_in_traffic(&[(3, 10), (3, 90)]), vec![1, 3]);
         assert_eq!(pods_in_traffic(&[(3, 50), (3, 50)]), vec![3, 3]);
         assert_eq!(pods_in_traffic(&[(10, 25), (10, 75)]), vec![3, 10]);
-        assert_eq!(pods_in_traffic(&[(20, 10), (20, 90)]), vec![2, 18]);
+        assert_eq!(pods_in_traffic(&[(20, 10), (20, 90)]), vec![2, 20]);
         // Mid-shift, the new weight is written before the old one is lowered.
         assert_eq!(pods_in_traffic(&[(4, 100), (4, 25)]), vec![4, 1]);
     }
