@@ -1507,3 +1507,158 @@ async fn seeded_objects_list_quickly() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_preconditions_and_dry_run() {
+    let (stub, client) = start().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "del");
+    let l = leases
+        .create(&PostParams::default(), &lease("l", "x"))
+        .await
+        .unwrap();
+    let wrong_uid = DeleteParams::default().preconditions(kube::api::Preconditions {
+        uid: Some("00000000-0000-4000-8000-000000000000".into()),
+        resource_version: None,
+    });
+    let e = status(leases.delete("l", &wrong_uid).await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert!(
+        e.message.contains("Precondition failed: UID"),
+        "{}",
+        e.message
+    );
+    let stale_rv = DeleteParams::default().preconditions(kube::api::Preconditions {
+        uid: None,
+        resource_version: Some(format!("{}0", l.metadata.resource_version.clone().unwrap())),
+    });
+    assert_eq!(
+        status(leases.delete("l", &stale_rv).await.unwrap_err()).code,
+        409
+    );
+    leases
+        .delete("l", &DeleteParams::default().dry_run())
+        .await
+        .unwrap();
+    assert!(
+        stub.get("leases", "del", "l").is_some(),
+        "a dry run keeps it"
+    );
+    let right = DeleteParams::default().preconditions(kube::api::Preconditions {
+        uid: l.metadata.uid.clone(),
+        resource_version: l.metadata.resource_version.clone(),
+    });
+    leases.delete("l", &right).await.unwrap();
+    assert!(stub.get("leases", "del", "l").is_none());
+    // Query parameters work too, and a bad policy is refused.
+    let path = "/apis/coordination.k8s.io/v1/namespaces/del/leases/l";
+    leases
+        .create(&PostParams::default(), &lease("l", "x"))
+        .await
+        .unwrap();
+    let e = status(
+        raw(
+            &client,
+            "DELETE",
+            &format!("{path}?propagationPolicy=Sometimes"),
+            "",
+            "",
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 422);
+    raw(
+        &client,
+        "DELETE",
+        &format!("{path}?propagationPolicy=Background"),
+        "",
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(stub.get("leases", "del", "l").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_go_pending_running_ready_and_scale_down_prefers_unready_ones() {
+    let (stub, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "life");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "life");
+    let from = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = watch_from(&pods, &from).await;
+    rss.create(&PostParams::default(), &replicaset("web", 3, "nginx"))
+        .await
+        .unwrap();
+    // The first pod's story, as a watcher sees it.
+    let mut phases = vec![];
+    let mut first: Option<String> = None;
+    while phases.last().map(String::as_str) != Some("Running/ready") {
+        let (kind, p) = match next(&mut events).await.unwrap() {
+            WatchEvent::Added(p) => ("ADDED", p),
+            WatchEvent::Modified(p) => ("MODIFIED", p),
+            other => panic!("unexpected {other:?}"),
+        };
+        let name = p.metadata.name.clone().unwrap();
+        if first.get_or_insert_with(|| name.clone()) != &name {
+            continue;
+        }
+        let value = serde_json::to_value(&p).unwrap();
+        let phase = value["status"]["phase"].as_str().unwrap_or("").to_string();
+        let state = if ready(&value) { "ready" } else { "unready" };
+        phases.push(format!("{phase}/{state}"));
+        assert!(kind == "MODIFIED" || phases.len() == 1);
+    }
+    assert_eq!(
+        phases,
+        ["Pending/unready", "Running/unready", "Running/ready"]
+    );
+
+    wait_for("three ready", || {
+        rs_status(&stub, "life", "web", "readyReplicas") == 3
+    })
+    .await;
+    // Make one pod unready by hand (as a failing probe would); scaling down takes it first.
+    let victim = pods_of(&stub, "life", "web")[1]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut unready = serde_json::to_value(pods.get_status(&victim).await.unwrap()).unwrap();
+    for c in unready["status"]["conditions"].as_array_mut().unwrap() {
+        if c["type"] == "Ready" {
+            c["status"] = json!("False");
+        }
+    }
+    pods.patch_status(
+        &victim,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": unready["status"]["conditions"]}})),
+    )
+    .await
+    .unwrap();
+    wait_for("the controller sees it", || {
+        rs_status(&stub, "life", "web", "readyReplicas") == 2
+    })
+    .await;
+    rss.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await
+    .unwrap();
+    wait_for("two pods", || pods_of(&stub, "life", "web").len() == 2).await;
+    let left: Vec<String> = pods_of(&stub, "life", "web")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !left.contains(&victim),
+        "{victim} should go first: {left:?}"
+    );
+}

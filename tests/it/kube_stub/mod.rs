@@ -272,8 +272,9 @@ impl KubeStub {
         *self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()) = (n, code);
     }
 
-    /// Ends every open watch stream now, as a lost connection would; watches started after
-    /// this call are not affected.
+    /// Ends every open watch stream now, as a lost connection would: the chunked body ends
+    /// (no event is sent after this call), and kube's watcher re-watches from the last
+    /// resourceVersion it saw. Watches started after this call are not affected.
     pub fn drop_watches(&self) {
         let mut st = self.shared.lock();
         st.drop_epoch += 1;
