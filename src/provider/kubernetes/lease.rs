@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::PostParams;
 
 use super::objects::{MANAGER, label_map};
-use super::retry::{already_exists, not_found, retry};
+use super::retry::{already_exists, retry};
 use crate::model::ClusterId;
 use crate::provider::LeaseOutcome;
 
@@ -146,13 +146,10 @@ pub async fn renew(
 /// Gives the Lease up by clearing its holder; a no-op when `holder` does not hold it.
 pub async fn release(api: &Api<Lease>, id: &ClusterId, holder: &str) -> Result<(), kube::Error> {
     let name = name(id);
-    let lease = match retry(|| api.get_opt(&name)).await {
-        Ok(Some(l)) => l,
-        Ok(None) => return Ok(()),
-        Err(e) if not_found(&e) => return Ok(()),
-        Err(e) => return Err(e),
+    // `get_opt` answers a missing Lease with `None`: nothing to release.
+    let Some(mut lease) = retry(|| api.get_opt(&name)).await? else {
+        return Ok(());
     };
-    let mut lease = lease;
     let Some(spec) = lease.spec.as_mut() else {
         return Ok(());
     };

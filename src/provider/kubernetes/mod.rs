@@ -141,6 +141,11 @@ impl KubernetesProvider {
     }
 
     async fn target_namespace(&self, target: &TargetRef) -> Result<Arc<Namespace>, ProviderError> {
+        self.namespace(self.settings(target)?).await
+    }
+
+    /// A target's context and namespace, remembered for the calls that name only a cluster.
+    fn settings<'a>(&self, target: &'a TargetRef) -> Result<&'a KubernetesTarget, ProviderError> {
         let t = target.target.kubernetes.as_ref().ok_or_else(|| {
             ProviderError::Invalid(format!(
                 "target {} has no `kubernetes` settings (context, namespace)",
@@ -148,7 +153,7 @@ impl KubernetesProvider {
             ))
         })?;
         self.remember(&target.environment, &target.target);
-        self.namespace(t).await
+        Ok(t)
     }
 
     /// The cluster's ReplicaSets and pods, read from the API (not the cache): traffic is
@@ -248,10 +253,7 @@ impl KubernetesProvider {
             }
         }
         let api = ns.api::<Pod>();
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        };
+        let pp = update_params();
         for (names, on) in [(enable, true), (disable, false)] {
             let patch = Patch::Merge(objects::pod_traffic_patch(on));
             for name in names {
@@ -310,15 +312,17 @@ impl KubernetesProvider {
     }
 
     async fn lease_api(&self, target: &TargetRef) -> Result<kube::Api<Lease>, ProviderError> {
-        let t = target.target.kubernetes.as_ref().ok_or_else(|| {
-            ProviderError::Invalid(format!(
-                "target {} has no `kubernetes` settings",
-                target.key()
-            ))
-        })?;
-        self.remember(&target.environment, &target.target);
+        let t = self.settings(target)?;
         let client = self.client(t.context.as_deref()).await?;
         Ok(kube::Api::namespaced(client, &t.namespace))
+    }
+}
+
+/// Parameters of writes other than server-side apply, recorded under Keelson's manager.
+fn update_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
     }
 }
 
@@ -379,10 +383,7 @@ impl Provider for KubernetesProvider {
         let ns = self.namespace_of(cluster).await?;
         let name = ServerGroupName::new(&cluster.name, seq).to_string();
         let patch = Patch::Merge(serde_json::json!({"spec": {"replicas": capacity}}));
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        };
+        let pp = update_params();
         let api = ns.api::<ReplicaSet>();
         match retry(|| api.patch_scale(&name, &pp, &patch)).await {
             Ok(scale) => {
@@ -418,10 +419,7 @@ impl Provider for KubernetesProvider {
         };
         if objects::traffic_of(&rs) != traffic {
             let patch = Patch::Merge(objects::traffic_patch(traffic));
-            let pp = PatchParams {
-                field_manager: Some(MANAGER.into()),
-                ..Default::default()
-            };
+            let pp = update_params();
             let api = ns.api::<ReplicaSet>();
             let patched = retry(|| api.patch(&name, &pp, &patch))
                 .await
@@ -447,11 +445,7 @@ impl Provider for KubernetesProvider {
         self.remember(&cluster.id.environment, &cluster.target);
         let ns = self.namespace(desired_target(cluster)?).await?;
         let live = Self::replica_set(&ns, &cluster.id, seq).await?;
-        let replicas = live
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .map_or(1, |r| u32::try_from(r).unwrap_or(0));
+        let replicas = objects::replicas(&live);
         // Only the pod template and annotations change; size and traffic stay as they are.
         let rs = objects::replica_set(cluster, seq, replicas, objects::traffic_of(&live))
             .map_err(ProviderError::Invalid)?;

@@ -256,6 +256,14 @@ pub fn traffic_of(rs: &ReplicaSet) -> Traffic {
     Traffic { enabled, weight }
 }
 
+/// A ReplicaSet's desired pod count (1 when unset, as the API defaults it).
+pub fn replicas(rs: &ReplicaSet) -> u32 {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map_or(1, |r| u32::try_from(r).unwrap_or(0))
+}
+
 /// The merge patch that records a group's traffic intent on its ReplicaSet, including the label
 /// its future pods start with.
 pub fn traffic_patch(t: Traffic) -> serde_json::Value {
@@ -553,11 +561,7 @@ pub fn observe(
             sequence: seq,
             version: annotation(m, keys::VERSION).unwrap_or_default().to_string(),
             spec_hash: SpecHash::from_observed(annotation(m, keys::SPEC_HASH).unwrap_or_default()),
-            capacity: rs
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .map_or(1, |r| u32::try_from(r).unwrap_or(0)),
+            capacity: replicas(rs),
             enabled,
             weight,
             instances,
