@@ -10,6 +10,7 @@ mod local_target;
 mod plan_scenarios;
 mod pr_comment;
 mod properties;
+mod proxy_protocol;
 mod schemas;
 mod support;
 mod validate_cli;
