@@ -393,6 +393,30 @@ async fn the_agent_killed_and_restarted_re_adopts_its_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_agent_file_leads_back_to_the_running_agent() {
+    let local = Local::new();
+    let port = free_port();
+    let c = only(&local_app("lost", "1.0.0", 1, port, ""));
+    run(&local.provider, &c, &create_steps(&c, 0, 1, true)).await;
+    let agent = local.agent_pid().unwrap();
+    std::fs::remove_file(local.state().join("local/agent.json")).unwrap();
+    // A client that finds no agent starts one, which sees the directory held and exits; the
+    // running agent writes its file again and the client finds it.
+    let o = observe_one(&local.provider, &c)
+        .await
+        .expect("observed through the running agent");
+    assert_eq!(o.server_groups.len(), 1);
+    assert_eq!(local.agent_pid(), Some(agent));
+    // Concurrent clients start at most one agent between them.
+    std::fs::remove_file(local.state().join("local/agent.json")).unwrap();
+    let all = futures::future::join_all((0..4).map(|_| observe_one(&local.provider, &c))).await;
+    assert!(all.iter().all(Option::is_some), "{all:?}");
+    let log = std::fs::read_to_string(local.state().join("local/agent.log")).unwrap();
+    // (At most one per removal: the running agent may write its file back first.)
+    assert!(log.matches("another agent serves").count() <= 2, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_conflicts_and_bad_commands_are_clear_and_leave_nothing_running() {
     let local = Local::new();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

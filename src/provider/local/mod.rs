@@ -27,6 +27,8 @@ pub struct LocalProvider {
     dir: PathBuf,
     agent_exe: PathBuf,
     client: HttpClient,
+    /// Held while starting the agent, so that concurrent operations start one, not several.
+    starting: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LocalProvider {
@@ -37,6 +39,7 @@ impl LocalProvider {
             dir: state_dir.join("local"),
             agent_exe,
             client: client(),
+            starting: std::sync::Arc::default(),
         }
     }
 
@@ -65,6 +68,10 @@ impl LocalProvider {
         if let Some(url) = self.running().await {
             return Ok(url);
         }
+        let _starting = self.starting.lock().await;
+        if let Some(url) = self.running().await {
+            return Ok(url);
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| {
             ProviderError::Unavailable(format!("cannot create {}: {e}", self.dir.display()))
         })?;
@@ -76,7 +83,9 @@ impl LocalProvider {
         let err = log
             .try_clone()
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        let _ = std::fs::remove_file(self.dir.join("agent.json"));
+        // `agent.json` stays: a new agent replaces it, and if another agent already holds the
+        // directory (it was only slow to answer) the new one exits and the file still leads
+        // to the one that runs.
         // Its own process group: the agent must outlive this process and its terminal.
         let child = std::process::Command::new(&self.agent_exe)
             .arg("local-agent")

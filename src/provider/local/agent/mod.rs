@@ -760,9 +760,7 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         pid: std::process::id(),
         port,
     };
-    let tmp = dir.join("agent.json.tmp");
-    fs::write(&tmp, serde_json::to_vec(&info).unwrap_or_default()).map_err(io)?;
-    fs::rename(&tmp, dir.join("agent.json")).map_err(io)?;
+    advertise(dir, &info).map_err(io)?;
     eprintln!(
         "keelson local-agent: pid {} serving {} on 127.0.0.1:{port}",
         info.pid,
@@ -774,10 +772,15 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         .route("/v1/ops", post(ops))
         .with_state(shared.clone());
     let watcher = shared.clone();
+    let own = dir.to_path_buf();
     let empty = async move {
         // After `down` stopped everything, nothing is left to own: exit.
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            // Without `agent.json` no client finds this agent, and none can start another.
+            if !own.join("agent.json").exists() {
+                let _ = advertise(&own, &info);
+            }
             if watcher.lock().await.persisted.clusters.is_empty()
                 && PENDING_STOPS.load(Ordering::Acquire) == 0
             {
@@ -798,6 +801,13 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
     let _ = fs::remove_file(dir.join("agent.json"));
     drop(lock);
     Ok(())
+}
+
+/// Writes `agent.json`, which tells clients where this agent listens.
+fn advertise(dir: &Path, info: &AgentInfo) -> std::io::Result<()> {
+    let tmp = dir.join("agent.json.tmp");
+    fs::write(&tmp, serde_json::to_vec(info).unwrap_or_default())?;
+    fs::rename(&tmp, dir.join("agent.json"))
 }
 
 /// Takes over instances recorded in the state file: live ones keep running, dead ones are
