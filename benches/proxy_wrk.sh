@@ -34,6 +34,8 @@ printf 'apiVersion: keelson/v1\nkind: Application\nmetadata: {name: w}\nspec:\n 
 PATH="$(cd "$(dirname "$KEELSON")" && pwd):$PATH" "$KEELSON" apply --repo "$tmp" --auto-approve >"$tmp/apply.log" 2>&1 ||
   { cat "$tmp/apply.log" >&2; exit 1; }
 "$KEELSON" demo-app --port 24445 & direct=$!
+sleep 0.3
+kill -0 "$direct" 2>/dev/null || { echo "the direct instance did not start (is 24445 free?)" >&2; exit 1; }
 targets=("direct 24445" "keelson 24444")
 if [ "$REFERENCE" = 1 ]; then
   cat > "$tmp/nginx.conf" <<EOF
