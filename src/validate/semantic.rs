@@ -74,14 +74,14 @@ pub fn check(specs: &Specs, broken: &Broken, out: &mut Vec<Diagnostic>) {
     // The first declaration of each cluster identity: its document and index (positions are
     // looked up only for a duplicate).
     let mut identities: HashMap<(String, String, String), (&Document, usize)> = HashMap::new();
-    let mut ports: HashMap<u16, (String, PathBuf, Pos)> = HashMap::new();
+    let mut claims = Claims::default();
     let mut seen_apps = BTreeSet::new();
     for app in &specs.applications {
         // A duplicate application is reported once; its clusters would only repeat it.
         if !seen_apps.insert(app.spec.metadata.name.as_str()) {
             continue;
         }
-        check_application(app, &envs, broken, &mut identities, &mut ports, out);
+        check_application(app, &envs, broken, &mut identities, &mut claims, out);
     }
 }
 
@@ -359,12 +359,26 @@ fn check_strategy(doc: &Document, p: &str, s: &Strategy, out: &mut Vec<Diagnosti
     }
 }
 
+/// Who made a claim first: `environment/target` or cluster, file and position.
+type Claimant = (String, PathBuf, Pos);
+/// A Kubernetes (context, namespace, cluster name).
+type KubeName = (Option<String>, String, String);
+
+/// What clusters claim on shared ground, with where each claim was first made.
+#[derive(Default)]
+struct Claims {
+    /// Local traffic ports: one machine, one port each.
+    ports: HashMap<u16, Claimant>,
+    /// Kubernetes names: the names of a cluster's ReplicaSets and Service.
+    names: HashMap<KubeName, Claimant>,
+}
+
 fn check_application<'a>(
     app: &'a Spec<Application>,
     envs: &BTreeMap<&str, &Spec<Environment>>,
     broken: &Broken,
     identities: &mut HashMap<(String, String, String), (&'a Document, usize)>,
-    ports: &mut HashMap<u16, (String, PathBuf, Pos)>,
+    claims: &mut Claims,
     out: &mut Vec<Diagnostic>,
 ) {
     let doc = &app.doc;
@@ -390,6 +404,7 @@ fn check_application<'a>(
         let cluster = ClusterName::compose(name, c.stack.as_deref(), c.detail.as_deref());
         let env = envs.get(c.environment.as_str());
         let mut provider = None;
+        let mut target = None;
         match env {
             None if broken.envs.contains(c.environment.as_str()) => {}
             None => out.push(
@@ -406,7 +421,10 @@ fn check_application<'a>(
                 )),
             ),
             Some(e) => match e.spec.spec.targets.iter().find(|t| t.name == c.target) {
-                Some(t) => provider = Some(t.provider),
+                Some(t) => {
+                    provider = Some(t.provider);
+                    target = Some(t);
+                }
                 None => out.push(
                     err(
                         doc,
@@ -507,6 +525,44 @@ fn check_application<'a>(
                         .hint("add spec.kubernetes with at least containerPort, e.g. kubernetes: {containerPort: 8080}"),
                 );
             }
+            // The Service is named after the cluster, and Service names are DNS-1035 labels.
+            if !cluster
+                .as_str()
+                .starts_with(|ch: char| ch.is_ascii_lowercase())
+            {
+                out.push(
+                    err(doc, "kubernetes", &p, format!("cluster `{cluster}` runs on a Kubernetes target, where its Service is named after it and must start with a letter"))
+                        .hint("rename the application to start with a letter"),
+                );
+            }
+            if let Some(k) = target.and_then(|t| t.kubernetes.as_ref()) {
+                let here = format!("{}/{}", c.environment, c.target);
+                let key = (k.context.clone(), k.namespace.clone(), cluster.to_string());
+                match claims.names.get(&key) {
+                    // The same environment and target is a duplicate cluster, reported above.
+                    Some((other, _, _)) if *other == here => {}
+                    Some((other, file, at)) => out.push(
+                        err(
+                            doc,
+                            "kubernetes-names",
+                            &p,
+                            format!(
+                                "cluster `{cluster}` on {here} and on {other} ({}:{}) share namespace `{}`{}, so their ReplicaSets and Service would have the same names",
+                                file.display(),
+                                at.line,
+                                k.namespace,
+                                k.context.as_ref().map(|c| format!(" of context `{c}`")).unwrap_or_default()
+                            ),
+                        )
+                        .hint("give each environment its own namespace, or one of the clusters a stack or detail"),
+                    ),
+                    None => {
+                        claims
+                            .names
+                            .insert(key, (here, doc.file.clone(), pos(doc, &p)));
+                    }
+                }
+            }
         }
         if provider == Some(ProviderKind::Local) {
             if spec.workload.command.is_empty() {
@@ -517,7 +573,13 @@ fn check_application<'a>(
             }
             if let Some(t) = c.traffic {
                 let tp = format!("{p}/traffic/port");
-                match ports.get(&t.port) {
+                if t.port < 1024 {
+                    out.push(
+                        err(doc, "traffic-port", &tp, format!("traffic port {} is below 1024, which the local target, running unprivileged, cannot bind", t.port))
+                            .hint("choose a port from 1024 to 65535, e.g. 8080"),
+                    );
+                }
+                match claims.ports.get(&t.port) {
                     Some((other, file, at)) => out.push(
                         err(
                             doc,
@@ -533,7 +595,7 @@ fn check_application<'a>(
                         .hint("local clusters share one machine; give each its own traffic port"),
                     ),
                     None => {
-                        ports.insert(
+                        claims.ports.insert(
                             t.port,
                             (
                                 format!("{}/{cluster}", c.environment),
