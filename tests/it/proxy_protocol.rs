@@ -90,6 +90,24 @@ async fn close_delimited() -> u16 {
     port
 }
 
+/// An instance that refuses a large body at once: answers 413 and closes without reading it.
+async fn refuses_early() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+                .await;
+            // Closing with unread bytes resets the connection while the proxy still writes.
+            drop(s);
+        }
+    });
+    port
+}
+
 /// A port nothing listens on.
 fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -406,4 +424,38 @@ async fn weights_split_requests_exactly() {
         }
     }
     assert_eq!(new_share, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_and_stop_closes_connections() {
+    let port = free_port();
+    let proxy = Proxy::start(port).unwrap();
+    let (b, inflight) = backend("web-v001-0", refuses_early().await);
+    proxy.set_routes(vec![route("web-v001", 100, vec![b])]);
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4000000\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    request.resize(request.len() + 4_000_000, b'x');
+    let (head, body) = split(&raw(port, &request).await);
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert_eq!(body, b"big!");
+    assert_eq!(inflight.load(Ordering::Acquire), 0);
+
+    // After stop, a keep-alive connection gets its answer and then closes.
+    let (b, _) = backend("web-v002-0", instance().await);
+    proxy.set_routes(vec![route("web-v002", 100, vec![b])]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /empty HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 204"));
+    proxy.stop();
+    let _ = s.write_all(b"GET /empty HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the connection closes after stop");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }

@@ -25,6 +25,14 @@ const ATTEMPTS: usize = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read size.
 const CHUNK: usize = 16 * 1024;
+/// How long a client may take to send a request head, or stay idle between requests
+/// (nginx's `client_header_timeout` and `keepalive_timeout` are 60 and 75 s).
+const IDLE: Duration = Duration::from_secs(60);
+/// How long one read of a request body, or one write to either side, may take. Waiting for an
+/// instance's answer has no limit: long polls and slow apps are the instance's business.
+const STALL: Duration = Duration::from_secs(60);
+/// Buffers grown past this by a large exchange are shrunk back before the next.
+const KEEP_CAPACITY: usize = 256 * 1024;
 
 /// Serves one client connection until it closes.
 pub(super) async fn serve(shared: Arc<Shared>, client: TcpStream) {
@@ -37,7 +45,9 @@ pub(super) async fn serve(shared: Arc<Shared>, client: TcpStream) {
         input_up: Vec::with_capacity(CHUNK),
         out: Vec::with_capacity(1024),
     };
-    while conn.exchange().await {}
+    while conn.exchange().await {
+        conn.shrink();
+    }
 }
 
 /// How forwarding one attempt failed.
@@ -91,19 +101,43 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usiz
     stream.read_buf(buf).await
 }
 
+/// [`read_more`] that gives up after `limit`, as a `TimedOut` error.
+async fn read_within(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> io::Result<usize> {
+    tokio::time::timeout(limit, read_more(stream, buf))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Writes all of `bytes`, giving up after [`STALL`].
+async fn write_within(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(STALL, stream.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
 /// Whether an idle connection can take a request: not closed by the instance, nothing unread.
+/// Asks the socket (a non-blocking peek): tokio's cached readiness may not yet know of bytes
+/// that just arrived.
 fn fresh(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    let peek = socket2::SockRef::from(stream).peek(&mut byte);
+    matches!(peek, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 impl Conn {
     /// One request and its response; false when the connection is done.
     async fn exchange(&mut self) -> bool {
         let req = loop {
+            if self.shared.stopped.load(Ordering::Acquire) {
+                return false;
+            }
             match h1::parse_request(&self.input, &self.shared.host, &mut self.head) {
                 Ok(Some(req)) => break req,
-                Ok(None) => match read_more(&mut self.client, &mut self.input).await {
+                Ok(None) => match read_within(&mut self.client, &mut self.input, IDLE).await {
                     Ok(0) | Err(_) => return false,
                     Ok(_) => {}
                 },
@@ -121,8 +155,6 @@ impl Conn {
             }
             return false;
         }
-        h1::finish_request(&mut self.head, req.body, self.body.len());
-        self.head.extend_from_slice(&self.body);
 
         let Some(table) = self.shared.table() else {
             return false;
@@ -156,11 +188,14 @@ impl Conn {
         self.reply(status, &last, req.head, req.keep_alive).await
     }
 
-    /// Reads the request body into `self.body`; `Err(status)` to refuse it (0: just close).
+    /// Reads the request body and ends `self.head` with its framing and the body itself;
+    /// `Err(status)` to refuse it (0: just close).
     async fn read_body(&mut self, req: &RequestHead) -> Result<(), u16> {
-        self.body.clear();
         match req.body {
-            Framing::Empty | Framing::UntilClose => Ok(()),
+            Framing::Empty | Framing::UntilClose => {
+                h1::finish_request(&mut self.head, req.body, 0);
+                Ok(())
+            }
             Framing::Length(n) => {
                 if n > MAX_BODY {
                     return Err(413);
@@ -170,31 +205,38 @@ impl Conn {
                     self.continue_().await?;
                 }
                 while self.input.len() < n {
-                    match read_more(&mut self.client, &mut self.input).await {
+                    match read_within(&mut self.client, &mut self.input, STALL).await {
                         Ok(0) | Err(_) => return Err(0),
                         Ok(_) => {}
                     }
                 }
-                self.body.extend(self.input.drain(..n));
+                // Straight from the client's bytes after the head: one copy.
+                h1::finish_request(&mut self.head, req.body, n);
+                self.head.extend_from_slice(&self.input[..n]);
+                self.input.drain(..n);
                 Ok(())
             }
             Framing::Chunked => {
                 if req.expect_continue && self.input.is_empty() {
                     self.continue_().await?;
                 }
+                self.body.clear();
                 let mut chunks = Chunked::default();
                 loop {
                     let used = chunks
                         .feed(&self.input, Some(&mut self.body))
                         .map_err(|_| 400u16)?;
                     self.input.drain(..used);
-                    if chunks.done() {
-                        return Ok(());
-                    }
                     if self.body.len() as u64 > MAX_BODY {
                         return Err(413);
                     }
-                    match read_more(&mut self.client, &mut self.input).await {
+                    if chunks.done() {
+                        h1::finish_request(&mut self.head, req.body, self.body.len());
+                        self.head.extend_from_slice(&self.body);
+                        self.body.clear();
+                        return Ok(());
+                    }
+                    match read_within(&mut self.client, &mut self.input, STALL).await {
                         Ok(0) | Err(_) => return Err(0),
                         Ok(_) => {}
                     }
@@ -204,8 +246,7 @@ impl Conn {
     }
 
     async fn continue_(&mut self) -> Result<(), u16> {
-        self.client
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        write_within(&mut self.client, b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
             .map_err(|_| 0u16)
     }
@@ -213,11 +254,27 @@ impl Conn {
     /// Sends a response made by the proxy; returns whether the connection stays open.
     async fn reply(&mut self, status: u16, message: &str, head: bool, keep_alive: bool) -> bool {
         h1::proxy_response(&mut self.out, status, message, head, !keep_alive);
-        self.client.write_all(&self.out).await.is_ok() && keep_alive
+        write_within(&mut self.client, &self.out).await.is_ok() && keep_alive
+    }
+
+    /// Gives back what a large exchange made the buffers grow to.
+    fn shrink(&mut self) {
+        let bufs = [
+            &mut self.input,
+            &mut self.head,
+            &mut self.body,
+            &mut self.input_up,
+            &mut self.out,
+        ];
+        for buf in bufs {
+            if buf.capacity() > KEEP_CAPACITY {
+                buf.shrink_to(CHUNK);
+            }
+        }
     }
 
     /// An idle connection to the instance at `authority` from the pool, or a new one.
-    async fn upstream(&mut self, authority: &Arc<str>) -> Result<TcpStream, String> {
+    async fn upstream(&self, authority: &Arc<str>) -> Result<TcpStream, String> {
         while let Some(stream) = self.shared.take(authority) {
             if fresh(&stream) {
                 return Ok(stream);
@@ -244,14 +301,15 @@ impl Conn {
         let route = &table.routes[r];
         let backend = &route.backends[b];
         let name = |e: &dyn std::fmt::Display| format!("{}/{}: {e}", route.group, backend.id);
+        // Counted from the moment it was picked, so that a drain never misses it.
+        let _inflight = InFlight::start(&backend.inflight);
         let mut up = self
             .upstream(&backend.authority)
             .await
             .map_err(|e| Failure::Unreached(name(&e)))?;
-        let _inflight = InFlight::start(&backend.inflight);
-        up.write_all(&self.head)
-            .await
-            .map_err(|e| Failure::Upstream(name(&e)))?;
+        // An instance may answer (413, 401) and close before reading the whole body; that
+        // answer is still read and relayed.
+        let unsent = write_within(&mut up, &self.head).await.err();
         let ex = Exchange {
             head: req.head,
             http10: req.http10,
@@ -269,8 +327,7 @@ impl Conn {
             match parsed {
                 Ok(Some(resp)) if resp.interim => {
                     if !req.http10 {
-                        self.client
-                            .write_all(&self.out)
+                        write_within(&mut self.client, &self.out)
                             .await
                             .map_err(|_| Failure::Broken)?;
                     }
@@ -279,19 +336,21 @@ impl Conn {
                 Ok(Some(resp)) => break resp,
                 Ok(None) => match read_more(&mut up, &mut self.input_up).await {
                     Ok(0) => {
-                        return Err(Failure::Upstream(name(
-                            &"connection closed before a response",
-                        )));
+                        let e = match &unsent {
+                            Some(e) => name(e),
+                            None => name(&"connection closed before a response"),
+                        };
+                        return Err(Failure::Upstream(e));
                     }
                     Ok(_) => {}
-                    Err(e) => return Err(Failure::Upstream(name(&e))),
+                    Err(e) => return Err(Failure::Upstream(name(unsent.as_ref().unwrap_or(&e)))),
                 },
                 Err(e) => return Err(Failure::Invalid(name(&e))),
             }
         };
-        let reusable = self.relay(&mut up, &resp).await?;
-        if reusable && resp.reusable {
-            self.shared.give(backend.authority.clone(), up);
+        let clean = self.relay(&mut up, &resp).await?;
+        if clean && resp.reusable && unsent.is_none() {
+            self.shared.give(&backend.authority, up);
         }
         Ok(resp.close)
     }
@@ -326,6 +385,7 @@ impl Conn {
             }
             Framing::Chunked => {
                 let mut chunks = Chunked::default();
+                let mut sent = false;
                 loop {
                     let body = &self.input_up[rest..];
                     let used = if resp.dechunk {
@@ -337,12 +397,19 @@ impl Conn {
                         }
                         used
                     }
-                    .map_err(|_| Failure::Broken)?;
+                    .map_err(|_| {
+                        if sent {
+                            Failure::Broken
+                        } else {
+                            Failure::Invalid("malformed chunked response".into())
+                        }
+                    })?;
                     rest += used;
                     if chunks.done() {
                         break;
                     }
                     self.send().await?;
+                    sent = true;
                     self.input_up.clear();
                     rest = 0;
                     match read_more(up, &mut self.input_up).await {
@@ -375,7 +442,7 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = self.client.write_all(&self.out).await;
+        let r = write_within(&mut self.client, &self.out).await;
         self.out.clear();
         r.map_err(|_| Failure::Broken)
     }

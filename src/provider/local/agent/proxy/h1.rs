@@ -55,6 +55,12 @@ pub enum HeadError {
     /// A request transfer coding other than chunked.
     #[error("unsupported Transfer-Encoding")]
     Coding,
+    /// Transfer-Encoding from an HTTP/1.0 client, whose framing cannot be trusted (RFC 9112, 6.1).
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    Http10Coding,
+    /// More than one Host header (RFC 9112, 3.2).
+    #[error("more than one Host header")]
+    Hosts,
     /// CONNECT, which would make the proxy a tunnel.
     #[error("CONNECT is not supported")]
     Connect,
@@ -70,7 +76,11 @@ impl HeadError {
             Self::TooLarge => 431,
             Self::Coding | Self::Connect => 501,
             Self::Switch => 502,
-            Self::Malformed | Self::BadLength | Self::Ambiguous => 400,
+            Self::Malformed
+            | Self::BadLength
+            | Self::Ambiguous
+            | Self::Http10Coding
+            | Self::Hosts => 400,
         }
     }
 }
@@ -124,23 +134,32 @@ pub fn parse_request(
     }
     let http10 = version == 0;
     let conn = connection_tokens(req.headers);
-    let body = request_framing(req.headers)?;
+    let body = request_framing(req.headers, http10)?;
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 {
+        return Err(HeadError::Hosts);
+    }
+    let (authority, path) = origin_form(target);
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(origin_form(target).as_bytes());
+    out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host = false;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("host") {
-            host = true;
-        }
-        if forwarded(h.name, &conn.names) {
+        // Host is end to end whatever Connection says; an absolute target replaces it.
+        let host = h.name.eq_ignore_ascii_case("host");
+        if (host && authority.is_none()) || (!host && forwarded(h.name, &conn.names)) {
             push_header(out, h.name.as_bytes(), h.value);
         }
     }
-    if !host {
-        push_header(out, b"host", default_host);
+    match authority {
+        Some(a) => push_header(out, b"host", a.as_bytes()),
+        None if hosts == 0 => push_header(out, b"host", default_host),
+        None => {}
     }
     let expect_continue = !http10
         && req.headers.iter().any(|h| {
@@ -365,18 +384,28 @@ fn forwarded(name: &str, listed: &[&[u8]]) -> bool {
             .any(|l| name.as_bytes().eq_ignore_ascii_case(l))
 }
 
-/// The path and query of a request target, whichever form it came in.
-fn origin_form(target: &str) -> &str {
-    let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    else {
-        return target;
+/// The authority (absolute form only) and the path and query of a request target.
+fn origin_form(target: &str) -> (Option<&str>, std::borrow::Cow<'_, str>) {
+    let prefix = |n: usize, p: &str| target.get(..n).is_some_and(|t| t.eq_ignore_ascii_case(p));
+    let scheme = if prefix(8, "https://") {
+        8
+    } else if prefix(7, "http://") {
+        7
+    } else {
+        0
     };
-    match rest.find('/') {
-        Some(i) => &rest[i..],
-        None => "/",
+    if scheme == 0 {
+        return (None, target.into());
     }
+    let rest = &target[scheme..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let path = &rest[end..];
+    let path = if path.starts_with('/') {
+        path.into()
+    } else {
+        format!("/{path}").into()
+    };
+    (Some(&rest[..end]), path)
 }
 
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadError> {
@@ -403,9 +432,11 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadE
     Ok(length)
 }
 
-/// Whether the last transfer coding is chunked; `None` without a Transfer-Encoding.
-fn chunked(headers: &[httparse::Header<'_>]) -> Option<bool> {
+/// The transfer codings of a message: `None` without Transfer-Encoding, else (whether the
+/// last is chunked, whether chunked is the only one).
+fn codings(headers: &[httparse::Header<'_>]) -> Option<(bool, bool)> {
     let mut last: Option<&[u8]> = None;
+    let mut count = 0;
     for h in headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
@@ -413,18 +444,22 @@ fn chunked(headers: &[httparse::Header<'_>]) -> Option<bool> {
         for c in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if !c.is_empty() {
                 last = Some(c);
+                count += 1;
             }
         }
     }
-    last.map(|c| c.eq_ignore_ascii_case(b"chunked"))
+    let chunked = last?.eq_ignore_ascii_case(b"chunked");
+    Some((chunked, chunked && count == 1))
 }
 
-fn request_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HeadError> {
+fn request_framing(headers: &[httparse::Header<'_>], http10: bool) -> Result<Framing, HeadError> {
     let length = content_length(headers)?;
-    match (chunked(headers), length) {
+    match (codings(headers), length) {
+        (Some(_), _) if http10 => Err(HeadError::Http10Coding),
         (Some(_), Some(_)) => Err(HeadError::Ambiguous),
-        (Some(true), None) => Ok(Framing::Chunked),
-        (Some(false), None) => Err(HeadError::Coding),
+        // The body reaches the instance decoded, so only chunked alone can be removed.
+        (Some((_, true)), None) => Ok(Framing::Chunked),
+        (Some(_), None) => Err(HeadError::Coding),
         (None, Some(n)) => Ok(Framing::Length(n)),
         (None, None) => Ok(Framing::Empty),
     }
@@ -438,9 +473,9 @@ fn response_framing(
     if head || status == 204 || status == 304 {
         return Ok(Framing::Empty);
     }
-    match chunked(headers) {
-        Some(true) => return Ok(Framing::Chunked),
-        Some(false) => return Ok(Framing::UntilClose),
+    match codings(headers) {
+        Some((true, _)) => return Ok(Framing::Chunked),
+        Some((false, _)) => return Ok(Framing::UntilClose),
         None => {}
     }
     Ok(match content_length(headers)? {
@@ -460,7 +495,9 @@ enum State {
     /// Hex digits of a chunk size.
     #[default]
     Size,
-    /// After the size: an extension up to CR.
+    /// Whitespace after the size, before `;` or CR.
+    SizeWs,
+    /// A chunk extension, up to CR.
     Extension,
     /// LF after the size line's CR.
     SizeLf,
@@ -482,12 +519,21 @@ enum State {
     Done,
 }
 
+/// Longest chunk extension, and longest trailer section.
+const MAX_META: usize = 16 * 1024;
+
 /// Finds the end of a chunked body as its bytes arrive, optionally decoding its data.
+///
+/// Strict (RFC 9112, 7.1): CRLF line ends only, whitespace only before `;`, bounded extensions
+/// and trailers, so that whatever reads the relayed chunks after the proxy ends the body
+/// where the proxy did.
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: State,
     size: u64,
     digits: u8,
+    /// Bytes of the current extension, or of the trailer section.
+    meta: usize,
 }
 
 impl Chunked {
@@ -517,14 +563,29 @@ impl Chunked {
                         self.size = self.size * 16 + u64::from(d);
                         self.digits += 1;
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Extension,
+                    b' ' | b'\t' if self.digits > 0 => self.state = State::SizeWs,
+                    b';' if self.digits > 0 => self.state = State::Extension,
                     b'\r' if self.digits > 0 => self.state = State::SizeLf,
                     _ => return Err(ChunkError),
                 },
-                State::Extension => match b {
+                State::SizeWs => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = State::Extension,
                     b'\r' => self.state = State::SizeLf,
+                    _ => return Err(ChunkError),
+                },
+                State::Extension => match b {
+                    b'\r' => {
+                        self.state = State::SizeLf;
+                        self.meta = 0;
+                    }
                     b'\n' => return Err(ChunkError),
-                    _ => {}
+                    _ => {
+                        self.meta += 1;
+                        if self.meta > MAX_META {
+                            return Err(ChunkError);
+                        }
+                    }
                 },
                 State::SizeLf => {
                     if b != b'\n' {
@@ -563,16 +624,21 @@ impl Chunked {
                     self.digits = 0;
                 }
                 State::Trailer => {
-                    self.state = if b == b'\r' {
-                        State::EndLf
-                    } else {
-                        State::TrailerLine
+                    self.state = match b {
+                        b'\r' => State::EndLf,
+                        b'\n' => return Err(ChunkError),
+                        _ => State::TrailerLine,
                     };
                 }
                 State::TrailerLine => match b {
                     b'\r' => self.state = State::TrailerLf,
                     b'\n' => return Err(ChunkError),
-                    _ => {}
+                    _ => {
+                        self.meta += 1;
+                        if self.meta > MAX_META {
+                            return Err(ChunkError);
+                        }
+                    }
                 },
                 State::TrailerLf => {
                     if b != b'\n' {
@@ -630,11 +696,33 @@ mod tests {
         assert_eq!(r.body, Framing::Empty);
         assert_eq!(
             out,
-            "GET /a?b=1 HTTP/1.1\r\nAccept: */*\r\nhost: 127.0.0.1:9\r\n"
+            "GET /a?b=1 HTTP/1.1\r\nAccept: */*\r\nhost: example.test\r\n"
         );
         let mut out = out.into_bytes();
         finish_request(&mut out, Framing::Chunked, 5);
         assert!(out.ends_with(b"content-length: 5\r\n\r\n"));
+    }
+
+    #[test]
+    fn absolute_targets_become_origin_form_with_their_host() {
+        let cases = [
+            (
+                "http://h.test?x=1",
+                "GET /?x=1 HTTP/1.1\r\nhost: h.test\r\n",
+            ),
+            (
+                "HTTP://h.test/a?b=/c",
+                "GET /a?b=/c HTTP/1.1\r\nhost: h.test\r\n",
+            ),
+            ("https://h.test", "GET / HTTP/1.1\r\nhost: h.test\r\n"),
+            ("/p", "GET /p HTTP/1.1\r\nHost: old\r\n"),
+        ];
+        for (target, want) in cases {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: old\r\nConnection: host\r\n\r\n");
+            let (r, out) = request(&raw);
+            assert!(r.unwrap().is_some());
+            assert_eq!(out, want, "{target}");
+        }
     }
 
     #[test]
@@ -656,6 +744,21 @@ mod tests {
         for (raw, status) in cases {
             let (r, _) = request(raw);
             assert_eq!(r.map_err(HeadError::status), Err(status), "{raw}");
+        }
+        let more = [
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+            ),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ];
+        for (raw, status) in more {
+            assert_eq!(
+                request(raw).0.map_err(HeadError::status),
+                Err(status),
+                "{raw}"
+            );
         }
         let (r, _) =
             request("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nExpect: 100-continue\r\n\r\n");
@@ -725,7 +828,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_where_the_last_chunk_says() {
-        let body = b"4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"4\r\nwiki\r\n5 ;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let mut c = Chunked::default();
         let mut data = Vec::new();
         assert_eq!(c.feed(body, Some(&mut data)), Ok(body.len() - 4));
@@ -737,6 +840,9 @@ mod tests {
             "4\nwiki",
             "\r\n",
             "ffffffffffffffff\r\n",
+            "5 junk\r\n",
+            "0\r\n\n",
+            &format!("1;{}\r\n", "e".repeat(MAX_META + 1)),
         ] {
             assert_eq!(
                 Chunked::default().feed(bad.as_bytes(), None),

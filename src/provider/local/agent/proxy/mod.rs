@@ -82,6 +82,8 @@ struct Shared {
     pool: Mutex<HashMap<Arc<str>, Vec<TcpStream>>>,
     /// `host` for requests that came without one: the traffic address they were sent to.
     host: Vec<u8>,
+    /// Set by [`Proxy::stop`]: connections close instead of taking another request.
+    stopped: AtomicBool,
 }
 
 impl Shared {
@@ -94,10 +96,19 @@ impl Shared {
         self.pool.lock().ok()?.get_mut(authority)?.pop()
     }
 
-    /// Returns an idle connection to the pool, unless the pool is full.
-    fn give(&self, authority: Arc<str>, stream: TcpStream) {
+    /// Returns an idle connection to the pool, unless the pool is full or the instance is
+    /// no longer routed to.
+    fn give(&self, authority: &Arc<str>, stream: TcpStream) {
+        let routed = self.table().is_some_and(|t| {
+            t.routes
+                .iter()
+                .any(|r| r.backends.iter().any(|b| b.authority == *authority))
+        });
+        if !routed {
+            return;
+        }
         if let Ok(mut pool) = self.pool.lock() {
-            let idle = pool.entry(authority).or_default();
+            let idle = pool.entry(authority.clone()).or_default();
             if idle.len() < POOL_PER_INSTANCE {
                 idle.push(stream);
             }
@@ -144,11 +155,15 @@ impl Proxy {
             picker: Mutex::new(Picker::default()),
             pool: Mutex::new(HashMap::new()),
             host: format!("127.0.0.1:{port}").into_bytes(),
+            stopped: AtomicBool::new(false),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of file descriptors, most likely: the connection stays in the
+                    // backlog, so without a pause this loop would spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -182,15 +197,16 @@ impl Proxy {
         }
     }
 
-    /// Stops accepting; requests in flight finish.
+    /// Stops accepting; requests in flight finish, and their connections then close.
     pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
         self.task.abort();
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
