@@ -187,6 +187,40 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// Environment names in promotion order: each after every environment it depends on
+    /// (deepest chain first), then by name. Cycles, refused by validation, cannot hang it.
+    pub fn promotion_order(&self) -> Vec<EnvName> {
+        fn depth<'a>(
+            name: &'a EnvName,
+            envs: &'a BTreeMap<EnvName, DesiredEnvironment>,
+            memo: &mut BTreeMap<&'a EnvName, usize>,
+            seen: usize,
+        ) -> usize {
+            if let Some(&d) = memo.get(name) {
+                return d;
+            }
+            let d = match envs.get(name) {
+                Some(e) if seen <= envs.len() => e
+                    .depends_on
+                    .iter()
+                    .map(|dep| depth(dep, envs, memo, seen + 1) + 1)
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            memo.insert(name, d);
+            d
+        }
+        let mut memo = BTreeMap::new();
+        let mut names: Vec<(usize, &EnvName)> = self
+            .environments
+            .keys()
+            .map(|n| (depth(n, &self.environments, &mut memo, 0), n))
+            .collect();
+        names.sort();
+        names.into_iter().map(|(_, n)| n.clone()).collect()
+    }
+
     /// Number of distinct applications.
     pub fn application_count(&self) -> usize {
         let mut apps: Vec<&AppName> = self.clusters.values().map(|c| &c.app).collect();
@@ -270,4 +304,46 @@ impl WorkloadSpec {
 /// Serializes a workload with its secrets masked: plans are printed and saved to files.
 fn masked_workload<S: serde::Serializer>(w: &WorkloadSpec, s: S) -> Result<S::Ok, S::Error> {
     w.masked().serialize(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str, deps: &[&str]) -> (EnvName, DesiredEnvironment) {
+        let n = EnvName::new(name.to_string()).unwrap();
+        let e = DesiredEnvironment {
+            name: n.clone(),
+            depends_on: deps
+                .iter()
+                .map(|d| EnvName::new((*d).to_string()).unwrap())
+                .collect(),
+            targets: Vec::new(),
+            windows: Vec::new(),
+            approval: crate::spec::Approval::None,
+            prune: false,
+            suspended: false,
+        };
+        (n, e)
+    }
+
+    #[test]
+    fn promotion_order_follows_depends_on_then_names() {
+        let mut d = DesiredState::default();
+        for (n, e) in [
+            env("prod", &["staging", "qa"]),
+            env("staging", &["dev"]),
+            env("qa", &["dev"]),
+            env("dev", &[]),
+            env("sandbox", &[]),
+            // A cycle (refused by validation) still gives an order.
+            env("x", &["y"]),
+            env("y", &["x"]),
+        ] {
+            d.environments.insert(n, e);
+        }
+        let order: Vec<String> = d.promotion_order().iter().map(|e| e.to_string()).collect();
+        assert_eq!(order[..5], ["dev", "sandbox", "qa", "staging", "prod"]);
+        assert_eq!(order.len(), 7);
+    }
 }

@@ -21,7 +21,7 @@ pub use step::{Share, Step};
 pub use window::in_window;
 
 use crate::model::{ClusterId, DesiredCluster, SpecHash};
-use crate::spec::{AppName, StrategyKind};
+use crate::spec::{AppName, EnvName, StrategyKind};
 
 /// The version of the plan's JSON shape (`schemas/plan.schema.json`).
 pub const PLAN_FORMAT: u32 = 1;
@@ -288,7 +288,10 @@ pub struct Plan {
     pub observed_fingerprint: SpecHash,
     /// When it was computed.
     pub generated_at: jiff::Timestamp,
-    /// Clusters with changes or blocks, ordered by id.
+    /// Environments in promotion order (each after those it depends on).
+    #[serde(default)]
+    pub environments: Vec<EnvName>,
+    /// Clusters with changes or blocks, by environment in promotion order, then by id.
     pub clusters: Vec<ClusterPlan>,
     /// Counts.
     pub summary: Summary,

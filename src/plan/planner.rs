@@ -62,13 +62,22 @@ pub fn plan(
             .is_some_and(|e| e.prune);
         clusters.push(orphan(live, prune, policy));
     }
-    clusters.sort_by(|a, b| a.id.cmp(&b.id));
+    // Promotion order reads as the change travels: dev, then staging, then prod.
+    let environments = desired.promotion_order();
+    let rank = |c: &ClusterPlan| {
+        environments
+            .iter()
+            .position(|e| *e == c.id.environment)
+            .unwrap_or(usize::MAX)
+    };
+    clusters.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.id.cmp(&b.id)));
     let summary = summarize(&clusters, unchanged);
     Plan {
         format_version: PLAN_FORMAT,
         revision: revision.to_string(),
         observed_fingerprint: observed.fingerprint(),
         generated_at: policy.now,
+        environments,
         clusters,
         summary,
     }

@@ -1,7 +1,6 @@
 //! The plan as GitHub-flavoured markdown: a summary, a table per environment, and one
 //! collapsible section per environment and cluster.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{field_diff, summary_line};
@@ -93,15 +92,28 @@ pub(crate) fn table_row(env: &str, cs: &[&ClusterPlan]) -> String {
     )
 }
 
-/// The plan's clusters by environment.
-pub(crate) fn by_environment(plan: &Plan) -> BTreeMap<String, Vec<&ClusterPlan>> {
-    let mut envs: BTreeMap<String, Vec<&ClusterPlan>> = BTreeMap::new();
+/// The plan's clusters by environment, in the plan's order (promotion order).
+pub(crate) fn by_environment(plan: &Plan) -> Vec<(String, Vec<&ClusterPlan>)> {
+    let mut envs: Vec<(String, Vec<&ClusterPlan>)> = Vec::new();
     for c in &plan.clusters {
-        envs.entry(c.id.environment.to_string())
-            .or_default()
-            .push(c);
+        match envs.last_mut() {
+            Some((e, cs)) if *e == c.id.environment.as_str() => cs.push(c),
+            _ => envs.push((c.id.environment.to_string(), vec![c])),
+        }
     }
     envs
+}
+
+/// Sorts environment names into the plan's promotion order; names it does not know go last,
+/// by name.
+pub(crate) fn promotion_sort(plan: &Plan, names: &mut [&str]) {
+    let rank = |n: &str| {
+        plan.environments
+            .iter()
+            .position(|e| e.as_str() == n)
+            .unwrap_or(usize::MAX)
+    };
+    names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
 }
 
 /// The whole plan as markdown.

@@ -9,7 +9,9 @@ use super::split::{GITHUB_COMMENT_LIMIT, Limits, Section, split};
 use super::{ClusterDelta, Outcome, Review, plural};
 use crate::model::ClusterId;
 use crate::plan::{Block, ClusterPlan, Plan};
-use crate::render::markdown::{TABLE_HEADER, by_environment, cluster_block, escape, table_row};
+use crate::render::markdown::{
+    TABLE_HEADER, by_environment, cluster_block, escape, promotion_sort, table_row,
+};
 
 /// What a comment needs besides the review.
 #[derive(Debug, Clone)]
@@ -226,11 +228,19 @@ fn planned(out: &mut Vec<Section>, plan: &Plan, delta: &super::Delta, base_inval
                 .push((id, d));
         }
     }
-    let mut names: Vec<&String> = envs.keys().chain(quiet.keys()).collect();
-    names.sort();
+    let mut names: Vec<&str> = envs
+        .iter()
+        .map(|(e, _)| e.as_str())
+        .chain(quiet.keys().map(String::as_str))
+        .collect();
+    promotion_sort(plan, &mut names);
     names.dedup();
     for env in names {
-        let cs = envs.get(env).map(Vec::as_slice).unwrap_or_default();
+        let cs = envs
+            .iter()
+            .find(|(e, _)| e == env)
+            .map(|(_, cs)| cs.as_slice())
+            .unwrap_or_default();
         let qs = quiet.get(env).map(Vec::as_slice).unwrap_or_default();
         let ours = cs.iter().filter(|c| delta.contains_key(&c.id)).count() + qs.len();
         let mut items: Vec<String> = cs.iter().map(|c| cluster(c, delta)).collect();
