@@ -300,6 +300,10 @@ pub struct UpArgs {
     /// File holding the forge token (else KEELSON_FORGE_TOKEN, else GITHUB_TOKEN).
     #[arg(long)]
     pub forge_token_file: Option<PathBuf>,
+    /// The repository (`owner/name`) whose webhooks this daemon acts on; events for any other
+    /// are ignored. Default: the one `--repo` names when it is a forge URL.
+    #[arg(long, env = "KEELSON_FORGE_REPO")]
+    pub forge_repo: Option<String>,
 }
 
 /// Arguments of `keelson status`.

@@ -83,6 +83,19 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
             },
         })
     };
+    let repository = match &args.forge_repo {
+        Some(r) => Some(
+            r.parse::<crate::forge::RepoSlug>()
+                .map_err(CliError::Usage)?,
+        ),
+        None => crate::forge::RepoSlug::from_remote(&args.repo),
+    };
+    match &repository {
+        Some(r) => tracing::info!(repository = %r, "webhooks for other repositories are ignored"),
+        None => tracing::info!(
+            "webhooks are accepted for any repository (set --forge-repo to restrict)"
+        ),
+    }
     let store = Arc::new(SqliteStore::open(&state).map_err(|e| CliError::Usage(e.to_string()))?);
     let providers = providers(&state);
     // Pull request comments need a Git source (to fetch heads) and a forge token.
@@ -123,6 +136,7 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
         api_token: secret("KEELSON_API_TOKEN", args.api_token_file.as_ref())?,
         webhook_secret: secret("KEELSON_WEBHOOK_SECRET", args.webhook_secret_file.as_ref())?,
         pull_requests,
+        repository,
     });
     let engine = Arc::new(Engine {
         store,

@@ -39,6 +39,41 @@ impl std::str::FromStr for RepoSlug {
     }
 }
 
+impl RepoSlug {
+    /// The repository a Git remote URL names on its forge: `https://host/owner/name(.git)`,
+    /// `ssh://git@host[:port]/owner/name.git` or `git@host:owner/name.git`; `None` for
+    /// local paths and URLs of any other shape.
+    pub fn from_remote(url: &str) -> Option<Self> {
+        let path = if let Some(rest) = ["https://", "http://", "ssh://", "git://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme))
+        {
+            rest.split_once('/')?.1
+        } else if let Some((user_host, path)) = url.split_once(':') {
+            // scp-like: user@host:owner/name; a bare `C:` drive or a path has no `@`.
+            if !user_host.contains('@') || user_host.contains('/') {
+                return None;
+            }
+            path
+        } else {
+            return None;
+        };
+        let path = path.trim_end_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        let mut parts = path.split('/');
+        let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+            return None;
+        };
+        format!("{owner}/{name}").parse().ok()
+    }
+
+    /// Whether `full_name` (from a webhook) names this repository; names on GitHub are
+    /// case-insensitive.
+    pub fn is(&self, full_name: &str) -> bool {
+        full_name.eq_ignore_ascii_case(&self.to_string())
+    }
+}
+
 impl std::fmt::Display for RepoSlug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.owner, self.name)
@@ -240,6 +275,32 @@ pub async fn publish(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_remote_url_names_its_repository() {
+        let cases = [
+            ("https://github.com/acme/deploy.git", Some("acme/deploy")),
+            (
+                "https://github.example.com/acme/deploy/",
+                Some("acme/deploy"),
+            ),
+            (
+                "ssh://git@github.com:22/acme/deploy.git",
+                Some("acme/deploy"),
+            ),
+            ("git@github.com:acme/deploy.git", Some("acme/deploy")),
+            ("https://gitlab.com/group/sub/deploy.git", None),
+            ("/srv/git/deploy.git", None),
+            ("file:///srv/git/acme/deploy", None),
+            ("C:/repos/deploy", None),
+        ];
+        for (url, want) in cases {
+            let got = RepoSlug::from_remote(url).map(|r| r.to_string());
+            assert_eq!(got.as_deref(), want, "{url}");
+        }
+        let slug = RepoSlug::from_remote("git@github.com:Acme/Deploy").unwrap();
+        assert!(slug.is("acme/deploy") && !slug.is("acme/other"));
+    }
     use super::*;
     use crate::review::comment::marker;
 

@@ -80,6 +80,8 @@ pub struct Shared {
     /// Where `pull_request` events go to be planned and commented on; `None` without a forge
     /// token.
     pub pull_requests: Option<tokio::sync::mpsc::Sender<PullRequestEvent>>,
+    /// The repository whose webhooks count; `None` (unknown) accepts every repository.
+    pub repository: Option<crate::forge::RepoSlug>,
 }
 
 /// A pull request to plan and comment on, from a `pull_request` webhook.
@@ -122,6 +124,17 @@ struct PrRef {
 
 #[derive(Deserialize)]
 struct PrRepo {
+    full_name: String,
+}
+
+/// The repository any webhook payload names.
+#[derive(Deserialize)]
+struct Named {
+    repository: Option<RepoName>,
+}
+
+#[derive(Deserialize)]
+struct RepoName {
     full_name: String,
 }
 
@@ -400,6 +413,19 @@ async fn github(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         .get("x-github-event")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // An organisation's webhook reports every repository: only this daemon's is acted on
+    // (another's pull request #5 would be planned from ours and commented on theirs).
+    if let Some(ours) = &s.repository
+        && let Ok(Named {
+            repository: Some(RepoName { full_name }),
+        }) = serde_json::from_slice::<Named>(&body)
+        && !ours.is(&full_name)
+    {
+        return text(
+            StatusCode::ACCEPTED,
+            format!("event for `{full_name}` ignored: this daemon follows `{ours}`\n"),
+        );
+    }
     match event {
         "pull_request" => pull_request(&s, &body),
         "push" => {

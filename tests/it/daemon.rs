@@ -606,6 +606,7 @@ async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
         &[
             ("KEELSON_FORGE_URL", &forge),
             ("KEELSON_FORGE_TOKEN", TOKEN),
+            ("KEELSON_FORGE_REPO", "acme/deploy"),
         ],
     );
     wait_ready(&f).await;
@@ -617,7 +618,7 @@ async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
     git(work, &["commit", "-qam", "bump"]);
     git(work, &["push", "-q", "origin", "HEAD:refs/pull/5/head"]);
     let head = git(work, &["rev-parse", "HEAD"]);
-    let event = |action: &str| {
+    let event_of = |repo: &str, action: &str| {
         serde_json::json!({
             "action": action,
             "number": 5,
@@ -625,10 +626,11 @@ async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
                 "head": {"sha": head, "ref": "feature"},
                 "base": {"sha": base, "ref": "main"}
             },
-            "repository": {"full_name": "acme/deploy"}
+            "repository": {"full_name": repo}
         })
         .to_string()
     };
+    let event = |action: &str| event_of("Acme/Deploy", action);
     let send = |body: String| {
         let url = f.url("/webhooks/github");
         async move {
@@ -645,6 +647,15 @@ async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
             .await
         }
     };
+    // An organisation webhook also reports other repositories: those are not ours to plan.
+    let (code, body) = send(event_of("acme/website", "synchronize")).await;
+    assert_eq!(
+        (code, body.trim()),
+        (
+            202,
+            "event for `acme/website` ignored: this daemon follows `acme/deploy`"
+        )
+    );
     let (code, body) = send(event("synchronize")).await;
     assert_eq!((code, body.trim()), (202, "plan comment queued"));
     let mut comments = Vec::new();
@@ -656,7 +667,11 @@ async fn a_signed_pull_request_webhook_leads_to_a_plan_comment() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default();
-    assert_eq!(comments.len(), 1, "no comment; daemon log:\n{log}");
+    assert_eq!(
+        comments.len(),
+        1,
+        "one comment, from our repository; daemon log:\n{log}"
+    );
     let c = &comments[0].body;
     assert!(
         c.starts_with("<!-- keelson-plan: env=all part=1 -->"),
