@@ -124,7 +124,8 @@ pub struct PlanArgs {
     /// Also write the JSON plan here, for `apply --plan FILE`.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error or when a target could
+    /// not be observed.
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Plan a change: compare with this base (a Git revision of --repo, or a directory) and

@@ -142,7 +142,12 @@ pub async fn run(args: &PlanArgs, style: Style) -> Result<ExitCode, CliError> {
             file.display()
         );
     }
-    Ok(if args.detailed_exitcode && pl.has_changes() {
+    Ok(if !args.detailed_exitcode {
+        ExitCode::SUCCESS
+    } else if pl.summary.unobserved > 0 {
+        // The plan is incomplete: "no changes" (0) would be a claim it cannot make.
+        ExitCode::from(1)
+    } else if pl.has_changes() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS

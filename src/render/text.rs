@@ -18,6 +18,13 @@ fn paint(style: Style, action: Action, t: &str) -> String {
 /// `Plan: 1 to create, 2 to roll out, 1 to resize, 0 to restore, 0 to destroy.`
 pub fn summary_line(plan: &Plan) -> String {
     let s = &plan.summary;
+    if !plan.has_changes() && s.unobserved > 0 {
+        // Nothing is known about those clusters: do not claim that everything matches.
+        return format!(
+            "No changes where the targets could be observed ({} clusters); {} cluster(s) not observed.",
+            s.unchanged, s.unobserved
+        );
+    }
     if !plan.has_changes() {
         let mut line = format!(
             "No changes. The live state matches the specs ({} clusters).",

@@ -660,3 +660,35 @@ fn a_server_group_as_kubernetes_objects_and_back() {
     dying["metadata"]["deletionTimestamp"] = "2026-11-23T10:00:00Z".into();
     assert!(observe(&dying, &pods, true).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_refuses_connections_is_reported_without_waiting_out_the_sync() {
+    let stub = stub().await;
+    let repo = Repo::new(&stub, "down");
+    repo.app("1.0.0", "{type: red-black}", 1);
+    // Point the context at a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::fs::read_to_string(&repo.kubeconfig)
+        .unwrap()
+        .replace(&stub.url(), &format!("http://127.0.0.1:{dead}"));
+    std::fs::write(&repo.kubeconfig, config).unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = repo.plan_code().await;
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot watch namespace `down` of context `stub`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 cluster(s) not observed") && !out.contains("matches the specs"),
+        "an unobserved target is not reported as matching: {out}"
+    );
+    // The watches fail at once and keep failing: the plan says so well before the 15 s a
+    // slow but reachable API server gets.
+    assert!(took < Duration::from_secs(10), "took {took:?}: {out}");
+}

@@ -28,8 +28,15 @@ pub struct Namespace {
     /// The clusters' Services.
     pub services: Store<Service>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// Watch errors since the start.
+    errors: Arc<std::sync::atomic::AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long [`Namespace::ready`] waits before it may give up on failing watches.
+const FAIL_FAST: Duration = Duration::from_secs(3);
+/// Watch errors (over the three watches) that count as failing rather than a blip.
+const FAILURES: usize = 4;
 
 impl Drop for Namespace {
     fn drop(&mut self) {
@@ -47,9 +54,10 @@ impl Namespace {
     /// connections (kube's watcher, with its default backoff).
     pub fn start(client: Client, name: &str) -> Self {
         let last_error = Arc::new(Mutex::new(None));
-        let (replica_sets, t1) = watch::<ReplicaSet>(&client, name, &last_error);
-        let (pods, t2) = watch::<Pod>(&client, name, &last_error);
-        let (services, t3) = watch::<Service>(&client, name, &last_error);
+        let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (replica_sets, t1) = watch::<ReplicaSet>(&client, name, &last_error, &errors);
+        let (pods, t2) = watch::<Pod>(&client, name, &last_error, &errors);
+        let (services, t3) = watch::<Service>(&client, name, &last_error, &errors);
         Self {
             client,
             name: name.to_string(),
@@ -57,26 +65,42 @@ impl Namespace {
             pods,
             services,
             last_error,
+            errors,
             tasks: vec![t1, t2, t3],
         }
     }
 
-    /// Waits until every cache holds its first full list.
+    /// Waits until every cache holds its first full list, for at most `timeout`; gives up
+    /// after [`FAIL_FAST`] when the watches keep failing (an API server that refuses
+    /// connections or credentials), rather than waiting out the timeout.
     pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
         let all = async {
             self.replica_sets.wait_until_ready().await?;
             self.pods.wait_until_ready().await?;
             self.services.wait_until_ready().await
         };
-        match tokio::time::timeout(timeout, all).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("the watch stopped".into()),
-            Err(_) => Err(self.last_error().unwrap_or_else(|| {
-                format!(
-                    "no answer from the API server within {}s",
-                    timeout.as_secs()
-                )
-            })),
+        let failing = async {
+            tokio::time::sleep(FAIL_FAST).await;
+            loop {
+                if self.errors.load(std::sync::atomic::Ordering::Acquire) >= FAILURES {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let no_answer = || {
+            format!(
+                "no answer from the API server within {}s",
+                timeout.as_secs()
+            )
+        };
+        tokio::select! {
+            r = tokio::time::timeout(timeout, all) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err("the watch stopped".into()),
+                Err(_) => Err(self.last_error().unwrap_or_else(no_answer)),
+            },
+            () = failing => Err(self.last_error().unwrap_or_else(no_answer)),
         }
     }
 
@@ -137,6 +161,7 @@ fn watch<K>(
     client: &Client,
     ns: &str,
     last_error: &Arc<Mutex<Option<String>>>,
+    errors: &Arc<std::sync::atomic::AtomicUsize>,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -154,6 +179,7 @@ where
         watcher(api, watcher::Config::default().labels(MANAGED)).default_backoff(),
     );
     let last_error = last_error.clone();
+    let errors = errors.clone();
     let kind = K::kind(&());
     let task = tokio::spawn(async move {
         stream
@@ -163,6 +189,7 @@ where
                     if let Ok(mut last) = last_error.lock() {
                         *last = Some(e.to_string());
                     }
+                    errors.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 }
                 std::future::ready(())
             })
