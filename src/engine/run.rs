@@ -79,7 +79,7 @@ pub struct ClusterReport {
 /// The result of an apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
-    /// Per cluster, ordered by id.
+    /// Per cluster, by environment in promotion order, then by id.
     pub clusters: Vec<ClusterReport>,
 }
 
@@ -262,9 +262,16 @@ impl Engine {
                 break;
             }
         }
-        ApplyReport {
-            clusters: results.into_values().collect(),
-        }
+        // Reported as plans are: by environment in promotion order, then by id.
+        let order = desired.promotion_order();
+        let mut clusters: Vec<ClusterReport> = results.into_values().collect();
+        clusters.sort_by_key(|c| {
+            order
+                .iter()
+                .position(|e| *e == c.id.environment)
+                .unwrap_or(usize::MAX)
+        });
+        ApplyReport { clusters }
     }
 
     async fn observe_one(

@@ -385,3 +385,60 @@ async fn rollback_puts_the_previous_group_back_under_the_engine() {
     assert_eq!(code, 1);
     assert!(out.contains("has no server group v007"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_and_reports_follow_promotion_order() {
+    let repo = Repo::new();
+    let envs = "apiVersion: keelson/v1
+kind: Environment
+metadata: {name: staging}
+spec:
+  dependsOn: [dev]
+  targets: [{name: local, provider: local}]
+---
+apiVersion: keelson/v1
+kind: Environment
+metadata: {name: prod}
+spec:
+  dependsOn: [staging]
+  targets: [{name: local, provider: local}]
+";
+    std::fs::write(repo.path().join("more-envs.yaml"), envs).unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let clusters: String = ["dev", "staging", "prod"]
+        .iter()
+        .zip(ports)
+        .map(|(e, p)| {
+            format!("    - {{environment: {e}, target: local, capacity: {{desired: 1}}, traffic: {{port: {p}}}}}\n")
+        })
+        .collect();
+    let app = format!(
+        "apiVersion: keelson/v1
+kind: Application
+metadata: {{name: web}}
+spec:
+  artifact: {{version: \"1.0.0\"}}
+  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}
+  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 4s}}
+  clusters:
+{clusters}"
+    );
+    std::fs::write(repo.path().join("web.yaml"), app).unwrap();
+    let at = |out: &str, what: &str| out.find(what).unwrap_or_else(|| panic!("{what}: {out}"));
+    let (code, out) = repo.run(&["plan"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        at(&out, "dev/local/web") < at(&out, "staging/local/web"),
+        "{out}"
+    );
+    assert!(
+        at(&out, "staging/local/web") < at(&out, "prod/local/web"),
+        "{out}"
+    );
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 0, "{out}");
+    let dev = at(&out, "dev/local/web: converged");
+    let staging = at(&out, "staging/local/web: converged");
+    let prod = at(&out, "prod/local/web: converged");
+    assert!(dev < staging && staging < prod, "{out}");
+}
