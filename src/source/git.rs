@@ -176,15 +176,30 @@ pub fn read_revision(dir: &Path, rev: &str) -> Result<ResolvedRevision, GitError
 
 fn callbacks(auth: GitAuth) -> RemoteCallbacks<'static> {
     let mut callbacks = RemoteCallbacks::new();
+    // libgit2 asks again after a refusal, up to 15 times; the same credentials would only be
+    // refused again (and count against the forge's limits), so each is offered once.
+    let (mut key_offered, mut token_offered) = (false, false);
     callbacks.credentials(move |_url, user, allowed| {
         if allowed.contains(git2::CredentialType::SSH_KEY)
             && let Some(key) = &auth.ssh_key
         {
+            if key_offered {
+                return Err(git2::Error::from_str(
+                    "the remote refused the ssh key (--ssh-key): check that it is authorized to read this repository",
+                ));
+            }
+            key_offered = true;
             return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
         }
         if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
             && let Some(t) = &auth.token
         {
+            if token_offered {
+                return Err(git2::Error::from_str(
+                    "the remote refused the token (KEELSON_GIT_TOKEN or --git-token-file): check that it is valid and can read this repository",
+                ));
+            }
+            token_offered = true;
             return Cred::userpass_plaintext("x-access-token", t);
         }
         Err(git2::Error::from_str(

@@ -2,6 +2,7 @@
 
 mod apply_e2e;
 mod daemon;
+mod git_http;
 mod github_stub;
 mod kube_protocol;
 mod kube_stub;
