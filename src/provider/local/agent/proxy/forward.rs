@@ -320,6 +320,7 @@ impl Conn {
             } else {
                 b""
             },
+            upgrade: req.upgrade,
         };
         self.input_up.clear();
         let resp = loop {
@@ -348,6 +349,9 @@ impl Conn {
                 Err(e) => return Err(Failure::Invalid(name(&e))),
             }
         };
+        if resp.switched {
+            return self.tunnel(up, resp.len).await;
+        }
         let clean = self.relay(&mut up, &resp).await?;
         if clean && resp.reusable && unsent.is_none() {
             self.shared.give(&backend.authority, up);
@@ -435,6 +439,21 @@ impl Conn {
         };
         self.send().await?;
         Ok(clean)
+    }
+
+    /// After `101 Switching Protocols`: relays bytes both ways until either side closes. The
+    /// request stays in flight meanwhile, so a drain waits for it (up to its bound).
+    async fn tunnel(&mut self, mut up: TcpStream, head_len: usize) -> Result<bool, Failure> {
+        self.out.extend_from_slice(&self.input_up[head_len..]);
+        self.send().await?;
+        if !self.input.is_empty() {
+            write_within(&mut up, &self.input)
+                .await
+                .map_err(|_| Failure::Broken)?;
+            self.input.clear();
+        }
+        let _ = tokio::io::copy_bidirectional(&mut self.client, &mut up).await;
+        Ok(true)
     }
 
     /// Writes `self.out` to the client and empties it.

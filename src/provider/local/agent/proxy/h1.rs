@@ -102,6 +102,9 @@ pub struct RequestHead {
     pub body: Framing,
     /// It asked for `100 Continue` before sending its body.
     pub expect_continue: bool,
+    /// It asked to switch protocols (`Connection: upgrade`, e.g. WebSocket); the upgrade
+    /// headers were forwarded.
+    pub upgrade: bool,
 }
 
 /// Parses a request head from `buf`; `Ok(None)` means more bytes are needed.
@@ -161,6 +164,20 @@ pub fn parse_request(
         None if hosts == 0 => push_header(out, b"host", default_host),
         None => {}
     }
+    // An upgrade is the one hop-by-hop request the instance must see (RFC 9110, 7.8).
+    let protocol = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| h.value);
+    let upgrade = match protocol {
+        Some(p) if conn.upgrade && !http10 => {
+            push_header(out, b"connection", b"upgrade");
+            push_header(out, b"upgrade", p);
+            true
+        }
+        _ => false,
+    };
     let expect_continue = !http10
         && req.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
@@ -176,6 +193,7 @@ pub fn parse_request(
         keep_alive: if http10 { conn.keep_alive } else { !conn.close },
         body,
         expect_continue,
+        upgrade,
     }))
 }
 
@@ -200,6 +218,8 @@ pub struct Exchange<'a> {
     pub group: &'a [u8],
     /// `X-Keelson-Instance`.
     pub instance: &'a [u8],
+    /// The request asked to switch protocols, so `101` is a valid answer.
+    pub upgrade: bool,
 }
 
 /// A parsed response head; the head to send to the client was written to the caller's buffer.
@@ -219,6 +239,9 @@ pub struct ResponseHead {
     pub dechunk: bool,
     /// The client connection closes after this response.
     pub close: bool,
+    /// `101 Switching Protocols` to an upgrade: from here on both connections carry the new
+    /// protocol, relayed byte for byte.
+    pub switched: bool,
 }
 
 /// Parses a response head from `buf`; `Ok(None)` means more bytes are needed.
@@ -242,7 +265,7 @@ pub fn parse_response(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Err(HeadError::Malformed);
     };
-    if status == 101 {
+    if status == 101 && !ex.upgrade {
         return Err(HeadError::Switch);
     }
     let conn = connection_tokens(resp.headers);
@@ -252,6 +275,30 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if status == 101 {
+        for h in resp.headers.iter() {
+            let upgrade = ["connection", "upgrade"]
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n));
+            let ours = OURS.iter().any(|o| h.name.eq_ignore_ascii_case(o));
+            if upgrade || (forwarded(h.name, &conn.names) && !ours) {
+                push_header(out, h.name.as_bytes(), h.value);
+            }
+        }
+        push_header(out, b"x-keelson-server-group", ex.group);
+        push_header(out, b"x-keelson-instance", ex.instance);
+        out.extend_from_slice(b"\r\n");
+        return Ok(Some(ResponseHead {
+            len,
+            status,
+            interim: false,
+            body: Framing::Empty,
+            reusable: false,
+            dechunk: false,
+            close: true,
+            switched: true,
+        }));
+    }
     if (100..200).contains(&status) {
         for h in resp.headers.iter() {
             if forwarded(h.name, &conn.names) {
@@ -267,6 +314,7 @@ pub fn parse_response(
             reusable: true,
             dechunk: false,
             close: false,
+            switched: false,
         }));
     }
     let body = response_framing(resp.headers, ex.head, status)?;
@@ -306,6 +354,7 @@ pub fn parse_response(
         reusable: version == 1 && !conn.close && body != Framing::UntilClose,
         dechunk,
         close,
+        switched: false,
     }))
 }
 
@@ -354,6 +403,7 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 struct Connection<'a> {
     close: bool,
     keep_alive: bool,
+    upgrade: bool,
     /// Other headers named hop-by-hop by this message.
     names: Vec<&'a [u8]>,
 }
@@ -369,6 +419,8 @@ fn connection_tokens<'a>(headers: &[httparse::Header<'a>]) -> Connection<'a> {
                 c.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 c.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                c.upgrade = true;
             } else if !token.is_empty() {
                 c.names.push(token);
             }
@@ -678,6 +730,7 @@ mod tests {
         keep_alive: true,
         group: b"web-dev-v002",
         instance: b"web-dev-v002-0",
+        upgrade: false,
     };
 
     fn response(raw: &str, ex: &Exchange<'_>) -> (Result<Option<ResponseHead>, HeadError>, String) {
@@ -813,6 +866,35 @@ mod tests {
         assert_eq!(
             response("HTTP/1.1 101 Switching Protocols\r\n\r\n", &EX).0,
             Err(HeadError::Switch)
+        );
+    }
+
+    #[test]
+    fn upgrades_pass_their_headers_and_switch_on_101() {
+        let (r, out) = request(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n",
+        );
+        assert!(r.unwrap().unwrap().upgrade);
+        assert_eq!(
+            out,
+            "GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        );
+        // Without `Connection: upgrade` an Upgrade header is only hop-by-hop noise.
+        let (r, out) = request("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert!(!r.unwrap().unwrap().upgrade && !out.contains("upgrade"));
+        let ws = Exchange {
+            upgrade: true,
+            ..EX
+        };
+        let (r, out) = response(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\n\r\n",
+            &ws,
+        );
+        let r = r.unwrap().unwrap();
+        assert!(r.switched && r.close && !r.reusable);
+        assert!(
+            out.contains("Upgrade: websocket") && out.contains("x-keelson-server-group"),
+            "{out}"
         );
     }
 
