@@ -339,7 +339,8 @@ pub fn parse_response(
     }
     push_header(out, b"x-keelson-server-group", ex.group);
     push_header(out, b"x-keelson-instance", ex.instance);
-    let close = !ex.keep_alive || body == Framing::UntilClose || dechunk;
+    // A refused upgrade closes too: what the client sent after it is not a request.
+    let close = !ex.keep_alive || ex.upgrade || body == Framing::UntilClose || dechunk;
     if close {
         push_header(out, b"connection", b"close");
     } else if ex.http10 {
