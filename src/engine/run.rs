@@ -265,12 +265,7 @@ impl Engine {
         // Reported as plans are: by environment in promotion order, then by id.
         let order = desired.promotion_order();
         let mut clusters: Vec<ClusterReport> = results.into_values().collect();
-        clusters.sort_by_key(|c| {
-            order
-                .iter()
-                .position(|e| *e == c.id.environment)
-                .unwrap_or(usize::MAX)
-        });
+        clusters.sort_by_key(|c| crate::model::promotion_rank(&order, c.id.environment.as_str()));
         ApplyReport { clusters }
     }
 

@@ -175,6 +175,15 @@ pub struct DesiredEnvironment {
     pub suspended: bool,
 }
 
+/// Where `env` stands in a [`DesiredState::promotion_order`]; environments it does not hold
+/// come last.
+pub fn promotion_rank(order: &[EnvName], env: &str) -> usize {
+    order
+        .iter()
+        .position(|e| e.as_str() == env)
+        .unwrap_or(usize::MAX)
+}
+
 /// The whole desired state, ordered for deterministic output.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

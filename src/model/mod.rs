@@ -6,7 +6,7 @@ mod observed;
 
 pub use desired::{
     CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, MASK,
-    SourceRef, SpecHash, Target, WorkloadSpec,
+    SourceRef, SpecHash, Target, WorkloadSpec, promotion_rank,
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
 pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};

@@ -64,12 +64,8 @@ pub fn plan(
     }
     // Promotion order reads as the change travels: dev, then staging, then prod.
     let environments = desired.promotion_order();
-    let rank = |c: &ClusterPlan| {
-        environments
-            .iter()
-            .position(|e| *e == c.id.environment)
-            .unwrap_or(usize::MAX)
-    };
+    let rank =
+        |c: &ClusterPlan| crate::model::promotion_rank(&environments, c.id.environment.as_str());
     clusters.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.id.cmp(&b.id)));
     let summary = summarize(&clusters, unchanged);
     Plan {

@@ -107,12 +107,7 @@ pub(crate) fn by_environment(plan: &Plan) -> Vec<(String, Vec<&ClusterPlan>)> {
 /// Sorts environment names into the plan's promotion order; names it does not know go last,
 /// by name.
 pub(crate) fn promotion_sort(plan: &Plan, names: &mut [&str]) {
-    let rank = |n: &str| {
-        plan.environments
-            .iter()
-            .position(|e| e.as_str() == n)
-            .unwrap_or(usize::MAX)
-    };
+    let rank = |n: &str| crate::model::promotion_rank(&plan.environments, n);
     names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
 }
 

@@ -63,79 +63,79 @@ async fn instance() -> u16 {
     port
 }
 
-/// An instance that reads a request and hangs up without answering.
-async fn hang_up() -> u16 {
+/// An instance speaking raw bytes: `serve` handles each connection in its own task.
+async fn raw_instance<F, Fut>(serve: F) -> u16
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
         }
     });
     port
+}
+
+/// An instance that reads a request and hangs up without answering.
+async fn hang_up() -> u16 {
+    raw_instance(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+    })
+    .await
 }
 
 /// An HTTP/1.0 instance whose bodies end when it closes the connection.
 async fn close_delimited() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
-        }
-    });
-    port
+    raw_instance(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
+    })
+    .await
 }
 
 /// An instance that refuses a large body at once: answers 413 and closes without reading it.
 async fn refuses_early() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
-                .await;
-            // Closing with unread bytes resets the connection while the proxy still writes.
-            drop(s);
-        }
-    });
-    port
+    raw_instance(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+            .await;
+        // Closing with unread bytes resets the connection while the proxy still writes.
+        drop(s);
+    })
+    .await
 }
 
 /// An instance that switches to an echo protocol on `Upgrade: echo`.
 async fn upgrades() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).await.is_ok() {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                if !(head.contains("connection: upgrade") && head.contains("upgrade: echo")) {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    return;
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-                    .await;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+    raw_instance(|mut s| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).await.is_ok() {
+            head.push(byte[0]);
         }
-    });
-    port
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        if !(head.contains("connection: upgrade") && head.contains("upgrade: echo")) {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        }
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await;
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
 }
 
 /// A port nothing listens on.
