@@ -1,6 +1,5 @@
 //! The pure front half of the flow in one call: load, validate, compile.
 
-use crate::compile::compile;
 use crate::diag::{self, Diagnostic};
 use crate::load::load;
 use crate::model::DesiredState;
@@ -41,14 +40,21 @@ pub fn check(sources: SourceSet) -> Checked {
     let applications = count(Kind::Application);
     let environments = count(Kind::Environment);
     let validated = validate(loaded);
-    finish(&validated, applications, environments)
+    finish(
+        &validated,
+        applications,
+        environments,
+        &mut crate::compile::Cache::default(),
+    )
 }
 
-/// Parse and schema results of files, by path and content, so a new revision re-parses only
-/// the files that changed (the daemon keeps one across revisions).
+/// Parse and schema results of files, by path and content, and the clusters compiled from
+/// them, so a new revision re-parses and re-compiles only what changed (the daemon keeps one
+/// across revisions).
 #[derive(Debug, Default)]
 pub struct Cache {
     files: std::collections::HashMap<(std::path::PathBuf, u64), CachedFile>,
+    compiled: crate::compile::Cache,
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +126,7 @@ pub fn check_cached(sources: SourceSet, cache: &mut Cache) -> Checked {
     let applications = count(Kind::Application);
     let environments = count(Kind::Environment);
     let validated = crate::validate::assemble(documents, diagnostics);
-    finish(&validated, applications, environments)
+    finish(&validated, applications, environments, &mut cache.compiled)
 }
 
 /// Compiles a validated repository, if it is valid (Principle 2: whole revisions).
@@ -128,13 +134,14 @@ fn finish(
     validated: &crate::validate::Validated,
     applications: usize,
     environments: usize,
+    compiled: &mut crate::compile::Cache,
 ) -> Checked {
     let mut diagnostics = validated.diagnostics.clone();
     diag::sort(&mut diagnostics);
     let desired = if validated.has_errors() {
         None
     } else {
-        Some(compile(&validated.specs))
+        Some(crate::compile::compile_cached(&validated.specs, compiled))
     };
     Checked {
         desired,

@@ -2,10 +2,12 @@
 //!
 //! Pure and deterministic: the same specs give the same `DesiredState`, byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::load::Node;
 use crate::model::{
     CapacityRange, ClusterId, ClusterName, DesiredCluster, DesiredEnvironment, DesiredState,
     Health, HttpCheck, SourceRef, SpecHash, WorkloadSpec, labels,
@@ -23,6 +25,41 @@ pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Compiles specs that passed validation. Clusters whose environment or target is missing are
 /// skipped (validation has reported them).
 pub fn compile(specs: &Specs) -> DesiredState {
+    compile_cached(specs, &mut Cache::default())
+}
+
+/// The compiled clusters of application documents, kept across revisions (the daemon keeps
+/// one) so that a new revision compiles only the applications whose document changed.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// The environment documents the entries were compiled against; any change empties it.
+    environments: Vec<SameDocument>,
+    /// By application document: the clusters compiled from it.
+    applications: HashMap<SameDocument, Arc<[Arc<DesiredCluster>]>>,
+}
+
+/// A parsed document compared by identity: parsed documents are never changed, and holding
+/// the `Arc` keeps its address from being reused while the entry lives.
+#[derive(Debug, Clone)]
+struct SameDocument(Arc<Node>);
+
+impl PartialEq for SameDocument {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SameDocument {}
+
+impl std::hash::Hash for SameDocument {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
+/// Like [`compile`], reusing `cache` for application documents seen in the last revision.
+/// Documents are immutable once parsed, so the same document means the same clusters.
+pub fn compile_cached(specs: &Specs, cache: &mut Cache) -> DesiredState {
     let mut state = DesiredState::default();
     for e in &specs.environments {
         let s = &e.spec.spec;
@@ -39,6 +76,15 @@ pub fn compile(specs: &Specs) -> DesiredState {
             },
         );
     }
+    let environment_docs: Vec<SameDocument> = specs
+        .environments
+        .iter()
+        .map(|e| SameDocument(Arc::clone(&e.doc.root)))
+        .collect();
+    if cache.environments != environment_docs {
+        cache.applications.clear();
+        cache.environments = environment_docs;
+    }
     let env_defaults: BTreeMap<_, _> = specs
         .environments
         .iter()
@@ -49,15 +95,36 @@ pub fn compile(specs: &Specs) -> DesiredState {
             )
         })
         .collect();
-    // Applications compile independently: split them over the cores, keep their order.
+    let key =
+        |a: &crate::validate::Spec<crate::spec::Application>| SameDocument(Arc::clone(&a.doc.root));
+    let missing: Vec<&crate::validate::Spec<crate::spec::Application>> = specs
+        .applications
+        .iter()
+        .filter(|a| !cache.applications.contains_key(&key(a)))
+        .collect();
+    // Applications compile independently: split them over the cores.
     let environments = &state.environments;
-    let clusters = crate::par::map_chunks(&specs.applications, |apps| {
+    let compiled = crate::par::map_chunks(&missing, |apps| {
         apps.iter()
-            .flat_map(|a| compile_application(a, environments, &env_defaults))
+            .map(|a| {
+                compile_application(a, environments, &env_defaults)
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect::<Arc<[_]>>()
+            })
             .collect()
     });
-    for c in clusters {
-        state.clusters.insert(c.id.clone(), c);
+    for (a, clusters) in missing.iter().zip(compiled) {
+        cache.applications.insert(key(a), clusters);
+    }
+    let present: HashSet<SameDocument> = specs.applications.iter().map(key).collect();
+    cache.applications.retain(|k, _| present.contains(k));
+    for a in &specs.applications {
+        if let Some(clusters) = cache.applications.get(&key(a)) {
+            for c in clusters.iter() {
+                state.clusters.insert(c.id.clone(), Arc::clone(c));
+            }
+        }
     }
     state
 }

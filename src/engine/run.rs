@@ -525,7 +525,7 @@ impl Engine {
                 );
             }
             progress.step(id, i, total, &ps.description);
-            match super::execute(provider, target, id, cp.desired.as_ref(), &ps.step).await {
+            match super::execute(provider, target, id, cp.desired.as_deref(), &ps.step).await {
                 Ok(()) => self.record(id, "step", &ps.description, revision, "ok"),
                 Err(e) => {
                     let mut msg = e.to_string();

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -191,8 +192,9 @@ pub struct DesiredState {
     /// Environments by name.
     pub environments: BTreeMap<EnvName, DesiredEnvironment>,
     /// Clusters by id (serialized as a list: each cluster carries its id).
+    /// Shared, so a new revision reuses the clusters of unchanged applications.
     #[serde(with = "cluster_list")]
-    pub clusters: BTreeMap<ClusterId, DesiredCluster>,
+    pub clusters: BTreeMap<ClusterId, Arc<DesiredCluster>>,
 }
 
 impl DesiredState {
@@ -257,6 +259,7 @@ impl DesiredCluster {
 /// Serializes a map keyed by cluster id as the list of its values (JSON keys must be strings).
 mod cluster_list {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -264,17 +267,20 @@ mod cluster_list {
     use crate::model::ClusterId;
 
     pub fn serialize<S: Serializer>(
-        map: &BTreeMap<ClusterId, DesiredCluster>,
+        map: &BTreeMap<ClusterId, Arc<DesiredCluster>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.values())
+        s.collect_seq(map.values().map(|c| &**c))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<BTreeMap<ClusterId, DesiredCluster>, D::Error> {
+    ) -> Result<BTreeMap<ClusterId, Arc<DesiredCluster>>, D::Error> {
         let list = Vec::<DesiredCluster>::deserialize(d)?;
-        Ok(list.into_iter().map(|c| (c.id.clone(), c)).collect())
+        Ok(list
+            .into_iter()
+            .map(|c| (c.id.clone(), Arc::new(c)))
+            .collect())
     }
 }
 

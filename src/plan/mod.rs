@@ -242,7 +242,7 @@ pub struct ClusterPlan {
     /// What stops it now; empty when it may go ahead.
     pub blocked: Vec<Block>,
     /// The desired cluster the steps build (absent for orphans), so a saved plan is complete.
-    pub desired: Option<DesiredCluster>,
+    pub desired: Option<std::sync::Arc<DesiredCluster>>,
 }
 
 impl ClusterPlan {

@@ -1,5 +1,7 @@
 //! The planner: desired cluster + observed cluster + policy -> steps and blocks.
 
+use std::sync::Arc;
+
 use super::{
     Action, Block, Change, ClusterPlan, PLAN_FORMAT, Plan, PlannedStep, Policy, Share, Sim, Step,
     Summary, check_invariant, in_window, next_sequence,
@@ -37,7 +39,7 @@ pub fn plan(
 ) -> Plan {
     // Clusters are planned independently (blocks only read the rest), so they are split over
     // the cores; the order is restored by the sort below.
-    let selected: Vec<&DesiredCluster> = desired
+    let selected: Vec<&Arc<DesiredCluster>> = desired
         .clusters
         .values()
         .filter(|d| selection.includes(&d.id.environment, &d.app))
@@ -81,13 +83,15 @@ pub fn plan(
 
 /// One desired cluster's plan; `None` when it is as desired.
 fn plan_one(
-    d: &DesiredCluster,
+    d: &Arc<DesiredCluster>,
     desired: &DesiredState,
     observed: &ObservedState,
     policy: &Policy,
 ) -> Option<ClusterPlan> {
-    let target_key = format!("{}/{}", d.id.environment, d.id.target);
-    if let Some(reason) = observed.unavailable.get(&target_key) {
+    let unavailable = (!observed.unavailable.is_empty())
+        .then(|| format!("{}/{}", d.id.environment, d.id.target))
+        .and_then(|key| observed.unavailable.get(&key));
+    if let Some(reason) = unavailable {
         return Some(ClusterPlan {
             id: d.id.clone(),
             app: d.app.clone(),
@@ -100,11 +104,12 @@ fn plan_one(
             blocked: vec![Block::TargetUnavailable {
                 reason: reason.clone(),
             }],
-            desired: Some(d.clone()),
+            desired: Some(Arc::clone(d)),
         });
     }
     let env = desired.environments.get(&d.id.environment);
     let mut cp = plan_cluster(d, observed.clusters.get(&d.id))?;
+    cp.desired = Some(Arc::clone(d));
     cp.blocked = blocks(d, env, &cp, desired, observed, policy);
     Some(cp)
 }
@@ -192,7 +197,8 @@ fn plan_cluster(d: &DesiredCluster, live: Option<&ObservedCluster>) -> Option<Cl
         changes: Vec::new(),
         steps: Vec::new(),
         blocked: Vec::new(),
-        desired: Some(d.clone()),
+        // Set by the caller once there is something to do: most clusters have nothing.
+        desired: None,
     };
     let mut steps: Vec<Step> = Vec::new();
     match matching {
@@ -871,7 +877,7 @@ fn blocks(
                 .depends_on
                 .iter()
                 .filter(|up| {
-                    let upstream: Vec<&DesiredCluster> = desired
+                    let upstream: Vec<&Arc<DesiredCluster>> = desired
                         .clusters
                         .values()
                         .filter(|c| &c.id.environment == *up && c.app == d.app)

@@ -16,8 +16,8 @@ use crate::spec::{Application, Environment, Kind};
 pub struct Spec<T> {
     /// The source document, for positions.
     pub doc: Document,
-    /// The typed spec.
-    pub spec: T,
+    /// The typed spec, shared with the daemon's cache of unchanged files.
+    pub spec: std::sync::Arc<T>,
 }
 
 /// The typed specs of a repository.
@@ -67,8 +67,8 @@ pub fn assemble(documents: Vec<(Document, Checked)>, diagnostics: Vec<Diagnostic
     let mut broken = semantic::Broken::default();
     for (doc, result) in documents {
         match result {
-            Checked::App(spec) => out.specs.applications.push(Spec { doc, spec: *spec }),
-            Checked::Env(spec) => out.specs.environments.push(Spec { doc, spec: *spec }),
+            Checked::App(spec) => out.specs.applications.push(Spec { doc, spec }),
+            Checked::Env(spec) => out.specs.environments.push(Spec { doc, spec }),
             Checked::Invalid(problems) => {
                 broken.note(&doc);
                 out.diagnostics.extend(problems);
@@ -84,9 +84,9 @@ pub fn assemble(documents: Vec<(Document, Checked)>, diagnostics: Vec<Diagnostic
 #[derive(Debug, Clone)]
 pub enum Checked {
     /// A valid Application.
-    App(Box<Application>),
+    App(std::sync::Arc<Application>),
     /// A valid Environment.
-    Env(Box<Environment>),
+    Env(std::sync::Arc<Environment>),
     /// Its problems.
     Invalid(Vec<Diagnostic>),
 }
@@ -101,11 +101,11 @@ pub fn check_document(doc: &Document) -> Checked {
     match doc.kind {
         Kind::Application => typed::<Application>(doc, value).map_or_else(
             |d| Checked::Invalid(vec![*d]),
-            |a| Checked::App(Box::new(a)),
+            |a| Checked::App(std::sync::Arc::new(a)),
         ),
         Kind::Environment => typed::<Environment>(doc, value).map_or_else(
             |d| Checked::Invalid(vec![*d]),
-            |e| Checked::Env(Box::new(e)),
+            |e| Checked::Env(std::sync::Arc::new(e)),
         ),
     }
 }

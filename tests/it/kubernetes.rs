@@ -561,7 +561,8 @@ fn desired(strategy: &str) -> keelson::model::DesiredCluster {
     ];
     let checked = keelson::pipeline::check(crate::support::sources(&files));
     let d = checked.desired.expect("the specs are valid");
-    d.clusters.into_values().next().expect("one cluster")
+    let c = d.clusters.into_values().next().expect("one cluster");
+    std::sync::Arc::unwrap_or_clone(c)
 }
 
 /// A pod of a ReplicaSet, as its controller would make it.

@@ -90,7 +90,7 @@ spec:
 }
 
 pub fn only(d: &DesiredState) -> DesiredCluster {
-    d.clusters.values().next().cloned().unwrap()
+    d.clusters.values().next().map(|c| (**c).clone()).unwrap()
 }
 
 pub async fn observe_one(p: &LocalProvider, c: &DesiredCluster) -> Option<ObservedCluster> {

@@ -83,7 +83,11 @@ pub async fn converge(d: &DesiredState, p: &Arc<MemoryProvider>, policy: &Policy
             // Pruning is meant to stop a cluster serving; the guard covers everything else.
             let serving_before = c.action != keelson::plan::Action::Prune
                 && observed.clusters.get(&c.id).is_some_and(|l| l.serving());
-            let cluster = c.desired.clone().unwrap_or_else(|| orphan_stub(d, &c.id));
+            let cluster = c
+                .desired
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| orphan_stub(d, &c.id));
             for s in &c.steps {
                 execute_step(p.as_ref(), &cluster, &s.step).await.unwrap();
                 let now = observe(d, &providers).await;
@@ -109,7 +113,7 @@ fn orphan_stub(d: &DesiredState, id: &keelson::model::ClusterId) -> keelson::mod
         .clusters
         .values()
         .next()
-        .cloned()
+        .map(|c| (**c).clone())
         .expect("some cluster to borrow a shape from");
     c.id = id.clone();
     c

@@ -188,6 +188,7 @@ fn cached_check_matches_a_fresh_check() {
     let cached = keelson::pipeline::check_cached(changed.clone(), &mut cache);
     assert!(same(&fresh, &cached));
     // An environment change recompiles every application that uses it.
+    let before = fresh;
     let mut env_changed = changed.clone();
     let f = env_changed
         .files
@@ -195,16 +196,23 @@ fn cached_check_matches_a_fresh_check() {
         .find(|f| f.path.ends_with("dev.yaml"))
         .unwrap();
     let text = String::from_utf8(f.bytes.clone()).unwrap();
-    assert!(
-        text.contains("highlander"),
-        "dev.yaml's default strategy is what this test changes"
-    );
-    f.bytes = text.replace("highlander", "none").into_bytes();
+    f.bytes = text
+        .replacen("spec:\n", "spec:\n  suspended: true\n", 1)
+        .into_bytes();
     let fresh = keelson::pipeline::check(env_changed.clone());
     let cached = keelson::pipeline::check_cached(env_changed, &mut cache);
+    let suspended = |c: &keelson::pipeline::Checked| {
+        c.desired.as_ref().map_or(0, |d| {
+            d.clusters
+                .values()
+                .filter(|c| c.suspended_by.as_deref() == Some("environment"))
+                .count()
+        })
+    };
+    assert!(suspended(&before) == 0 && suspended(&fresh) > 0);
     assert!(
         same(&fresh, &cached),
-        "a changed environment default reaches the cached result"
+        "a suspended environment reaches the cached result"
     );
     let mut broken = changed;
     let f = broken
@@ -219,4 +227,35 @@ fn cached_check_matches_a_fresh_check() {
     let fresh = keelson::pipeline::check(broken.clone());
     let cached = keelson::pipeline::check_cached(broken, &mut cache);
     assert!(fresh.desired.is_none() && same(&fresh, &cached));
+    // Compiled clusters are reused per document: a removed file takes its clusters with it,
+    // and a moved file's clusters say where they are declared now.
+    let mut removed = sources.clone();
+    removed.files.retain(|f| !f.path.ends_with("hello.yaml"));
+    let fresh = keelson::pipeline::check(removed.clone());
+    let cached = keelson::pipeline::check_cached(removed, &mut cache);
+    assert!(fresh.desired.is_some() && same(&fresh, &cached));
+    let mut moved = sources.clone();
+    let f = moved
+        .files
+        .iter_mut()
+        .find(|f| f.path.ends_with("hello.yaml"))
+        .unwrap();
+    f.path = f.path.with_file_name("hello-moved.yaml");
+    let fresh = keelson::pipeline::check(moved.clone());
+    let cached = keelson::pipeline::check_cached(moved, &mut cache);
+    assert!(same(&fresh, &cached));
+    let files: Vec<String> = cached
+        .desired
+        .iter()
+        .flat_map(|d| d.clusters.values())
+        .filter(|c| c.app.as_str() == "hello")
+        .map(|c| c.source.file.display().to_string())
+        .collect();
+    assert!(
+        !files.is_empty() && files.iter().all(|f| f.ends_with("hello-moved.yaml")),
+        "{files:?}"
+    );
+    let fresh = keelson::pipeline::check(sources.clone());
+    let cached = keelson::pipeline::check_cached(sources, &mut cache);
+    assert!(same(&fresh, &cached), "back to the first revision");
 }
