@@ -12,13 +12,15 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
-step "system packages (git for the daemon tests; OpenSSL headers for git2's https)"
+step "system packages (git for the daemon tests; OpenSSL headers for git2's https; sshd for ssh)"
 need=""
 command -v git >/dev/null || need="$need git"
 dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
 dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+# A real sshd for the ssh transport tests (git_ssh, daemon over ssh).
+{ [ -x /usr/sbin/sshd ] && command -v ssh-keyscan >/dev/null; } || need="$need openssh-server openssh-client"
 if [ -n "$need" ]; then
-  apt-get update -qq && apt-get install -y -qq $need
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
 fi
 git --version
 

@@ -292,6 +292,9 @@ pub struct UpArgs {
     /// Private key for ssh remotes.
     #[arg(long)]
     pub ssh_key: Option<PathBuf>,
+    /// OpenSSH known_hosts file for ssh remotes' host keys (else ~/.ssh/known_hosts).
+    #[arg(long, env = "KEELSON_SSH_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,

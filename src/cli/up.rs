@@ -80,6 +80,7 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
             auth: GitAuth {
                 token: secret("KEELSON_GIT_TOKEN", args.git_token_file.as_ref())?,
                 ssh_key: args.ssh_key.clone(),
+                known_hosts: args.known_hosts.clone(),
             },
         })
     };

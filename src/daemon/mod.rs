@@ -192,7 +192,12 @@ pub async fn run(
                 warn!("fetch failed: {e}");
                 shared.update_status(|st| {
                     st.last_result = "fetch-error".into();
-                    st.last_error = Some(format!("{e}; the last good revision stays in force"));
+                    let then = if st.revision.is_some() {
+                        "the last good revision stays in force"
+                    } else {
+                        "nothing is applied until a fetch succeeds"
+                    };
+                    st.last_error = Some(format!("{e}; {then}"));
                 });
                 shared.metrics.last_sync_success.set(0);
             }

@@ -19,6 +19,9 @@ pub struct GitAuth {
     pub token: Option<String>,
     /// A private key file for ssh remotes.
     pub ssh_key: Option<PathBuf>,
+    /// An OpenSSH `known_hosts` file that ssh remotes' host keys are checked against
+    /// (without it, `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for GitAuth {
@@ -26,6 +29,7 @@ impl std::fmt::Debug for GitAuth {
         f.debug_struct("GitAuth")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ssh_key", &self.ssh_key)
+            .field("known_hosts", &self.known_hosts)
             .finish()
     }
 }
@@ -77,7 +81,8 @@ impl GitSource {
     pub fn fetch(&self) -> Result<String, GitError> {
         let repo = self.open()?;
         let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks(self.auth.clone()));
+        let refusal = Refusal::default();
+        options.remote_callbacks(callbacks(self.auth.clone(), &self.url, refusal.clone()));
         let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
         // `+` follows force-pushes; pruning makes a deleted branch disappear locally too.
         let local = format!("refs/remotes/origin/{}", self.branch);
@@ -91,7 +96,7 @@ impl GitSource {
                 let _ = repo.find_reference(&local).and_then(|mut r| r.delete());
                 return Err(GitError::BranchMissing(self.branch.clone()));
             }
-            return Err(err(&e));
+            return Err(refusal.explain(&e));
         }
         let reference = repo
             .find_reference(&local)
@@ -114,13 +119,14 @@ impl GitSource {
     pub fn fetch_refs(&self, refs: &[(String, String)]) -> Result<(), GitError> {
         let repo = self.open()?;
         let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks(self.auth.clone()));
+        let refusal = Refusal::default();
+        options.remote_callbacks(callbacks(self.auth.clone(), &self.url, refusal.clone()));
         let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
         let specs: Vec<String> = refs.iter().map(|(r, l)| format!("+{r}:{l}")).collect();
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
         remote
             .fetch(&specs, Some(&mut options), None)
-            .map_err(|e| err(&e))
+            .map_err(|e| refusal.explain(&e))
     }
 
     /// Whether the clone has this commit.
@@ -174,8 +180,47 @@ pub fn read_revision(dir: &Path, rev: &str) -> Result<ResolvedRevision, GitError
     })
 }
 
-fn callbacks(auth: GitAuth) -> RemoteCallbacks<'static> {
+/// Why the last host key was refused: libgit2 replaces the callback's error with its own
+/// message, so the reason is kept here and put back by [`Refusal::explain`].
+#[derive(Clone, Default)]
+struct Refusal(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Refusal {
+    fn set(&self, why: String) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(why);
+        }
+    }
+
+    /// The error to report for a failed fetch: the refusal's reason if there was one.
+    fn explain(&self, e: &git2::Error) -> GitError {
+        match self.0.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(why) => GitError::Git(why),
+            None => err(e),
+        }
+    }
+}
+
+fn callbacks(auth: GitAuth, url: &str, refusal: Refusal) -> RemoteCallbacks<'static> {
     let mut callbacks = RemoteCallbacks::new();
+    // Host keys are checked here rather than by libgit2, whose refusal ("invalid or unknown
+    // remote ssh hostkey") says neither which key nor what to do, and which reads only
+    // ~/.ssh/known_hosts.
+    let known_hosts = auth.known_hosts.clone();
+    let port = ssh_port(url);
+    callbacks.certificate_check(move |cert, host| {
+        let Some(key) = cert.as_hostkey().and_then(|h| h.hostkey()) else {
+            return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+        };
+        match check_host_key(known_hosts.as_deref(), host, port, key) {
+            Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
+            Err(why) => {
+                let e = git2::Error::from_str(&why);
+                refusal.set(why);
+                Err(e)
+            }
+        }
+    });
     // libgit2 asks again after a refusal, up to 15 times; the same credentials would only be
     // refused again (and count against the forge's limits), so each is offered once.
     let (mut key_offered, mut token_offered) = (false, false);
@@ -207,6 +252,75 @@ fn callbacks(auth: GitAuth) -> RemoteCallbacks<'static> {
         ))
     });
     callbacks
+}
+
+/// The port of an ssh URL (`ssh://[user@]host[:port]/path`); 22 for the scp-like form.
+fn ssh_port(url: &str) -> u16 {
+    let Some((_, rest)) = url.split_once("://") else {
+        return 22;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // `[::1]:2222` or `host:2222`; a bare IPv6 literal in brackets has no port.
+    let port = match host_port.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => host_port.rsplit_once(':').map(|(_, p)| p),
+    };
+    port.and_then(|p| p.parse().ok()).unwrap_or(22)
+}
+
+/// Checks an ssh server's host key against a known_hosts file (`--known-hosts`, else
+/// `~/.ssh/known_hosts`); the error says what was offered and what to do.
+fn check_host_key(
+    configured: Option<&Path>,
+    host: &str,
+    port: u16,
+    key: &[u8],
+) -> Result<(), String> {
+    use super::known_hosts::{self, Verdict};
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/known_hosts"));
+    let Some(path) = configured.map(Path::to_path_buf).or(home) else {
+        return Err(format!(
+            "no known_hosts file to check the ssh host key of {host} against: pass --known-hosts or set KEELSON_SSH_KNOWN_HOSTS"
+        ));
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // The default file may not exist yet: every host is unknown then.
+        Err(e) if configured.is_none() && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the known_hosts file {} (--known-hosts): {e}",
+                path.display()
+            ));
+        }
+    };
+    let name = known_hosts::host_name(host, port);
+    let offered = format!(
+        "{} {}",
+        known_hosts::key_type(key).unwrap_or("key"),
+        known_hosts::fingerprint(key)
+    );
+    let file = path.display();
+    match known_hosts::check(&text, &name, key) {
+        Verdict::Known(_) => Ok(()),
+        Verdict::Unknown => {
+            let p = if port == 22 {
+                String::new()
+            } else {
+                format!(" -p {port}")
+            };
+            Err(format!(
+                "the ssh host key of {name} ({offered}) is not in {file}: check that fingerprint with the forge, then add the key with `ssh-keyscan{p} {host} >> {file}`, or pass --known-hosts (KEELSON_SSH_KNOWN_HOSTS) with a file that has it"
+            ))
+        }
+        Verdict::Mismatch(line) => Err(format!(
+            "the ssh host key of {name} ({offered}) does not match line {line} of {file}: the connection may be intercepted, or the host changed its key; replace that line only if the forge confirms the new fingerprint"
+        )),
+        Verdict::Revoked(line) => Err(format!(
+            "the ssh host key of {name} ({offered}) is revoked at line {line} of {file}"
+        )),
+    }
 }
 
 /// The YAML files of a commit (under `path`), with the same rules as a directory source.
@@ -301,4 +415,20 @@ fn read_commit(
     .map_err(|e| err(&e))?;
     set.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_port;
+
+    #[test]
+    fn ssh_ports_come_from_the_url() {
+        assert_eq!(ssh_port("ssh://git@example.com:2222/org/repo.git"), 2222);
+        assert_eq!(ssh_port("ssh://git@example.com/org/repo.git"), 22);
+        assert_eq!(ssh_port("ssh://example.com:7999/repo"), 7999);
+        assert_eq!(ssh_port("ssh://git@[::1]:2222/repo"), 2222);
+        assert_eq!(ssh_port("ssh://git@[::1]/repo"), 22);
+        assert_eq!(ssh_port("git@github.com:org/repo.git"), 22);
+        assert_eq!(ssh_port("ssh://user:pa:ss@host:2200/repo"), 2200);
+    }
 }

@@ -2,6 +2,7 @@
 
 mod dir;
 pub mod git;
+pub mod known_hosts;
 
 pub use dir::{IGNORE_FILE, MAX_FILE_BYTES, read_dir};
 

@@ -716,3 +716,59 @@ async fn watch_files_replans_when_a_spec_is_saved() {
     std::fs::write(f.work.path().join("web.yaml"), app("1.1.0", f.port, rb)).unwrap();
     f.wait_version("1.1.0", 20).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ssh_an_unknown_host_key_is_reported_then_trusted_without_a_restart() {
+    let mut f = Fixture::new();
+    f.push(&app("1.0.0", f.port, "{type: highlander}"));
+    let keys = tempfile::tempdir().unwrap();
+    let server = crate::git_ssh::sshd(keys.path());
+    let known_hosts = keys.path().join("known_hosts");
+    std::fs::write(&known_hosts, "").unwrap();
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        crate::git_ssh::user(),
+        server.port,
+        f.bare.path().display()
+    );
+    let key = server.dir.join("user_key");
+    let args = [
+        "--repo",
+        url.as_str(),
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--interval",
+        "300ms",
+    ];
+    f.spawn(
+        &args,
+        &[("KEELSON_SSH_KNOWN_HOSTS", known_hosts.to_str().unwrap())],
+    );
+    // The daemon says why it cannot fetch, and how to trust the host.
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = f.status().await;
+        if last["daemon"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ssh-keyscan"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = last["daemon"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "the ssh host key of [127.0.0.1]:{} (ssh-ed25519 SHA256:",
+            server.port
+        )) && error.contains(&format!("ssh-keyscan -p {} 127.0.0.1 >>", server.port))
+            && error.ends_with("nothing is applied until a fetch succeeds"),
+        "{last}"
+    );
+    // Doing what it says is enough: the next poll fetches and the app is deployed.
+    std::fs::write(&known_hosts, crate::git_ssh::keyscan(server.port, false)).unwrap();
+    f.wait_version("1.0.0", 30).await;
+}

@@ -134,6 +134,7 @@ fn source(url: &str, dir: &Path, token: Option<&str>) -> GitSource {
         auth: GitAuth {
             token: token.map(str::to_string),
             ssh_key: None,
+            known_hosts: None,
         },
     }
 }

@@ -3,6 +3,7 @@
 mod apply_e2e;
 mod daemon;
 mod git_http;
+mod git_ssh;
 mod github_stub;
 mod kube_protocol;
 mod kube_stub;
