@@ -45,14 +45,18 @@ for e in dev staging prod; do
   python3 - "$tmp/w2/environments/$e.yaml" <<'PY'
 import sys, re
 p = sys.argv[1]; s = open(p).read()
-s = re.sub(r"  targets:\n", "  targets:\n    - {name: k8s, provider: kubernetes, kubernetes: {namespace: bench}}\n", s, count=1)
+env = p.rsplit("/", 1)[-1].removesuffix(".yaml")
+# One namespace per environment: the same cluster name twice in one namespace is refused.
+s = re.sub(r"  targets:\n", "  targets:\n    - {name: k8s, provider: kubernetes, kubernetes: {namespace: bench-%s}}\n" % env, s, count=1)
 open(p, "w").write(s)
 PY
 done
-sed -i 's/target: local/target: k8s/' "$tmp"/w2/apps/*.yaml
+# Kubernetes clusters need an image and a kubernetes section.
+sed -i -e 's/target: local/target: k8s/' -e 's|^  artifact:$|  kubernetes: {containerPort: 8080}\n  artifact:\n    image: registry.example/bench/app|' "$tmp"/w2/apps/*.yaml
 g "$tmp/w2" init -q -b main; g "$tmp/w2" add -A; g "$tmp/w2" commit -qm gen; git clone -q --bare "$tmp/w2" "$tmp/b2"
 KEELSON_API_TOKEN=t KEELSON_LOG=info "$KEELSON" up --repo "$tmp/b2" --state-dir "$tmp/s2" --interval 100ms --drift-interval 1h --listen 127.0.0.1:24557 --log-format json 2> "$tmp/up2.log" & d2=$!; pids+=($d2)
 for _ in $(seq 300); do grep -q "new revision is valid" "$tmp/up2.log" && break; sleep 0.1; done
+grep -q "new revision is valid" "$tmp/up2.log" || { echo "the generated repository was not accepted:" >&2; tail -5 "$tmp/up2.log" >&2; exit 1; }
 sleep 2
 c0=$(ticks "$d2"); sleep 10; c1=$(ticks "$d2")
 echo "idle: $(( (c1 - c0) * 1000 / hz )) ms CPU over 10 s of polling every 100 ms (~100 polls): $(python3 -c "print(round(($c1-$c0)*1000/$hz/100, 2))") ms per poll"
