@@ -20,7 +20,14 @@ dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 # A real sshd for the ssh transport tests (git_ssh, daemon over ssh).
 { [ -x /usr/sbin/sshd ] && command -v ssh-keyscan >/dev/null; } || need="$need openssh-server openssh-client"
 if [ -n "$need" ]; then
+  # Install without starting services: openssh-server would otherwise start a system sshd.
+  no_start=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    no_start=1
+  fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
+  if [ -n "$no_start" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 git --version
 

@@ -54,6 +54,9 @@ pub fn check(sources: SourceSet) -> Checked {
 #[derive(Debug, Default)]
 pub struct Cache {
     files: std::collections::HashMap<(std::path::PathBuf, u64), CachedFile>,
+    /// Keys file contents with this cache's own random key, so no one can craft a file that
+    /// passes for another one already parsed.
+    hasher: std::hash::RandomState,
     compiled: crate::compile::Cache,
 }
 
@@ -63,11 +66,9 @@ struct CachedFile {
     diagnostics: Vec<Diagnostic>,
 }
 
-fn content_key(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+fn content_key(hasher: &std::hash::RandomState, bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    hasher.hash_one(bytes)
 }
 
 /// Like [`check`], reusing `cache` for files whose path and content are unchanged.
@@ -75,7 +76,7 @@ pub fn check_cached(sources: SourceSet, cache: &mut Cache) -> Checked {
     let keys: Vec<(std::path::PathBuf, u64)> = sources
         .files
         .iter()
-        .map(|f| (f.path.clone(), content_key(&f.bytes)))
+        .map(|f| (f.path.clone(), content_key(&cache.hasher, &f.bytes)))
         .collect();
     let missing: Vec<&crate::source::SourceFile> = sources
         .files
@@ -104,7 +105,7 @@ pub fn check_cached(sources: SourceSet, cache: &mut Cache) -> Checked {
     for (f, c) in missing.iter().zip(fresh) {
         cache
             .files
-            .insert((f.path.clone(), content_key(&f.bytes)), c);
+            .insert((f.path.clone(), content_key(&cache.hasher, &f.bytes)), c);
     }
     // Forget files that are gone or changed.
     let live: std::collections::HashSet<&(std::path::PathBuf, u64)> = keys.iter().collect();

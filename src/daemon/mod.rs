@@ -164,6 +164,7 @@ pub async fn run(
                         reconcile = true;
                     }
                     None => {
+                        let have_good = desired.is_some();
                         let first = checked
                             .diagnostics
                             .iter()
@@ -178,8 +179,9 @@ pub async fn run(
                             st.fetched = Some(rev.clone());
                             st.last_result = "invalid".into();
                             st.last_error = Some(format!(
-                                "revision {rev} is invalid ({} errors), e.g. {first}; the last good revision stays in force",
-                                checked.error_count()
+                                "revision {rev} is invalid ({} errors), e.g. {first}; {}",
+                                checked.error_count(),
+                                in_force(have_good)
                             ));
                             st.diagnostics = checked.diagnostics.clone();
                         });
@@ -190,14 +192,10 @@ pub async fn run(
             Ok((_, None)) => {}
             Err(e) => {
                 warn!("fetch failed: {e}");
+                let have_good = desired.is_some();
                 shared.update_status(|st| {
                     st.last_result = "fetch-error".into();
-                    let then = if st.revision.is_some() {
-                        "the last good revision stays in force"
-                    } else {
-                        "nothing is applied until a fetch succeeds"
-                    };
-                    st.last_error = Some(format!("{e}; {then}"));
+                    st.last_error = Some(format!("{e}; {}", in_force(have_good)));
                 });
                 shared.metrics.last_sync_success.set(0);
             }
@@ -337,4 +335,13 @@ pub async fn run(
         }
     }
     info!("stopped");
+}
+
+/// What stays in force after a failed fetch or an invalid revision, for the status.
+fn in_force(have_good: bool) -> &'static str {
+    if have_good {
+        "the last good revision stays in force"
+    } else {
+        "nothing is applied until a valid revision is fetched"
+    }
 }

@@ -80,10 +80,10 @@ impl GitSource {
     /// Fetches the branch (incrementally after the first time) and returns its commit id.
     pub fn fetch(&self) -> Result<String, GitError> {
         let repo = self.open()?;
+        let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
         let mut options = FetchOptions::new();
         let refusal = Refusal::default();
-        options.remote_callbacks(callbacks(self.auth.clone(), &self.url, refusal.clone()));
-        let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
+        options.remote_callbacks(self.callbacks(&remote, &refusal));
         // `+` follows force-pushes; pruning makes a deleted branch disappear locally too.
         let local = format!("refs/remotes/origin/{}", self.branch);
         let refspec = format!("+refs/heads/{}:{local}", self.branch);
@@ -107,6 +107,13 @@ impl GitSource {
         Ok(oid.to_string())
     }
 
+    /// Callbacks for a fetch from `remote`, whose URL is the one in effect (after any
+    /// `insteadOf` rewriting), so the host key is looked up on the port really used.
+    fn callbacks(&self, remote: &git2::Remote<'_>, refusal: &Refusal) -> RemoteCallbacks<'static> {
+        let url = remote.url().unwrap_or(&self.url);
+        callbacks(self.auth.clone(), url, refusal.clone())
+    }
+
     /// The YAML files of a commit (under `path`), with the same rules as a directory source.
     pub fn read(&self, commit: &str) -> Result<SourceSet, GitError> {
         let repo = self.open()?;
@@ -118,10 +125,10 @@ impl GitSource {
     /// pairs, force-updated.
     pub fn fetch_refs(&self, refs: &[(String, String)]) -> Result<(), GitError> {
         let repo = self.open()?;
+        let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
         let mut options = FetchOptions::new();
         let refusal = Refusal::default();
-        options.remote_callbacks(callbacks(self.auth.clone(), &self.url, refusal.clone()));
-        let mut remote = repo.remote_anonymous(&self.url).map_err(|e| err(&e))?;
+        options.remote_callbacks(self.callbacks(&remote, &refusal));
         let specs: Vec<String> = refs.iter().map(|(r, l)| format!("+{r}:{l}")).collect();
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
         remote
@@ -209,15 +216,22 @@ fn callbacks(auth: GitAuth, url: &str, refusal: Refusal) -> RemoteCallbacks<'sta
     let known_hosts = auth.known_hosts.clone();
     let port = ssh_port(url);
     callbacks.certificate_check(move |cert, host| {
-        let Some(key) = cert.as_hostkey().and_then(|h| h.hostkey()) else {
+        let Some(hostkey) = cert.as_hostkey() else {
+            // TLS (https): libgit2 checks the certificate chain itself.
             return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+        };
+        let Some(key) = hostkey.hostkey() else {
+            refusal.set(format!(
+                "the ssh server {host} did not give its host key, so it cannot be checked"
+            ));
+            return Err(git2::Error::from_str("ssh host key refused"));
         };
         match check_host_key(known_hosts.as_deref(), host, port, key) {
             Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
             Err(why) => {
-                let e = git2::Error::from_str(&why);
+                // libgit2 overwrites this message anyway; the reason travels in `refusal`.
                 refusal.set(why);
-                Err(e)
+                Err(git2::Error::from_str("ssh host key refused"))
             }
         }
     });
@@ -254,13 +268,28 @@ fn callbacks(auth: GitAuth, url: &str, refusal: Refusal) -> RemoteCallbacks<'sta
     callbacks
 }
 
-/// The port of an ssh URL (`ssh://[user@]host[:port]/path`); 22 for the scp-like form.
+/// The port of an ssh URL: `ssh://[user@]host[:port]/path`, the scp-like `[user@host:port]:path`,
+/// or 22 (`user@host:path`).
 fn ssh_port(url: &str) -> u16 {
-    let Some((_, rest)) = url.split_once("://") else {
-        return 22;
+    let host_port = match url.split_once("://") {
+        Some((_, rest)) => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+        }
+        // libgit2's scp-like form with a port: `[git@host:2222]:org/repo.git`.
+        None => match url.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+            Some((inside, _)) => {
+                let host_port = inside.rsplit_once('@').map_or(inside, |(_, h)| h);
+                // An IPv6 literal has several colons and no port in this form.
+                if host_port.matches(':').count() == 1 {
+                    host_port
+                } else {
+                    return 22;
+                }
+            }
+            None => return 22,
+        },
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     // `[::1]:2222` or `host:2222`; a bare IPv6 literal in brackets has no port.
     let port = match host_port.rsplit_once(']') {
         Some((_, after)) => after.strip_prefix(':'),
@@ -269,58 +298,45 @@ fn ssh_port(url: &str) -> u16 {
     port.and_then(|p| p.parse().ok()).unwrap_or(22)
 }
 
-/// Checks an ssh server's host key against a known_hosts file (`--known-hosts`, else
-/// `~/.ssh/known_hosts`); the error says what was offered and what to do.
+/// Checks an ssh server's host key against `--known-hosts`, else the files ssh reads
+/// (`~/.ssh/known_hosts`, then `/etc/ssh/ssh_known_hosts`).
 fn check_host_key(
     configured: Option<&Path>,
     host: &str,
     port: u16,
     key: &[u8],
 ) -> Result<(), String> {
-    use super::known_hosts::{self, Verdict};
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/known_hosts"));
-    let Some(path) = configured.map(Path::to_path_buf).or(home) else {
-        return Err(format!(
-            "no known_hosts file to check the ssh host key of {host} against: pass --known-hosts or set KEELSON_SSH_KNOWN_HOSTS"
-        ));
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        // The default file may not exist yet: every host is unknown then.
-        Err(e) if configured.is_none() && e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => {
-            return Err(format!(
-                "cannot read the known_hosts file {} (--known-hosts): {e}",
-                path.display()
-            ));
+    use super::known_hosts::{self, File};
+    let files = match configured {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read the known_hosts file {} (--known-hosts or KEELSON_SSH_KNOWN_HOSTS): {e}",
+                    path.display()
+                )
+            })?;
+            vec![File {
+                name: path.display().to_string(),
+                text,
+            }]
+        }
+        None => {
+            // A relative or empty HOME would resolve against the daemon's working directory.
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|h| h.is_absolute())
+                .map(|h| h.join(".ssh/known_hosts"));
+            home.into_iter()
+                .chain([PathBuf::from("/etc/ssh/ssh_known_hosts")])
+                .map(|path| File {
+                    name: path.display().to_string(),
+                    // A missing default file knows no hosts.
+                    text: std::fs::read_to_string(&path).unwrap_or_default(),
+                })
+                .collect()
         }
     };
-    let name = known_hosts::host_name(host, port);
-    let offered = format!(
-        "{} {}",
-        known_hosts::key_type(key).unwrap_or("key"),
-        known_hosts::fingerprint(key)
-    );
-    let file = path.display();
-    match known_hosts::check(&text, &name, key) {
-        Verdict::Known(_) => Ok(()),
-        Verdict::Unknown => {
-            let p = if port == 22 {
-                String::new()
-            } else {
-                format!(" -p {port}")
-            };
-            Err(format!(
-                "the ssh host key of {name} ({offered}) is not in {file}: check that fingerprint with the forge, then add the key with `ssh-keyscan{p} {host} >> {file}`, or pass --known-hosts (KEELSON_SSH_KNOWN_HOSTS) with a file that has it"
-            ))
-        }
-        Verdict::Mismatch(line) => Err(format!(
-            "the ssh host key of {name} ({offered}) does not match line {line} of {file}: the connection may be intercepted, or the host changed its key; replace that line only if the forge confirms the new fingerprint"
-        )),
-        Verdict::Revoked(line) => Err(format!(
-            "the ssh host key of {name} ({offered}) is revoked at line {line} of {file}"
-        )),
-    }
+    known_hosts::verify(&files, host, port, key, configured.is_some())
 }
 
 /// The YAML files of a commit (under `path`), with the same rules as a directory source.
@@ -430,5 +446,9 @@ mod tests {
         assert_eq!(ssh_port("ssh://git@[::1]/repo"), 22);
         assert_eq!(ssh_port("git@github.com:org/repo.git"), 22);
         assert_eq!(ssh_port("ssh://user:pa:ss@host:2200/repo"), 2200);
+        assert_eq!(ssh_port("[git@example.com:2222]:org/repo.git"), 2222);
+        assert_eq!(ssh_port("[example.com:2222]:org/repo.git"), 2222);
+        assert_eq!(ssh_port("[::1]:repo"), 22);
+        assert_eq!(ssh_port("git@[::1]:repo"), 22);
     }
 }

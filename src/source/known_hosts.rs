@@ -3,7 +3,8 @@
 //! Pure: the file's text, the host as ssh names it and the key the server offered go in, a
 //! verdict comes out. Supports what `ssh-keyscan` and `ssh` write: plain and hashed (`|1|`)
 //! host names, `[host]:port`, comma-separated patterns with `*`, `?` and `!`, and `@revoked`.
-//! `@cert-authority` lines are skipped (host certificates are not checked).
+//! `@cert-authority` lines are skipped: a host certificate is checked as the plain key it
+//! carries, which the server has proved it holds.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -15,8 +16,10 @@ use sha2::Digest;
 pub enum Verdict {
     /// A line names the host with this key (1-based line number).
     Known(usize),
-    /// Lines name the host, with other keys: the first such line.
+    /// Lines name the host with another key of the offered type: the first such line.
     Mismatch(usize),
+    /// Lines name the host, with keys of other types only: the first such line.
+    OtherTypes(usize),
     /// An `@revoked` line lists this key.
     Revoked(usize),
     /// No line names the host.
@@ -35,8 +38,8 @@ pub fn host_name(host: &str, port: u16) -> String {
 /// Checks `key` (the key blob, as in the file's base64 field) offered by `host` (as from
 /// [`host_name`]) against the text of a known_hosts file.
 pub fn check(text: &str, host: &str, key: &[u8]) -> Verdict {
-    let mut mismatch = None;
-    let mut known = None;
+    let offered_type = key_type(key);
+    let (mut known, mut mismatch, mut other_types) = (None, None, None);
     for (i, line) in text.lines().enumerate() {
         let Some(entry) = Entry::parse(line) else {
             continue;
@@ -45,21 +48,113 @@ pub fn check(text: &str, host: &str, key: &[u8]) -> Verdict {
             Marker::Revoked if entry.key == key => return Verdict::Revoked(i + 1),
             Marker::Revoked | Marker::CertAuthority => {}
             Marker::None if entry.names(host) => {
-                if entry.key == key {
-                    known.get_or_insert(i + 1);
+                let slot = if entry.key == key {
+                    &mut known
+                } else if key_type(&entry.key) == offered_type {
+                    &mut mismatch
                 } else {
-                    mismatch.get_or_insert(i + 1);
-                }
+                    &mut other_types
+                };
+                slot.get_or_insert(i + 1);
             }
             Marker::None => {}
         }
     }
     // A matching line wins over a stale one, as in ssh (several keys per host are allowed).
-    match (known, mismatch) {
-        (Some(line), _) => Verdict::Known(line),
-        (None, Some(line)) => Verdict::Mismatch(line),
-        (None, None) => Verdict::Unknown,
+    match (known, mismatch, other_types) {
+        (Some(line), _, _) => Verdict::Known(line),
+        (None, Some(line), _) => Verdict::Mismatch(line),
+        (None, None, Some(line)) => Verdict::OtherTypes(line),
+        (None, None, None) => Verdict::Unknown,
     }
+}
+
+/// A known_hosts file: how to name it to a person, and its text.
+#[derive(Debug, Clone)]
+pub struct File {
+    /// Its path as shown in errors.
+    pub name: String,
+    /// Its contents (empty when it does not exist).
+    pub text: String,
+}
+
+/// Decides whether to trust the key `offered` by `host` on `port`, given the known_hosts
+/// `files` in the order ssh reads them. The refusal says what was offered and what to do;
+/// `from_flag` says whether the files were given with `--known-hosts`.
+pub fn verify(
+    files: &[File],
+    host: &str,
+    port: u16,
+    offered: &[u8],
+    from_flag: bool,
+) -> Result<(), String> {
+    // ssh looks hosts up in lower case; libgit2 passes an IPv6 literal with its brackets.
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let name = host_name(&host, port);
+    let plain = plain_key(offered);
+    let key = plain.as_deref().unwrap_or(offered);
+    let kind = key_type(key).unwrap_or("key");
+    let described = format!("the ssh host key of {name} ({kind} {})", fingerprint(key));
+    let line = format!("{name} {kind} {}", STANDARD.encode(key));
+    let verdicts: Vec<(&File, Verdict)> = files
+        .iter()
+        .map(|f| (f, check(&f.text, &name, key)))
+        .collect();
+    let first = |want: fn(&Verdict) -> Option<usize>| {
+        verdicts
+            .iter()
+            .find_map(|(f, v)| want(v).map(|n| (f.name.as_str(), n)))
+    };
+    if let Some((file, n)) = first(|v| match v {
+        Verdict::Revoked(n) => Some(*n),
+        _ => None,
+    }) {
+        return Err(format!("{described} is revoked at line {n} of {file}"));
+    }
+    if first(|v| match v {
+        Verdict::Known(n) => Some(*n),
+        _ => None,
+    })
+    .is_some()
+    {
+        return Ok(());
+    }
+    if let Some((file, n)) = first(|v| match v {
+        Verdict::Mismatch(n) => Some(*n),
+        _ => None,
+    }) {
+        return Err(format!(
+            "{described} does not match line {n} of {file}: the connection may be intercepted, or the host changed its key; replace that line only if the forge confirms the new fingerprint"
+        ));
+    }
+    let target = files
+        .first()
+        .map_or("~/.ssh/known_hosts", |f| f.name.as_str());
+    let or_flag = if from_flag {
+        ""
+    } else {
+        " (or pass --known-hosts or KEELSON_SSH_KNOWN_HOSTS with a file that has it)"
+    };
+    if let Some((file, n)) = first(|v| match v {
+        Verdict::OtherTypes(n) => Some(*n),
+        _ => None,
+    }) {
+        return Err(format!(
+            "{described} is not in {file}, which knows the host only by keys of other types (line {n}): check that fingerprint with the forge, then add this line to {target}{or_flag}: {line}"
+        ));
+    }
+    let searched: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    Err(format!(
+        "{described} is not in {}: check that fingerprint with the forge, then add this line to {target}{or_flag}: {line}",
+        if searched.is_empty() {
+            "any known_hosts file".to_string()
+        } else {
+            searched.join(" or ")
+        }
+    ))
 }
 
 /// The fingerprint ssh prints for a key: `SHA256:` and the unpadded base64 of its digest.
@@ -72,9 +167,41 @@ pub fn fingerprint(key: &[u8]) -> String {
 
 /// The key type named in a key blob (its first SSH string), such as `ssh-ed25519`.
 pub fn key_type(key: &[u8]) -> Option<&str> {
-    let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?);
-    let name = key.get(4..4 + usize::try_from(len).ok()?)?;
+    let (name, _) = ssh_string(key)?;
     std::str::from_utf8(name).ok()
+}
+
+/// The plain public key inside an OpenSSH certificate blob (`*-cert-v01@openssh.com`);
+/// `None` for anything else. The fields are as in OpenSSH's PROTOCOL.certkeys.
+pub fn plain_key(blob: &[u8]) -> Option<Vec<u8>> {
+    let kind = key_type(blob)?;
+    let plain = kind.strip_suffix("-cert-v01@openssh.com")?;
+    let fields = match plain {
+        "ssh-ed25519" => 1,
+        "ssh-rsa" => 2,
+        "ssh-dss" => 4,
+        t if t.starts_with("ecdsa-sha2-") => 2,
+        _ => return None,
+    };
+    let (_, rest) = ssh_string(blob)?;
+    let (_nonce, key_fields) = ssh_string(rest)?;
+    let mut rest = key_fields;
+    for _ in 0..fields {
+        rest = ssh_string(rest)?.1;
+    }
+    let body = &key_fields[..key_fields.len() - rest.len()];
+    let mut out = Vec::with_capacity(4 + plain.len() + body.len());
+    out.extend_from_slice(&u32::try_from(plain.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(plain.as_bytes());
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+/// One length-prefixed SSH string (or mpint) and what follows it.
+fn ssh_string(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::try_from(u32::from_be_bytes(b.get(..4)?.try_into().ok()?)).ok()?;
+    let end = 4usize.checked_add(len)?;
+    Some((b.get(4..end)?, b.get(end..)?))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -151,8 +278,8 @@ fn hashed_matches(hashed: &str, host: &str) -> bool {
 
 /// Glob matching with `*` (any run) and `?` (one character), case-insensitive as in ssh.
 fn wildcard(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let n: Vec<char> = name.to_lowercase().chars().collect();
+    let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
+    let n: Vec<char> = name.to_ascii_lowercase().chars().collect();
     // Iterative matcher with one backtrack point: linear in practice, never exponential.
     let (mut i, mut j) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -272,10 +399,159 @@ mod tests {
         assert_eq!(key_type(&[0, 0, 0, 9, b'a']), None);
     }
 
+    // `ssh-keygen -s ca -h -n git.example` over an ed25519 and an rsa host key.
+    const ED: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIBndawXUUqlF9oef1TUmvE18G9Kn8xB2MN7S7JRXAX7z";
+    const ED_CERT: &str = "AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIMOUDeoRsyOkV3Gkm3VEf+rwjU19kapi+Ne96/R/kDQeAAAAIBndawXUUqlF9oef1TUmvE18G9Kn8xB2MN7S7JRXAX7zAAAAAAAAAAAAAAACAAAABGhvc3QAAAAPAAAAC2dpdC5leGFtcGxlAAAAAAAAAAD//////////wAAAAAAAAAAAAAAAAAAADMAAAALc3NoLWVkMjU1MTkAAAAggnmGMdCUEdMGJJJNLK6ChCNDBiio8linZzQvbHAy11QAAABTAAAAC3NzaC1lZDI1NTE5AAAAQMCnIjSWJOJCgcUcHP6jiw/smYSHDn19Z0MO+xi/HlbuGKxErts7MGQ0waOx+7I8nPgBcpbRWVAoOffJBM/dAgY=";
+    const RSA: &str = "AAAAB3NzaC1yc2EAAAADAQABAAAAgQDN5KfZWr/I7oQhTeunN3iBoQKse0zMgu3y0L8im4NIgXUvQT0WQ2CZKbjBsLet4QZcaz45oDfcemXMG3wyWFU5Nj0BQEV/cBIkF4z03HUhwEtlWvNGLLM77h45Dd8nnJnvHkbJnXq6ze3aL9+zXpPc3xAwkJM4wRyjH/auYl1Bpw==";
+    const RSA_CERT: &str = "AAAAHHNzaC1yc2EtY2VydC12MDFAb3BlbnNzaC5jb20AAAAgC+w2OaPzb5oX3p4SjjVLhLhpxnHevrT4svotb7k2p7IAAAADAQABAAAAgQDN5KfZWr/I7oQhTeunN3iBoQKse0zMgu3y0L8im4NIgXUvQT0WQ2CZKbjBsLet4QZcaz45oDfcemXMG3wyWFU5Nj0BQEV/cBIkF4z03HUhwEtlWvNGLLM77h45Dd8nnJnvHkbJnXq6ze3aL9+zXpPc3xAwkJM4wRyjH/auYl1BpwAAAAAAAAAAAAAAAgAAAAFyAAAADwAAAAtnaXQuZXhhbXBsZQAAAAAAAAAA//////////8AAAAAAAAAAAAAAAAAAAAzAAAAC3NzaC1lZDI1NTE5AAAAIIJ5hjHQlBHTBiSSTSyugoQjQwYoqPJYp2c0L2xwMtdUAAAAUwAAAAtzc2gtZWQyNTUxOQAAAEDxUpSqGjaMj/OoY+9JKTKu4OJxJLsBNbWBK3sLW1Elzy3LTLOikln96RoyzInzKHM4ripbysP5JaEpKYbRtKMD";
+
+    fn b64(s: &str) -> Vec<u8> {
+        STANDARD.decode(s).unwrap()
+    }
+
+    #[test]
+    fn a_host_certificate_is_checked_as_the_key_it_carries() {
+        assert_eq!(plain_key(&b64(ED_CERT)), Some(b64(ED)));
+        assert_eq!(plain_key(&b64(RSA_CERT)), Some(b64(RSA)));
+        assert_eq!(plain_key(&b64(ED)), None);
+        // Cut short anywhere, a certificate gives no key rather than a wrong one.
+        let cert = b64(ED_CERT);
+        for n in 0..60 {
+            assert_eq!(plain_key(&cert[..n]), None, "{n}");
+        }
+        let files = [File {
+            name: "known_hosts".into(),
+            text: format!("git.example ssh-ed25519 {ED}\n"),
+        }];
+        assert_eq!(
+            verify(&files, "git.example", 22, &b64(ED_CERT), true),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_type_is_not_called_a_changed_key() {
+        let text = format!("git.example ssh-rsa {RSA}\n");
+        assert_eq!(
+            check(&text, "git.example", &b64(ED)),
+            Verdict::OtherTypes(1)
+        );
+        let text = format!(
+            "{text}git.example ssh-ed25519 {}\n",
+            STANDARD.encode(blob(9))
+        );
+        assert_eq!(check(&text, "git.example", &b64(ED)), Verdict::Mismatch(2));
+    }
+
+    #[test]
+    fn hosts_are_looked_up_as_ssh_writes_them() {
+        let k = b64(ED);
+        let files = [File {
+            name: "kh".into(),
+            text: format!(
+                "{}::1 ssh-ed25519 {ED}\n",
+                line(&hashed("git.example", b"s"), &k)
+            ),
+        }];
+        assert_eq!(verify(&files, "GIT.Example", 22, &k, true), Ok(()));
+        assert_eq!(verify(&files, "[::1]", 22, &k, true), Ok(()));
+        assert!(verify(&files, "git.example", 2222, &k, true).is_err());
+    }
+
+    /// Every refusal a person can read, from fixed inputs.
+    #[test]
+    fn refusals_read_well() {
+        let (ed, rsa) = (b64(ED), b64(RSA));
+        let file = |name: &str, text: String| File {
+            name: name.into(),
+            text,
+        };
+        let home = "/home/keelson/.ssh/known_hosts";
+        let global = "/etc/ssh/ssh_known_hosts";
+        let cases = [
+            (
+                "unknown, default files",
+                verify(
+                    &[file(home, String::new()), file(global, String::new())],
+                    "git.example",
+                    22,
+                    &ed,
+                    false,
+                ),
+            ),
+            (
+                "unknown, --known-hosts, another port",
+                verify(
+                    &[file("deploy/known_hosts", String::new())],
+                    "git.example",
+                    7999,
+                    &ed,
+                    true,
+                ),
+            ),
+            (
+                "changed key",
+                verify(
+                    &[file(
+                        home,
+                        format!(
+                            "# forge\ngit.example ssh-ed25519 {}\n",
+                            STANDARD.encode(blob(7))
+                        ),
+                    )],
+                    "git.example",
+                    22,
+                    &ed,
+                    false,
+                ),
+            ),
+            (
+                "known by other types only",
+                verify(
+                    &[file(home, format!("git.example ssh-rsa {RSA}\n"))],
+                    "git.example",
+                    22,
+                    &ed,
+                    false,
+                ),
+            ),
+            (
+                "revoked",
+                verify(
+                    &[
+                        file(home, format!("git.example ssh-rsa {RSA}\n")),
+                        file(global, format!("@revoked * ssh-rsa {RSA}\n")),
+                    ],
+                    "git.example",
+                    22,
+                    &rsa,
+                    false,
+                ),
+            ),
+        ];
+        let text: String = cases
+            .iter()
+            .map(|(what, r)| {
+                format!(
+                    "{what}:\n  {}\n",
+                    r.clone().err().unwrap_or_else(|| "accepted".into())
+                )
+            })
+            .collect();
+        insta::assert_snapshot!(text);
+    }
+
     proptest! {
         #[test]
         fn any_text_gives_a_verdict(text in "\\PC{0,200}", host in "[a-z.\\[\\]:0-9]{0,20}") {
             let _ = check(&text, &host, &blob(1));
+        }
+
+        #[test]
+        fn any_key_bytes_are_refused_or_accepted_without_a_panic(key in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let files = [File { name: "kh".into(), text: format!("h ssh-ed25519 {ED}\n") }];
+            let _ = plain_key(&key);
+            prop_assert!(verify(&files, "h", 22, &key, true).is_err() || key == b64(ED));
         }
 
         #[test]

@@ -746,11 +746,11 @@ async fn over_ssh_an_unknown_host_key_is_reported_then_trusted_without_a_restart
     );
     // The daemon says why it cannot fetch, and how to trust the host.
     let mut last = serde_json::Value::Null;
-    for _ in 0..100 {
+    for _ in 0..300 {
         last = f.status().await;
         if last["daemon"]["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("ssh-keyscan"))
+            .is_some_and(|e| e.contains("add this line"))
         {
             break;
         }
@@ -764,11 +764,14 @@ async fn over_ssh_an_unknown_host_key_is_reported_then_trusted_without_a_restart
         error.contains(&format!(
             "the ssh host key of [127.0.0.1]:{} (ssh-ed25519 SHA256:",
             server.port
-        )) && error.contains(&format!("ssh-keyscan -p {} 127.0.0.1 >>", server.port))
-            && error.ends_with("nothing is applied until a fetch succeeds"),
+        )) && error.contains(&format!(
+            "add this line to {}: [127.0.0.1]:{} ssh-ed25519 ",
+            known_hosts.display(),
+            server.port
+        )) && error.ends_with("nothing is applied until a valid revision is fetched"),
         "{last}"
     );
     // Doing what it says is enough: the next poll fetches and the app is deployed.
-    std::fs::write(&known_hosts, crate::git_ssh::keyscan(server.port, false)).unwrap();
+    std::fs::write(&known_hosts, crate::git_ssh::line_to_add(&error)).unwrap();
     f.wait_version("1.0.0", 30).await;
 }

@@ -79,16 +79,28 @@ pub fn sshd(dir: &Path) -> Sshd {
         port,
         dir: dir.to_path_buf(),
     };
+    // Its own word that it listens, so a port taken by someone else in between is not
+    // mistaken for it.
+    let mut server = server;
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let log = || std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+    while !log().contains(&format!("Server listening on 127.0.0.1 port {port}")) {
+        let exited = server.child.try_wait().ok().flatten();
         assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "sshd did not listen: {}",
-            std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            exited.is_none() && start.elapsed() < Duration::from_secs(10),
+            "sshd did not start ({exited:?}): {}",
+            log()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     server
+}
+
+/// The one line an error asks to add to a known_hosts file: what follows its last ": ".
+pub fn line_to_add(error: &str) -> String {
+    let line = error.rsplit(": ").next().unwrap_or_default();
+    let line = line.split("; ").next().unwrap_or_default();
+    format!("{line}\n")
 }
 
 /// A bare repository with one commit; returns (path, commit).
@@ -130,11 +142,10 @@ pub fn keyscan(port: u16, hash: bool) -> String {
     text
 }
 
+/// The user the tests run as, whom sshd lets in with the test's key.
 pub fn user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "root".to_string())
+    let out = Command::new("id").arg("-un").output().expect("id runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn source(url: &str, dir: &Path, key: &Path, known_hosts: Option<&Path>) -> GitSource {
@@ -173,7 +184,7 @@ fn a_private_repository_is_followed_over_ssh_with_a_deploy_key() {
     let key = server.dir.join("user_key");
 
     // The first contact: the host is in no known_hosts file, so nothing is fetched and the
-    // error gives the fingerprint and the command that trusts it.
+    // error gives the fingerprint and the line that trusts it.
     let empty = dir.path().join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
     let e = fetch(source(&url, &dir.path().join("a"), &key, Some(&empty))).unwrap_err();
@@ -188,10 +199,17 @@ fn a_private_repository_is_followed_over_ssh_with_a_deploy_key() {
         .unwrap()
         .to_string();
     let name = format!("[127.0.0.1]:{}", server.port);
+    let host_key = std::fs::read_to_string(server.dir.join("host_key.pub")).unwrap();
+    let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
     assert!(
         e.contains(&format!(
-            "the ssh host key of {name} (ssh-ed25519 {fingerprint}) is not in"
-        )) && e.contains(&format!("ssh-keyscan -p {} 127.0.0.1 >>", server.port)),
+            "the ssh host key of {name} (ssh-ed25519 {fingerprint}) is not in {}",
+            empty.display()
+        )) && e.ends_with(&format!(
+            "add this line to {}: {name} {}",
+            empty.display(),
+            host_key.join(" ")
+        )),
         "{e}"
     );
     assert!(
@@ -200,15 +218,20 @@ fn a_private_repository_is_followed_over_ssh_with_a_deploy_key() {
     );
 
     // Trusted the way the error says: the branch is followed.
-    let known = dir.path().join("known_hosts");
-    std::fs::write(&known, keyscan(server.port, false)).unwrap();
-    let src = source(&url, &dir.path().join("b"), &key, Some(&known));
+    std::fs::write(&empty, line_to_add(&e)).unwrap();
+    let src = source(&url, &dir.path().join("b"), &key, Some(&empty));
     assert_eq!(fetch(src.clone()), Ok(commit.clone()));
     let files = src.read(&commit).unwrap();
     assert_eq!(files.files.len(), 1);
     assert_eq!(files.files[0].path, PathBuf::from("env.yaml"));
 
-    // `ssh-keyscan -H` (and ssh's HashKnownHosts) write hashed names.
+    // What `ssh-keyscan` writes works too, plain and hashed (`-H`, as ssh's HashKnownHosts).
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, keyscan(server.port, false)).unwrap();
+    assert_eq!(
+        fetch(source(&url, &dir.path().join("b1"), &key, Some(&known))),
+        Ok(commit.clone())
+    );
     let hashed = dir.path().join("hashed_known_hosts");
     let scanned = keyscan(server.port, true);
     assert!(scanned.starts_with("|1|"), "{scanned}");
