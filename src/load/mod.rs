@@ -7,8 +7,6 @@ pub mod yaml;
 
 use std::path::PathBuf;
 
-use serde_json::Value;
-
 use crate::diag::{Diagnostic, Pos};
 use crate::source::SourceFile;
 use crate::spec::{API_VERSION, Kind};
@@ -136,9 +134,9 @@ fn classify(file: &PathBuf, root: &Node, out: &mut Loaded) -> Option<Kind> {
             return None;
         }
         Some(n) => match &n.kind {
-            NodeKind::Scalar(s) => match &s.value {
-                Value::String(v) => (v.as_str(), n.pos),
-                _ => return None,
+            NodeKind::Scalar(s) => match s.as_str() {
+                Some(v) => (v, n.pos),
+                None => return None,
             },
             _ => return None,
         },

@@ -38,12 +38,44 @@ pub enum NodeKind {
 /// A resolved scalar and its source text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar {
-    /// The value by the YAML 1.2 core schema.
-    pub value: Value,
-    /// The text as written, to quote it back in hints (`version: 1.10` reads as 1.1).
+    /// The text as written (quotes and escapes resolved), to quote it back in hints
+    /// (`version: 1.10` reads as 1.1); for a string it is the string.
     pub raw: String,
+    /// What the text means by the YAML 1.2 core schema.
+    pub resolved: Resolved,
     /// Whether it was quoted or a block scalar (always a string).
     pub quoted: bool,
+}
+
+/// What a scalar's text resolves to. Strings are the text itself, so they are not stored twice
+/// (specs are mostly strings: this halves the memory of a loaded repository's trees).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolved {
+    /// A string: the scalar's `raw` text.
+    Str,
+    /// `null`, `~` or nothing.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// An integer or a float.
+    Number(Number),
+}
+
+impl Scalar {
+    /// The value by the YAML 1.2 core schema, as JSON.
+    pub fn value(&self) -> Value {
+        match &self.resolved {
+            Resolved::Str => Value::String(self.raw.clone()),
+            Resolved::Null => Value::Null,
+            Resolved::Bool(b) => Value::Bool(*b),
+            Resolved::Number(n) => Value::Number(n.clone()),
+        }
+    }
+
+    /// The string, if the scalar is one.
+    pub fn as_str(&self) -> Option<&str> {
+        matches!(self.resolved, Resolved::Str).then_some(self.raw.as_str())
+    }
 }
 
 /// A mapping key and its position.
@@ -96,10 +128,7 @@ impl Node {
     /// The scalar string at a key, if it is a string.
     pub fn str_at(&self, key: &str) -> Option<&str> {
         match &self.get(key)?.kind {
-            NodeKind::Scalar(Scalar {
-                value: Value::String(s),
-                ..
-            }) => Some(s),
+            NodeKind::Scalar(s) => s.as_str(),
             _ => None,
         }
     }
@@ -107,7 +136,7 @@ impl Node {
     /// Converts to a JSON value for schema validation and typed deserialization.
     pub fn to_json(&self) -> Value {
         match &self.kind {
-            NodeKind::Scalar(s) => s.value.clone(),
+            NodeKind::Scalar(s) => s.value(),
             NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
             NodeKind::Map(entries) => {
                 let mut map = Map::with_capacity(entries.len());
@@ -296,11 +325,9 @@ pub fn parse(text: &str) -> Result<Vec<YamlDoc>, YamlError> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = style != ScalarStyle::Plain;
-                let value = match tag.as_deref() {
+                let resolved = match tag.as_deref() {
                     None => resolve(&text, quoted),
-                    Some(t) if t.is_yaml_core_schema() && t.suffix == "str" => {
-                        Value::String(text.to_string())
-                    }
+                    Some(t) if t.is_yaml_core_schema() && t.suffix == "str" => Resolved::Str,
                     Some(t)
                         if t.is_yaml_core_schema()
                             && matches!(t.suffix.as_str(), "int" | "float" | "bool" | "null") =>
@@ -320,8 +347,9 @@ pub fn parse(text: &str) -> Result<Vec<YamlDoc>, YamlError> {
                 let node = Node {
                     pos,
                     kind: NodeKind::Scalar(Scalar {
-                        value,
-                        raw: text.into_owned(),
+                        // The scanner's buffer has room to spare; the tree keeps only the text.
+                        raw: text.as_ref().to_owned(),
+                        resolved,
                         quoted,
                     }),
                 };
@@ -353,10 +381,18 @@ pub fn parse(text: &str) -> Result<Vec<YamlDoc>, YamlError> {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { pos, anchor, items }) => Some((
+                Some(Frame::Seq {
+                    pos,
+                    anchor,
+                    mut items,
+                }) => Some((
                     Node {
                         pos,
-                        kind: NodeKind::Seq(items),
+                        kind: NodeKind::Seq({
+                            // The trees live as long as the revision: no room to grow.
+                            items.shrink_to_fit();
+                            items
+                        }),
                     },
                     anchor,
                 )),
@@ -366,10 +402,11 @@ pub fn parse(text: &str) -> Result<Vec<YamlDoc>, YamlError> {
                 Some(Frame::Map {
                     pos,
                     anchor,
-                    entries,
+                    mut entries,
                     ..
                 }) => {
                     check_duplicates(&entries)?;
+                    entries.shrink_to_fit();
                     Some((
                         Node {
                             pos,
@@ -424,9 +461,8 @@ fn internal(pos: Pos) -> YamlError {
 fn key_of(node: Node) -> Result<Key, YamlError> {
     match node.kind {
         NodeKind::Scalar(s) => {
-            let name = match s.value {
-                Value::String(v) => v,
-                Value::Null if !s.quoted => {
+            let name = match s.resolved {
+                Resolved::Null if !s.quoted => {
                     return Err(YamlError {
                         pos: node.pos,
                         message: "empty mapping key".into(),
@@ -470,25 +506,25 @@ fn check_duplicates(entries: &[(Key, Node)]) -> Result<(), YamlError> {
 }
 
 /// Resolves a plain scalar by the YAML 1.2 core schema.
-fn resolve(text: &str, quoted: bool) -> Value {
+fn resolve(text: &str, quoted: bool) -> Resolved {
     if quoted {
-        return Value::String(text.to_string());
+        return Resolved::Str;
     }
     match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
+        "" | "~" | "null" | "Null" | "NULL" => return Resolved::Null,
+        "true" | "True" | "TRUE" => return Resolved::Bool(true),
+        "false" | "False" | "FALSE" => return Resolved::Bool(false),
         _ => {}
     }
     if let Some(n) = parse_int(text) {
-        return Value::Number(n);
+        return Resolved::Number(n);
     }
     if looks_like_float(text)
         && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64)
     {
-        return Value::Number(n);
+        return Resolved::Number(n);
     }
-    Value::String(text.to_string())
+    Resolved::Str
 }
 
 fn parse_int(text: &str) -> Option<Number> {
