@@ -255,6 +255,12 @@ fn cached_check_matches_a_fresh_check() {
         !files.is_empty() && files.iter().all(|f| f.ends_with("hello-moved.yaml")),
         "{files:?}"
     );
+    // Environment files in another order (a rename that sorts differently).
+    let mut reordered = sources.clone();
+    reordered.files.reverse();
+    let fresh = keelson::pipeline::check(reordered.clone());
+    let cached = keelson::pipeline::check_cached(reordered, &mut cache);
+    assert!(fresh.desired.is_some() && same(&fresh, &cached));
     let fresh = keelson::pipeline::check(sources.clone());
     let cached = keelson::pipeline::check_cached(sources, &mut cache);
     assert!(same(&fresh, &cached), "back to the first revision");
