@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use keelson::provider::local::agent::proxy::budget::Budget;
 use keelson::provider::local::agent::proxy::{Backend, Proxy, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -535,4 +536,67 @@ async fn an_upgrade_becomes_a_tunnel_to_the_instance() {
         0,
         "the tunnel ended with the client"
     );
+}
+
+/// Reads one response with a `Content-Length` from a keep-alive connection; its head.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= at + 4 + length {
+                return head;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Past the agent's connection budget new clients wait; an idle keep-alive connection gives
+/// way to them, and a connection in the middle of a request keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_budget_idle_connections_give_way() {
+    let port = free_port();
+    let budget = Budget::new(2);
+    let proxy = Proxy::start_within(port, budget.clone()).unwrap();
+    let (b, _) = backend("web-v001-0", instance().await);
+    proxy.set_routes(vec![route("web-v001", 100, vec![b])]);
+    let get = b"GET /headers HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    idle.write_all(get).await.unwrap();
+    assert!(read_response(&mut idle).await.starts_with("http/1.1 200"));
+    let mut busy = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    busy.write_all(b"GET /headers HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if budget.available() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(budget.available(), 0, "both connections hold their place");
+
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    third.write_all(get).await.unwrap();
+    assert!(read_response(&mut third).await.starts_with("http/1.1 200"));
+    let mut rest = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle connection was closed: {closed:?}"
+    );
+    busy.write_all(b"st: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut busy).await.starts_with("http/1.1 200"));
 }

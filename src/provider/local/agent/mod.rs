@@ -762,9 +762,10 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
     };
     advertise(dir, &info).map_err(io)?;
     eprintln!(
-        "keelson local-agent: pid {} serving {} on 127.0.0.1:{port}",
+        "keelson local-agent: pid {} serving {} on 127.0.0.1:{port}; traffic proxies hold up to {} client connections",
         info.pid,
-        dir.display()
+        dir.display(),
+        proxy::budget::Budget::process().available()
     );
     tokio::spawn(supervise(shared.clone()));
     let app = Router::new()

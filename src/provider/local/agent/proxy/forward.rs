@@ -14,6 +14,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::budget::Budget;
 use super::h1::{self, Chunked, Exchange, Framing, RequestHead, ResponseHead};
 use super::{Shared, Table, pick};
 
@@ -34,11 +37,17 @@ const STALL: Duration = Duration::from_secs(60);
 /// Buffers grown past this by a large exchange are shrunk back before the next.
 const KEEP_CAPACITY: usize = 256 * 1024;
 
-/// Serves one client connection until it closes.
-pub(super) async fn serve(shared: Arc<Shared>, client: TcpStream) {
+/// Serves one client connection until it closes; the permit is its place in the budget.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    budget: Arc<Budget>,
+    _permit: OwnedSemaphorePermit,
+) {
     let mut conn = Conn {
         shared,
         client,
+        budget,
         input: Vec::with_capacity(CHUNK),
         head: Vec::with_capacity(1024),
         body: Vec::new(),
@@ -81,6 +90,8 @@ impl Drop for InFlight<'_> {
 struct Conn {
     shared: Arc<Shared>,
     client: TcpStream,
+    /// The connection budget: an idle connection gives way when another waits for room.
+    budget: Arc<Budget>,
     /// Bytes from the client not yet consumed (pipelined requests stay here).
     input: Vec<u8>,
     /// The request head (and body) to send upstream.
@@ -137,6 +148,18 @@ impl Conn {
             }
             match h1::parse_request(&self.input, &self.shared.host, &mut self.head) {
                 Ok(Some(req)) => break req,
+                Ok(None) if self.input.is_empty() => {
+                    // Idle between requests: give way if a new connection waits for room.
+                    let read = read_within(&mut self.client, &mut self.input, IDLE);
+                    tokio::select! {
+                        biased;
+                        r = read => match r {
+                            Ok(0) | Err(_) => return false,
+                            Ok(_) => {}
+                        },
+                        () = self.budget.pressed() => return false,
+                    }
+                }
                 Ok(None) => match read_within(&mut self.client, &mut self.input, IDLE).await {
                     Ok(0) | Err(_) => return false,
                     Ok(_) => {}

@@ -12,6 +12,7 @@
 //! clients, and hyper's header maps, pool and per-connection dispatch task cost it 40 µs of
 //! CPU a request against 23-27 µs now (see `benches/README.md`).
 
+pub mod budget;
 mod forward;
 pub mod h1;
 
@@ -135,8 +136,14 @@ pub struct BindError {
 }
 
 impl Proxy {
-    /// Binds the port and starts serving with no routes.
+    /// Binds the port and starts serving with no routes, within the process's connection
+    /// budget.
     pub fn start(port: u16) -> Result<Self, BindError> {
+        Self::start_within(port, budget::Budget::process())
+    }
+
+    /// Binds the port and starts serving with no routes, holding at most what `budget` allows.
+    pub fn start_within(port: u16, budget: Arc<budget::Budget>) -> Result<Self, BindError> {
         let busy = || BindError {
             port,
             owner: super::process::port_owner(port),
@@ -160,14 +167,16 @@ impl Proxy {
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
+                // Past the budget, clients wait in the listen backlog.
+                let permit = budget.admit().await;
                 let Ok((stream, _)) = listener.accept().await else {
-                    // Out of file descriptors, most likely: the connection stays in the
-                    // backlog, so without a pause this loop would spin.
+                    // Out of file descriptors anyway (other processes' share): the connection
+                    // stays in the backlog, so without a pause this loop would spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(forward::serve(s.clone(), stream));
+                tokio::spawn(forward::serve(s.clone(), stream, budget.clone(), permit));
             }
         });
         Ok(Self { shared, task, port })
