@@ -765,7 +765,7 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         "keelson local-agent: pid {} serving {} on 127.0.0.1:{port}; traffic proxies hold up to {} client connections",
         info.pid,
         dir.display(),
-        proxy::budget::Budget::process().available()
+        proxy::budget::Budget::process().total()
     );
     tokio::spawn(supervise(shared.clone()));
     let app = Router::new()

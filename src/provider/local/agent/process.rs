@@ -86,6 +86,12 @@ pub fn start(
         .stderr(err)
         .process_group(0)
         .kill_on_drop(false);
+    // The agent raised its own open-file limit for its proxies; instances run with the limit
+    // they would have on their own.
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(super::proxy::budget::restore_original_limit);
+    }
     match cmd.spawn() {
         Ok(child) => {
             let pid = child.id().unwrap_or(0);

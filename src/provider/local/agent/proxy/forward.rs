@@ -140,6 +140,32 @@ fn fresh(stream: &TcpStream) -> bool {
 }
 
 impl Conn {
+    /// Waits for the next request while idle; false when the connection should close (the
+    /// client left or was idle too long, or a waiting client needs its place).
+    async fn read_or_give_way(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + IDLE;
+        loop {
+            let pressed = self.budget.pressed();
+            tokio::pin!(pressed);
+            pressed.as_mut().enable();
+            if self.give_way() {
+                return false;
+            }
+            let read =
+                tokio::time::timeout_at(deadline, read_more(&mut self.client, &mut self.input));
+            tokio::select! {
+                biased;
+                r = read => return matches!(r, Ok(Ok(n)) if n > 0),
+                () = &mut pressed => {}
+            }
+        }
+    }
+
+    /// Whether to close for a waiting client: only with nothing from this client on the way.
+    fn give_way(&self) -> bool {
+        fresh(&self.client) && self.budget.take_eviction()
+    }
+
     /// One request and its response; false when the connection is done.
     async fn exchange(&mut self) -> bool {
         let req = loop {
@@ -148,16 +174,10 @@ impl Conn {
             }
             match h1::parse_request(&self.input, &self.shared.host, &mut self.head) {
                 Ok(Some(req)) => break req,
-                Ok(None) if self.input.is_empty() => {
-                    // Idle between requests: give way if a new connection waits for room.
-                    let read = read_within(&mut self.client, &mut self.input, IDLE);
-                    tokio::select! {
-                        biased;
-                        r = read => match r {
-                            Ok(0) | Err(_) => return false,
-                            Ok(_) => {}
-                        },
-                        () = self.budget.pressed() => return false,
+                Ok(None) if self.input.iter().all(|b| matches!(b, b'\r' | b'\n')) => {
+                    // Idle between requests: close if a client waits for room.
+                    if !self.read_or_give_way().await {
+                        return false;
                     }
                 }
                 Ok(None) => match read_within(&mut self.client, &mut self.input, IDLE).await {

@@ -167,14 +167,15 @@ impl Proxy {
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                // Past the budget, clients wait in the listen backlog.
-                let permit = budget.admit().await;
                 let Ok((stream, _)) = listener.accept().await else {
                     // Out of file descriptors anyway (other processes' share): the connection
                     // stays in the backlog, so without a pause this loop would spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
+                // Past the budget this client waits (and the ones after it in the backlog)
+                // while an idle connection closes for it.
+                let permit = budget.admit().await;
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(forward::serve(s.clone(), stream, budget.clone(), permit));
             }
