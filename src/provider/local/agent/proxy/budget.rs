@@ -98,10 +98,15 @@ impl Budget {
         }
     }
 
+    /// Whether a client waits for room (one atomic load).
+    pub fn someone_waits(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
     /// Whether an idle connection should close now to make room: one closes for each waiting
     /// client.
     pub fn take_eviction(&self) -> bool {
-        if self.waiting.load(Ordering::Acquire) == 0 {
+        if !self.someone_waits() {
             return false;
         }
         let Ok(mut q) = self.queue.lock() else {

@@ -161,9 +161,10 @@ impl Conn {
         }
     }
 
-    /// Whether to close for a waiting client: only with nothing from this client on the way.
+    /// Whether to close for a waiting client: only with nothing from this client on the way
+    /// (asked of the socket only when someone waits: this runs before every request).
     fn give_way(&self) -> bool {
-        fresh(&self.client) && self.budget.take_eviction()
+        self.budget.someone_waits() && fresh(&self.client) && self.budget.take_eviction()
     }
 
     /// One request and its response; false when the connection is done.
