@@ -169,6 +169,8 @@ impl Conn {
 
     /// One request and its response; false when the connection is done.
     async fn exchange(&mut self) -> bool {
+        // A request head must arrive whole within IDLE of its first byte, however it trickles.
+        let mut head_deadline = None;
         let req = loop {
             if self.shared.stopped.load(Ordering::Acquire) {
                 return false;
@@ -181,10 +183,15 @@ impl Conn {
                         return false;
                     }
                 }
-                Ok(None) => match read_within(&mut self.client, &mut self.input, IDLE).await {
-                    Ok(0) | Err(_) => return false,
-                    Ok(_) => {}
-                },
+                Ok(None) => {
+                    let deadline =
+                        *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + IDLE);
+                    let read = read_more(&mut self.client, &mut self.input);
+                    if !matches!(tokio::time::timeout_at(deadline, read).await, Ok(Ok(n)) if n > 0)
+                    {
+                        return false;
+                    }
+                }
                 Err(e) => {
                     self.reply(e.status(), &e.to_string(), false, false).await;
                     return false;
