@@ -37,12 +37,14 @@ fn desired(apps: &[String]) -> DesiredState {
             bytes: a.as_bytes().to_vec(),
         });
     }
-    keelson::pipeline::check(keelson::source::SourceSet {
+    let checked = keelson::pipeline::check(keelson::source::SourceSet {
         files,
         diagnostics: vec![],
-    })
-    .desired
-    .expect("valid bench specs")
+    });
+    match checked.desired {
+        Some(d) => d,
+        None => panic!("invalid bench specs: {:?}", checked.diagnostics.first()),
+    }
 }
 
 fn free_port() -> u16 {
@@ -220,16 +222,15 @@ async fn main() {
     );
 
     // 4. 50 clusters at once, parallelism 4.
-    let apps: Vec<String> = (0..50)
-        .map(|i| {
-            app(
-                &format!("fleet-{i}"),
-                "1.0.0",
-                1,
-                free_port(),
-                "{type: red-black}",
-            )
-        })
+    // A port the OS just handed out can come back: take 50 distinct ones.
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < 50 {
+        ports.insert(free_port());
+    }
+    let apps: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| app(&format!("fleet-{i}"), "1.0.0", 1, port, "{type: red-black}"))
         .collect();
     let d50 = desired(&apps);
     let t = Instant::now();
