@@ -16,7 +16,7 @@ use base64::Engine;
 use keelson::source::git::{GitAuth, GitSource};
 use tokio::io::AsyncWriteExt;
 
-use crate::support::git;
+use crate::support::bare_repo;
 
 const TOKEN: &str = "ghs_test0token";
 
@@ -93,23 +93,9 @@ async fn cgi(
 
 /// A bare repository `specs.git` with one commit, served over HTTP; returns (url, commit).
 async fn serve(dir: &Path) -> (String, String, Arc<Server>) {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(
-        work.join("env.yaml"),
-        "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n",
-    )
-    .unwrap();
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-qm", "env"]);
-    let commit = git(&work, &["rev-parse", "HEAD"]);
     let root = dir.join("served");
     std::fs::create_dir_all(&root).unwrap();
-    git(
-        &root,
-        &["clone", "-q", "--bare", work.to_str().unwrap(), "specs.git"],
-    );
+    let (_, commit) = bare_repo(&root, "specs.git");
     let server = Arc::new(Server {
         root,
         refused: AtomicUsize::new(0),
@@ -118,11 +104,7 @@ async fn serve(dir: &Path) -> (String, String, Arc<Server>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (
-        format!("http://127.0.0.1:{port}/specs.git"),
-        commit.trim().to_string(),
-        server,
-    )
+    (format!("http://127.0.0.1:{port}/specs.git"), commit, server)
 }
 
 fn source(url: &str, dir: &Path, token: Option<&str>) -> GitSource {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use keelson::source::git::{GitAuth, GitSource};
 
-use crate::support::git;
+use crate::support::bare_repo;
 
 /// An sshd for one test; killed on drop, even when the test fails.
 pub struct Sshd {
@@ -103,26 +103,6 @@ pub fn line_to_add(error: &str) -> String {
     format!("{line}\n")
 }
 
-/// A bare repository with one commit; returns (path, commit).
-fn bare_repo(dir: &Path) -> (PathBuf, String) {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(
-        work.join("env.yaml"),
-        "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n",
-    )
-    .unwrap();
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-qm", "env"]);
-    let commit = git(&work, &["rev-parse", "HEAD"]).trim().to_string();
-    git(
-        dir,
-        &["clone", "-q", "--bare", work.to_str().unwrap(), "specs.git"],
-    );
-    (dir.join("specs.git"), commit)
-}
-
 /// What `ssh-keyscan -p PORT 127.0.0.1` prints (`-H`: with hashed names).
 pub fn keyscan(port: u16, hash: bool) -> String {
     let mut cmd = Command::new("ssh-keyscan");
@@ -174,7 +154,7 @@ fn fetch(src: GitSource) -> Result<String, String> {
 fn a_private_repository_is_followed_over_ssh_with_a_deploy_key() {
     let dir = tempfile::tempdir().unwrap();
     let server = sshd(dir.path());
-    let (repo, commit) = bare_repo(dir.path());
+    let (repo, commit) = bare_repo(dir.path(), "specs.git");
     let url = format!(
         "ssh://{}@127.0.0.1:{}{}",
         user(),

@@ -63,3 +63,24 @@ pub fn sources(files: &[(String, String)]) -> keelson::source::SourceSet {
         diagnostics: vec![],
     }
 }
+
+/// A bare repository at `dir/<name>` whose one commit holds a dev environment on the local
+/// target (made in `dir/work`); returns its path and the commit.
+pub fn bare_repo(dir: &Path, name: &str) -> (PathBuf, String) {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        work.join("env.yaml"),
+        "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n",
+    )
+    .unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "env"]);
+    let commit = git(&work, &["rev-parse", "HEAD"]).trim().to_string();
+    git(
+        dir,
+        &["clone", "-q", "--bare", work.to_str().unwrap(), name],
+    );
+    (dir.join(name), commit)
+}
