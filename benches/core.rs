@@ -64,6 +64,7 @@ fn live_as(d: &DesiredState) -> ObservedState {
                     weight: 100,
                     instances,
                     labels: c.labels.clone(),
+                    previous: None,
                 }],
             },
         );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use keelson::engine::{Engine, Progress, execute_step};
+use keelson::engine::{Engine, LogProgress, Progress};
 use keelson::model::{ClusterId, DesiredState};
 use keelson::observe::Providers;
 use keelson::plan::Selection;
@@ -170,12 +170,25 @@ async fn main() {
         .start_agent()
         .await
         .expect("the local agent starts");
+    // Through the engine, as apply runs it: lock, guard, journal, health gate polled at the
+    // local provider's interval.
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
+    let first = Engine {
+        store: store.clone(),
+        providers: providers.clone(),
+        owner: Owner::this_process("bench", keelson::clock::now()),
+        parallelism: 1,
+        stop: Default::default(),
+    };
+    let target = keelson::provider::TargetRef {
+        environment: c.id.environment.clone(),
+        target: c.target.clone(),
+    };
     let t = Instant::now();
-    for s in &steps.clusters[0].steps {
-        execute_step(provider.as_ref(), &c, &s.step)
-            .await
-            .expect("create step");
-    }
+    let r = first
+        .run_cluster(&steps.clusters[0], &target, "b", &LogProgress)
+        .await;
+    assert_eq!(r.outcome, keelson::engine::ClusterOutcome::Converged);
     let create = t.elapsed();
     println!(
         "create server group of 3 -> all healthy and in traffic: {create:?} (demo-app alone starts in {app_start:?})"
@@ -194,7 +207,6 @@ async fn main() {
     let _ = child.kill().await;
 
     // 3. Red/black of 3 instances through the engine: total minus health waits.
-    let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let engine = Arc::new(Engine {
         store,
         providers: providers.clone(),

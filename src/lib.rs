@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod actuation;
 pub mod cli;
 pub mod clock;
 pub mod compile;
@@ -23,6 +24,7 @@ pub mod plan;
 pub mod pr;
 pub mod provider;
 pub mod render;
+pub mod report;
 pub mod review;
 pub mod server;
 pub mod source;

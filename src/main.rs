@@ -9,6 +9,16 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit codes are decided here, once: 0 success (plan: no changes), 2 plan has changes (with
+/// --detailed-exitcode), 1 an error or a failure the verb reported.
 fn main() -> ExitCode {
-    keelson::cli::run(keelson::cli::Cli::parse())
+    let cli = keelson::cli::Cli::parse();
+    let style = cli.style();
+    match keelson::cli::run(cli) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            eprintln!("{}", keelson::cli::error_report(&e, style));
+            ExitCode::from(1)
+        }
+    }
 }

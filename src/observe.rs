@@ -53,7 +53,8 @@ pub fn targets(desired: &DesiredState) -> Vec<TargetRef> {
 }
 
 /// Observes the targets; a target that cannot be observed is recorded as unavailable.
-/// Only targets that some desired cluster uses, or whose provider is present, are asked.
+/// Only targets some desired cluster uses are asked, and those of environments that prune
+/// (where a cluster no spec declares any more is destroyed): nothing else is planned.
 pub async fn observe(desired: &DesiredState, providers: &Providers) -> ObservedState {
     let mut state = ObservedState::default();
     for t in targets(desired) {
@@ -61,18 +62,26 @@ pub async fn observe(desired: &DesiredState, providers: &Providers) -> ObservedS
             .clusters
             .keys()
             .any(|c| c.environment == t.environment && c.target == t.target.name);
+        let prunes = desired
+            .environments
+            .get(&t.environment)
+            .is_some_and(|e| e.prune);
+        if !used && !prunes {
+            continue;
+        }
         let Some(p) = providers.get(t.target.provider) else {
-            if used {
-                state.unavailable.insert(
-                    t.key(),
-                    format!(
-                        "no {} provider in this build of keelson",
-                        t.target.provider.as_str()
-                    ),
-                );
-            }
+            state.unavailable.insert(
+                t.key(),
+                format!(
+                    "no {} provider in this build of keelson",
+                    t.target.provider.as_str()
+                ),
+            );
             continue;
         };
+        state
+            .precision
+            .insert(t.target.provider, p.capabilities().traffic);
         match p.observe(&t).await {
             Ok(clusters) => {
                 for c in clusters {
@@ -80,7 +89,7 @@ pub async fn observe(desired: &DesiredState, providers: &Providers) -> ObservedS
                 }
             }
             Err(e) => {
-                state.unavailable.insert(t.key(), e.to_string());
+                state.unavailable.insert(t.key(), e.chain());
             }
         }
     }

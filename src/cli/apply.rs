@@ -1,19 +1,17 @@
 //! `keelson apply`.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::plan::{load_desired, providers, selection};
-use super::{ApplyArgs, CliError, Style};
+use super::context::{Context, selection};
+use super::{ApplyArgs, CliError, Exit, Style};
 use crate::engine::{Engine, LogProgress, Progress};
 use crate::model::ClusterId;
 use crate::observe::observe;
 use crate::plan::{Plan, plan};
-use crate::store::{Owner, SqliteStore, Store};
+use crate::store::Owner;
 
 /// One spinner per cluster, on a terminal.
 struct BarProgress {
@@ -69,13 +67,6 @@ fn progress() -> Arc<dyn Progress> {
     }
 }
 
-/// Opens the store under a state directory.
-pub fn store(state: &Path) -> Result<Arc<dyn Store>, CliError> {
-    Ok(Arc::new(
-        SqliteStore::open(state).map_err(|e| CliError::Usage(e.to_string()))?,
-    ))
-}
-
 fn confirm() -> bool {
     eprint!("\nDo you want to apply this plan? Only 'yes' will be accepted: ");
     let _ = std::io::stderr().flush();
@@ -84,78 +75,36 @@ fn confirm() -> bool {
 }
 
 /// Runs `keelson apply`.
-pub async fn run(args: &ApplyArgs, style: Style) -> Result<ExitCode, CliError> {
-    let state = args.location.state();
+pub async fn run(args: &ApplyArgs, style: Style) -> Result<Exit, CliError> {
+    let ctx = Context::of(&args.location);
     let sel = selection(&args.env, &args.app)?;
-    let Some((desired, revision)) =
-        load_desired(&args.location.repo, style, Some("Nothing was changed."))?
-    else {
-        return Ok(ExitCode::from(1));
+    let Some((desired, revision)) = ctx.load(style, Some("Nothing was changed."))? else {
+        return Ok(Exit::Failure);
     };
-    let store = store(&state)?;
-    let providers = providers(&state);
+    let store = ctx.store()?;
+    let providers = ctx.providers();
     let now = crate::clock::now();
     let owner = Owner::this_process("keelson apply", now);
+    let observed = observe(&desired, &providers).await;
+    let policy = store.policy(now, Some(&owner))?;
+    let fresh = plan(&desired, &observed, &policy, &revision, &sel);
     let fixed = match &args.plan {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                CliError::Usage(format!("cannot read plan `{}`: {e}", file.display()))
-            })?;
-            let saved: Plan = serde_json::from_str(&text).map_err(|e| {
-                CliError::Usage(format!("`{}` is not a keelson plan: {e}", file.display()))
-            })?;
-            if saved.revision != revision {
-                return Err(CliError::Usage(format!(
-                    "stale plan: it was made for revision {}, the specs are now at {revision}; run `keelson plan --out {}` again",
-                    saved.revision,
-                    file.display()
-                )));
-            }
-            let observed = observe(&desired, &providers).await;
-            if saved.observed_fingerprint != observed.fingerprint() {
-                return Err(CliError::Usage(format!(
-                    "stale plan: the live state changed since it was made (fingerprint {} is now {}); run `keelson plan --out {}` again",
-                    saved.observed_fingerprint,
-                    observed.fingerprint(),
-                    file.display()
-                )));
-            }
-            // Plans are saved with secret values masked; the specs are at the plan's revision,
-            // so take each cluster's full spec from them.
-            let mut saved = saved;
-            for c in &mut saved.clusters {
-                if c.desired.is_some() {
-                    c.desired = desired.clusters.get(&c.id).cloned();
-                }
-            }
-            Some(saved)
-        }
+        Some(file) => Some(saved_plan(file, &fresh, &revision, &observed)?),
         None => None,
     };
-    let shown = match &fixed {
-        Some(p) => p.clone(),
-        None => {
-            let observed = observe(&desired, &providers).await;
-            let policy = store
-                .policy(now, Some(&owner))
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            plan(&desired, &observed, &policy, &revision, &sel)
-        }
-    };
-    print!("{}", crate::render::text(&shown, style));
+    let shown = fixed.as_ref().unwrap_or(&fresh);
+    print!("{}", crate::render::text(shown, style));
     if !shown.has_changes() {
         let _ = store.set_last_good_revision(&revision);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     if !args.auto_approve {
         if !std::io::stdin().is_terminal() {
-            return Err(CliError::Usage(
-                "apply needs confirmation: answer on a terminal, or pass --auto-approve".into(),
-            ));
+            return Err(CliError::NeedsConfirmation);
         }
         if !confirm() {
             eprintln!("Apply cancelled; nothing was changed.");
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Failure);
         }
     }
     let engine = Arc::new(Engine {
@@ -177,7 +126,7 @@ pub async fn run(args: &ApplyArgs, style: Style) -> Result<ExitCode, CliError> {
             "\n{}",
             style.error("Apply failed: see above. Clusters that failed were rolled back.")
         );
-        return Ok(ExitCode::from(1));
+        return Ok(Exit::Failure);
     }
     let _ = store.set_last_good_revision(&revision);
     let held = report
@@ -198,5 +147,55 @@ pub async fn run(args: &ApplyArgs, style: Style) -> Result<ExitCode, CliError> {
             String::new()
         }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
+}
+
+/// A plan saved with `plan --out`, held to what it says: it must be for these specs and this
+/// live state, and what it would do must be exactly what planning now does. The plan that runs
+/// is the fresh one (blocks are evaluated now); the file only commits to it.
+fn saved_plan(
+    file: &std::path::Path,
+    fresh: &Plan,
+    revision: &str,
+    observed: &crate::model::ObservedState,
+) -> Result<Plan, CliError> {
+    let stale = |why: String| CliError::StalePlan {
+        path: file.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::File {
+        action: "read",
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let saved: Plan = serde_json::from_str(&text).map_err(|source| CliError::PlanFile {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    if saved.format_version != crate::plan::PLAN_FORMAT {
+        return Err(stale(format!(
+            "it is in plan format {}, this keelson writes format {}",
+            saved.format_version,
+            crate::plan::PLAN_FORMAT
+        )));
+    }
+    if saved.revision != revision {
+        return Err(stale(format!(
+            "it was made for revision {}, the specs are now at {revision}",
+            saved.revision
+        )));
+    }
+    if saved.observed_fingerprint != observed.fingerprint() {
+        return Err(stale(format!(
+            "the live state changed since it was made (fingerprint {} is now {})",
+            saved.observed_fingerprint,
+            observed.fingerprint()
+        )));
+    }
+    if saved.commitments() != fresh.commitments() {
+        return Err(stale(
+            "its steps are not what planning the same revision and live state gives now".into(),
+        ));
+    }
+    Ok(fresh.clone())
 }

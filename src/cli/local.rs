@@ -1,14 +1,13 @@
 //! `keelson demo-app`, `keelson local-agent` and `keelson down`.
 
-use std::process::ExitCode;
-
-use super::{CliError, DemoAppArgs, DownArgs, LocalAgentArgs};
+use super::context::{Context, state_dir};
+use super::error::name;
+use super::{CliError, DemoAppArgs, DownArgs, Exit, LocalAgentArgs};
 use crate::demo::{DemoConfig, run as run_demo};
-use crate::provider::local::LocalProvider;
 use crate::spec::AppName;
 
 /// Runs the demo app until SIGTERM.
-pub async fn demo_app(args: &DemoAppArgs) -> Result<ExitCode, CliError> {
+pub async fn demo_app(args: &DemoAppArgs) -> Result<Exit, CliError> {
     let config = DemoConfig {
         port: args.port,
         fail_health: args.fail_health,
@@ -17,36 +16,31 @@ pub async fn demo_app(args: &DemoAppArgs) -> Result<ExitCode, CliError> {
         latency: args.latency,
         crash_after: args.crash_after,
     };
-    run_demo(config).await.map_err(|e| {
-        CliError::Usage(format!("demo-app cannot serve on port {}: {e}", args.port))
+    run_demo(config).await.map_err(|source| CliError::Demo {
+        port: args.port,
+        source,
     })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Runs the local agent in the foreground.
-pub async fn local_agent(args: &LocalAgentArgs) -> Result<ExitCode, CliError> {
-    crate::provider::local::agent::run(&args.state_dir)
-        .await
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    Ok(ExitCode::SUCCESS)
+pub async fn local_agent(args: &LocalAgentArgs) -> Result<Exit, CliError> {
+    crate::provider::local::agent::run(&args.state_dir).await?;
+    Ok(Exit::Success)
 }
 
 /// Stops local clusters and says what stopped.
-pub async fn down(args: &DownArgs) -> Result<ExitCode, CliError> {
-    let state = super::plan::state_dir(&args.repo, args.state_dir.as_ref());
-    let exe = std::env::current_exe().unwrap_or_else(|_| "keelson".into());
+pub async fn down(args: &DownArgs) -> Result<Exit, CliError> {
+    let ctx = Context::new(
+        args.repo.clone(),
+        state_dir(&args.repo, args.state_dir.as_ref()),
+    );
     let app = args
         .app
         .as_ref()
-        .map(|a| {
-            AppName::new(a.clone())
-                .map_err(|_| CliError::Usage(format!("`{a}` is not a valid application name")))
-        })
+        .map(|a| name("application", a, AppName::new))
         .transpose()?;
-    let stopped = LocalProvider::new(&state, exe)
-        .down(app)
-        .await
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let stopped = ctx.local().down(app).await?;
     if stopped.is_empty() {
         println!("Nothing is running on the local target.");
     } else {
@@ -55,5 +49,5 @@ pub async fn down(args: &DownArgs) -> Result<ExitCode, CliError> {
             println!("  {s}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

@@ -1,21 +1,27 @@
 //! The command line: arguments, verbs, output and exit codes.
 
+mod api;
 mod apply;
+mod context;
+mod control;
+mod error;
 mod local;
-mod ops;
 mod output;
 mod plan;
 pub(crate) mod review;
+mod rollback;
+mod status;
 mod up;
 mod validate;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use output::{Style, render_diagnostics};
+pub use context::{Context, state_dir};
+pub use error::{CliError, Exit};
+pub use output::{Style, error_report, render_diagnostics};
 
 /// Keelson: declarative delivery. Edit YAML in Git; Keelson plans and converges your clusters.
 #[derive(Debug, Parser)]
@@ -202,13 +208,6 @@ pub struct Location {
     /// Where Keelson keeps its state (default: <repo>/.keelson).
     #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
     pub state_dir: Option<PathBuf>,
-}
-
-impl Location {
-    /// The state directory: `--state-dir`, else `<repo>/.keelson`.
-    pub fn state(&self) -> PathBuf {
-        plan::state_dir(&self.repo, self.state_dir.as_ref())
-    }
 }
 
 /// Arguments of `keelson apply`.
@@ -481,26 +480,6 @@ pub struct LocalAgentArgs {
     pub state_dir: PathBuf,
 }
 
-/// Errors of the command line's own making (the core's errors carry their own types).
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// The repository could not be read.
-    #[error(transparent)]
-    Source(#[from] crate::source::SourceError),
-    /// A bad argument or a failed edge call, already phrased for a person.
-    #[error("{0}")]
-    Usage(String),
-    /// Writing an output file failed.
-    #[error("cannot write `{path}`")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Arguments of `keelson validate`.
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -517,36 +496,37 @@ pub struct ValidateArgs {
     pub format: Format,
 }
 
-/// Runs a parsed command line and returns the process exit code.
-pub fn run(cli: Cli) -> ExitCode {
-    let style = Style {
-        color: cli.color.enabled(),
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+impl Cli {
+    /// How output looks, from `--color`.
+    pub fn style(&self) -> Style {
+        Style {
+            color: self.color.enabled(),
+        }
+    }
+}
+
+/// Runs a parsed command line; `main` turns the result into the exit code.
+pub fn run(cli: Cli) -> Result<Exit, CliError> {
+    let style = cli.style();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{}", output::error_report(&e, style));
-            return ExitCode::from(1);
-        }
-    };
+        .map_err(|source| CliError::Runtime { source })?;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Validate(args) => validate::run(&args, style).map_err(CliError::from),
+            Command::Validate(args) => validate::run(&args, style),
             Command::Plan(args) => plan::run(&args, style).await,
             Command::Apply(args) => apply::run(&args, style).await,
             Command::PrComment(args) => review::pr_comment(&args, style).await,
             Command::Up(args) => up::run_up(&args).await,
-            Command::Status(args) => ops::status(&args, style).await,
-            Command::History(args) => ops::history(&args).await,
-            Command::Suspend(args) => ops::suspend(&args).await,
-            Command::Resume(args) => ops::resume(&args).await,
-            Command::Locks(args) => ops::locks(&args).await,
-            Command::Rollback(args) => ops::rollback(&args, style).await,
-            Command::Approve(args) => ops::approve(&args).await,
+            Command::Status(args) => status::status(&args, style).await,
+            Command::History(args) => status::history(&args).await,
+            Command::Suspend(args) => control::suspend(&args).await,
+            Command::Resume(args) => control::resume(&args).await,
+            Command::Locks(args) => control::locks(&args).await,
+            Command::Rollback(args) => rollback::rollback(&args, style).await,
+            Command::Approve(args) => control::approve(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,
             Command::LocalAgent(args) => local::local_agent(&args).await,
@@ -554,11 +534,5 @@ pub fn run(cli: Cli) -> ExitCode {
     });
     // Do not wait for background tasks (probes, pooled connections) at exit.
     runtime.shutdown_background();
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("{}", output::error_report(&e, style));
-            ExitCode::from(1)
-        }
-    }
+    result
 }

@@ -82,16 +82,19 @@ fn excerpt(line: &str, col: usize) -> (String, usize) {
     (shown, caret)
 }
 
-/// An error and its causes: `error: ...` then `Caused by:` lines.
-pub fn error_report(e: &(dyn std::error::Error + 'static), style: Style) -> String {
+/// An error and its causes: `error: ...`, then `Caused by:` lines, then `hint:`.
+pub fn error_report(e: &super::CliError, style: Style) -> String {
     let mut out = format!("{}: {e}", style.error("error"));
-    let mut cause = e.source();
+    let mut cause = std::error::Error::source(e);
     if cause.is_some() {
         out.push_str("\n\nCaused by:");
     }
     while let Some(c) = cause {
         let _ = write!(out, "\n  {c}");
         cause = c.source();
+    }
+    if let Some(h) = e.hint() {
+        let _ = write!(out, "\n\n{}: {h}", style.bold("hint"));
     }
     out
 }

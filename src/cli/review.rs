@@ -1,10 +1,11 @@
 //! `keelson plan --base` and `keelson pr-comment`: a change to the specs, reviewed.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use super::plan::{providers, selection, source_texts};
-use super::{CliError, LiveArg, PlanArgs, PlanFormat, PrCommentArgs, Style, render_diagnostics};
+use super::context::{Context, selection, source_texts};
+use super::{
+    CliError, Exit, LiveArg, PlanArgs, PlanFormat, PrCommentArgs, Style, render_diagnostics,
+};
 use crate::forge::RepoSlug;
 use crate::forge::github::{GitHub, Retry, Token};
 use crate::plan::Selection;
@@ -31,10 +32,13 @@ fn read_side(repo: &Path, spec: &str) -> Result<(Revision, PathBuf), CliError> {
         return dir_side(dir);
     }
     let r = read_revision(repo, spec).map_err(|e| {
-        CliError::Usage(format!(
-            "{e} (give a Git revision of {} or an existing directory)",
-            repo.display()
-        ))
+        CliError::argument(
+            e.to_string(),
+            format!(
+                "give a Git revision of {} or an existing directory",
+                repo.display()
+            ),
+        )
     })?;
     Ok((
         Revision {
@@ -61,29 +65,28 @@ fn dir_side(dir: &Path) -> Result<(Revision, PathBuf), CliError> {
 
 /// Both sides, reviewed.
 async fn reviewed(
-    location: &super::Location,
+    ctx: &Context,
     base: &str,
     head: Option<&str>,
     live: LiveArg,
     sel: &Selection,
 ) -> Result<(Review, Revision, PathBuf), CliError> {
-    let repo = &location.repo;
+    let repo = &ctx.repo;
     let (base, _) = read_side(repo, base)?;
     let (head, prefix) = match head {
         Some(h) => read_side(repo, h)?,
         None => dir_side(repo)?,
     };
-    let state = location.state();
     // A CI job assuming base is live needs no state directory; do not create one.
     let store = match live {
-        LiveArg::Observe => Some(super::apply::store(&state)?),
+        LiveArg::Observe => Some(ctx.store()?),
         LiveArg::Base => None,
     };
     let r = review(
         &base,
         &head,
         live.into(),
-        &providers(&state),
+        &ctx.providers(),
         store.as_deref(),
         sel,
     )
@@ -129,12 +132,13 @@ fn print_review(r: &Review, head: &Revision, style: Style) {
 
 /// `keelson plan --base B [--head H]`.
 pub async fn plan_between(
+    ctx: &Context,
     args: &PlanArgs,
     base: &str,
     sel: &Selection,
     style: Style,
-) -> Result<ExitCode, CliError> {
-    let (r, head, _) = reviewed(&args.location, base, args.head.as_deref(), args.live, sel).await?;
+) -> Result<Exit, CliError> {
+    let (r, head, _) = reviewed(ctx, base, args.head.as_deref(), args.live, sel).await?;
     match args.format {
         PlanFormat::Text => print_review(&r, &head, style),
         PlanFormat::Markdown => {
@@ -147,11 +151,11 @@ pub async fn plan_between(
         ),
     }
     Ok(match &r.outcome {
-        Outcome::Invalid { .. } => ExitCode::from(1),
+        Outcome::Invalid { .. } => Exit::Failure,
         Outcome::Planned { plan, .. } if args.detailed_exitcode && plan.has_changes() => {
-            ExitCode::from(2)
+            Exit::Changes
         }
-        Outcome::Planned { .. } => ExitCode::SUCCESS,
+        Outcome::Planned { .. } => Exit::Success,
     })
 }
 
@@ -169,8 +173,10 @@ fn scope(envs: &[String]) -> String {
 /// The forge token: `--token-file`, else `KEELSON_FORGE_TOKEN`, else `GITHUB_TOKEN`.
 pub fn forge_token(file: Option<&PathBuf>) -> Result<Option<Token>, CliError> {
     if let Some(f) = file {
-        let t = std::fs::read_to_string(f).map_err(|e| {
-            CliError::Usage(format!("cannot read the token file {}: {e}", f.display()))
+        let t = std::fs::read_to_string(f).map_err(|source| CliError::File {
+            action: "read the token file",
+            path: f.clone(),
+            source,
         })?;
         return Ok(Some(Token::new(t)));
     }
@@ -192,35 +198,31 @@ fn actions_run_url() -> Option<String> {
 }
 
 /// `keelson pr-comment`.
-pub async fn pr_comment(args: &PrCommentArgs, style: Style) -> Result<ExitCode, CliError> {
+pub async fn pr_comment(args: &PrCommentArgs, style: Style) -> Result<Exit, CliError> {
+    let ctx = Context::of(&args.location);
     let sel = selection(&args.env, &[])?;
     let slug: Option<RepoSlug> = args
         .forge_repo
         .as_deref()
         .map(str::parse)
         .transpose()
-        .map_err(CliError::Usage)?;
+        .map_err(|e: String| CliError::argument(e, "give --forge-repo as owner/name"))?;
     let token = forge_token(args.token_file.as_ref())?;
     if !args.dry_run {
         if slug.is_none() {
-            return Err(CliError::Usage(
-                "which repository? give --forge-repo owner/name (GITHUB_REPOSITORY in GitHub Actions)".into(),
+            return Err(CliError::argument(
+                "which repository?",
+                "give --forge-repo owner/name (GITHUB_REPOSITORY in GitHub Actions)",
             ));
         }
         if token.is_none() {
-            return Err(CliError::Usage(
-                "no forge token: set KEELSON_FORGE_TOKEN or GITHUB_TOKEN, or give --token-file (or use --dry-run)".into(),
+            return Err(CliError::argument(
+                "no forge token",
+                "set KEELSON_FORGE_TOKEN or GITHUB_TOKEN, or give --token-file (or use --dry-run)",
             ));
         }
     }
-    let (r, head, prefix) = reviewed(
-        &args.location,
-        &args.base,
-        Some(&args.head),
-        args.live,
-        &sel,
-    )
-    .await?;
+    let (r, head, prefix) = reviewed(&ctx, &args.base, Some(&args.head), args.live, &sel).await?;
     // The whole plan goes to the log: the comments point there when they are truncated.
     print_review(&r, &head, style);
     let plan_url = args.plan_url.clone().or_else(actions_run_url);
@@ -239,9 +241,9 @@ pub async fn pr_comment(args: &PrCommentArgs, style: Style) -> Result<ExitCode, 
     let comments = parts(&r, &ctx);
     let invalid = matches!(r.outcome, Outcome::Invalid { .. });
     let code = if invalid {
-        ExitCode::from(1)
+        Exit::Failure
     } else {
-        ExitCode::SUCCESS
+        Exit::Success
     };
     let (Some(slug), Some(token), false) = (slug, token, args.dry_run) else {
         for (i, c) in comments.iter().enumerate() {
@@ -249,8 +251,7 @@ pub async fn pr_comment(args: &PrCommentArgs, style: Style) -> Result<ExitCode, 
         }
         return Ok(code);
     };
-    let forge = GitHub::new(&args.forge_url, token, Retry::default())
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let forge = GitHub::new(&args.forge_url, token, Retry::default()).map_err(CliError::Forge)?;
     let target = Target {
         repo: slug,
         pr: args.pr,
@@ -258,13 +259,9 @@ pub async fn pr_comment(args: &PrCommentArgs, style: Style) -> Result<ExitCode, 
         head_commit: head.commit.clone(),
         target_url: plan_url,
     };
-    let done = post(&forge, &target, &r, &comments).await.map_err(|e| {
-        let hint = e
-            .hint()
-            .map(|h| format!("\n  hint: {h}"))
-            .unwrap_or_default();
-        CliError::Usage(format!("publishing the plan failed: {e}{hint}"))
-    })?;
+    let done = post(&forge, &target, &r, &comments)
+        .await
+        .map_err(CliError::Forge)?;
     eprintln!(
         "Pull request #{}: {} comment(s) posted, {} edited, {} deleted, {} unchanged{}.",
         args.pr,

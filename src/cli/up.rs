@@ -2,22 +2,23 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::plan::providers;
-use super::{CliError, LogFormat, UpArgs};
+use super::context::Context;
+use super::{CliError, Exit, LogFormat, UpArgs};
 use crate::daemon::{LoopConfig, Source, run};
 use crate::engine::Engine;
 use crate::server::{Shared, router};
 use crate::source::git::{GitAuth, GitSource};
-use crate::store::{Owner, SqliteStore};
+use crate::store::Owner;
 
 /// A secret from an environment variable or a file (the file wins), trimmed; never logged.
 fn secret(env: &str, file: Option<&PathBuf>) -> Result<Option<String>, CliError> {
     if let Some(f) = file {
-        let v = std::fs::read_to_string(f).map_err(|e| {
-            CliError::Usage(format!("cannot read secret file `{}`: {e}", f.display()))
+        let v = std::fs::read_to_string(f).map_err(|source| CliError::File {
+            action: "read the secret file",
+            path: f.clone(),
+            source,
         })?;
         return Ok(Some(v.trim().to_string()).filter(|v| !v.is_empty()));
     }
@@ -47,7 +48,7 @@ fn init_logs(format: LogFormat) {
 }
 
 /// Runs `keelson up` until SIGTERM/SIGINT.
-pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
+pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     init_logs(args.log_format);
     let is_local_dir = std::path::Path::new(&args.repo).is_dir();
     let state = args.state_dir.clone().unwrap_or_else(|| {
@@ -59,8 +60,9 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
     });
     let source = if args.watch_files {
         if !is_local_dir {
-            return Err(CliError::Usage(
-                "--watch-files needs --repo to be a local directory".into(),
+            return Err(CliError::argument(
+                "--watch-files needs --repo to be a local directory",
+                "drop --watch-files to follow a remote repository",
             ));
         }
         Source::Dir(PathBuf::from(&args.repo))
@@ -87,7 +89,7 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
     let repository = match &args.forge_repo {
         Some(r) => Some(
             r.parse::<crate::forge::RepoSlug>()
-                .map_err(CliError::Usage)?,
+                .map_err(|e| CliError::argument(e, "give --forge-repo as owner/name"))?,
         ),
         None => crate::forge::RepoSlug::from_remote(&args.repo),
     };
@@ -97,8 +99,9 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
             "webhooks are accepted for any repository (set --forge-repo to restrict)"
         ),
     }
-    let store = Arc::new(SqliteStore::open(&state).map_err(|e| CliError::Usage(e.to_string()))?);
-    let providers = providers(&state);
+    let ctx = Context::new(PathBuf::from(&args.repo), state.clone());
+    let store = ctx.store()?;
+    let providers = ctx.providers();
     // Pull request comments need a Git source (to fetch heads) and a forge token.
     let pull_requests = match (
         &source,
@@ -110,7 +113,7 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
                 token,
                 crate::forge::github::Retry::default(),
             )
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+            .map_err(CliError::Forge)?;
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             let worker = crate::daemon::pull_request::Worker {
                 source: GitSource {
@@ -148,7 +151,10 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+        .map_err(|source| CliError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
     tracing::info!(listen = %args.listen, source = %source.describe(), state = %state.display(), "keelson up");
     if shared.api_token.is_none() {
         tracing::warn!(
@@ -187,7 +193,7 @@ pub async fn run_up(args: &UpArgs) -> Result<ExitCode, CliError> {
     .await;
     let _ = stop_tx.send(true);
     let _ = server.await;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 fn watch(dir: &std::path::Path, shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {

@@ -1,14 +1,13 @@
 //! `keelson validate`.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::{Format, Style, ValidateArgs, render_diagnostics};
+use super::{CliError, Exit, Format, Style, ValidateArgs, render_diagnostics};
 use crate::diag::Diagnostic;
 use crate::pipeline::{Checked, check};
-use crate::source::{SourceError, read_dir};
+use crate::source::read_dir;
 
 /// The JSON output of `keelson validate --format json` (documented in the README).
 #[derive(Debug, Serialize)]
@@ -30,9 +29,9 @@ pub struct ValidateReport<'a> {
 }
 
 /// Runs `keelson validate`.
-pub fn run(args: &ValidateArgs, style: Style) -> Result<ExitCode, SourceError> {
+pub fn run(args: &ValidateArgs, style: Style) -> Result<Exit, CliError> {
     let sources = read_dir(&args.repo)?;
-    let texts = super::plan::source_texts(&sources);
+    let texts = super::context::source_texts(&sources);
     let checked = check(sources);
     let valid = checked.desired.is_some();
     match args.format {
@@ -53,11 +52,7 @@ pub fn run(args: &ValidateArgs, style: Style) -> Result<ExitCode, SourceError> {
             println!("{}", summary(&checked, style));
         }
     }
-    Ok(if valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if valid { Exit::Success } else { Exit::Failure })
 }
 
 fn report(c: &Checked) -> ValidateReport<'_> {

@@ -1,11 +1,14 @@
 //! The engine: executes plans against providers, safely, for every caller (CLI, daemon,
 //! rollback). Cluster locks, suspend checks and the traffic guard are enforced here, before
-//! every step, against fresh observation; a failed step rolls the cluster back.
+//! every step, against fresh observation, with the core's own rules; operations are journaled
+//! and a failed step is rolled back by the inverses of what ran.
 
-mod execute;
+mod cluster;
+mod lock;
 mod progress;
 mod run;
 
-pub use execute::{ExecError, execute, execute_step};
+pub use cluster::resolve;
+pub use lock::{ClusterLock, LOCK_TTL, Refusal};
 pub use progress::{LogProgress, Progress};
 pub use run::{ApplyReport, ClusterOutcome, ClusterReport, Engine};

@@ -55,6 +55,9 @@ pub struct ServerGroup {
     /// All its labels or tags.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The spec it had before an update in place, which the provider keeps to revert to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<crate::actuation::SpecRef>,
 }
 
 impl ServerGroup {
@@ -107,6 +110,9 @@ pub struct ObservedState {
     /// Targets that could not be observed, with the reason; their clusters are not planned.
     #[serde(default)]
     pub unavailable: BTreeMap<String, String>,
+    /// How precisely each provider that was asked splits traffic (exact when not listed).
+    #[serde(skip)]
+    pub precision: BTreeMap<crate::spec::ProviderKind, crate::actuation::TrafficPrecision>,
 }
 
 impl ObservedState {
@@ -136,6 +142,7 @@ impl ObservedState {
                         })
                         .collect(),
                     labels: d.labels.clone(),
+                    previous: None,
                 };
                 (
                     d.id.clone(),
@@ -149,8 +156,16 @@ impl ObservedState {
             .collect();
         Self {
             clusters,
-            unavailable: BTreeMap::new(),
+            ..Self::default()
         }
+    }
+
+    /// How precisely a provider's targets split traffic.
+    pub fn precision(&self, kind: crate::spec::ProviderKind) -> crate::actuation::TrafficPrecision {
+        self.precision
+            .get(&kind)
+            .copied()
+            .unwrap_or(crate::actuation::TrafficPrecision::Exact)
     }
 
     /// A fingerprint of everything observed: `apply --plan` refuses a plan whose fingerprint no

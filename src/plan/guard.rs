@@ -2,11 +2,12 @@
 //! step, that a cluster that served traffic still has an enabled, healthy server group.
 //!
 //! Like omicron's blippy for blueprints: the planner runs it on every plan, the property tests
-//! on every generated plan, and the engine re-checks the same rule against fresh observation.
+//! on every generated plan, and the engine checks each step with [`guard_step`] against a fresh
+//! observation, so the rule and its message live here only.
 
 use std::collections::BTreeMap;
 
-use super::Step;
+use crate::actuation::{Gate, Op, Step};
 use crate::model::{ObservedCluster, Sequence};
 
 /// A server group as the simulation sees it.
@@ -14,17 +15,18 @@ use crate::model::{ObservedCluster, Sequence};
 pub struct SimGroup {
     /// Target size.
     pub capacity: u32,
+    /// Instances running (healthy or not).
+    pub running: u32,
     /// Healthy instances.
     pub healthy: u32,
-    /// In traffic.
-    pub enabled: bool,
-    /// Traffic weight.
+    /// Traffic weight; 0 is out of traffic.
     pub weight: u8,
 }
 
 impl SimGroup {
-    fn serving(&self) -> bool {
-        self.enabled && self.weight > 0 && self.healthy > 0
+    /// Whether it takes traffic and has a healthy instance.
+    pub fn serving(&self) -> bool {
+        self.weight > 0 && self.healthy > 0
     }
 }
 
@@ -44,9 +46,9 @@ impl Sim {
                 g.sequence,
                 SimGroup {
                     capacity: g.capacity,
+                    running: u32::try_from(g.instances.len()).unwrap_or(u32::MAX),
                     healthy: g.healthy(),
-                    enabled: g.enabled,
-                    weight: g.weight,
+                    weight: if g.enabled { g.weight } else { 0 },
                 },
             );
         }
@@ -58,57 +60,81 @@ impl Sim {
         self.groups.values().any(SimGroup::serving)
     }
 
+    /// A group's weight (0 when absent).
+    pub fn weight(&self, seq: Sequence) -> u8 {
+        self.groups.get(&seq).map_or(0, |g| g.weight)
+    }
+
+    /// A group's capacity (0 when absent).
+    pub fn capacity(&self, seq: Sequence) -> u32 {
+        self.groups.get(&seq).map_or(0, |g| g.capacity)
+    }
+
     /// Applies a step as if it succeeded; returns why the cluster would stop serving *during*
     /// the step, if it would.
-    pub fn apply(&mut self, step: &Step) -> Result<(), String> {
+    pub fn apply<S>(&mut self, step: &Step<S>) -> Result<(), String> {
         match step {
-            Step::CreateServerGroup {
-                sequence,
-                capacity,
-                enabled,
-                ..
-            } => {
-                self.groups.entry(*sequence).or_insert(SimGroup {
-                    capacity: *capacity,
-                    healthy: 0,
-                    enabled: *enabled,
-                    weight: if *enabled { 100 } else { 0 },
-                });
+            Step::Op(op) => self.apply_op(op),
+            Step::Gate(g) => {
+                self.pass(g);
+                Ok(())
             }
-            Step::WaitHealthy {
+        }
+    }
+
+    /// Applies a gate as passed.
+    pub fn pass(&mut self, gate: &Gate) {
+        match gate {
+            Gate::Healthy {
                 sequence, count, ..
             } => {
                 if let Some(g) = self.groups.get_mut(sequence) {
                     g.healthy = g.healthy.max((*count).min(g.capacity));
+                    g.running = g.running.max(g.healthy);
                 }
             }
-            Step::Enable { sequence, .. } => {
+            Gate::Settled { sequence, .. } => {
                 if let Some(g) = self.groups.get_mut(sequence) {
-                    g.enabled = true;
-                    g.weight = 100;
+                    g.healthy = g.capacity;
+                    g.running = g.capacity;
                 }
             }
-            Step::Disable { sequence, .. } => {
-                if let Some(g) = self.groups.get_mut(sequence) {
-                    g.enabled = false;
-                }
+            Gate::Elapsed { .. } => {}
+        }
+    }
+
+    /// Applies an operation as if it succeeded (see [`Sim::apply`]).
+    pub fn apply_op<S>(&mut self, op: &Op<S>) -> Result<(), String> {
+        match op {
+            Op::Create {
+                sequence,
+                capacity,
+                weight,
+                ..
+            } => {
+                self.groups.entry(*sequence).or_insert(SimGroup {
+                    capacity: *capacity,
+                    running: *capacity,
+                    healthy: 0,
+                    weight: *weight,
+                });
             }
-            Step::Shift { shares } => {
-                for s in shares {
-                    if let Some(g) = self.groups.get_mut(&s.sequence) {
-                        g.enabled = true;
-                        g.weight = s.weight;
+            Op::Traffic { changes } => {
+                for c in changes {
+                    if let Some(g) = self.groups.get_mut(&c.sequence) {
+                        g.weight = c.to;
                     }
                 }
             }
-            Step::Resize { sequence, to, .. } => {
+            Op::Resize { sequence, to, .. } => {
                 if let Some(g) = self.groups.get_mut(sequence) {
                     g.capacity = *to;
+                    g.running = *to;
                     g.healthy = g.healthy.min(*to);
                 }
             }
-            Step::Pause { .. } | Step::UpdateInPlace { .. } => {}
-            Step::ReplaceInstances {
+            Op::UpdateInPlace { .. } | Op::RevertInPlace { .. } => {}
+            Op::ReplaceInstances {
                 sequence, count, ..
             } => {
                 // While a batch is replaced, `count` instances are out.
@@ -127,12 +153,12 @@ impl Sim {
                     ));
                 }
             }
-            Step::Heal { sequence, .. } => {
+            Op::Heal { sequence, .. } => {
                 if let Some(g) = self.groups.get_mut(sequence) {
-                    g.healthy = g.capacity;
+                    g.running = g.capacity;
                 }
             }
-            Step::Destroy { sequence, .. } => {
+            Op::Destroy { sequence, .. } => {
                 self.groups.remove(sequence);
             }
         }
@@ -140,18 +166,34 @@ impl Sim {
     }
 }
 
+/// The guard for one step: whether running `step` on a cluster as `sim` shows it would leave a
+/// cluster that serves without a serving group. `meant_to_stop` is true where that is the point
+/// (pruning a cluster no spec declares). The planner, the property tests and the engine all
+/// call this, so the rule and its words live here.
+pub fn guard_step<S: std::fmt::Display>(
+    sim: &mut Sim,
+    step: &Step<S>,
+    meant_to_stop: bool,
+) -> Result<(), String> {
+    let was_serving = sim.serving() && !meant_to_stop;
+    sim.apply(step)?;
+    if was_serving && !sim.serving() {
+        return Err(format!(
+            "after `{step}` no enabled server group would have a healthy instance"
+        ));
+    }
+    Ok(())
+}
+
 /// Plays `steps` on `sim`; returns the index and reason of the first step after which a cluster
 /// that was serving would serve no more.
-pub fn check_invariant(mut sim: Sim, steps: &[Step]) -> Result<(), (usize, String)> {
-    let was_serving = sim.serving();
+pub fn check_invariant<S: std::fmt::Display>(
+    mut sim: Sim,
+    steps: &[Step<S>],
+    meant_to_stop: bool,
+) -> Result<(), (usize, String)> {
     for (i, step) in steps.iter().enumerate() {
-        sim.apply(step).map_err(|e| (i, e))?;
-        if was_serving && !sim.serving() {
-            return Err((
-                i,
-                format!("after `{step}` no enabled server group would have a healthy instance"),
-            ));
-        }
+        guard_step(&mut sim, step, meant_to_stop).map_err(|e| (i, e))?;
     }
     Ok(())
 }

@@ -4,27 +4,34 @@
 //! fixed here; it records what it was based on (config revision, observed fingerprint) so a
 //! stale plan is refused; and a cluster that may not move says why.
 
+mod blocks;
+mod cleanup;
+mod drift;
 mod guard;
 mod planner;
 mod policy;
+mod resize;
 mod sequence;
-mod step;
+mod strategy;
+mod walk;
 mod window;
 
 use serde::{Deserialize, Serialize};
 
-pub use guard::{Sim, SimGroup, check_invariant};
+pub use blocks::suspended;
+pub use guard::{Sim, SimGroup, check_invariant, guard_step};
 pub use planner::{Selection, plan};
-pub use policy::{Approval, Lock, Policy, Scope, Suspend};
-pub use sequence::next_sequence;
-pub use step::{Share, Step};
+pub use policy::{Approval, Lock, PendingRollback, Policy, Scope, Suspend};
+pub use sequence::{newest_first, newest_sequence, next_sequence};
 pub use window::in_window;
 
+use crate::actuation::Step;
 use crate::model::{ClusterId, DesiredCluster, SpecHash};
 use crate::spec::{AppName, EnvName, StrategyKind};
 
-/// The version of the plan's JSON shape (`schemas/plan.schema.json`).
-pub const PLAN_FORMAT: u32 = 1;
+/// The version of the plan's JSON shape (`schemas/plan.schema.json`). Version 2 made steps
+/// operations or gates, each with the rollback it would run.
+pub const PLAN_FORMAT: u32 = 2;
 
 /// What a plan does to one cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -46,6 +53,8 @@ pub enum Action {
     Orphan,
     /// The target could not be observed: nothing is planned.
     Unobserved,
+    /// A rollback was interrupted: finish it.
+    RollBack,
 }
 
 impl Action {
@@ -58,6 +67,7 @@ impl Action {
             Self::Cleanup | Self::Prune => "-",
             Self::Orphan => "?",
             Self::Unobserved => "!",
+            Self::RollBack => "<<",
         }
     }
 
@@ -72,6 +82,7 @@ impl Action {
             Self::Prune => "prune",
             Self::Orphan => "orphan",
             Self::Unobserved => "not observed",
+            Self::RollBack => "finish rollback",
         }
     }
 }
@@ -128,7 +139,7 @@ pub enum Block {
     },
     /// A step would leave the serving cluster without a healthy enabled group.
     GuardRefused {
-        /// The step index (0-based).
+        /// The step's number, 1-based as printed.
         step: usize,
         /// Why.
         reason: String,
@@ -176,7 +187,7 @@ impl std::fmt::Display for Block {
                 waiting_on.join(", ")
             ),
             Self::GuardRefused { step, reason } => {
-                write!(f, "traffic guard refuses step {}: {reason}", step + 1)
+                write!(f, "traffic guard refuses step {step}: {reason}")
             }
             Self::TargetUnavailable { reason } => write!(f, "target unavailable: {reason}"),
         }
@@ -194,26 +205,45 @@ pub struct Change {
     pub to: Option<String>,
 }
 
+/// A step of a rollback, with its description.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RollbackStep {
+    /// The operation or gate.
+    #[serde(flatten)]
+    pub step: Step,
+    /// One line for people.
+    pub description: String,
+}
+
 /// A step with what guards it and what undoes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PlannedStep {
-    /// The operation.
+    /// The operation or gate.
     #[serde(flatten)]
     pub step: Step,
     /// One line for people.
     pub description: String,
     /// What must hold before it runs.
     pub guard: String,
-    /// What happens if it fails.
-    pub rollback: String,
+    /// What runs if it fails: the inverse of every operation up to and including it (those a
+    /// resumed rollout did before too), in reverse order. The engine computes its rollback from
+    /// what ran with the same function.
+    pub rollback: Vec<RollbackStep>,
 }
 
-impl From<Step> for PlannedStep {
-    fn from(step: Step) -> Self {
+impl PlannedStep {
+    /// A step and the rollback that undoes everything up to it.
+    pub fn new(step: Step, rollback: Vec<Step>) -> Self {
         Self {
             description: step.to_string(),
             guard: step.guard(),
-            rollback: step.rollback(),
+            rollback: rollback
+                .into_iter()
+                .map(|s| RollbackStep {
+                    description: s.to_string(),
+                    step: s,
+                })
+                .collect(),
             step,
         }
     }
@@ -237,6 +267,10 @@ pub struct ClusterPlan {
     pub reason: String,
     /// Changed fields.
     pub changes: Vec<Change>,
+    /// Operations of this rollout the observation shows already done (a resumed rollout):
+    /// part of every rollback of what follows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<crate::actuation::Op>,
     /// The ordered steps.
     pub steps: Vec<PlannedStep>,
     /// What stops it now; empty when it may go ahead.
@@ -264,8 +298,10 @@ pub struct Summary {
     pub resize: usize,
     /// Clusters restored from drift.
     pub restore: usize,
-    /// Server groups destroyed (cleanup, highlander, prune).
-    pub destroy: usize,
+    /// Clusters whose interrupted rollback is finished.
+    pub roll_back: usize,
+    /// Server groups destroyed (cleanup, highlander, prune), not clusters.
+    pub destroy_server_groups: usize,
     /// Orphaned clusters reported.
     pub orphans: usize,
     /// Clusters blocked.
@@ -303,5 +339,15 @@ impl Plan {
         self.clusters
             .iter()
             .any(|c| !matches!(c.action, Action::Orphan | Action::Unobserved))
+    }
+
+    /// The plan's operations and gates per cluster, for comparing two plans of the same
+    /// revision (a saved plan against a fresh one): everything that would be done, nothing else.
+    pub fn commitments(&self) -> Vec<(&ClusterId, Vec<&Step>)> {
+        self.clusters
+            .iter()
+            .filter(|c| !c.steps.is_empty())
+            .map(|c| (&c.id, c.steps.iter().map(|s| &s.step).collect()))
+            .collect()
     }
 }

@@ -1,16 +1,26 @@
 //! The planner: desired cluster + observed cluster + policy -> steps and blocks.
+//!
+//! Per cluster: the strategy's walk (a fresh rollout, or where a stopped one stands), then the
+//! cross-cutting parts in order (drift, resize, cleanup) on the cluster as the steps so far
+//! leave it; every step gets the rollback of everything done before it and itself.
 
 use std::sync::Arc;
 
+use super::strategy::{self, Position};
+use super::walk::{Rollout, Walk};
 use super::{
-    Action, Block, Change, ClusterPlan, PLAN_FORMAT, Plan, PlannedStep, Policy, Share, Sim, Step,
-    Summary, check_invariant, in_window, next_sequence,
+    Action, Block, Change, ClusterPlan, PLAN_FORMAT, PendingRollback, Plan, PlannedStep, Policy,
+    Sim, Summary, blocks, cleanup, drift, newest_first, newest_sequence, next_sequence, resize,
 };
+use crate::actuation::{Op, Step, TrafficPrecision, rollback_of};
 use crate::model::{
-    DesiredCluster, DesiredEnvironment, DesiredState, ObservedCluster, ObservedState, Sequence,
-    ServerGroup, ServerGroupName,
+    DesiredCluster, DesiredState, ObservedCluster, ObservedState, Sequence, ServerGroup,
+    ServerGroupName,
 };
-use crate::spec::{AppName, EnvName, Strategy};
+use crate::spec::{AppName, Duration, EnvName, Strategy};
+
+/// How long a rollback waits for instances of a cluster no spec declares any more.
+const ORPHAN_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which clusters to plan; empty lists mean all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,6 +110,7 @@ fn plan_one(
             strategy: Some(d.strategy.kind()),
             reason: "the target could not be observed; nothing is planned for it".into(),
             changes: Vec::new(),
+            done: Vec::new(),
             steps: Vec::new(),
             blocked: vec![Block::TargetUnavailable {
                 reason: reason.clone(),
@@ -108,9 +119,13 @@ fn plan_one(
         });
     }
     let env = desired.environments.get(&d.id.environment);
-    let mut cp = plan_cluster(d, observed.clusters.get(&d.id))?;
+    let live = observed.clusters.get(&d.id);
+    let mut cp = match policy.rollbacks.iter().find(|r| r.cluster == d.id) {
+        Some(pending) => finish_rollback(pending, &d.app, Some(d.strategy.kind())),
+        None => plan_cluster(d, live, observed.precision(d.target.provider))?,
+    };
     cp.desired = Some(Arc::clone(d));
-    cp.blocked = blocks(d, env, &cp, desired, observed, policy);
+    cp.blocked = blocks::blocks(d, env, &cp, desired, observed, policy);
     Some(cp)
 }
 
@@ -125,14 +140,15 @@ fn summarize(clusters: &[ClusterPlan], unchanged: usize) -> Summary {
             Action::RollOut => s.roll_out += 1,
             Action::Resize => s.resize += 1,
             Action::Restore => s.restore += 1,
+            Action::RollBack => s.roll_back += 1,
             Action::Cleanup | Action::Prune => {}
             Action::Orphan => s.orphans += 1,
             Action::Unobserved => s.unobserved += 1,
         }
-        s.destroy += c
+        s.destroy_server_groups += c
             .steps
             .iter()
-            .filter(|p| matches!(p.step, Step::Destroy { .. }))
+            .filter(|p| matches!(p.step, Step::Op(Op::Destroy { .. })))
             .count();
         if !c.blocked.is_empty() {
             s.blocked += 1;
@@ -141,52 +157,78 @@ fn summarize(clusters: &[ClusterPlan], unchanged: usize) -> Summary {
     s
 }
 
-fn sg(d: &DesiredCluster, seq: Sequence) -> ServerGroupName {
-    ServerGroupName::new(d.name(), seq)
+/// Instances of `g` still on another spec than their group's.
+fn outdated(g: &ServerGroup) -> usize {
+    g.instances
+        .iter()
+        .filter(|i| i.spec_hash != g.spec_hash)
+        .count()
 }
 
-/// Orders groups newest first, going back round the sequence circle from `newest`.
-fn newest_first<'a>(
-    groups: impl Iterator<Item = &'a ServerGroup>,
-    newest: Sequence,
-) -> Vec<&'a ServerGroup> {
-    let mut v: Vec<&ServerGroup> = groups.collect();
-    let modulus = i32::from(Sequence::MAX) + 1;
-    v.sort_by_key(|g| (i32::from(newest.get()) - i32::from(g.sequence.get())).rem_euclid(modulus));
-    v
-}
-
-/// The newest group of a cluster by the circle rule of [`next_sequence`].
-fn newest_sequence(groups: &[ServerGroup]) -> Option<Sequence> {
-    if groups.is_empty() {
-        return None;
-    }
-    let seqs: Vec<Sequence> = groups.iter().map(|g| g.sequence).collect();
-    let next = next_sequence(&seqs);
-    // The newest is the last one in use before `next`, going backwards.
-    let mut s = next;
-    for _ in 0..=Sequence::MAX {
-        s = Sequence::new(
-            u32::from(s.get())
-                .checked_sub(1)
-                .unwrap_or(u32::from(Sequence::MAX)),
-        )
-        .unwrap_or(Sequence::FIRST);
-        if seqs.contains(&s) {
-            return Some(s);
-        }
-    }
-    None
-}
-
-fn plan_cluster(d: &DesiredCluster, live: Option<&ObservedCluster>) -> Option<ClusterPlan> {
+/// Where the desired cluster stands on the observed one.
+pub(crate) fn position<'a>(
+    d: &'a DesiredCluster,
+    live: Option<&'a ObservedCluster>,
+    precision: TrafficPrecision,
+) -> Position<'a> {
     let groups: &[ServerGroup] = live.map_or(&[], |l| l.server_groups.as_slice());
     let newest = newest_sequence(groups);
-    let matching = newest.and_then(|n| {
-        newest_first(groups.iter(), n)
-            .into_iter()
-            .find(|g| g.spec_hash == d.spec_hash)
-    });
+    let ordered = newest
+        .map(|n| newest_first(groups.iter(), n))
+        .unwrap_or_default();
+    let matching = ordered.iter().find(|g| g.spec_hash == d.spec_hash).copied();
+    let rolling = matches!(d.strategy, Strategy::RollingUpdate { .. });
+    // The rollout's group is the newest; a rolling update's is the one it updated in place.
+    let new = matching.filter(|m| Some(m.sequence) == newest || (rolling && m.enabled));
+    let sequence = new.map_or_else(
+        || next_sequence(&groups.iter().map(|g| g.sequence).collect::<Vec<_>>()),
+        |g| g.sequence,
+    );
+    let olds = ordered
+        .into_iter()
+        .filter(|g| g.enabled && Some(g.sequence) != new.map(|n| n.sequence))
+        .collect();
+    let in_place = rolling && new.is_some_and(|n| n.previous.is_some() || outdated(n) > 0);
+    Position {
+        desired: d,
+        live,
+        new,
+        sequence,
+        olds,
+        precision,
+        in_place,
+    }
+}
+
+/// Whether a cluster obviously needs nothing: one group in traffic at full weight, running the
+/// desired spec at the desired size on every instance, no more disabled groups than kept. The
+/// full planning gives no steps for these; most clusters are like this, so they are cheap.
+fn converged(d: &DesiredCluster, groups: &[ServerGroup]) -> bool {
+    let Some(newest) = newest_sequence(groups) else {
+        return false;
+    };
+    let mut serving = groups.iter().filter(|g| g.enabled);
+    let (Some(m), None) = (serving.next(), serving.next()) else {
+        return false;
+    };
+    m.spec_hash == d.spec_hash
+        && (m.sequence == newest || matches!(d.strategy, Strategy::RollingUpdate { .. }))
+        && m.weight == 100
+        && m.capacity == d.capacity.desired
+        && m.instances.len() == m.capacity as usize
+        && outdated(m) == 0
+        && groups.len() <= 1 + d.strategy.keep_disabled() as usize
+}
+
+fn plan_cluster(
+    d: &DesiredCluster,
+    live: Option<&ObservedCluster>,
+    precision: TrafficPrecision,
+) -> Option<ClusterPlan> {
+    let groups: &[ServerGroup] = live.map_or(&[], |l| l.server_groups.as_slice());
+    if converged(d, groups) {
+        return None;
+    }
     let mut cp = ClusterPlan {
         id: d.id.clone(),
         app: d.app.clone(),
@@ -195,159 +237,230 @@ fn plan_cluster(d: &DesiredCluster, live: Option<&ObservedCluster>) -> Option<Cl
         strategy: Some(d.strategy.kind()),
         reason: String::new(),
         changes: Vec::new(),
+        done: Vec::new(),
         steps: Vec::new(),
         blocked: Vec::new(),
-        // Set by the caller once there is something to do: most clusters have nothing.
+        // Set by the caller once there is something to do.
         desired: None,
     };
-    let mut steps: Vec<Step> = Vec::new();
-    match matching {
-        Some(m) => {
-            converge_existing(d, m, groups, newest, &mut cp, &mut steps);
-        }
-        None if groups.is_empty() => {
-            cp.action = Action::Create;
-            cp.reason = format!("new cluster: first server group {}", sg(d, Sequence::FIRST));
-            cp.changes.push(Change {
-                field: "version".into(),
-                from: None,
-                to: Some(d.version.clone()),
-            });
-            cp.changes.push(Change {
-                field: "capacity.desired".into(),
-                from: None,
-                to: Some(d.capacity.desired.to_string()),
-            });
-            cp.changes.push(Change {
-                field: "strategy".into(),
-                from: None,
-                to: Some(d.strategy.kind().to_string()),
-            });
-            let seq = Sequence::FIRST;
-            steps.push(create(d, seq, d.capacity.desired, false));
-            steps.push(wait(d, seq, d.capacity.desired));
-            steps.push(Step::Enable {
-                group: sg(d, seq),
-                sequence: seq,
-            });
-            cp.steps = steps.into_iter().map(PlannedStep::from).collect();
-            return Some(cp);
-        }
-        None => {
-            let serving: Vec<&ServerGroup> = newest
-                .map(|n| newest_first(groups.iter().filter(|g| g.enabled), n))
-                .unwrap_or_default();
-            let from = serving
+    let p = position(d, live, precision);
+    if groups.is_empty() {
+        cp.action = Action::Create;
+        cp.reason = format!("new cluster: first server group {}", p.name());
+        cp.changes = vec![
+            change("version", None, Some(d.version.clone())),
+            change(
+                "capacity.desired",
+                None,
+                Some(d.capacity.desired.to_string()),
+            ),
+            change("strategy", None, Some(d.strategy.kind().to_string())),
+        ];
+        cp.steps = planned(strategy::first(&p), d.health.timeout);
+        return Some(cp);
+    }
+    let newest = newest_sequence(groups).unwrap_or(Sequence::FIRST);
+    let matching = newest_first(groups.iter(), newest)
+        .into_iter()
+        .find(|g| g.spec_hash == d.spec_hash);
+    let mut reasons: Vec<String> = Vec::new();
+    let mut action: Option<Action> = None;
+    let target = matching.filter(|m| p.new.is_some_and(|n| n.sequence == m.sequence));
+    let mut w: Walk = match (matching, target) {
+        (Some(_), None) => Walk::new(live, Sim::of(live), precision),
+        _ => p.walk(),
+    };
+    // Missing instances of the desired group come back before anything else moves.
+    let mut healing = 0;
+    if let Some(m) = matching
+        && let Some(missing) = drift::heal(&mut w, d, m)
+    {
+        healing = 2;
+        cp.changes.push(change(
+            "instances",
+            Some((m.capacity - missing).to_string()),
+            Some(m.capacity.to_string()),
+        ));
+        reasons.push(format!("{missing} instance(s) missing"));
+        cp.drift = true;
+        action = Some(Action::Restore);
+    }
+    // The group that ends up serving.
+    let (serving_name, serving_seq): (ServerGroupName, Sequence);
+    match (matching, p.new) {
+        (None, _) => {
+            strategy::stages(&mut w, &p);
+            let from = p
+                .olds
                 .first()
                 .copied()
-                .or_else(|| newest.and_then(|n| groups.iter().find(|g| g.sequence == n)));
+                .or_else(|| groups.iter().find(|g| g.sequence == newest));
             if let Some(f) = from {
-                if f.version != d.version {
-                    cp.changes.push(Change {
-                        field: "version".into(),
-                        from: Some(f.version.clone()),
-                        to: Some(d.version.clone()),
-                    });
+                cp.changes.push(if f.version != d.version {
+                    change("version", Some(f.version.clone()), Some(d.version.clone()))
                 } else {
-                    cp.changes.push(Change {
-                        field: "spec".into(),
-                        from: Some(f.spec_hash.to_string()),
-                        to: Some(d.spec_hash.to_string()),
-                    });
-                }
-                if f.capacity != d.capacity.desired {
-                    cp.changes.push(Change {
-                        field: "capacity.desired".into(),
-                        from: Some(f.capacity.to_string()),
-                        to: Some(d.capacity.desired.to_string()),
-                    });
-                }
-            }
-            if let (Strategy::RollingUpdate { max_unavailable }, Some(g)) =
-                (&d.strategy, serving.first())
-            {
-                // In place: the serving group takes the new spec, instances are replaced in batches.
-                cp.reason = format!(
-                    "{}; rolling update of {} in place",
-                    change_word(&cp.changes),
-                    g.name
-                );
-                let running = u32::try_from(g.instances.len()).unwrap_or(u32::MAX);
-                if running < g.capacity {
-                    // Restore missing instances before taking any out.
-                    steps.push(Step::Heal {
-                        group: g.name.clone(),
-                        sequence: g.sequence,
-                        missing: g.capacity - running,
-                    });
-                    steps.push(Step::WaitHealthy {
-                        group: g.name.clone(),
-                        sequence: g.sequence,
-                        count: g.capacity,
-                        timeout: d.health.timeout,
-                    });
-                }
-                steps.push(Step::UpdateInPlace {
-                    group: g.name.clone(),
-                    sequence: g.sequence,
-                    version: d.version.clone(),
-                    spec_hash: d.spec_hash.clone(),
+                    change(
+                        "spec",
+                        Some(f.spec_hash.to_string()),
+                        Some(d.spec_hash.to_string()),
+                    )
                 });
-                if g.capacity != d.capacity.desired {
-                    steps.push(Step::Resize {
-                        group: g.name.clone(),
-                        sequence: g.sequence,
-                        from: g.capacity,
-                        to: d.capacity.desired,
-                    });
-                    if d.capacity.desired > g.capacity {
-                        steps.push(wait(d, g.sequence, d.capacity.desired));
-                    }
+                if f.capacity != d.capacity.desired {
+                    cp.changes.push(change(
+                        "capacity.desired",
+                        Some(f.capacity.to_string()),
+                        Some(d.capacity.desired.to_string()),
+                    ));
                 }
-                // Healed instances start before the update, so they run the old spec too;
-                // instances added by the resize start after it and run the new one.
-                let outdated = running.max(g.capacity).min(d.capacity.desired);
-                replace_batches(
-                    d,
-                    g,
-                    outdated,
-                    max_unavailable.batch(d.capacity.desired),
-                    &mut steps,
-                );
-                for o in groups.iter().filter(|o| o.sequence != g.sequence) {
-                    if o.enabled {
-                        steps.push(Step::Disable {
-                            group: o.name.clone(),
-                            sequence: o.sequence,
-                        });
-                    }
-                    steps.push(Step::Destroy {
-                        group: o.name.clone(),
-                        sequence: o.sequence,
-                    });
-                }
-                cp.steps = steps.into_iter().map(PlannedStep::from).collect();
-                return Some(cp);
             }
-            let seqs: Vec<Sequence> = groups.iter().map(|g| g.sequence).collect();
-            let seq = next_sequence(&seqs);
-            cp.reason = format!(
-                "{}; new server group {} by {}",
-                change_word(&cp.changes),
-                sg(d, seq),
-                d.strategy.kind()
-            );
-            roll_out(d, seq, &serving, &mut steps);
-            cleanup(d, seq, groups, &mut steps);
-            cp.steps = steps.into_iter().map(PlannedStep::from).collect();
-            return Some(cp);
+            let in_place = w.planned().iter().find_map(|s| match s {
+                Step::Op(Op::UpdateInPlace {
+                    group, sequence, ..
+                }) => Some((group.clone(), *sequence)),
+                _ => None,
+            });
+            (serving_name, serving_seq) = match in_place {
+                Some((g, s)) => {
+                    reasons.push(format!(
+                        "{}; rolling update of {g} in place",
+                        change_word(&cp.changes)
+                    ));
+                    (g, s)
+                }
+                None => {
+                    reasons.push(format!(
+                        "{}; new server group {} by {}",
+                        change_word(&cp.changes),
+                        p.name(),
+                        d.strategy.kind()
+                    ));
+                    (p.name(), p.sequence)
+                }
+            };
+            action = Some(Action::RollOut);
+        }
+        (Some(m), Some(n)) if m.sequence == n.sequence => {
+            let before = w.planned().len();
+            strategy::stages(&mut w, &p);
+            if w.planned().len() > before + healing {
+                if p.olds.is_empty() && !m.enabled {
+                    // From observation alone, "disabled by hand" and "stopped before enabling"
+                    // look the same; either way the fix is to enable it.
+                    reasons.push(format!("{} is disabled and nothing serves", m.name));
+                    cp.changes.push(change(
+                        "traffic",
+                        Some("none".into()),
+                        Some(m.name.to_string()),
+                    ));
+                    cp.drift = true;
+                    action = action.or(Some(Action::Restore));
+                } else if outdated(m) > 0 {
+                    reasons.push(format!("{} instance(s) still on the old spec", outdated(m)));
+                    action = Some(Action::RollOut);
+                } else {
+                    let current = if m.enabled { m.weight } else { 0 };
+                    reasons.push(format!(
+                        "rollout of {} in progress (traffic {current}%)",
+                        m.name
+                    ));
+                    action = Some(Action::RollOut);
+                }
+            }
+            (serving_name, serving_seq) = (m.name.clone(), m.sequence);
+        }
+        (Some(m), _) => {
+            let restored = drift::restore_traffic(&mut w, d, m, groups);
+            w.close();
+            if let Some(others) = restored {
+                if m.enabled {
+                    reasons.push(format!(
+                        "{} enabled by hand beside {}",
+                        others.join(", "),
+                        m.name
+                    ));
+                    cp.drift = true;
+                    action = action.or(Some(Action::Restore));
+                } else {
+                    reasons.push(format!(
+                        "{} runs the desired spec: back in traffic in place of {}",
+                        m.name,
+                        others.join(", ")
+                    ));
+                    action = Some(Action::RollOut);
+                }
+                cp.changes.push(change(
+                    "traffic",
+                    Some(if others.is_empty() {
+                        "none".into()
+                    } else {
+                        others.join(", ")
+                    }),
+                    Some(m.name.to_string()),
+                ));
+            }
+            (serving_name, serving_seq) = (m.name.clone(), m.sequence);
         }
     }
-    if steps.is_empty() {
+    if let Some((from, to)) = resize::resize(&mut w, d, &serving_name, serving_seq) {
+        cp.changes.push(change(
+            "capacity.desired",
+            Some(from.to_string()),
+            Some(to.to_string()),
+        ));
+        reasons.push(format!("capacity {from} -> {to}"));
+        action = action.or(Some(Action::Resize));
+    }
+    let mut all: Vec<(ServerGroupName, Sequence)> = groups
+        .iter()
+        .map(|g| (g.name.clone(), g.sequence))
+        .collect();
+    if !all.iter().any(|(_, s)| *s == serving_seq) {
+        all.push((serving_name.clone(), serving_seq));
+    }
+    let keep = d.strategy.keep_disabled();
+    let destroyed = cleanup::cleanup(&mut w, &all, serving_seq, keep);
+    if destroyed > 0 && matching.is_some() {
+        reasons.push(format!(
+            "{destroyed} server group(s) beyond keepDisabled {keep}"
+        ));
+    }
+    if destroyed > 0 {
+        action = action.or(Some(Action::Cleanup));
+    }
+    let rollout = w.finish();
+    if rollout.todo.is_empty() {
         return None;
     }
-    cp.steps = steps.into_iter().map(PlannedStep::from).collect();
+    if let Some(a) = action {
+        cp.action = a;
+    }
+    cp.reason = reasons.join("; ");
+    cp.done.clone_from(&rollout.done);
+    cp.steps = planned(rollout, d.health.timeout);
     Some(cp)
+}
+
+/// The planned steps of a rollout, each with what undoes everything up to and including it.
+fn planned(rollout: Rollout, health_timeout: Duration) -> Vec<PlannedStep> {
+    let mut ran: Vec<Op> = rollout.done;
+    rollout
+        .todo
+        .into_iter()
+        .map(|step| {
+            if let Step::Op(op) = &step {
+                ran.push(op.clone());
+            }
+            PlannedStep::new(step, rollback_of(&ran, health_timeout))
+        })
+        .collect()
+}
+
+fn change(field: &str, from: Option<String>, to: Option<String>) -> Change {
+    Change {
+        field: field.into(),
+        from,
+        to,
+    }
 }
 
 fn change_word(changes: &[Change]) -> String {
@@ -361,435 +474,58 @@ fn change_word(changes: &[Change]) -> String {
     }
 }
 
-fn create(d: &DesiredCluster, seq: Sequence, capacity: u32, enabled: bool) -> Step {
-    Step::CreateServerGroup {
-        group: sg(d, seq),
-        sequence: seq,
-        version: d.version.clone(),
-        spec_hash: d.spec_hash.clone(),
-        capacity,
-        enabled,
-    }
-}
-
-fn wait(d: &DesiredCluster, seq: Sequence, count: u32) -> Step {
-    Step::WaitHealthy {
-        group: sg(d, seq),
-        sequence: seq,
-        count,
-        timeout: d.health.timeout,
-    }
-}
-
-fn replace_batches(
-    d: &DesiredCluster,
-    g: &ServerGroup,
-    outdated: u32,
-    batch: u32,
-    steps: &mut Vec<Step>,
-) {
-    if outdated == 0 {
-        return;
-    }
-    let size = d.capacity.desired;
-    if size <= 1 {
-        // Replacing the only instance would leave nothing serving: surge by one first.
-        let surge = size + 1;
-        steps.push(Step::Resize {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            from: size,
-            to: surge,
-        });
-        steps.push(Step::WaitHealthy {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            count: surge,
-            timeout: d.health.timeout,
-        });
-        steps.push(Step::ReplaceInstances {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            count: outdated,
-            batch: 1,
-            of: 1,
-        });
-        steps.push(Step::WaitHealthy {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            count: surge,
-            timeout: d.health.timeout,
-        });
-        steps.push(Step::Resize {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            from: surge,
-            to: size,
-        });
-        return;
-    }
-    // Never take every instance out at once, whatever maxUnavailable says.
-    let batch = batch.clamp(1, size - 1);
-    let of = outdated.div_ceil(batch);
-    let mut left = outdated;
-    for b in 1..=of {
-        let count = left.min(batch);
-        left -= count;
-        steps.push(Step::ReplaceInstances {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            count,
-            batch: b,
-            of,
-        });
-        steps.push(Step::WaitHealthy {
-            group: g.name.clone(),
-            sequence: g.sequence,
-            count: size,
-            timeout: d.health.timeout,
-        });
-    }
-}
-
-/// Shares giving `new` weight `w` and the rest to the newest serving old group.
-fn shares(d: &DesiredCluster, new: Sequence, w: u8, olds: &[&ServerGroup]) -> Vec<Share> {
-    let mut v = vec![Share {
-        group: sg(d, new),
-        sequence: new,
-        weight: w,
-    }];
-    for (i, o) in olds.iter().enumerate() {
-        v.push(Share {
-            group: o.name.clone(),
-            sequence: o.sequence,
-            weight: if i == 0 { 100 - w } else { 0 },
-        });
-    }
-    v
-}
-
-/// A new server group `seq` rolled out by the cluster's strategy over the serving `olds`.
-fn roll_out(d: &DesiredCluster, seq: Sequence, olds: &[&ServerGroup], steps: &mut Vec<Step>) {
-    let desired = d.capacity.desired;
-    let new = sg(d, seq);
-    match (&d.strategy, olds.is_empty()) {
-        (Strategy::RollingRedBlack { steps: pcts, .. }, false) => {
-            let mut pcts: Vec<u8> = pcts.iter().map(|p| p.0).collect();
-            if pcts.last() != Some(&100) {
-                pcts.push(100);
-            }
-            let mut size = 0;
-            for (i, p) in pcts.iter().enumerate() {
-                let n = (desired * u32::from(*p))
-                    .div_ceil(100)
-                    .max(1)
-                    .min(desired.max(1));
-                if i == 0 {
-                    steps.push(create(d, seq, n, false));
-                } else if n != size {
-                    steps.push(Step::Resize {
-                        group: new.clone(),
-                        sequence: seq,
-                        from: size,
-                        to: n,
-                    });
-                }
-                size = n;
-                steps.push(wait(d, seq, n));
-                if *p < 100 {
-                    steps.push(Step::Shift {
-                        shares: shares(d, seq, *p, olds),
-                    });
-                }
-            }
-            traffic_finish(d, seq, olds, steps);
-        }
-        (Strategy::Canary { steps: cs, .. }, false) => {
-            steps.push(create(d, seq, desired, false));
-            steps.push(wait(d, seq, desired));
-            for c in cs.iter().filter(|c| c.weight.0 < 100) {
-                steps.push(Step::Shift {
-                    shares: shares(d, seq, c.weight.0, olds),
-                });
-                if let Some(p) = c.pause {
-                    steps.push(Step::Pause { duration: p });
-                }
-            }
-            traffic_finish(d, seq, olds, steps);
-        }
-        (Strategy::None {}, _) => {
-            steps.push(create(d, seq, desired, true));
-            steps.push(wait(d, seq, desired));
-            for o in olds {
-                steps.push(Step::Disable {
-                    group: o.name.clone(),
-                    sequence: o.sequence,
-                });
-            }
-        }
-        _ => {
-            steps.push(create(d, seq, desired, false));
-            steps.push(wait(d, seq, desired));
-            traffic_finish(d, seq, olds, steps);
-        }
-    }
-}
-
-/// Full traffic to `seq`, then the old groups out.
-fn traffic_finish(d: &DesiredCluster, seq: Sequence, olds: &[&ServerGroup], steps: &mut Vec<Step>) {
-    steps.push(Step::Enable {
-        group: sg(d, seq),
-        sequence: seq,
-    });
-    for o in olds {
-        steps.push(Step::Disable {
-            group: o.name.clone(),
-            sequence: o.sequence,
-        });
-    }
-}
-
-/// Destroys groups other than `keep` beyond what the strategy keeps disabled, oldest first.
-fn cleanup(d: &DesiredCluster, keep: Sequence, groups: &[ServerGroup], steps: &mut Vec<Step>) {
-    let others = newest_first(groups.iter().filter(|g| g.sequence != keep), keep);
-    let kept = d.strategy.keep_disabled() as usize;
-    let mut doomed: Vec<&ServerGroup> = others.into_iter().skip(kept).collect();
-    doomed.reverse();
-    for g in doomed {
-        let disabled_in_plan = steps
+/// The rest of a rollback that was interrupted (the process died during it): recorded in the
+/// store, finished before anything else happens to the cluster.
+fn finish_rollback(
+    pending: &PendingRollback,
+    app: &AppName,
+    strategy: Option<crate::spec::StrategyKind>,
+) -> ClusterPlan {
+    ClusterPlan {
+        id: pending.cluster.clone(),
+        app: app.clone(),
+        action: Action::RollBack,
+        drift: false,
+        strategy,
+        reason: format!(
+            "finishing the rollback of revision {} after: {}",
+            pending.revision, pending.error
+        ),
+        changes: Vec::new(),
+        done: Vec::new(),
+        steps: pending
+            .steps
             .iter()
-            .any(|s| matches!(s, Step::Disable { sequence, .. } if *sequence == g.sequence));
-        if g.enabled && !disabled_in_plan {
-            steps.push(Step::Disable {
-                group: g.name.clone(),
-                sequence: g.sequence,
-            });
-        }
-        steps.push(Step::Destroy {
-            group: g.name.clone(),
-            sequence: g.sequence,
-        });
+            .cloned()
+            .map(|s| PlannedStep::new(s, Vec::new()))
+            .collect(),
+        blocked: Vec::new(),
+        desired: None,
     }
-}
-
-/// The matching group exists: finish a rollout in progress, heal drift, resize, clean up.
-fn converge_existing(
-    d: &DesiredCluster,
-    m: &ServerGroup,
-    groups: &[ServerGroup],
-    newest: Option<Sequence>,
-    cp: &mut ClusterPlan,
-    steps: &mut Vec<Step>,
-) {
-    let desired = d.capacity.desired;
-    let mut reasons: Vec<String> = Vec::new();
-    let mut action = None;
-    if m.capacity != desired {
-        steps.push(Step::Resize {
-            group: m.name.clone(),
-            sequence: m.sequence,
-            from: m.capacity,
-            to: desired,
-        });
-        if desired > m.capacity {
-            steps.push(wait(d, m.sequence, desired));
-        }
-        cp.changes.push(Change {
-            field: "capacity.desired".into(),
-            from: Some(m.capacity.to_string()),
-            to: Some(desired.to_string()),
-        });
-        reasons.push(format!("capacity {} -> {desired}", m.capacity));
-        action = Some(Action::Resize);
-    }
-    // A rolling update in progress: instances still on the old spec.
-    let outdated = u32::try_from(
-        m.instances
-            .iter()
-            .filter(|i| i.spec_hash != m.spec_hash)
-            .count(),
-    )
-    .unwrap_or(0);
-    if outdated > 0 {
-        let batch = match d.strategy {
-            Strategy::RollingUpdate { max_unavailable } => max_unavailable.batch(desired),
-            _ => 1,
-        };
-        replace_batches(d, m, outdated, batch, steps);
-        reasons.push(format!("{outdated} instance(s) still on the old spec"));
-        action = Some(Action::RollOut);
-    }
-    let running = u32::try_from(m.instances.len()).unwrap_or(0);
-    if m.capacity == desired && running < desired {
-        steps.push(Step::Heal {
-            group: m.name.clone(),
-            sequence: m.sequence,
-            missing: desired - running,
-        });
-        steps.push(wait(d, m.sequence, desired));
-        cp.changes.push(Change {
-            field: "instances".into(),
-            from: Some(running.to_string()),
-            to: Some(desired.to_string()),
-        });
-        reasons.push(format!("{} instance(s) missing", desired - running));
-        cp.drift = true;
-        action = action.or(Some(Action::Restore));
-    }
-    let others_enabled: Vec<&ServerGroup> = newest
-        .map(|n| {
-            newest_first(
-                groups
-                    .iter()
-                    .filter(|g| g.sequence != m.sequence && g.enabled),
-                n,
-            )
-        })
-        .unwrap_or_default();
-    let fully_in = m.enabled && (m.weight == 100 || others_enabled.is_empty());
-    if !fully_in || !others_enabled.is_empty() {
-        let is_newest = newest == Some(m.sequence);
-        if !m.enabled && others_enabled.is_empty() {
-            if m.healthy() < desired {
-                steps.push(wait(d, m.sequence, desired));
-            }
-            steps.push(Step::Enable {
-                group: m.name.clone(),
-                sequence: m.sequence,
-            });
-            // From observation alone, "disabled by hand" and "stopped before enabling" look
-            // the same; either way the fix is to enable it.
-            reasons.push(format!("{} is disabled and nothing serves", m.name));
-            cp.changes.push(Change {
-                field: "traffic".into(),
-                from: Some("none".into()),
-                to: Some(m.name.to_string()),
-            });
-            cp.drift = true;
-            action = action.or(Some(Action::Restore));
-        } else if is_newest {
-            // A rollout stopped part-way: carry on from where traffic is now.
-            if m.healthy() < desired && !steps.iter().any(|s| matches!(s, Step::WaitHealthy { .. }))
-            {
-                steps.push(wait(d, m.sequence, desired));
-            }
-            let current = if m.enabled { m.weight } else { 0 };
-            match &d.strategy {
-                Strategy::Canary { steps: cs, .. } => {
-                    // How long traffic has been at this weight is not observable: a rollout
-                    // resumed after a crash holds the current step's pause again.
-                    if let Some(p) = cs
-                        .iter()
-                        .find(|c| c.weight.0 == current)
-                        .and_then(|c| c.pause)
-                    {
-                        steps.push(Step::Pause { duration: p });
-                    }
-                    for c in cs
-                        .iter()
-                        .filter(|c| c.weight.0 > current && c.weight.0 < 100)
-                    {
-                        steps.push(Step::Shift {
-                            shares: shares(d, m.sequence, c.weight.0, &others_enabled),
-                        });
-                        if let Some(p) = c.pause {
-                            steps.push(Step::Pause { duration: p });
-                        }
-                    }
-                }
-                Strategy::RollingRedBlack { steps: ps, .. } => {
-                    for p in ps.iter().filter(|p| p.0 > current && p.0 < 100) {
-                        steps.push(Step::Shift {
-                            shares: shares(d, m.sequence, p.0, &others_enabled),
-                        });
-                    }
-                }
-                _ => {}
-            }
-            if !(m.enabled && m.weight == 100) {
-                steps.push(Step::Enable {
-                    group: m.name.clone(),
-                    sequence: m.sequence,
-                });
-            }
-            for o in &others_enabled {
-                steps.push(Step::Disable {
-                    group: o.name.clone(),
-                    sequence: o.sequence,
-                });
-            }
-            reasons.push(format!(
-                "rollout of {} in progress (traffic {current}%)",
-                m.name
-            ));
-            action = action.or(Some(Action::RollOut));
-        } else {
-            // An older group was enabled by hand next to the desired one.
-            if !m.enabled || m.weight < 100 {
-                steps.push(Step::Enable {
-                    group: m.name.clone(),
-                    sequence: m.sequence,
-                });
-            }
-            for o in &others_enabled {
-                steps.push(Step::Disable {
-                    group: o.name.clone(),
-                    sequence: o.sequence,
-                });
-            }
-            let names: Vec<String> = others_enabled.iter().map(|o| o.name.to_string()).collect();
-            reasons.push(format!(
-                "{} enabled by hand beside {}",
-                names.join(", "),
-                m.name
-            ));
-            cp.changes.push(Change {
-                field: "traffic".into(),
-                from: Some(names.join(", ")),
-                to: Some(m.name.to_string()),
-            });
-            cp.drift = true;
-            action = action.or(Some(Action::Restore));
-        }
-    }
-    let before = steps.len();
-    cleanup(d, m.sequence, groups, steps);
-    if steps.len() > before {
-        let n = steps[before..]
-            .iter()
-            .filter(|s| matches!(s, Step::Destroy { .. }))
-            .count();
-        reasons.push(format!(
-            "{n} server group(s) beyond keepDisabled {}",
-            d.strategy.keep_disabled()
-        ));
-        action = action.or(Some(Action::Cleanup));
-    }
-    if let Some(a) = action {
-        cp.action = a;
-    }
-    cp.reason = reasons.join("; ");
 }
 
 fn orphan(live: &ObservedCluster, prune: bool, policy: &Policy) -> ClusterPlan {
-    let mut steps = Vec::new();
+    let mut w = Walk::new(Some(live), Sim::of(Some(live)), TrafficPrecision::Exact);
     if prune {
         for g in &live.server_groups {
-            if g.enabled {
-                steps.push(Step::Disable {
+            let to = [(g.name.clone(), g.sequence, 0)];
+            w.act(|sim| super::walk::traffic(sim, &to));
+            w.act(|_| {
+                Some(Op::Destroy {
                     group: g.name.clone(),
                     sequence: g.sequence,
-                });
-            }
-            steps.push(Step::Destroy {
-                group: g.name.clone(),
-                sequence: g.sequence,
+                })
             });
         }
     }
-    let mut blocked = Vec::new();
+    let mut blocked: Vec<Block> = Vec::new();
+    if let Some(pending) = policy.rollbacks.iter().find(|r| r.cluster == live.id) {
+        let mut cp = finish_rollback(pending, &live.app, None);
+        cp.blocked = blocks::suspends_and_locks(&live.id, &live.app, policy);
+        return cp;
+    }
     if prune {
-        blocked.extend(suspends_and_locks(&live.id, &live.app, policy));
+        blocked.extend(blocks::suspends_and_locks(&live.id, &live.app, policy));
     }
     ClusterPlan {
         id: live.id.clone(),
@@ -804,108 +540,145 @@ fn orphan(live: &ObservedCluster, prune: bool, policy: &Policy) -> ClusterPlan {
                 .into()
         },
         changes: Vec::new(),
-        steps: steps.into_iter().map(PlannedStep::from).collect(),
+        done: Vec::new(),
+        steps: planned(w.finish(), ORPHAN_HEALTH_TIMEOUT),
         blocked,
         desired: None,
     }
 }
 
-fn suspends_and_locks(id: &crate::model::ClusterId, app: &AppName, policy: &Policy) -> Vec<Block> {
-    let mut out = Vec::new();
-    for s in &policy.suspends {
-        if s.until.is_none_or(|u| u > policy.now) && s.scope.covers(id, app) {
-            out.push(Block::Suspended {
-                scope: s.scope.to_string(),
-                who: s.who.clone(),
-                reason: s.reason.clone(),
-                until: s.until,
-            });
-        }
-    }
-    for l in &policy.locks {
-        if &l.cluster == id && l.expires > policy.now {
-            out.push(Block::Locked {
-                owner: l.owner.clone(),
-                reason: l.reason.clone(),
-                expires: l.expires,
-            });
-        }
-    }
-    out
-}
+#[cfg(test)]
+mod tests {
+    use super::super::strategy::fixture::{desired, group, live};
+    use super::*;
+    use crate::spec::Strategy;
 
-fn blocks(
-    d: &DesiredCluster,
-    env: Option<&DesiredEnvironment>,
-    cp: &ClusterPlan,
-    desired: &DesiredState,
-    observed: &ObservedState,
-    policy: &Policy,
-) -> Vec<Block> {
-    let mut out = Vec::new();
-    if let Some(by) = &d.suspended_by {
-        out.push(Block::SuspendedInSpec { by: by.clone() });
+    fn plan_of(d: &DesiredCluster, l: &ObservedCluster) -> Option<ClusterPlan> {
+        plan_cluster(d, Some(l), TrafficPrecision::Exact)
     }
-    out.extend(suspends_and_locks(&d.id, &d.app, policy));
-    if let Some(env) = env {
-        if !in_window(&env.windows, policy.now) {
-            out.push(Block::OutsideWindow {
-                windows: env
-                    .windows
-                    .iter()
-                    .map(|w| {
-                        let days: Vec<&str> = w.days.iter().map(|d| d.as_str()).collect();
-                        format!("{} {}-{} {}", days.join(","), w.start, w.end, w.timezone)
-                    })
-                    .collect(),
-            });
-        }
-        let new_version = matches!(cp.action, Action::Create | Action::RollOut);
-        if new_version && env.approval == crate::spec::Approval::Required {
-            let approved = policy
-                .approvals
-                .iter()
-                .any(|a| a.environment == env.name && a.app == d.app && a.version == d.version);
-            if !approved {
-                out.push(Block::AwaitingApproval {
-                    version: d.version.clone(),
-                });
-            }
-        }
-        if new_version {
-            let waiting: Vec<String> = env
-                .depends_on
-                .iter()
-                .filter(|up| {
-                    let upstream: Vec<&Arc<DesiredCluster>> = desired
-                        .clusters
-                        .values()
-                        .filter(|c| &c.id.environment == *up && c.app == d.app)
-                        .collect();
-                    !upstream.is_empty()
-                        && !upstream.iter().any(|u| {
-                            observed.clusters.get(&u.id).is_some_and(|l| {
-                                l.server_groups.iter().any(|g| {
-                                    g.serving()
-                                        && g.version == d.version
-                                        && g.healthy() >= u.capacity.desired.min(1)
-                                })
-                            })
-                        })
-                })
-                .map(ToString::to_string)
-                .collect();
-            if !waiting.is_empty() {
-                out.push(Block::Promotion {
-                    waiting_on: waiting,
-                    version: d.version.clone(),
-                });
-            }
-        }
+
+    fn texts(cp: &ClusterPlan) -> Vec<String> {
+        cp.steps.iter().map(|s| s.description.clone()).collect()
     }
-    let steps: Vec<Step> = cp.steps.iter().map(|p| p.step.clone()).collect();
-    if let Err((step, reason)) = check_invariant(Sim::of(observed.clusters.get(&d.id)), &steps) {
-        out.push(Block::GuardRefused { step, reason });
+
+    #[test]
+    fn a_converged_cluster_has_no_plan_either_way() {
+        let d = desired("1.0.0", 3, Strategy::RedBlack { keep_disabled: 1 });
+        let l = live(
+            &d,
+            vec![group(0, "0.9.0", 3, 3, 0), group(1, "1.0.0", 3, 3, 100)],
+        );
+        assert!(converged(&d, &l.server_groups));
+        assert!(plan_of(&d, &l).is_none());
+        // The same cluster without the fast path: the walk finds nothing to do either.
+        let p = position(&d, Some(&l), TrafficPrecision::Exact);
+        assert!(strategy::roll_out(&p).todo.is_empty());
     }
-    out
+
+    #[test]
+    fn a_new_version_rolls_out_and_cleans_up_beyond_keep_disabled() {
+        let d = desired("2.0.0", 2, Strategy::RedBlack { keep_disabled: 1 });
+        let l = live(
+            &d,
+            vec![group(0, "0.9.0", 2, 2, 0), group(1, "1.0.0", 2, 2, 100)],
+        );
+        let cp = plan_of(&d, &l).unwrap_or_else(|| unreachable!());
+        assert_eq!(cp.action, Action::RollOut);
+        assert_eq!(
+            texts(&cp),
+            [
+                "create web-v002 (2.0.0, 2 instances, disabled)",
+                "wait until 2 of web-v002 healthy (timeout 30s)",
+                "enable web-v002",
+                "disable web-v001",
+                "destroy web-v000",
+            ]
+        );
+        let last: Vec<String> = cp.steps[4]
+            .rollback
+            .iter()
+            .map(|r| r.description.clone())
+            .collect();
+        assert_eq!(
+            last,
+            [
+                "shift traffic: web-v001 100%, web-v002 0%",
+                "destroy web-v002"
+            ]
+        );
+    }
+
+    #[test]
+    fn drift_is_healed_resized_and_restored() {
+        let d = desired("1.0.0", 3, Strategy::RedBlack { keep_disabled: 1 });
+        let mut g = group(0, "1.0.0", 3, 3, 100);
+        g.instances.truncate(1);
+        let cp = plan_of(&d, &live(&d, vec![g])).unwrap_or_else(|| unreachable!());
+        assert_eq!(cp.action, Action::Restore);
+        assert!(cp.drift);
+        assert_eq!(
+            texts(&cp),
+            [
+                "restore 2 missing instances of web-v000",
+                "wait until 3 of web-v000 healthy (timeout 30s)"
+            ]
+        );
+        let cp = plan_of(
+            &desired("1.0.0", 5, Strategy::RedBlack { keep_disabled: 1 }),
+            &live(&d, vec![group(0, "1.0.0", 3, 3, 100)]),
+        )
+        .unwrap_or_else(|| unreachable!());
+        assert_eq!(cp.action, Action::Resize);
+        assert_eq!(
+            texts(&cp),
+            [
+                "resize web-v000 3 -> 5",
+                "wait until 5 of web-v000 healthy (timeout 30s)"
+            ]
+        );
+        // An older group enabled by hand beside the desired one is taken out again.
+        let cp = plan_of(
+            &d,
+            &live(
+                &d,
+                vec![group(0, "0.9.0", 3, 3, 100), group(1, "1.0.0", 3, 3, 100)],
+            ),
+        )
+        .unwrap_or_else(|| unreachable!());
+        assert_eq!(texts(&cp), ["disable web-v000"]);
+    }
+
+    #[test]
+    fn a_spec_reverted_to_a_kept_group_puts_it_back_without_a_new_one() {
+        let d = desired("1.0.0", 2, Strategy::RedBlack { keep_disabled: 1 });
+        let l = live(
+            &d,
+            vec![group(0, "1.0.0", 2, 2, 0), group(1, "2.0.0", 2, 2, 100)],
+        );
+        let cp = plan_of(&d, &l).unwrap_or_else(|| unreachable!());
+        assert_eq!(cp.action, Action::RollOut);
+        assert_eq!(texts(&cp), ["enable web-v000", "disable web-v001"]);
+    }
+
+    #[test]
+    fn whole_instances_show_the_share_they_really_give() {
+        let d = desired(
+            "2.0.0",
+            4,
+            Strategy::Canary {
+                steps: vec![crate::spec::CanaryStep {
+                    weight: crate::spec::Percent(10),
+                    pause: None,
+                }],
+                keep_disabled: 1,
+            },
+        );
+        let l = live(&d, vec![group(0, "1.0.0", 4, 4, 100)]);
+        let cp = plan_cluster(&d, Some(&l), TrafficPrecision::Instances)
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            cp.steps[2].description,
+            "shift traffic: web-v001 10% (by instances: 20%), web-v000 90% (by instances: 80%)"
+        );
+    }
 }

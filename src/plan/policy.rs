@@ -80,6 +80,19 @@ pub struct Approval {
     pub version: String,
 }
 
+/// A rollback that was interrupted: what is left of it, from the store's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PendingRollback {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The revision whose rollout failed.
+    pub revision: String,
+    /// Why it failed.
+    pub error: String,
+    /// The rollback steps not yet done.
+    pub steps: Vec<crate::actuation::Step>,
+}
+
 /// Everything the planner needs besides desired and observed state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -91,6 +104,8 @@ pub struct Policy {
     pub locks: Vec<Lock>,
     /// Granted approvals.
     pub approvals: Vec<Approval>,
+    /// Interrupted rollbacks, finished before anything else happens to their clusters.
+    pub rollbacks: Vec<PendingRollback>,
 }
 
 impl Policy {
@@ -101,6 +116,7 @@ impl Policy {
             suspends: Vec::new(),
             locks: Vec::new(),
             approvals: Vec::new(),
+            rollbacks: Vec::new(),
         }
     }
 }

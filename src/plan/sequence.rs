@@ -1,6 +1,6 @@
 //! Choosing the next server group sequence.
 
-use crate::model::Sequence;
+use crate::model::{Sequence, ServerGroup};
 
 /// The sequence after the newest in use, wrapping after 999 and skipping sequences in use.
 ///
@@ -37,6 +37,40 @@ pub fn next_sequence(in_use: &[Sequence]) -> Sequence {
         candidate = candidate.next();
     }
     candidate
+}
+
+/// The newest group of a cluster by the circle rule of [`next_sequence`].
+pub fn newest_sequence(groups: &[ServerGroup]) -> Option<Sequence> {
+    if groups.is_empty() {
+        return None;
+    }
+    let seqs: Vec<Sequence> = groups.iter().map(|g| g.sequence).collect();
+    let next = next_sequence(&seqs);
+    // The newest is the last one in use before `next`, going backwards.
+    let mut s = next;
+    for _ in 0..=Sequence::MAX {
+        s = Sequence::new(
+            u32::from(s.get())
+                .checked_sub(1)
+                .unwrap_or(u32::from(Sequence::MAX)),
+        )
+        .unwrap_or(Sequence::FIRST);
+        if seqs.contains(&s) {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Orders groups newest first, going back round the sequence circle from `newest`.
+pub fn newest_first<'a>(
+    groups: impl Iterator<Item = &'a ServerGroup>,
+    newest: Sequence,
+) -> Vec<&'a ServerGroup> {
+    let mut v: Vec<&ServerGroup> = groups.collect();
+    let modulus = i32::from(Sequence::MAX) + 1;
+    v.sort_by_key(|g| (i32::from(newest.get()) - i32::from(g.sequence.get())).rem_euclid(modulus));
+    v
 }
 
 #[cfg(test)]

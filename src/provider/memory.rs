@@ -6,10 +6,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Provider, ProviderError, TargetRef};
+use super::{Provider, ProviderError, ProviderOp, TargetRef};
+use crate::actuation::{Capabilities, Op, SpecRef};
 use crate::model::{
-    ClusterId, DesiredCluster, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup,
-    ServerGroupName, SpecHash, labels,
+    ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName,
+    SpecHash, labels,
 };
 
 /// A provider that keeps clusters in memory; instances are healthy at once unless their
@@ -23,6 +24,7 @@ pub struct MemoryProvider {
 struct State {
     clusters: BTreeMap<ClusterId, ObservedCluster>,
     failing: BTreeSet<String>,
+    fail_in: Option<usize>,
     next_instance: u64,
 }
 
@@ -45,6 +47,25 @@ impl MemoryProvider {
     pub fn fail_version(&self, version: &str) {
         if let Ok(mut s) = self.state.lock() {
             s.failing.insert(version.to_string());
+        }
+    }
+
+    /// The `n`th operation from now (0: the next) fails, once, as a provider error would (for
+    /// tests of a failure at each step).
+    pub fn fail_op(&self, n: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fail_in = Some(n);
+        }
+    }
+
+    /// Sets a group's traffic weight by hand, as a person at the load balancer would (for
+    /// drift tests); 0 takes it out of traffic.
+    pub fn set_weight(&self, cluster: &ClusterId, seq: Sequence, weight: u8) {
+        if let Ok(mut s) = self.state.lock()
+            && let Ok(g) = s.group(cluster, seq)
+        {
+            g.enabled = weight > 0;
+            g.weight = weight;
         }
     }
 
@@ -73,7 +94,7 @@ impl MemoryProvider {
         let mut s = self
             .state
             .lock()
-            .map_err(|_| ProviderError::Unavailable("memory provider poisoned".into()))?;
+            .map_err(|_| ProviderError::unavailable("memory provider poisoned"))?;
         f(&mut s)
     }
 }
@@ -126,6 +147,10 @@ impl State {
 
 #[async_trait]
 impl Provider for MemoryProvider {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
         self.with_state(|s| {
             Ok(s.clusters
@@ -138,123 +163,140 @@ impl Provider for MemoryProvider {
         })
     }
 
-    async fn create_server_group(
+    async fn apply(
         &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-        capacity: u32,
-        enabled: bool,
+        _target: &TargetRef,
+        id: &ClusterId,
+        op: &ProviderOp,
     ) -> Result<(), ProviderError> {
         self.with_state(|s| {
-            let c = s
-                .clusters
-                .entry(cluster.id.clone())
-                .or_insert_with(|| ObservedCluster {
-                    id: cluster.id.clone(),
-                    app: cluster.app.clone(),
-                    server_groups: Vec::new(),
-                });
-            if c.server_groups.iter().any(|g| g.sequence == seq) {
-                return Ok(());
+            match s.fail_in {
+                Some(0) => {
+                    s.fail_in = None;
+                    return Err(ProviderError::unavailable(format!(
+                        "injected failure of `{}`",
+                        op.as_ref_op()
+                    )));
+                }
+                Some(n) => s.fail_in = Some(n - 1),
+                None => {}
             }
-            let mut lbl = cluster.labels.clone();
-            lbl.insert(labels::SEQUENCE.into(), seq.get().to_string());
-            c.server_groups.push(ServerGroup {
-                name: ServerGroupName::new(cluster.name(), seq),
-                sequence: seq,
-                version: cluster.version.clone(),
-                spec_hash: cluster.spec_hash.clone(),
-                capacity,
-                enabled,
-                weight: if enabled { 100 } else { 0 },
-                instances: Vec::new(),
-                labels: lbl,
-            });
-            c.server_groups.sort_by_key(|g| g.sequence);
-            s.fill(&cluster.id, seq)
-        })
-    }
-
-    async fn resize(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        capacity: u32,
-    ) -> Result<(), ProviderError> {
-        self.with_state(|s| {
-            s.group(cluster, seq)?.capacity = capacity;
-            s.fill(cluster, seq)
-        })
-    }
-
-    async fn set_traffic(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        enabled: bool,
-        weight: u8,
-    ) -> Result<(), ProviderError> {
-        self.with_state(|s| {
-            let g = s.group(cluster, seq)?;
-            g.enabled = enabled;
-            g.weight = if enabled { weight } else { 0 };
-            Ok(())
-        })
-    }
-
-    async fn update_in_place(
-        &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-    ) -> Result<(), ProviderError> {
-        self.with_state(|s| {
-            let g = s.group(&cluster.id, seq)?;
-            g.spec_hash = cluster.spec_hash.clone();
-            g.version = cluster.version.clone();
-            Ok(())
-        })
-    }
-
-    async fn replace_instances(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        count: u32,
-    ) -> Result<(), ProviderError> {
-        self.with_state(|s| {
-            let (hash, version, old): (SpecHash, String, Vec<usize>) = {
-                let g = s.group(cluster, seq)?;
-                let old = g
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, i)| i.spec_hash != g.spec_hash)
-                    .map(|(n, _)| n)
-                    .take(count as usize)
-                    .collect();
-                (g.spec_hash.clone(), g.version.clone(), old)
-            };
-            for n in old {
-                let fresh = s.instance(&hash, &version);
-                s.group(cluster, seq)?.instances[n] = fresh;
-            }
-            Ok(())
-        })
-    }
-
-    async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        self.with_state(|s| s.fill(cluster, seq))
-    }
-
-    async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        self.with_state(|s| {
-            if let Some(c) = s.clusters.get_mut(cluster) {
-                c.server_groups.retain(|g| g.sequence != seq);
-                if c.server_groups.is_empty() {
-                    s.clusters.remove(cluster);
+            match op {
+                Op::Create {
+                    sequence,
+                    spec,
+                    capacity,
+                    weight,
+                    ..
+                } => {
+                    let c = s
+                        .clusters
+                        .entry(id.clone())
+                        .or_insert_with(|| ObservedCluster {
+                            id: id.clone(),
+                            app: spec.app.clone(),
+                            server_groups: Vec::new(),
+                        });
+                    if c.server_groups.iter().any(|g| g.sequence == *sequence) {
+                        return Ok(());
+                    }
+                    let mut lbl = spec.labels.clone();
+                    lbl.insert(labels::SEQUENCE.into(), sequence.get().to_string());
+                    c.server_groups.push(ServerGroup {
+                        name: ServerGroupName::new(&id.name, *sequence),
+                        sequence: *sequence,
+                        version: spec.version.clone(),
+                        spec_hash: spec.spec_hash.clone(),
+                        capacity: *capacity,
+                        enabled: *weight > 0,
+                        weight: *weight,
+                        instances: Vec::new(),
+                        labels: lbl,
+                        previous: None,
+                    });
+                    c.server_groups.sort_by_key(|g| g.sequence);
+                    s.fill(id, *sequence)
+                }
+                Op::Resize { sequence, to, .. } => {
+                    s.group(id, *sequence)?.capacity = *to;
+                    s.fill(id, *sequence)
+                }
+                Op::Traffic { changes } => {
+                    for c in changes {
+                        let g = s.group(id, c.sequence)?;
+                        g.enabled = c.to > 0;
+                        g.weight = c.to;
+                    }
+                    Ok(())
+                }
+                Op::UpdateInPlace { sequence, spec, .. } => {
+                    let g = s.group(id, *sequence)?;
+                    if g.spec_hash != spec.spec_hash {
+                        g.previous = Some(SpecRef {
+                            version: g.version.clone(),
+                            spec_hash: g.spec_hash.clone(),
+                        });
+                        g.spec_hash = spec.spec_hash.clone();
+                        g.version = spec.version.clone();
+                    }
+                    Ok(())
+                }
+                Op::RevertInPlace { sequence, to, .. } => {
+                    let g = s.group(id, *sequence)?;
+                    if g.spec_hash == to.spec_hash {
+                        return Ok(());
+                    }
+                    match g.previous.take() {
+                        Some(p) if p.spec_hash == to.spec_hash => {
+                            g.previous = Some(SpecRef {
+                                version: g.version.clone(),
+                                spec_hash: g.spec_hash.clone(),
+                            });
+                            g.spec_hash = p.spec_hash;
+                            g.version = p.version;
+                            Ok(())
+                        }
+                        other => {
+                            g.previous = other;
+                            Err(ProviderError::invalid(format!(
+                                "{} keeps no previous spec {}",
+                                g.name, to.version
+                            )))
+                        }
+                    }
+                }
+                Op::ReplaceInstances {
+                    sequence, count, ..
+                } => {
+                    let (hash, version, old): (SpecHash, String, Vec<usize>) = {
+                        let g = s.group(id, *sequence)?;
+                        let old = g
+                            .instances
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, i)| i.spec_hash != g.spec_hash)
+                            .map(|(n, _)| n)
+                            .take(*count as usize)
+                            .collect();
+                        (g.spec_hash.clone(), g.version.clone(), old)
+                    };
+                    for n in old {
+                        let fresh = s.instance(&hash, &version);
+                        s.group(id, *sequence)?.instances[n] = fresh;
+                    }
+                    Ok(())
+                }
+                Op::Heal { sequence, .. } => s.fill(id, *sequence),
+                Op::Destroy { sequence, .. } => {
+                    if let Some(c) = s.clusters.get_mut(id) {
+                        c.server_groups.retain(|g| g.sequence != *sequence);
+                        if c.server_groups.is_empty() {
+                            s.clusters.remove(id);
+                        }
+                    }
+                    Ok(())
                 }
             }
-            Ok(())
         })
     }
 }

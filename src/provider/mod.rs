@@ -1,12 +1,17 @@
-//! Providers: where server groups run. One trait for the local process cluster, Kubernetes and
-//! EC2; every operation is idempotent and identifies groups by labels, never by parsing names.
+//! Providers: where server groups run. One contract for the local process cluster, Kubernetes
+//! and EC2: `observe(target)`, `apply(target, cluster, op)` and `capabilities()`. Every operation
+//! is idempotent, names its target (no provider needs to have observed first), and identifies
+//! groups by labels, never by parsing names.
 
 pub mod kubernetes;
 pub mod local;
 pub mod memory;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
+use crate::actuation::{Capabilities, Op};
 use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
 use crate::spec::{EnvName, TargetSpec};
 
@@ -26,8 +31,14 @@ impl TargetRef {
     }
 }
 
+/// An operation as a provider executes it: the spec it creates is the whole desired cluster.
+pub type ProviderOp = Op<Arc<DesiredCluster>>;
+
+/// The underlying cause of a provider error, kept for the report's `Caused by:` lines.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Why a provider call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// The server group does not exist.
     #[error("server group {cluster} {sequence} does not exist")]
@@ -37,12 +48,69 @@ pub enum ProviderError {
         /// The sequence.
         sequence: Sequence,
     },
-    /// The provider could not be reached or refused the call; worth retrying.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The provider could not be reached or refused the call for now; worth retrying.
+    #[error("{what}")]
+    Unavailable {
+        /// What failed, and what to do.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The call can never succeed as made.
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{what}")]
+    Invalid {
+        /// What is wrong, and what to do.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl ProviderError {
+    /// Unavailable, with no cause beyond the words.
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Unavailable because of `cause`.
+    pub fn unavailable_by(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: Some(Arc::new(cause)),
+        }
+    }
+
+    /// Invalid, with no cause beyond the words.
+    pub fn invalid(what: impl Into<String>) -> Self {
+        Self::Invalid {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Invalid because of `cause`.
+    pub fn invalid_by(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Invalid {
+            what: what.into(),
+            source: Some(Arc::new(cause)),
+        }
+    }
+
+    /// The message and its causes on one line, for places that keep one line (history).
+    pub fn chain(&self) -> String {
+        crate::report::chain(self)
+    }
 }
 
 /// What taking a target's own lock on a cluster came to.
@@ -59,51 +127,23 @@ pub enum LeaseOutcome {
     },
 }
 
-/// The operations the strategies need. Every call may be retried safely.
+/// The contract every target fills. Every call may be retried safely.
 #[async_trait]
 pub trait Provider: Send + Sync {
+    /// What it can do: traffic precision, its own lease, how often to poll it, how much at once.
+    fn capabilities(&self) -> Capabilities;
+
     /// Observes every Keelson cluster on a target.
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError>;
-    /// Creates server group `seq` of a cluster with `capacity` instances; a no-op if it exists.
-    async fn create_server_group(
+
+    /// Runs one operation on a cluster of a target; an operation that already took effect
+    /// changes nothing.
+    async fn apply(
         &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-        capacity: u32,
-        enabled: bool,
-    ) -> Result<(), ProviderError>;
-    /// Sets a group's instance count.
-    async fn resize(
-        &self,
+        target: &TargetRef,
         cluster: &ClusterId,
-        seq: Sequence,
-        capacity: u32,
+        op: &ProviderOp,
     ) -> Result<(), ProviderError>;
-    /// Puts a group in or out of traffic, with a weight among the enabled groups.
-    async fn set_traffic(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        enabled: bool,
-        weight: u8,
-    ) -> Result<(), ProviderError>;
-    /// Gives a group the cluster's current spec for instances started from now on.
-    async fn update_in_place(
-        &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-    ) -> Result<(), ProviderError>;
-    /// Replaces up to `count` instances that run an older spec than their group.
-    async fn replace_instances(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        count: u32,
-    ) -> Result<(), ProviderError>;
-    /// Starts instances missing from a group.
-    async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError>;
-    /// Destroys a group; a no-op if it is gone.
-    async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError>;
 
     /// Takes the target's own lock on a cluster for `holder`, where the target has one (a
     /// Kubernetes Lease), on top of the store's lock: instances with separate stores then still

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{field_diff, summary_line};
+use super::{field_diff, rollback_ranges, step_range, summary_line};
 use crate::plan::{Action, Change, ClusterPlan, Plan};
 
 fn headline(plan: &Plan) -> String {
@@ -59,6 +59,14 @@ pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> 
     if !c.steps.is_empty() {
         out.push('\n');
     }
+    let ranges = rollback_ranges(c);
+    if !ranges.is_empty() {
+        out.push_str("If a step fails, it is rolled back by:\n");
+        for (first, last, text) in ranges {
+            let _ = writeln!(out, "- {}: {}", step_range(first, last), escape(&text));
+        }
+        out.push('\n');
+    }
     for b in &c.blocked {
         let _ = writeln!(out, "> ⛔ **blocked**: {}\n", escape(&b.to_string()));
     }
@@ -67,7 +75,7 @@ pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> 
 }
 
 /// The header of the per-environment count table.
-pub(crate) const TABLE_HEADER: &str = "| environment | create | roll out | resize | restore | destroy | blocked | orphans |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+pub(crate) const TABLE_HEADER: &str = "| environment | create | roll out | resize | restore | groups to destroy | blocked | orphans |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
 
 /// One row of the count table.
 pub(crate) fn table_row(env: &str, cs: &[&ClusterPlan]) -> String {
@@ -77,7 +85,12 @@ pub(crate) fn table_row(env: &str, cs: &[&ClusterPlan]) -> String {
         .map(|c| {
             c.steps
                 .iter()
-                .filter(|p| matches!(p.step, crate::plan::Step::Destroy { .. }))
+                .filter(|p| {
+                    matches!(
+                        p.step,
+                        crate::actuation::Step::Op(crate::actuation::Op::Destroy { .. })
+                    )
+                })
                 .count()
         })
         .sum();

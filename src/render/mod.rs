@@ -16,6 +16,41 @@ pub fn json(plan: &Plan) -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"cannot serialize plan: {e}\"}}"))
 }
 
+/// What undoes a cluster's steps if one fails, as runs of steps that share one rollback:
+/// `(first, last, rollback)` with 1-based step numbers, the rollback's steps joined by
+/// `, then `. Empty when no step has anything to undo.
+pub fn rollback_ranges(c: &crate::plan::ClusterPlan) -> Vec<(usize, usize, String)> {
+    if c.steps.iter().all(|s| s.rollback.is_empty()) {
+        return Vec::new();
+    }
+    let mut out: Vec<(usize, usize, String)> = Vec::new();
+    for (i, s) in c.steps.iter().enumerate() {
+        let text = if s.rollback.is_empty() {
+            "nothing to undo".to_string()
+        } else {
+            s.rollback
+                .iter()
+                .map(|r| r.description.as_str())
+                .collect::<Vec<_>>()
+                .join(", then ")
+        };
+        match out.last_mut() {
+            Some((_, last, t)) if *t == text => *last = i + 1,
+            _ => out.push((i + 1, i + 1, text)),
+        }
+    }
+    out
+}
+
+/// `step 3` or `steps 3-5`.
+pub fn step_range(first: usize, last: usize) -> String {
+    if first == last {
+        format!("step {first}")
+    } else {
+        format!("steps {first}-{last}")
+    }
+}
+
 /// The changed fields as a unified diff (`--- live` / `+++ desired`).
 pub fn field_diff(changes: &[crate::plan::Change]) -> String {
     field_diff_between(changes, "live", "desired")

@@ -2,20 +2,20 @@
 
 use std::fmt::Write as _;
 
-use super::{Style, field_diff};
+use super::{Style, field_diff, rollback_ranges, step_range};
 use crate::plan::{Action, ClusterPlan, Plan};
 
 fn paint(style: Style, action: Action, t: &str) -> String {
     match action {
         Action::Create => style.good(t),
         Action::RollOut => style.roll(t),
-        Action::Resize | Action::Restore => style.change(t),
+        Action::Resize | Action::Restore | Action::RollBack => style.change(t),
         Action::Cleanup | Action::Prune => style.remove(t),
         Action::Orphan | Action::Unobserved => style.warn(t),
     }
 }
 
-/// `Plan: 1 to create, 2 to roll out, 1 to resize, 0 to restore, 0 to destroy.`
+/// `Plan: 1 to create, 2 to roll out, 1 to resize, 0 to restore; 2 server groups to destroy.`
 pub fn summary_line(plan: &Plan) -> String {
     let s = &plan.summary;
     if !plan.has_changes() && s.unobserved > 0 {
@@ -36,9 +36,21 @@ pub fn summary_line(plan: &Plan) -> String {
         return line;
     }
     let mut line = format!(
-        "Plan: {} to create, {} to roll out, {} to resize, {} to restore, {} to destroy.",
-        s.create, s.roll_out, s.resize, s.restore, s.destroy
+        "Plan: {} to create, {} to roll out, {} to resize, {} to restore; {} server group{} to destroy.",
+        s.create,
+        s.roll_out,
+        s.resize,
+        s.restore,
+        s.destroy_server_groups,
+        if s.destroy_server_groups == 1 {
+            ""
+        } else {
+            "s"
+        }
     );
+    if s.roll_back > 0 {
+        let _ = write!(line, " {} rollback(s) to finish.", s.roll_back);
+    }
     if s.blocked > 0 {
         let _ = write!(line, " {} blocked.", s.blocked);
     }
@@ -83,6 +95,13 @@ fn cluster(out: &mut String, c: &ClusterPlan, style: Style) {
     }
     for (i, p) in c.steps.iter().enumerate() {
         let _ = writeln!(out, "    {:>2}. {}", i + 1, p.description);
+    }
+    let ranges = rollback_ranges(c);
+    if !ranges.is_empty() {
+        let _ = writeln!(out, "    if a step fails, rolled back by:");
+        for (first, last, text) in ranges {
+            let _ = writeln!(out, "      {}: {text}", step_range(first, last));
+        }
     }
     for b in &c.blocked {
         let _ = writeln!(out, "    {} {b}", style.warn("! blocked:"));

@@ -43,8 +43,8 @@ pub enum Outcome {
     },
     /// Head's plan, and what head changes relative to base.
     Planned {
-        /// Head against the live state.
-        plan: Plan,
+        /// Head against the live state (boxed: a plan is large beside a list of problems).
+        plan: Box<Plan>,
         /// Head against base's desired state.
         delta: Delta,
         /// Base did not validate, so every cluster counts as changed.
@@ -86,7 +86,7 @@ pub fn planned(
         app.is_some_and(|app| selection.includes(&id.environment, app))
     });
     Outcome::Planned {
-        plan,
+        plan: Box::new(plan),
         delta,
         base_invalid: base.is_none(),
     }

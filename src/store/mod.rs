@@ -103,13 +103,46 @@ pub struct HistoryEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed.
-    #[error("state store `{path}`: {message}")]
+    #[error("state store `{path}`: {what}")]
     Db {
         /// The database file.
         path: String,
         /// What failed.
-        message: String,
+        what: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+}
+
+/// What the engine has done to a cluster in its current rollout, kept so that a rollback is
+/// derived from what ran and survives a crash. Holds references to specs, never their values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Journal {
+    /// The cluster (`env/target/name`).
+    pub cluster: String,
+    /// The revision being rolled out.
+    pub revision: String,
+    /// How long rollback waits for instances.
+    pub health_timeout: crate::spec::Duration,
+    /// The operations of this rollout in the order they ran: those a resumed rollout found
+    /// done, then each one the engine ran.
+    pub ran: Vec<crate::actuation::Op>,
+    /// Set once the rollout failed: the rollback and how far it got.
+    pub rollback: Option<RollbackProgress>,
+}
+
+/// A rollback in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackProgress {
+    /// Why the rollout failed.
+    pub error: String,
+    /// The rollback's steps.
+    pub steps: Vec<crate::actuation::Step>,
+    /// How many of them are done.
+    pub done: usize,
 }
 
 /// The store's operations; each is one transaction.
@@ -158,6 +191,14 @@ pub trait Store: Send + Sync {
     /// The newest `limit` entries, optionally for clusters matching a selector, newest last.
     fn history(&self, cluster: Option<&str>, limit: usize)
     -> Result<Vec<HistoryEntry>, StoreError>;
+    /// The journal of a cluster's current rollout, if any.
+    fn journal(&self, cluster: &str) -> Result<Option<Journal>, StoreError>;
+    /// Every journal.
+    fn journals(&self) -> Result<Vec<Journal>, StoreError>;
+    /// Writes a cluster's journal.
+    fn put_journal(&self, j: &Journal) -> Result<(), StoreError>;
+    /// Forgets a cluster's journal (its rollout or rollback finished).
+    fn clear_journal(&self, cluster: &str) -> Result<(), StoreError>;
     /// Remembers the last revision that validated and was applied.
     fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError>;
     /// The last good revision.
@@ -168,6 +209,16 @@ pub trait Store: Send + Sync {
         let mut p = Policy::at(now);
         p.suspends = self.suspends(now)?;
         p.approvals = self.approvals()?;
+        for j in self.journals()? {
+            if let (Some(rb), Some(cluster)) = (&j.rollback, parse_cluster(&j.cluster)) {
+                p.rollbacks.push(crate::plan::PendingRollback {
+                    cluster,
+                    revision: j.revision.clone(),
+                    error: rb.error.clone(),
+                    steps: rb.steps.iter().skip(rb.done).cloned().collect(),
+                });
+            }
+        }
         for l in self.locks()? {
             if l.expires_at <= now
                 || me.is_some_and(|m| m.token == l.owner.token)

@@ -48,6 +48,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX history_cluster ON history (cluster, id);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: journals of rollouts, for rollbacks derived from what ran.
+    "CREATE TABLE journal (
+        cluster TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );",
 ];
 
 /// The SQLite store.
@@ -65,35 +71,52 @@ impl SqliteStore {
     /// Opens (creating and migrating) `<dir>/keelson.db`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("keelson.db");
-        let err = |e: &dyn std::fmt::Display| StoreError::Db {
+        let err = |what: &str, e: &dyn std::fmt::Display| StoreError::Db {
             path: path.display().to_string(),
-            message: e.to_string(),
+            what: format!("{what}: {e}"),
+            source: None,
         };
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        let mut conn = Connection::open(&path).map_err(|e| err(&e))?;
+        let at = |what: &'static str| {
+            let path = path.display().to_string();
+            move |e: rusqlite::Error| StoreError::Db {
+                path: path.clone(),
+                what: what.into(),
+                source: Some(Box::new(e)),
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+            path: path.display().to_string(),
+            what: format!("cannot create {}", dir.display()),
+            source: Some(Box::new(e)),
+        })?;
+        let mut conn = Connection::open(&path).map_err(at("cannot open the database"))?;
         conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| err(&e))?;
+            .map_err(at("cannot set a busy timeout"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| err(&e))?;
+            .map_err(at("cannot use write-ahead logging"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| err(&e))?;
+            .map_err(at("cannot set synchronous mode"))?;
         let version: usize = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| err(&e))?;
+            .map_err(at("cannot read the schema version"))?;
         if version > MIGRATIONS.len() {
-            return Err(err(&format!(
-                "the database is schema version {version}, newer than this keelson knows ({}); upgrade keelson",
-                MIGRATIONS.len()
-            )));
+            return Err(err(
+                "the database is newer than this keelson",
+                &format!(
+                    "schema version {version}, this keelson knows {}; upgrade keelson",
+                    MIGRATIONS.len()
+                ),
+            ));
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| err(&e))?;
-            tx.execute_batch(m).map_err(|e| err(&e))?;
+                .map_err(at("cannot migrate the schema"))?;
+            tx.execute_batch(m)
+                .map_err(at("cannot migrate the schema"))?;
             tx.pragma_update(None, "user_version", i + 1)
-                .map_err(|e| err(&e))?;
-            tx.commit().map_err(|e| err(&e))?;
+                .map_err(at("cannot migrate the schema"))?;
+            tx.commit().map_err(at("cannot migrate the schema"))?;
         }
         Ok(Self {
             path,
@@ -101,10 +124,11 @@ impl SqliteStore {
         })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+    fn err(&self, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
         StoreError::Db {
             path: self.path.display().to_string(),
-            message: e.to_string(),
+            what: "a query failed".into(),
+            source: Some(Box::new(e)),
         }
     }
 
@@ -112,10 +136,11 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        let mut c = self
-            .conn
-            .lock()
-            .map_err(|_| self.err("store lock poisoned"))?;
+        let mut c = self.conn.lock().map_err(|_| StoreError::Db {
+            path: self.path.display().to_string(),
+            what: "the store's lock is poisoned (a thread panicked holding it)".into(),
+            source: None,
+        })?;
         f(&mut c).map_err(|e| self.err(e))
     }
 }
@@ -413,6 +438,49 @@ impl Store for SqliteStore {
             .collect();
         out.reverse();
         Ok(out)
+    }
+
+    fn journal(&self, cluster: &str) -> Result<Option<super::Journal>, StoreError> {
+        let body: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT body FROM journal WHERE cluster = ?1",
+                [cluster],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| self.err(e)))
+            .transpose()
+    }
+
+    fn journals(&self) -> Result<Vec<super::Journal>, StoreError> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut st = c.prepare("SELECT body FROM journal ORDER BY cluster")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    fn put_journal(&self, j: &super::Journal) -> Result<(), StoreError> {
+        let body = serde_json::to_string(j).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO journal (cluster, body, updated_at) VALUES (?1, ?2, ?3)",
+                params![j.cluster, body, crate::clock::now().to_string()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn clear_journal(&self, cluster: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM journal WHERE cluster = ?1", [cluster])
+                .map(|_| ())
+        })
     }
 
     fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError> {

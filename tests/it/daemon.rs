@@ -357,7 +357,7 @@ async fn webhooks_api_auth_drift_and_suspend() {
     let agent: serde_json::Value =
         serde_json::from_slice(&std::fs::read(f.state.path().join("local/agent.json")).unwrap())
             .unwrap();
-    let op = r#"{"op": "traffic", "cluster": {"environment": "dev", "target": "local", "name": "web"}, "sequence": 0, "enabled": false, "weight": 0}"#;
+    let op = r#"{"request": "apply", "cluster": {"environment": "dev", "target": "local", "name": "web"}, "op": {"op": "traffic", "changes": [{"group": "web-v000", "sequence": 0, "from": 100, "to": 0}]}}"#;
     let (code, _) = http(
         &format!("http://127.0.0.1:{}/v1/ops", agent["port"]),
         "POST",

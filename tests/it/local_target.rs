@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keelson::engine::execute_step;
+use keelson::actuation::{Gate, Op, SpecRef, Step, TrafficChange, Verdict};
+use keelson::engine::resolve;
 use keelson::model::{DesiredCluster, DesiredState, ObservedCluster, Sequence};
-use keelson::plan::Step;
 use keelson::provider::local::LocalProvider;
-use keelson::provider::{Provider, TargetRef};
+use keelson::provider::{Provider, ProviderError, TargetRef};
 
 use crate::plan_scenarios::desired;
 
@@ -172,11 +172,40 @@ impl Load {
     }
 }
 
+fn target(c: &DesiredCluster) -> TargetRef {
+    TargetRef {
+        environment: c.id.environment.clone(),
+        target: c.target.clone(),
+    }
+}
+
+/// Runs one step as the engine would, without its locks and guards: an operation through the
+/// provider, a gate polled until it passes.
+async fn step(p: &LocalProvider, c: &DesiredCluster, s: &Step) -> Result<(), ProviderError> {
+    match s {
+        Step::Op(op) => {
+            let op = resolve(op, Some(&Arc::new(c.clone()))).map_err(ProviderError::invalid)?;
+            p.apply(&target(c), &c.id, &op).await
+        }
+        Step::Gate(g) => {
+            let start = std::time::Instant::now();
+            loop {
+                let live = observe_one(p, c).await;
+                match g.judge(live.as_ref(), start.elapsed()) {
+                    Verdict::Pass => return Ok(()),
+                    Verdict::Fail(why) => return Err(ProviderError::invalid(why)),
+                    Verdict::Wait(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    }
+}
+
 async fn run(p: &LocalProvider, c: &DesiredCluster, steps: &[Step]) {
     for s in steps {
-        execute_step(p, c, s)
+        step(p, c, s)
             .await
-            .unwrap_or_else(|e| panic!("step `{s}` failed: {e}"));
+            .unwrap_or_else(|e| panic!("step `{s}` failed: {}", e.chain()));
     }
 }
 
@@ -185,26 +214,47 @@ fn group(c: &DesiredCluster, n: u32) -> (keelson::model::ServerGroupName, Sequen
     (keelson::model::ServerGroupName::new(c.name(), seq), seq)
 }
 
+/// Traffic weights set at once, from whatever they were.
+fn weights(c: &DesiredCluster, to: &[(u32, u8)]) -> Step {
+    Step::Op(Op::Traffic {
+        changes: to
+            .iter()
+            .map(|(n, w)| {
+                let (group, sequence) = group(c, *n);
+                TrafficChange {
+                    group,
+                    sequence,
+                    from: 0,
+                    to: *w,
+                    share: None,
+                }
+            })
+            .collect(),
+    })
+}
+
 fn create_steps(c: &DesiredCluster, n: u32, capacity: u32, enable: bool) -> Vec<Step> {
     let (group, sequence) = group(c, n);
     let mut v = vec![
-        Step::CreateServerGroup {
+        Step::Op(Op::Create {
             group: group.clone(),
             sequence,
-            version: c.version.clone(),
-            spec_hash: c.spec_hash.clone(),
+            spec: SpecRef {
+                version: c.version.clone(),
+                spec_hash: c.spec_hash.clone(),
+            },
             capacity,
-            enabled: false,
-        },
-        Step::WaitHealthy {
+            weight: 0,
+        }),
+        Step::Gate(Gate::Healthy {
             group: group.clone(),
             sequence,
             count: capacity,
             timeout: c.health.timeout,
-        },
+        }),
     ];
     if enable {
-        v.push(Step::Enable { group, sequence });
+        v.push(weights(c, &[(n, 100)]));
     }
     v
 }
@@ -225,21 +275,7 @@ async fn weights_and_traffic_changes_drop_nothing_under_load() {
         "only the enabled group serves: {before:?}"
     );
     for w in [10u8, 50, 90] {
-        let (ga, sa) = group(&a, 0);
-        let (gb, sb) = group(&b, 1);
-        let shares = vec![
-            keelson::plan::Share {
-                group: gb,
-                sequence: sb,
-                weight: w,
-            },
-            keelson::plan::Share {
-                group: ga,
-                sequence: sa,
-                weight: 100 - w,
-            },
-        ];
-        run(&local.provider, &b, &[Step::Shift { shares }]).await;
+        run(&local.provider, &b, &[weights(&b, &[(1, w), (0, 100 - w)])]).await;
         load.take();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let counts = load.take();
@@ -251,24 +287,17 @@ async fn weights_and_traffic_changes_drop_nothing_under_load() {
             "weight {w}%: new group got {share_b:.1}% of {total}"
         );
     }
-    let (gb, sb) = group(&b, 1);
     let (ga, sa) = group(&a, 0);
     run(
         &local.provider,
         &b,
         &[
-            Step::Enable {
-                group: gb,
-                sequence: sb,
-            },
-            Step::Disable {
-                group: ga.clone(),
-                sequence: sa,
-            },
-            Step::Destroy {
+            weights(&b, &[(1, 100)]),
+            weights(&b, &[(0, 0)]),
+            Step::Op(Op::Destroy {
                 group: ga,
                 sequence: sa,
-            },
+            }),
         ],
     )
     .await;
@@ -422,15 +451,10 @@ async fn port_conflicts_and_bad_commands_are_clear_and_leave_nothing_running() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let c = only(&local_app("busy", "1.0.0", 1, port, ""));
-    let err = execute_step(&local.provider, &c, &create_steps(&c, 0, 1, false)[0])
+    let err = step(&local.provider, &c, &create_steps(&c, 0, 1, false)[0])
         .await
         .unwrap_err();
-    let text = format!(
-        "{err}: {}",
-        std::error::Error::source(&err)
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    );
+    let text = err.chain();
     assert!(
         text.contains(&format!(
             "traffic port {port} is already in use by pid {}",
@@ -449,12 +473,10 @@ async fn port_conflicts_and_bad_commands_are_clear_and_leave_nothing_running() {
         "--port".into(),
         "{port}".into(),
     ];
-    let err = execute_step(&local.provider, &bad, &create_steps(&bad, 0, 1, false)[0])
+    let err = step(&local.provider, &bad, &create_steps(&bad, 0, 1, false)[0])
         .await
         .unwrap_err();
-    let text = std::error::Error::source(&err)
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let text = err.to_string();
     assert!(
         text.starts_with("command not found: `no-such-program-keelson --port "),
         "the exact command line: {text}"

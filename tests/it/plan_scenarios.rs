@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keelson::engine::execute_step;
+use keelson::actuation::{Gate, Op, Step, Verdict};
+use keelson::engine::resolve;
 use keelson::model::{DesiredState, ObservedState};
 use keelson::observe::{Providers, observe};
 use keelson::plan::{Lock, Plan, Policy, Scope, Selection, Suspend, plan};
 use keelson::provider::memory::MemoryProvider;
+use keelson::provider::{Provider, TargetRef};
 use keelson::render::{Style, json, markdown, text};
 use keelson::source::{SourceFile, SourceSet};
 use keelson::spec::ProviderKind;
@@ -64,8 +66,9 @@ pub fn providers(p: &Arc<MemoryProvider>) -> Providers {
     Providers::new().with(ProviderKind::Local, p.clone())
 }
 
-/// Executes every ready cluster's steps, checking the traffic guard against a fresh observation
-/// after each step; repeats until the plan has nothing ready. Returns the rounds taken.
+/// Executes every ready cluster's steps (operations through the provider, gates judged against
+/// the live state, pauses taken as passed), checking the traffic guard against a fresh
+/// observation after each step; repeats until the plan has nothing ready. Returns the rounds.
 pub async fn converge(d: &DesiredState, p: &Arc<MemoryProvider>, policy: &Policy) -> usize {
     let providers = providers(p);
     for round in 0..6 {
@@ -83,18 +86,14 @@ pub async fn converge(d: &DesiredState, p: &Arc<MemoryProvider>, policy: &Policy
             // Pruning is meant to stop a cluster serving; the guard covers everything else.
             let serving_before = c.action != keelson::plan::Action::Prune
                 && observed.clusters.get(&c.id).is_some_and(|l| l.serving());
-            let cluster = c
-                .desired
-                .as_deref()
-                .cloned()
-                .unwrap_or_else(|| orphan_stub(d, &c.id));
+            let target = target_of(d, &c.id);
             for s in &c.steps {
-                execute_step(p.as_ref(), &cluster, &s.step).await.unwrap();
+                run_step(p, &target, c, &s.step).await;
                 let now = observe(d, &providers).await;
                 if serving_before {
                     assert!(
                         now.clusters.get(&c.id).is_some_and(|l| l.serving())
-                            || matches!(s.step, keelson::plan::Step::Destroy { .. })
+                            || matches!(s.step, Step::Op(Op::Destroy { .. }))
                                 && c.desired.is_none(),
                         "{} stopped serving after `{}`",
                         c.id,
@@ -107,16 +106,57 @@ pub async fn converge(d: &DesiredState, p: &Arc<MemoryProvider>, policy: &Policy
     panic!("did not converge in 6 rounds");
 }
 
-/// Orphans have no desired cluster; steps on them only need the id and target.
-fn orphan_stub(d: &DesiredState, id: &keelson::model::ClusterId) -> keelson::model::DesiredCluster {
-    let mut c = d
-        .clusters
-        .values()
-        .next()
-        .map(|c| (**c).clone())
-        .expect("some cluster to borrow a shape from");
-    c.id = id.clone();
-    c
+/// The target a cluster lives on.
+pub fn target_of(d: &DesiredState, id: &keelson::model::ClusterId) -> TargetRef {
+    let e = &d.environments[&id.environment];
+    TargetRef {
+        environment: e.name.clone(),
+        target: e
+            .targets
+            .iter()
+            .find(|t| t.name == id.target)
+            .cloned()
+            .expect("the cluster's target is declared"),
+    }
+}
+
+/// Runs one step against the memory provider: an operation resolved against the plan's desired
+/// cluster, a gate that must pass at once (instances there are healthy when started).
+pub async fn run_step(
+    p: &Arc<MemoryProvider>,
+    target: &TargetRef,
+    c: &keelson::plan::ClusterPlan,
+    step: &Step,
+) {
+    match step {
+        Step::Op(op) => {
+            let op = resolve(op, c.desired.as_ref()).unwrap();
+            p.apply(target, &c.id, &op).await.unwrap();
+        }
+        Step::Gate(g @ Gate::Elapsed { .. }) => {
+            assert_eq!(
+                g.judge(None, g_elapsed(g)),
+                Verdict::Pass,
+                "{g} passes once its time is up"
+            );
+        }
+        Step::Gate(g) => {
+            let live = p.snapshot().into_iter().find(|l| l.id == c.id);
+            assert_eq!(
+                g.judge(live.as_ref(), std::time::Duration::ZERO),
+                Verdict::Pass,
+                "{}: `{g}` does not pass",
+                c.id
+            );
+        }
+    }
+}
+
+fn g_elapsed(g: &Gate) -> std::time::Duration {
+    match g {
+        Gate::Elapsed { duration } => duration.to_std(),
+        _ => std::time::Duration::ZERO,
+    }
 }
 
 async fn observed(d: &DesiredState, p: &Arc<MemoryProvider>) -> ObservedState {
@@ -255,23 +295,20 @@ async fn capacity_only_change_resizes_in_place() {
         pl.clusters[0]
             .steps
             .iter()
-            .all(|s| !matches!(s.step, keelson::plan::Step::CreateServerGroup { .. }))
+            .all(|s| !matches!(s.step, Step::Op(Op::Create { .. })))
     );
     snapshot("resize", &pl);
 }
 
 #[tokio::test(start_paused = true)]
 async fn drift_is_restored() {
-    use keelson::provider::Provider;
     let apps = vec![app("hello", "1.0.0", 3, rb(), 18080)];
     let d = desired(&apps);
     let id = d.clusters.keys().next().cloned().unwrap();
     let p = Arc::new(MemoryProvider::new());
     converge(&d, &p, &policy()).await;
     // A group disabled by hand, nothing else serving.
-    p.set_traffic(&id, keelson::model::Sequence::FIRST, false, 0)
-        .await
-        .unwrap();
+    p.set_weight(&id, keelson::model::Sequence::FIRST, 0);
     let pl = plan(
         &d,
         &observed(&d, &p).await,
@@ -318,7 +355,7 @@ async fn old_groups_beyond_keep_disabled_are_cleaned_up() {
         "rev",
         &Selection::default(),
     );
-    assert_eq!(pl.summary.destroy, 1);
+    assert_eq!(pl.summary.destroy_server_groups, 1);
     snapshot("cleanup", &pl);
 }
 
@@ -400,10 +437,10 @@ async fn a_rollout_stopped_part_way_carries_on() {
         &Selection::default(),
     );
     let c = &first.clusters[0];
-    let cluster = c.desired.clone().unwrap();
+    let target = target_of(&d, &c.id);
     // Run the first four steps (create, wait, shift 10%, pause), then "crash".
     for s in &c.steps[..4] {
-        execute_step(p.as_ref(), &cluster, &s.step).await.unwrap();
+        run_step(&p, &target, c, &s.step).await;
     }
     let resumed = plan(
         &d,

@@ -82,7 +82,6 @@ mod planner {
 
     use keelson::model::Sequence;
     use keelson::plan::{Selection, plan};
-    use keelson::provider::Provider;
     use keelson::provider::memory::MemoryProvider;
     use proptest::prelude::*;
 
@@ -139,8 +138,8 @@ mod planner {
                     let groups = p.snapshot().first().map(|c| c.server_groups.clone()).unwrap_or_default();
                     let (Some(oldest), Some(newest)) = (groups.first(), groups.last()) else { continue };
                     match m {
-                        Mutation::DisableNewest => { p.set_traffic(&id, newest.sequence, false, 0).await.unwrap(); }
-                        Mutation::EnableOldest => { p.set_traffic(&id, oldest.sequence, true, 100).await.unwrap(); }
+                        Mutation::DisableNewest => p.set_weight(&id, newest.sequence, 0),
+                        Mutation::EnableOldest => p.set_weight(&id, oldest.sequence, 100),
                         Mutation::KillInstances(n) => p.kill_instances(&id, newest.sequence, *n),
                     }
                 }

@@ -27,9 +27,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use self::cache::{Namespace, at_version, gone};
 use self::objects::{MANAGER, Traffic};
 use self::retry::{failed, not_found, retry};
-use super::{LeaseOutcome, Provider, ProviderError, TargetRef};
-use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence, ServerGroupName};
-use crate::spec::{EnvName, KubernetesTarget, TargetName};
+use super::{LeaseOutcome, Provider, ProviderError, ProviderOp, TargetRef};
+use crate::actuation::{Capabilities, Op, TrafficPrecision};
+use crate::model::{ClusterId, ObservedCluster, Sequence, ServerGroupName};
+use crate::spec::KubernetesTarget;
 
 /// How long the first list of a namespace may take before the target counts as unavailable.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,8 +44,6 @@ type NamespaceKey = (Option<String>, String);
 pub struct KubernetesProvider {
     clients: tokio::sync::Mutex<HashMap<Option<String>, Client>>,
     namespaces: tokio::sync::Mutex<HashMap<NamespaceKey, Arc<Namespace>>>,
-    /// Where each target's clusters live, learned from the targets observed or written to.
-    targets: std::sync::Mutex<HashMap<(EnvName, TargetName), KubernetesTarget>>,
 }
 
 impl std::fmt::Debug for KubernetesProvider {
@@ -72,18 +71,22 @@ impl KubernetesProvider {
             })
             .await
             .map_err(|e| {
-                ProviderError::Invalid(format!(
-                    "kubeconfig context `{ctx}`: {e}; point KUBECONFIG at a kubeconfig that has it (`kubectl config get-contexts`)"
-                ))
+                ProviderError::invalid_by(
+                    format!(
+                        "kubeconfig context `{ctx}`: point KUBECONFIG at a kubeconfig that has it (`kubectl config get-contexts`)"
+                    ),
+                    e,
+                )
             })?,
             None => kube::Config::infer().await.map_err(|e| {
-                ProviderError::Invalid(format!(
-                    "no Kubernetes configuration: {e}; set KUBECONFIG, or name a context in the target"
-                ))
+                ProviderError::invalid_by(
+                    "no Kubernetes configuration: set KUBECONFIG, or name a context in the target",
+                    e,
+                )
             })?,
         };
         let client = Client::try_from(config)
-            .map_err(|e| ProviderError::Invalid(format!("Kubernetes client: {e}")))?;
+            .map_err(|e| ProviderError::invalid_by("cannot make a Kubernetes client", e))?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -107,7 +110,7 @@ impl KubernetesProvider {
             }
         };
         ns.ready(SYNC_TIMEOUT).await.map_err(|e| {
-            ProviderError::Unavailable(format!(
+            ProviderError::unavailable(format!(
                 "cannot watch namespace `{}`{}: {e}",
                 t.namespace,
                 t.context
@@ -119,41 +122,18 @@ impl KubernetesProvider {
         Ok(ns)
     }
 
-    fn remember(&self, environment: &EnvName, target: &crate::spec::TargetSpec) {
-        if let (Some(k), Ok(mut targets)) = (&target.kubernetes, self.targets.lock()) {
-            targets.insert((environment.clone(), target.name.clone()), k.clone());
-        }
-    }
-
-    async fn namespace_of(&self, id: &ClusterId) -> Result<Arc<Namespace>, ProviderError> {
-        let t = self
-            .targets
-            .lock()
-            .ok()
-            .and_then(|t| t.get(&(id.environment.clone(), id.target.clone())).cloned())
-            .ok_or_else(|| {
-                ProviderError::Invalid(format!(
-                    "{id}: target {}/{} has not been observed yet",
-                    id.environment, id.target
-                ))
-            })?;
-        self.namespace(&t).await
-    }
-
     async fn target_namespace(&self, target: &TargetRef) -> Result<Arc<Namespace>, ProviderError> {
         self.namespace(self.settings(target)?).await
     }
 
-    /// A target's context and namespace, remembered for the calls that name only a cluster.
+    /// A target's context and namespace.
     fn settings<'a>(&self, target: &'a TargetRef) -> Result<&'a KubernetesTarget, ProviderError> {
-        let t = target.target.kubernetes.as_ref().ok_or_else(|| {
-            ProviderError::Invalid(format!(
+        target.target.kubernetes.as_ref().ok_or_else(|| {
+            ProviderError::invalid(format!(
                 "target {} has no `kubernetes` settings (context, namespace)",
                 target.key()
             ))
-        })?;
-        self.remember(&target.environment, &target.target);
-        Ok(t)
+        })
     }
 
     /// The cluster's ReplicaSets and pods, read from the API (not the cache): traffic is
@@ -236,7 +216,7 @@ impl KubernetesProvider {
                 )
             })
             .collect();
-        let counts = objects::pods_in_traffic(&shape);
+        let counts = crate::actuation::instances_in_traffic(&shape);
         let mut enable = Vec::new();
         let mut disable = Vec::new();
         for (m, k) in members.iter_mut().zip(counts) {
@@ -311,76 +291,12 @@ impl KubernetesProvider {
         Ok(())
     }
 
-    async fn lease_api(&self, target: &TargetRef) -> Result<kube::Api<Lease>, ProviderError> {
-        let t = self.settings(target)?;
-        let client = self.client(t.context.as_deref()).await?;
-        Ok(kube::Api::namespaced(client, &t.namespace))
-    }
-}
-
-/// Parameters of writes other than server-side apply, recorded under Keelson's manager.
-fn update_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    }
-}
-
-fn desired_target(cluster: &DesiredCluster) -> Result<&KubernetesTarget, ProviderError> {
-    cluster.target.kubernetes.as_ref().ok_or_else(|| {
-        ProviderError::Invalid(format!(
-            "{}: target {} has no `kubernetes` settings (context, namespace)",
-            cluster.id, cluster.target.name
-        ))
-    })
-}
-
-#[async_trait]
-impl Provider for KubernetesProvider {
-    async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
-        let ns = self.target_namespace(target).await?;
-        Ok(objects::observe(
-            &target.environment,
-            &target.target.name,
-            &ns.replica_sets.state(),
-            &ns.pods.state(),
-            &ns.services.state(),
-        ))
-    }
-
-    async fn create_server_group(
-        &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-        capacity: u32,
-        enabled: bool,
-    ) -> Result<(), ProviderError> {
-        self.remember(&cluster.id.environment, &cluster.target);
-        let ns = self.namespace(desired_target(cluster)?).await?;
-        let traffic = Traffic {
-            enabled,
-            weight: if enabled { 100 } else { 0 },
-        };
-        let rs = objects::replica_set(cluster, seq, capacity, traffic)
-            .map_err(ProviderError::Invalid)?;
-        let existing = match Self::replica_set(&ns, &cluster.id, seq).await {
-            Ok(rs) => Some(rs),
-            Err(ProviderError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        if existing.is_none() {
-            Self::apply_replica_set(&ns, &rs).await?;
-        }
-        Self::ensure_service(&ns, existing.as_ref().unwrap_or(&rs)).await
-    }
-
-    async fn resize(
-        &self,
+    async fn scale(
+        ns: &Namespace,
         cluster: &ClusterId,
         seq: Sequence,
         capacity: u32,
     ) -> Result<(), ProviderError> {
-        let ns = self.namespace_of(cluster).await?;
         let name = ServerGroupName::new(&cluster.name, seq).to_string();
         let patch = Patch::Merge(serde_json::json!({"spec": {"replicas": capacity}}));
         let pp = update_params();
@@ -403,63 +319,44 @@ impl Provider for KubernetesProvider {
         }
     }
 
-    async fn set_traffic(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        enabled: bool,
+    /// Records a group's traffic weight on its ReplicaSet (0: out of traffic).
+    async fn record_traffic(
+        ns: &Namespace,
+        rs: &ReplicaSet,
         weight: u8,
     ) -> Result<(), ProviderError> {
-        let ns = self.namespace_of(cluster).await?;
-        let rs = Self::replica_set(&ns, cluster, seq).await?;
         let name = rs.metadata.name.clone().unwrap_or_default();
         let traffic = Traffic {
-            enabled,
-            weight: if enabled { weight.min(100) } else { 0 },
+            enabled: weight > 0,
+            weight: weight.min(100),
         };
-        if objects::traffic_of(&rs) != traffic {
-            let patch = Patch::Merge(objects::traffic_patch(traffic));
-            let pp = update_params();
-            let api = ns.api::<ReplicaSet>();
-            let patched = retry(|| api.patch(&name, &pp, &patch))
-                .await
-                .map_err(|e| failed(&format!("record traffic on ReplicaSet {name}"), &e))?;
-            ns.settle(
-                &ns.replica_sets,
-                &name,
-                at_version(patched.metadata.resource_version.as_deref()),
-            )
-            .await;
+        if objects::traffic_of(rs) == traffic {
+            return Ok(());
         }
-        if enabled {
-            Self::ensure_service(&ns, &rs).await?;
-        }
-        Self::assign_traffic(&ns, cluster).await
+        let patch = Patch::Merge(objects::traffic_patch(traffic));
+        let pp = update_params();
+        let api = ns.api::<ReplicaSet>();
+        let patched = retry(|| api.patch(&name, &pp, &patch))
+            .await
+            .map_err(|e| failed(&format!("record traffic on ReplicaSet {name}"), &e))?;
+        ns.settle(
+            &ns.replica_sets,
+            &name,
+            at_version(patched.metadata.resource_version.as_deref()),
+        )
+        .await;
+        Ok(())
     }
 
-    async fn update_in_place(
-        &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-    ) -> Result<(), ProviderError> {
-        self.remember(&cluster.id.environment, &cluster.target);
-        let ns = self.namespace(desired_target(cluster)?).await?;
-        let live = Self::replica_set(&ns, &cluster.id, seq).await?;
-        let replicas = objects::replicas(&live);
-        // Only the pod template and annotations change; size and traffic stay as they are.
-        let rs = objects::replica_set(cluster, seq, replicas, objects::traffic_of(&live))
-            .map_err(ProviderError::Invalid)?;
-        Self::apply_replica_set(&ns, &rs).await
-    }
-
-    async fn replace_instances(
-        &self,
+    /// Deletes up to `count` pods of a group whose spec hash is not the group's; the
+    /// ReplicaSet controller starts their replacements from the current template.
+    async fn replace(
+        ns: &Namespace,
         cluster: &ClusterId,
         seq: Sequence,
         count: u32,
     ) -> Result<(), ProviderError> {
-        let ns = self.namespace_of(cluster).await?;
-        let rs = Self::replica_set(&ns, cluster, seq).await?;
+        let rs = Self::replica_set(ns, cluster, seq).await?;
         let want = rs
             .metadata
             .annotations
@@ -467,7 +364,7 @@ impl Provider for KubernetesProvider {
             .and_then(|a| a.get(objects::keys::SPEC_HASH))
             .cloned()
             .unwrap_or_default();
-        let (_, pods) = Self::live(&ns, cluster).await?;
+        let (_, pods) = Self::live(ns, cluster).await?;
         let mut stale: Vec<&Pod> = pods
             .iter()
             .filter(|p| {
@@ -490,22 +387,16 @@ impl Provider for KubernetesProvider {
                 Err(e) if not_found(&e) => {}
                 Err(e) => return Err(failed(&format!("delete pod {name}"), &e)),
             }
-            // The ReplicaSet controller starts its replacement from the new template.
             ns.settle(&ns.pods, &name, gone).await;
         }
         Ok(())
     }
 
-    async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        // The ReplicaSet controller replaces missing pods itself; what Keelson repairs is which
-        // of them take traffic.
-        let ns = self.namespace_of(cluster).await?;
-        Self::replica_set(&ns, cluster, seq).await?;
-        Self::assign_traffic(&ns, cluster).await
-    }
-
-    async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        let ns = self.namespace_of(cluster).await?;
+    async fn destroy(
+        ns: &Namespace,
+        cluster: &ClusterId,
+        seq: Sequence,
+    ) -> Result<(), ProviderError> {
         let name = ServerGroupName::new(&cluster.name, seq).to_string();
         let (api, dp) = (ns.api::<ReplicaSet>(), DeleteParams::foreground());
         match retry(|| api.delete(&name, &dp)).await {
@@ -514,7 +405,7 @@ impl Provider for KubernetesProvider {
             Err(e) => return Err(failed(&format!("delete ReplicaSet {name}"), &e)),
         }
         ns.settle(&ns.replica_sets, &name, gone).await;
-        let (sets, _) = Self::live(&ns, cluster).await?;
+        let (sets, _) = Self::live(ns, cluster).await?;
         if sets.iter().all(|r| objects::terminating(&r.metadata)) {
             let svc = cluster.name.to_string();
             let (api, dp) = (ns.api::<Service>(), DeleteParams::default());
@@ -526,6 +417,146 @@ impl Provider for KubernetesProvider {
             ns.settle(&ns.services, &svc, gone).await;
         }
         Ok(())
+    }
+
+    async fn lease_api(&self, target: &TargetRef) -> Result<kube::Api<Lease>, ProviderError> {
+        let t = self.settings(target)?;
+        let client = self.client(t.context.as_deref()).await?;
+        Ok(kube::Api::namespaced(client, &t.namespace))
+    }
+}
+
+/// Parameters of writes other than server-side apply, recorded under Keelson's manager.
+fn update_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Provider for KubernetesProvider {
+    fn capabilities(&self) -> Capabilities {
+        // A Service selects pods: shares move by whole pods. Observation reads watch caches,
+        // so gates may look often.
+        Capabilities {
+            traffic: TrafficPrecision::Instances,
+            own_lease: true,
+            poll: Duration::from_millis(100),
+            batch: usize::MAX,
+        }
+    }
+
+    async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
+        let ns = self.target_namespace(target).await?;
+        Ok(objects::observe(
+            &target.environment,
+            &target.target.name,
+            &ns.replica_sets.state(),
+            &ns.pods.state(),
+            &ns.services.state(),
+        ))
+    }
+
+    async fn apply(
+        &self,
+        target: &TargetRef,
+        cluster: &ClusterId,
+        op: &ProviderOp,
+    ) -> Result<(), ProviderError> {
+        let ns = self.target_namespace(target).await?;
+        match op {
+            Op::Create {
+                sequence,
+                spec,
+                capacity,
+                weight,
+                ..
+            } => {
+                let traffic = Traffic {
+                    enabled: *weight > 0,
+                    weight: *weight,
+                };
+                let rs = objects::replica_set(spec, *sequence, *capacity, traffic)
+                    .map_err(ProviderError::invalid)?;
+                let existing = match Self::replica_set(&ns, cluster, *sequence).await {
+                    Ok(rs) => Some(rs),
+                    Err(ProviderError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if existing.is_none() {
+                    Self::apply_replica_set(&ns, &rs).await?;
+                }
+                Self::ensure_service(&ns, existing.as_ref().unwrap_or(&rs)).await
+            }
+            Op::Resize { sequence, to, .. } => Self::scale(&ns, cluster, *sequence, *to).await,
+            Op::Traffic { changes } => {
+                // Weights are recorded first, gainers before losers; pods follow in one pass.
+                for c in changes {
+                    let rs = Self::replica_set(&ns, cluster, c.sequence).await?;
+                    Self::record_traffic(&ns, &rs, c.to).await?;
+                    if c.to > 0 {
+                        Self::ensure_service(&ns, &rs).await?;
+                    }
+                }
+                Self::assign_traffic(&ns, cluster).await
+            }
+            Op::UpdateInPlace { sequence, spec, .. } => {
+                let live = Self::replica_set(&ns, cluster, *sequence).await?;
+                let Some(was) = objects::current(&live) else {
+                    return Err(ProviderError::invalid(format!(
+                        "ReplicaSet {} has no pod template or spec annotations; Keelson did not make it",
+                        ServerGroupName::new(&cluster.name, *sequence)
+                    )));
+                };
+                if was.spec.spec_hash == spec.spec_hash {
+                    return Ok(());
+                }
+                // Only the pod template and annotations change; size and traffic stay as they are.
+                let mut rs = objects::replica_set(
+                    spec,
+                    *sequence,
+                    objects::replicas(&live),
+                    objects::traffic_of(&live),
+                )
+                .map_err(ProviderError::invalid)?;
+                let kept = serde_json::to_string(&was).map_err(|e| {
+                    ProviderError::invalid_by("cannot keep the previous template", e)
+                })?;
+                rs.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(objects::keys::PREVIOUS.into(), kept);
+                Self::apply_replica_set(&ns, &rs).await
+            }
+            Op::RevertInPlace { sequence, to, .. } => {
+                let live = Self::replica_set(&ns, cluster, *sequence).await?;
+                if objects::current(&live).is_some_and(|c| c.spec.spec_hash == to.spec_hash) {
+                    return Ok(());
+                }
+                let back = objects::previous(&live)
+                    .filter(|p| p.spec.spec_hash == to.spec_hash)
+                    .and_then(|p| objects::swapped(&live, &p))
+                    .ok_or_else(|| {
+                        ProviderError::invalid(format!(
+                            "ReplicaSet {} keeps no previous template of {}; it cannot be reverted in place",
+                            ServerGroupName::new(&cluster.name, *sequence),
+                            to.version
+                        ))
+                    })?;
+                Self::apply_replica_set(&ns, &back).await
+            }
+            Op::ReplaceInstances {
+                sequence, count, ..
+            } => Self::replace(&ns, cluster, *sequence, *count).await,
+            Op::Heal { sequence, .. } => {
+                // The ReplicaSet controller replaces missing pods itself; what Keelson repairs is
+                // which of them take traffic.
+                Self::replica_set(&ns, cluster, *sequence).await?;
+                Self::assign_traffic(&ns, cluster).await
+            }
+            Op::Destroy { sequence, .. } => Self::destroy(&ns, cluster, *sequence).await,
+        }
     }
 
     async fn acquire_lease(

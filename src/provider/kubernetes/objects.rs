@@ -37,6 +37,9 @@ pub mod keys {
     /// The Service port (annotation on the ReplicaSet, so the Service can be rebuilt from live
     /// state alone).
     pub const SERVICE_PORT: &str = "keelson.io/service-port";
+    /// The version, spec hash and pod template before the last update in place (annotation,
+    /// JSON), so the update can be reverted.
+    pub const PREVIOUS: &str = "keelson.io/previous";
 }
 
 /// The field manager of every write.
@@ -338,44 +341,6 @@ pub fn service_for(rs: &ReplicaSet) -> Option<Service> {
     })
 }
 
-/// How many pods of each group should take traffic so that the shares follow the weights.
-/// `groups` holds each group's pod count and weight (0 when out of traffic). Canary weights are
-/// replica ratios: a group alone in traffic or at 100 keeps every pod in; the others get the largest
-/// counts whose ratios round to their weights, at least one pod each, so the precision is one
-/// pod (3 + 3 pods at 10/90 give 1 of 4 pods to the canary, 25%).
-pub fn pods_in_traffic(groups: &[(u32, u8)]) -> Vec<u32> {
-    let live: Vec<(u32, u8)> = groups
-        .iter()
-        .copied()
-        .filter(|(n, w)| *n > 0 && *w > 0)
-        .collect();
-    if live.len() <= 1 {
-        return groups
-            .iter()
-            .map(|&(n, w)| if w > 0 { n } else { 0 })
-            .collect();
-    }
-    // Pods per weight point: the scale at which the scarcest group runs out of pods.
-    let scale = live
-        .iter()
-        .map(|(n, w)| f64::from(*n) / f64::from(*w))
-        .fold(f64::INFINITY, f64::min);
-    groups
-        .iter()
-        .map(|&(n, w)| {
-            if n == 0 || w == 0 {
-                0
-            } else if w >= 100 {
-                // Full weight keeps every pod in, whatever else is in traffic meanwhile.
-                n
-            } else {
-                // Within 1..=n after the clamp, so the conversion is exact.
-                (scale * f64::from(w)).round().clamp(1.0, f64::from(n)) as u32
-            }
-        })
-        .collect()
-}
-
 /// Whether a pod passes its readiness check.
 pub fn ready(p: &Pod) -> bool {
     p.status
@@ -566,6 +531,7 @@ pub fn observe(
             weight,
             instances,
             labels: m.labels.clone().unwrap_or_default(),
+            previous: previous(rs).map(|p| p.spec),
         });
     }
     clusters
@@ -577,42 +543,99 @@ pub fn observe(
         .collect()
 }
 
+/// What a ReplicaSet ran before its last update in place.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Previous {
+    /// Its version and spec hash.
+    #[serde(flatten)]
+    pub spec: crate::actuation::SpecRef,
+    /// Its pod template.
+    pub template: PodTemplateSpec,
+}
+
+/// The spec a ReplicaSet had before its last update in place, if it keeps one.
+pub fn previous(rs: &ReplicaSet) -> Option<Previous> {
+    serde_json::from_str(annotation(&rs.metadata, keys::PREVIOUS)?).ok()
+}
+
+/// What a ReplicaSet runs now, as [`Previous`] would keep it.
+pub fn current(rs: &ReplicaSet) -> Option<Previous> {
+    Some(Previous {
+        spec: crate::actuation::SpecRef {
+            version: annotation(&rs.metadata, keys::VERSION)?.to_string(),
+            spec_hash: SpecHash::from_observed(annotation(&rs.metadata, keys::SPEC_HASH)?),
+        },
+        template: rs.spec.as_ref()?.template.clone()?,
+    })
+}
+
+/// `rs` running `to` (its template, version and spec hash), keeping what it ran as previous.
+/// Only what Keelson applies is kept, so the result can be applied server-side as it is.
+pub fn swapped(rs: &ReplicaSet, to: &Previous) -> Option<ReplicaSet> {
+    let now = current(rs)?;
+    let mut annotations = rs.metadata.annotations.clone().unwrap_or_default();
+    annotations.insert(keys::VERSION.into(), to.spec.version.clone());
+    annotations.insert(keys::SPEC_HASH.into(), to.spec.spec_hash.to_string());
+    annotations.insert(keys::PREVIOUS.into(), serde_json::to_string(&now).ok()?);
+    let spec = rs.spec.as_ref()?;
+    Some(ReplicaSet {
+        metadata: ObjectMeta {
+            name: rs.metadata.name.clone(),
+            labels: rs.metadata.labels.clone(),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: spec.replicas,
+            min_ready_seconds: None,
+            selector: spec.selector.clone(),
+            template: Some(to.template.clone()),
+        }),
+        status: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn full_weights_take_every_pod_or_none() {
-        assert_eq!(pods_in_traffic(&[(3, 100), (3, 0)]), vec![3, 0]);
-        assert_eq!(pods_in_traffic(&[(0, 100)]), vec![0]);
-        assert_eq!(pods_in_traffic(&[(4, 100), (4, 100)]), vec![4, 4]);
-        assert_eq!(pods_in_traffic(&[(2, 100), (4, 100)]), vec![2, 4]);
-    }
-
-    #[test]
-    fn canary_weights_become_pod_ratios() {
-        // 10% of 3 + 3 pods: one canary pod beside the three old ones.
-        assert_eq!(pods_in_traffic(&[(3, 10), (3, 90)]), vec![1, 3]);
-        assert_eq!(pods_in_traffic(&[(3, 50), (3, 50)]), vec![3, 3]);
-        assert_eq!(pods_in_traffic(&[(10, 25), (10, 75)]), vec![3, 10]);
-        assert_eq!(pods_in_traffic(&[(20, 10), (20, 90)]), vec![2, 20]);
-        // Mid-shift, the new weight is written before the old one is lowered.
-        assert_eq!(pods_in_traffic(&[(4, 100), (4, 25)]), vec![4, 1]);
-    }
-
-    proptest::proptest! {
-        /// Every enabled group keeps a pod in traffic, no group exceeds its pods, and with enough
-        /// pods the share is within one pod of the weight.
-        #[test]
-        fn shares_follow_weights(a in 1u32..50, b in 1u32..50, w in 1u8..100) {
-            let k = pods_in_traffic(&[(a, w), (b, 100 - w)]);
-            proptest::prop_assert!(k[0] >= 1 && k[0] <= a);
-            proptest::prop_assert!(k[1] >= 1 && k[1] <= b);
-            let share = f64::from(k[0]) / f64::from(k[0] + k[1]);
-            let one_pod = 1.0 / f64::from(k[0] + k[1]);
-            let want = f64::from(w) / 100.0;
-            proptest::prop_assert!((share - want).abs() <= one_pod + 1e-9,
-                "{k:?} for {w}% of {a}+{b}");
-        }
+    fn an_update_in_place_keeps_what_it_replaced_and_swaps_back() {
+        let mut rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-v000".into()),
+                annotations: Some(BTreeMap::from([
+                    (keys::VERSION.to_string(), "1.0.0".to_string()),
+                    (keys::SPEC_HASH.to_string(), "h1".to_string()),
+                ])),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(3),
+                template: Some(PodTemplateSpec::default()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let old = current(&rs).unwrap_or_else(|| unreachable!());
+        let new = Previous {
+            spec: crate::actuation::SpecRef {
+                version: "2.0.0".into(),
+                spec_hash: SpecHash::from_observed("h2"),
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(BTreeMap::from([("v".to_string(), "2".to_string())])),
+                    ..Default::default()
+                }),
+                spec: None,
+            },
+        };
+        rs = swapped(&rs, &new).unwrap_or_else(|| unreachable!());
+        assert_eq!(current(&rs), Some(new.clone()));
+        assert_eq!(previous(&rs), Some(old.clone()));
+        rs = swapped(&rs, &old).unwrap_or_else(|| unreachable!());
+        assert_eq!(current(&rs), Some(old));
+        assert_eq!(previous(&rs), Some(new));
     }
 }

@@ -60,19 +60,24 @@ pub fn failed(what: &str, e: &kube::Error) -> ProviderError {
         kube::Error::Api(s) => {
             let msg = format!("{what}: {} ({} {})", s.message, s.code, s.reason);
             match s.code {
-                401 => ProviderError::Invalid(format!(
+                401 => ProviderError::invalid(format!(
                     "{msg}; the kubeconfig's credentials were refused, log in again or fix the context's user"
                 )),
-                403 => ProviderError::Invalid(format!(
+                403 => ProviderError::invalid(format!(
                     "{msg}; grant Keelson's account the permissions in examples/kubernetes/rbac.yaml"
                 )),
-                400 | 404 | 405 | 415 | 422 => ProviderError::Invalid(msg),
-                _ => ProviderError::Unavailable(msg),
+                400 | 404 | 405 | 415 | 422 => ProviderError::invalid(msg),
+                _ => ProviderError::unavailable(msg),
             }
         }
-        other => ProviderError::Unavailable(format!("{what}: {other}")),
+        other => ProviderError::unavailable_by(what.to_string(), KubeCause(other.to_string())),
     }
 }
+
+/// A kube client error as a cause (kube's error is not `Clone`; its words are kept).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct KubeCause(String);
 
 #[cfg(test)]
 mod tests {

@@ -12,11 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hyper::Method;
 
-use super::{Provider, ProviderError, TargetRef};
+use super::{Provider, ProviderError, ProviderOp, TargetRef};
+use crate::actuation::{Capabilities, TrafficPrecision};
 use crate::http_client::{HttpClient, call, client};
-use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
+use crate::model::{ClusterId, ObservedCluster};
 use crate::spec::AppName;
-use wire::{AgentInfo, ClusterSpec, Op, Reply};
+use wire::{AgentInfo, ClusterSpec, Reply, Request};
 
 /// How long an operation may take (destroying drains instances for up to 10 s, then stops them).
 const OP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,16 +74,16 @@ impl LocalProvider {
             return Ok(url);
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| {
-            ProviderError::Unavailable(format!("cannot create {}: {e}", self.dir.display()))
+            ProviderError::unavailable_by(format!("cannot create {}", self.dir.display()), e)
         })?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("agent.log"))
-            .map_err(|e| ProviderError::Unavailable(format!("cannot open agent log: {e}")))?;
+            .map_err(|e| ProviderError::unavailable_by("cannot open the agent's log", e))?;
         let err = log
             .try_clone()
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::unavailable_by("cannot open the agent's log", e))?;
         // `agent.json` stays: a new agent replaces it, and if another agent already holds the
         // directory (it was only slow to answer) the new one exits and the file still leads
         // to the one that runs.
@@ -97,10 +98,10 @@ impl LocalProvider {
             .process_group(0)
             .spawn()
             .map_err(|e| {
-                ProviderError::Unavailable(format!(
-                    "cannot start `{} local-agent`: {e}",
-                    self.agent_exe.display()
-                ))
+                ProviderError::unavailable_by(
+                    format!("cannot start `{} local-agent`", self.agent_exe.display()),
+                    e,
+                )
             })?;
         drop(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -111,12 +112,12 @@ impl LocalProvider {
             }
         }
         let tail = agent::process::tail(&self.dir.join("agent.log"), 5);
-        Err(ProviderError::Unavailable(format!(
+        Err(ProviderError::unavailable(format!(
             "the local agent did not start; its log says:\n{tail}"
         )))
     }
 
-    async fn op(&self, op: &Op) -> Result<Reply, ProviderError> {
+    async fn op(&self, op: &Request) -> Result<Reply, ProviderError> {
         let url = self.agent().await?;
         let reply: Reply = call(
             &self.client,
@@ -126,15 +127,11 @@ impl LocalProvider {
             OP_TIMEOUT,
         )
         .await
-        .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        .map_err(|e| ProviderError::unavailable_by("the local agent did not answer", e))?;
         match reply {
-            Reply::Invalid { message } => Err(ProviderError::Invalid(message)),
+            Reply::Invalid { message } => Err(ProviderError::invalid(message)),
             r => Ok(r),
         }
-    }
-
-    async fn ok(&self, op: Op) -> Result<(), ProviderError> {
-        self.op(&op).await.map(|_| ())
     }
 
     /// Starts the agent now if it is not running (otherwise the first operation does).
@@ -147,7 +144,7 @@ impl LocalProvider {
         if self.running().await.is_none() && !self.dir.join("state.json").exists() {
             return Ok(Vec::new());
         }
-        match self.op(&Op::Down { app }).await? {
+        match self.op(&Request::Down { app }).await? {
             Reply::Stopped { stopped } => Ok(stopped),
             _ => Ok(Vec::new()),
         }
@@ -156,6 +153,17 @@ impl LocalProvider {
 
 #[async_trait]
 impl Provider for LocalProvider {
+    fn capabilities(&self) -> Capabilities {
+        // Processes on this machine: health is cheap to ask for often, weights are exact in
+        // the proxy.
+        Capabilities {
+            traffic: TrafficPrecision::Exact,
+            own_lease: false,
+            poll: Duration::from_millis(50),
+            batch: usize::MAX,
+        }
+    }
+
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
         // Observing never starts an agent for a target that has nothing: an empty state
         // directory means an empty target. With state on disk, the agent is (re)started so it
@@ -164,104 +172,34 @@ impl Provider for LocalProvider {
             return Ok(Vec::new());
         }
         match self
-            .op(&Op::Observe {
+            .op(&Request::Observe {
                 environment: target.environment.clone(),
                 target: target.target.name.clone(),
             })
             .await?
         {
             Reply::Clusters { clusters } => Ok(clusters),
-            other => Err(ProviderError::Unavailable(format!(
+            other => Err(ProviderError::unavailable(format!(
                 "unexpected agent reply: {other:?}"
             ))),
         }
     }
 
-    async fn create_server_group(
+    async fn apply(
         &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-        capacity: u32,
-        enabled: bool,
-    ) -> Result<(), ProviderError> {
-        self.ok(Op::Create {
-            cluster: ClusterSpec::from(cluster),
-            sequence: seq,
-            capacity,
-            enabled,
-        })
-        .await
-    }
-
-    async fn resize(
-        &self,
+        _target: &TargetRef,
         cluster: &ClusterId,
-        seq: Sequence,
-        capacity: u32,
+        op: &ProviderOp,
     ) -> Result<(), ProviderError> {
-        self.ok(Op::Resize {
+        let op = op
+            .clone()
+            .map_spec(|d| Ok::<_, std::convert::Infallible>(ClusterSpec::from(d.as_ref())))
+            .unwrap_or_else(|e| match e {});
+        self.op(&Request::Apply {
             cluster: cluster.clone(),
-            sequence: seq,
-            capacity,
+            op: Box::new(op),
         })
         .await
-    }
-
-    async fn set_traffic(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        enabled: bool,
-        weight: u8,
-    ) -> Result<(), ProviderError> {
-        self.ok(Op::Traffic {
-            cluster: cluster.clone(),
-            sequence: seq,
-            enabled,
-            weight,
-        })
-        .await
-    }
-
-    async fn update_in_place(
-        &self,
-        cluster: &DesiredCluster,
-        seq: Sequence,
-    ) -> Result<(), ProviderError> {
-        self.ok(Op::Update {
-            cluster: ClusterSpec::from(cluster),
-            sequence: seq,
-        })
-        .await
-    }
-
-    async fn replace_instances(
-        &self,
-        cluster: &ClusterId,
-        seq: Sequence,
-        count: u32,
-    ) -> Result<(), ProviderError> {
-        self.ok(Op::Replace {
-            cluster: cluster.clone(),
-            sequence: seq,
-            count,
-        })
-        .await
-    }
-
-    async fn heal(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        self.ok(Op::Heal {
-            cluster: cluster.clone(),
-            sequence: seq,
-        })
-        .await
-    }
-
-    async fn destroy(&self, cluster: &ClusterId, seq: Sequence) -> Result<(), ProviderError> {
-        self.ok(Op::Destroy {
-            cluster: cluster.clone(),
-            sequence: seq,
-        })
-        .await
+        .map(|_| ())
     }
 }

@@ -1,10 +1,12 @@
-//! The local agent's protocol: one JSON operation per `POST /v1/ops`.
+//! The local agent's protocol: one JSON request per `POST /v1/ops`; operations are the
+//! actuation contract's own [`Op`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterId, DesiredCluster, Health, ObservedCluster, Sequence, SpecHash};
+use crate::actuation::Op;
+use crate::model::{ClusterId, DesiredCluster, Health, ObservedCluster, SpecHash};
 use crate::spec::{AppName, EnvName, TargetName};
 
 /// What a server group runs: everything needed to start an instance.
@@ -37,6 +39,12 @@ pub struct ClusterSpec {
     pub group: GroupSpec,
 }
 
+impl std::fmt::Display for ClusterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.group.version)
+    }
+}
+
 impl From<&DesiredCluster> for ClusterSpec {
     fn from(d: &DesiredCluster) -> Self {
         Self {
@@ -55,10 +63,10 @@ impl From<&DesiredCluster> for ClusterSpec {
     }
 }
 
-/// One operation.
+/// One request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum Op {
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
     /// Clusters on a target.
     Observe {
         /// Environment.
@@ -66,66 +74,13 @@ pub enum Op {
         /// Target.
         target: TargetName,
     },
-    /// Create a group (no-op if it exists).
-    Create {
-        /// The cluster.
-        cluster: ClusterSpec,
-        /// Sequence.
-        sequence: Sequence,
-        /// Instances.
-        capacity: u32,
-        /// In traffic at once.
-        enabled: bool,
-    },
-    /// Resize a group.
-    Resize {
+    /// One operation of the actuation contract on a cluster: the same [`Op`] the planner
+    /// makes, carrying the agent's copy of the spec.
+    Apply {
         /// The cluster.
         cluster: ClusterId,
-        /// Sequence.
-        sequence: Sequence,
-        /// Instances.
-        capacity: u32,
-    },
-    /// Traffic in or out, with a weight.
-    Traffic {
-        /// The cluster.
-        cluster: ClusterId,
-        /// Sequence.
-        sequence: Sequence,
-        /// In traffic.
-        enabled: bool,
-        /// Weight among enabled groups.
-        weight: u8,
-    },
-    /// New spec for a group's future instances.
-    Update {
-        /// The cluster with its new spec.
-        cluster: ClusterSpec,
-        /// Sequence.
-        sequence: Sequence,
-    },
-    /// Replace up to `count` instances running an older spec.
-    Replace {
-        /// The cluster.
-        cluster: ClusterId,
-        /// Sequence.
-        sequence: Sequence,
-        /// How many.
-        count: u32,
-    },
-    /// Start missing instances.
-    Heal {
-        /// The cluster.
-        cluster: ClusterId,
-        /// Sequence.
-        sequence: Sequence,
-    },
-    /// Destroy a group (no-op if gone).
-    Destroy {
-        /// The cluster.
-        cluster: ClusterId,
-        /// Sequence.
-        sequence: Sequence,
+        /// The operation (boxed: it carries a whole spec).
+        op: Box<Op<ClusterSpec>>,
     },
     /// Stop everything (or one application's clusters).
     Down {

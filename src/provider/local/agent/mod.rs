@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
-use super::wire::{AgentInfo, ClusterSpec, GroupSpec, Op, Reply};
+use super::wire::{AgentInfo, ClusterSpec, GroupSpec, Reply, Request};
+use crate::actuation::{Op, SpecRef};
 use crate::model::{
     ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName,
     SpecHash,
@@ -63,6 +64,9 @@ struct GroupState {
     enabled: bool,
     weight: u8,
     instances: Vec<InstanceState>,
+    /// The spec before the last update in place, to revert to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<GroupSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +310,10 @@ impl Agent {
                         enabled: g.enabled,
                         weight: if g.enabled { g.weight } else { 0 },
                         labels: g.spec.labels.clone(),
+                        previous: g.previous.as_ref().map(|p| SpecRef {
+                            version: p.version.clone(),
+                            spec_hash: p.spec_hash.clone(),
+                        }),
                         instances: g
                             .instances
                             .iter()
@@ -350,12 +358,12 @@ async fn stop_all(list: Vec<Stopping>) {
     }
 }
 
-/// Applies one operation.
-async fn apply(shared: &Shared, op: Op) -> Reply {
+/// Answers one request.
+async fn apply(shared: &Shared, req: Request) -> Reply {
     let mut to_stop = Vec::new();
     let reply = {
         let mut a = shared.lock().await;
-        let reply = apply_locked(&mut a, op, &mut to_stop);
+        let reply = apply_locked(&mut a, req, &mut to_stop);
         a.save();
         reply
     };
@@ -372,97 +380,16 @@ async fn apply(shared: &Shared, op: Op) -> Reply {
     reply
 }
 
-fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
-    match op {
-        Op::Observe {
+fn apply_locked(a: &mut Agent, req: Request, to_stop: &mut Vec<Stopping>) -> Reply {
+    match req {
+        Request::Observe {
             environment,
             target,
         } => Reply::Clusters {
             clusters: a.observe(environment.as_str(), target.as_str()),
         },
-        Op::Create {
-            cluster,
-            sequence,
-            capacity,
-            enabled,
-        } => create(a, &cluster, sequence, capacity, enabled, to_stop),
-        Op::Resize {
-            cluster,
-            sequence,
-            capacity,
-        } => {
-            let Some(g) = a.group_mut(&cluster, sequence) else {
-                return invalid(format!("{cluster} has no server group {sequence}"));
-            };
-            g.capacity = capacity;
-            let extra: Vec<InstanceState> = if g.instances.len() > capacity as usize {
-                g.instances.split_off(capacity as usize)
-            } else {
-                Vec::new()
-            };
-            for i in &extra {
-                to_stop.push(a.release(i));
-            }
-            let reply = fill(a, &cluster, sequence);
-            a.routes(&key(&cluster));
-            reply
-        }
-        Op::Traffic {
-            cluster,
-            sequence,
-            enabled,
-            weight,
-        } => {
-            let Some(g) = a.group_mut(&cluster, sequence) else {
-                return invalid(format!("{cluster} has no server group {sequence}"));
-            };
-            g.enabled = enabled;
-            g.weight = if enabled { weight } else { 0 };
-            a.routes(&key(&cluster));
-            Reply::Ok
-        }
-        Op::Update { cluster, sequence } => {
-            let Some(g) = a.group_mut(&cluster.id, sequence) else {
-                return invalid(format!("{} has no server group {sequence}", cluster.id));
-            };
-            g.spec = cluster.group.clone();
-            Reply::Ok
-        }
-        Op::Replace {
-            cluster,
-            sequence,
-            count,
-        } => {
-            let Some(g) = a.group_mut(&cluster, sequence) else {
-                return invalid(format!("{cluster} has no server group {sequence}"));
-            };
-            let hash = g.spec.spec_hash.clone();
-            let mut old = Vec::new();
-            g.instances.retain(|i| {
-                if i.spec_hash != hash && old.len() < count as usize {
-                    old.push(i.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            for i in &old {
-                to_stop.push(a.release(i));
-            }
-            let reply = fill(a, &cluster, sequence);
-            a.routes(&key(&cluster));
-            reply
-        }
-        Op::Heal { cluster, sequence } => {
-            let reply = fill(a, &cluster, sequence);
-            a.routes(&key(&cluster));
-            reply
-        }
-        Op::Destroy { cluster, sequence } => {
-            destroy(a, &cluster, sequence, to_stop);
-            Reply::Ok
-        }
-        Op::Down { app } => {
+        Request::Apply { cluster, op } => apply_op(a, &cluster, *op, to_stop),
+        Request::Down { app } => {
             let doomed: Vec<ClusterState> = a
                 .persisted
                 .clusters
@@ -488,12 +415,133 @@ fn apply_locked(a: &mut Agent, op: Op, to_stop: &mut Vec<Stopping>) -> Reply {
     }
 }
 
+/// Runs one operation of the contract on a cluster.
+fn apply_op(
+    a: &mut Agent,
+    cluster: &ClusterId,
+    op: Op<ClusterSpec>,
+    to_stop: &mut Vec<Stopping>,
+) -> Reply {
+    let missing = |seq: Sequence| invalid(format!("{cluster} has no server group {seq}"));
+    match op {
+        Op::Create {
+            sequence,
+            spec,
+            capacity,
+            weight,
+            ..
+        } => {
+            if &spec.id != cluster {
+                return invalid(format!("a spec of {} sent for {cluster}", spec.id));
+            }
+            create(a, &spec, sequence, capacity, weight, to_stop)
+        }
+        Op::Resize { sequence, to, .. } => {
+            let Some(g) = a.group_mut(cluster, sequence) else {
+                return missing(sequence);
+            };
+            g.capacity = to;
+            let extra: Vec<InstanceState> = if g.instances.len() > to as usize {
+                g.instances.split_off(to as usize)
+            } else {
+                Vec::new()
+            };
+            for i in &extra {
+                to_stop.push(a.release(i));
+            }
+            let reply = fill(a, cluster, sequence);
+            a.routes(&key(cluster));
+            reply
+        }
+        Op::Traffic { changes } => {
+            // All or nothing: every group is checked before any weight moves.
+            if let Some(c) = changes
+                .iter()
+                .find(|c| a.group_mut(cluster, c.sequence).is_none())
+            {
+                return missing(c.sequence);
+            }
+            for c in &changes {
+                if let Some(g) = a.group_mut(cluster, c.sequence) {
+                    g.enabled = c.to > 0;
+                    g.weight = c.to;
+                }
+            }
+            a.routes(&key(cluster));
+            Reply::Ok
+        }
+        Op::UpdateInPlace { sequence, spec, .. } => {
+            let Some(g) = a.group_mut(cluster, sequence) else {
+                return missing(sequence);
+            };
+            if g.spec.spec_hash != spec.group.spec_hash {
+                g.previous = Some(std::mem::replace(&mut g.spec, spec.group));
+            }
+            Reply::Ok
+        }
+        Op::RevertInPlace { sequence, to, .. } => {
+            let Some(g) = a.group_mut(cluster, sequence) else {
+                return missing(sequence);
+            };
+            if g.spec.spec_hash == to.spec_hash {
+                return Reply::Ok;
+            }
+            match g.previous.take() {
+                Some(p) if p.spec_hash == to.spec_hash => {
+                    g.previous = Some(std::mem::replace(&mut g.spec, p));
+                    Reply::Ok
+                }
+                other => {
+                    let name = g.name.clone();
+                    g.previous = other;
+                    invalid(format!(
+                        "{name} keeps no previous spec {}; it cannot be reverted in place",
+                        to.version
+                    ))
+                }
+            }
+        }
+        Op::ReplaceInstances {
+            sequence, count, ..
+        } => {
+            let Some(g) = a.group_mut(cluster, sequence) else {
+                return missing(sequence);
+            };
+            let hash = g.spec.spec_hash.clone();
+            let mut old = Vec::new();
+            g.instances.retain(|i| {
+                if i.spec_hash != hash && old.len() < count as usize {
+                    old.push(i.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            for i in &old {
+                to_stop.push(a.release(i));
+            }
+            let reply = fill(a, cluster, sequence);
+            a.routes(&key(cluster));
+            reply
+        }
+        Op::Heal { sequence, .. } => {
+            let reply = fill(a, cluster, sequence);
+            a.routes(&key(cluster));
+            reply
+        }
+        Op::Destroy { sequence, .. } => {
+            destroy(a, cluster, sequence, to_stop);
+            Reply::Ok
+        }
+    }
+}
+
 fn create(
     a: &mut Agent,
     cluster: &ClusterSpec,
     sequence: Sequence,
     capacity: u32,
-    enabled: bool,
+    weight: u8,
     to_stop: &mut Vec<Stopping>,
 ) -> Reply {
     let k = key(&cluster.id);
@@ -531,9 +579,10 @@ fn create(
             sequence,
             spec: cluster.group.clone(),
             capacity,
-            enabled,
-            weight: if enabled { 100 } else { 0 },
+            enabled: weight > 0,
+            weight,
             instances: Vec::new(),
+            previous: None,
         },
     );
     let reply = fill(a, &cluster.id, sequence);
@@ -698,7 +747,7 @@ async fn supervise(shared: Shared) {
     }
 }
 
-async fn ops(State(shared): State<Shared>, Json(op): Json<Op>) -> Json<Reply> {
+async fn ops(State(shared): State<Shared>, Json(op): Json<Request>) -> Json<Reply> {
     Json(apply(&shared, op).await)
 }
 

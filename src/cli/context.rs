@@ -1,0 +1,158 @@
+//! The composition root: where the command line opens the store, builds the providers and
+//! loads the specs. Every verb receives a [`Context`]; nothing else builds these.
+//!
+//! A new target is registered here, in [`Context::providers`], and nowhere else.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use super::{CliError, Location, Style, render_diagnostics};
+use crate::model::DesiredState;
+use crate::observe::Providers;
+use crate::pipeline::check;
+use crate::plan::Selection;
+use crate::provider::kubernetes::KubernetesProvider;
+use crate::provider::local::LocalProvider;
+use crate::source::{SourceSet, read_dir};
+use crate::spec::{AppName, EnvName, ProviderKind};
+use crate::store::{SqliteStore, Store};
+
+/// Where a verb works and what it works with.
+pub struct Context {
+    /// The config repository.
+    pub repo: PathBuf,
+    /// The state directory.
+    pub state: PathBuf,
+    store: OnceLock<Arc<dyn Store>>,
+    providers: OnceLock<Providers>,
+}
+
+/// The state directory: `--state-dir`, else `<repo>/.keelson`.
+pub fn state_dir(repo: &Path, explicit: Option<&PathBuf>) -> PathBuf {
+    explicit.cloned().unwrap_or_else(|| repo.join(".keelson"))
+}
+
+impl Context {
+    /// A context for a repository and a state directory.
+    pub fn new(repo: PathBuf, state: PathBuf) -> Self {
+        Self {
+            repo,
+            state,
+            store: OnceLock::new(),
+            providers: OnceLock::new(),
+        }
+    }
+
+    /// The context of `--repo` and `--state-dir`.
+    pub fn of(location: &Location) -> Self {
+        Self::new(
+            location.repo.clone(),
+            state_dir(&location.repo, location.state_dir.as_ref()),
+        )
+    }
+
+    /// The state store, opened on first use.
+    pub fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        let opened: Arc<dyn Store> = Arc::new(SqliteStore::open(&self.state)?);
+        Ok(self.store.get_or_init(|| opened).clone())
+    }
+
+    /// The providers of this build: one registration per target kind.
+    pub fn providers(&self) -> Providers {
+        self.providers
+            .get_or_init(|| {
+                let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keelson"));
+                // The Kubernetes provider reads no kubeconfig until a Kubernetes target is used.
+                Providers::new()
+                    .with(
+                        ProviderKind::Local,
+                        Arc::new(LocalProvider::new(&self.state, exe)),
+                    )
+                    .with(
+                        ProviderKind::Kubernetes,
+                        Arc::new(KubernetesProvider::new()),
+                    )
+            })
+            .clone()
+    }
+
+    /// The local target's provider (for `down`).
+    pub fn local(&self) -> LocalProvider {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keelson"));
+        LocalProvider::new(&self.state, exe)
+    }
+
+    /// Reads and checks the specs with their revision; when they are invalid, prints every
+    /// problem, the summary and `note` on stderr and returns `None`.
+    pub fn load(
+        &self,
+        style: Style,
+        note: Option<&str>,
+    ) -> Result<Option<(DesiredState, String)>, CliError> {
+        let sources = read_dir(&self.repo)?;
+        let revision = sources.content_revision();
+        let texts = source_texts(&sources);
+        let checked = check(sources);
+        match checked.desired {
+            Some(desired) => Ok(Some((desired, revision))),
+            None => {
+                eprint!(
+                    "{}",
+                    render_diagnostics(
+                        &checked.diagnostics,
+                        |p: &Path| texts.get(p).map(String::as_str),
+                        style
+                    )
+                );
+                eprintln!("{}", super::validate::summary(&checked, style));
+                if let Some(n) = note {
+                    eprintln!("{n}");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The specs, or an error saying they are invalid (for verbs that only read them).
+    pub fn desired(&self) -> Result<(DesiredState, String), CliError> {
+        let sources = read_dir(&self.repo)?;
+        let revision = sources.content_revision();
+        let checked = check(sources);
+        let errors = checked.error_count();
+        checked
+            .desired
+            .map(|d| (d, revision))
+            .ok_or(CliError::InvalidSpecs { errors })
+    }
+}
+
+/// The text of each source file, to quote lines in diagnostics.
+pub fn source_texts(sources: &SourceSet) -> HashMap<PathBuf, String> {
+    sources
+        .files
+        .iter()
+        .filter_map(|f| {
+            std::str::from_utf8(&f.bytes)
+                .ok()
+                .map(|t| (f.path.clone(), t.to_string()))
+        })
+        .collect()
+}
+
+/// Parses `--env`/`--app` filters.
+pub fn selection(envs: &[String], apps: &[String]) -> Result<Selection, CliError> {
+    Ok(Selection {
+        environments: envs
+            .iter()
+            .map(|e| super::error::name("environment", e, EnvName::new))
+            .collect::<Result<_, _>>()?,
+        apps: apps
+            .iter()
+            .map(|a| super::error::name("application", a, AppName::new))
+            .collect::<Result<_, _>>()?,
+    })
+}

@@ -1,0 +1,178 @@
+//! `suspend`, `resume`, `approve` and `locks`: what people decide, kept in the store.
+
+use super::api::{call, who};
+use super::context::Context;
+use super::error::name;
+use super::{ApproveArgs, CliError, Exit, LocksArgs, LocksCommand, ScopeArgs, SuspendArgs};
+use crate::plan::{Approval, Scope, Suspend};
+use crate::spec::{AppName, EnvName};
+
+fn scope(s: &ScopeArgs) -> Result<Scope, CliError> {
+    Ok(match (&s.env, &s.app, &s.cluster) {
+        (Some(e), None, None) => Scope::Environment(name("environment", e, EnvName::new)?),
+        (None, Some(a), None) => Scope::Application(name("application", a, AppName::new)?),
+        (None, None, Some(c)) => Scope::Cluster(c.clone()),
+        (None, None, None) => Scope::Global,
+        _ => {
+            return Err(CliError::argument(
+                "a suspend has one scope",
+                "give at most one of --env, --app and --cluster",
+            ));
+        }
+    })
+}
+
+fn scope_json(s: &ScopeArgs) -> serde_json::Value {
+    serde_json::json!({ "env": s.env, "app": s.app, "cluster": s.cluster, "who": who() })
+}
+
+/// `keelson suspend`.
+pub async fn suspend(args: &SuspendArgs) -> Result<Exit, CliError> {
+    if let Some(server) = &args.scope.server {
+        let mut body = scope_json(&args.scope);
+        body["reason"] = args.reason.clone().into();
+        body["for"] = args.r#for.map(|d| d.to_string()).into();
+        let r = call(server, hyper::Method::POST, "/api/v1/suspend", Some(&body)).await?;
+        println!(
+            "Suspended {} through {server}.",
+            r["suspended"].as_str().unwrap_or("?")
+        );
+        return Ok(Exit::Success);
+    }
+    let ctx = Context::of(&args.scope.location);
+    let now = crate::clock::now();
+    let until = args.r#for.map(|d| {
+        now.checked_add(jiff::SignedDuration::from_millis(
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        ))
+        .unwrap_or(now)
+    });
+    let s = Suspend {
+        scope: scope(&args.scope)?,
+        who: who(),
+        reason: args.reason.clone(),
+        until,
+    };
+    ctx.store()?.suspend(&s, now)?;
+    println!(
+        "Suspended {}{}: no actuation until `keelson resume`. Plans still show what would change.",
+        s.scope,
+        until.map(|u| format!(" until {u}")).unwrap_or_default()
+    );
+    Ok(Exit::Success)
+}
+
+/// `keelson resume`.
+pub async fn resume(args: &ScopeArgs) -> Result<Exit, CliError> {
+    if let Some(server) = &args.server {
+        let r = call(
+            server,
+            hyper::Method::POST,
+            "/api/v1/resume",
+            Some(&scope_json(args)),
+        )
+        .await?;
+        println!(
+            "Resumed {} through {server} ({} suspend(s) lifted).",
+            r["resumed"].as_str().unwrap_or("?"),
+            r["lifted"]
+        );
+        return Ok(Exit::Success);
+    }
+    let ctx = Context::of(&args.location);
+    let sc = scope(args)?;
+    let n = ctx.store()?.resume(&sc, &who(), crate::clock::now())?;
+    if n == 0 {
+        println!("Nothing was suspended at {sc}.");
+    } else {
+        println!("Resumed {sc} ({n} suspend(s) lifted).");
+    }
+    Ok(Exit::Success)
+}
+
+/// `keelson approve`.
+pub async fn approve(args: &ApproveArgs) -> Result<Exit, CliError> {
+    let ctx = Context::of(&args.location);
+    let environment = name("environment", &args.env, EnvName::new)?;
+    let app = name("application", &args.app, AppName::new)?;
+    let version = match &args.version {
+        Some(v) => v.clone(),
+        None => {
+            let (d, _) = ctx.desired()?;
+            d.clusters
+                .values()
+                .find(|c| c.app == app && c.id.environment == environment)
+                .map(|c| c.version.clone())
+                .ok_or_else(|| {
+                    CliError::argument(
+                        format!("{app} has no cluster in {environment}"),
+                        "check --app and --env against the specs",
+                    )
+                })?
+        }
+    };
+    ctx.store()?.approve(
+        &Approval {
+            environment: environment.clone(),
+            app: app.clone(),
+            version: version.clone(),
+        },
+        &who(),
+        crate::clock::now(),
+    )?;
+    println!("Approved {app} {version} in {environment}.");
+    Ok(Exit::Success)
+}
+
+/// `keelson locks`.
+pub async fn locks(args: &LocksArgs) -> Result<Exit, CliError> {
+    let st = Context::of(&args.location).store()?;
+    let now = crate::clock::now();
+    match &args.command {
+        Some(LocksCommand::Release { cluster, force }) => {
+            if !force {
+                return Err(CliError::argument(
+                    "releasing another actuation's lock is dangerous",
+                    "add --force (it is audited)",
+                ));
+            }
+            let all = st.locks()?;
+            let matches: Vec<_> = all
+                .iter()
+                .filter(|l| {
+                    crate::store::parse_cluster(&l.cluster).is_some_and(|id| id.matches(cluster))
+                        || &l.cluster == cluster
+                })
+                .collect();
+            if matches.is_empty() {
+                println!("No lock is held on {cluster}.");
+                return Ok(Exit::Success);
+            }
+            for l in matches {
+                st.force_release(&l.cluster, &who(), now)?;
+                println!(
+                    "Released the lock of {} on {} (audited).",
+                    l.owner, l.cluster
+                );
+            }
+        }
+        None => {
+            let all = st.locks()?;
+            if all.is_empty() {
+                println!("No cluster is locked.");
+            }
+            for l in all {
+                let state = if l.expires_at <= now {
+                    "expired"
+                } else {
+                    "held"
+                };
+                println!(
+                    "{}  {state} by {} ({}) since {}, until {}",
+                    l.cluster, l.owner, l.reason, l.acquired_at, l.expires_at
+                );
+            }
+        }
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,473 @@
+//! One cluster's plan under its lock: operations run through the provider, gates polled at the
+//! provider's pace, the suspend and the traffic guard checked before every step (with the
+//! core's own rules), every operation journaled, and a failure rolled back from the journal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::lock::{ClusterLock, Refusal};
+use super::{ClusterOutcome, ClusterReport, Engine, Progress};
+use crate::actuation::{Gate, Op, Step, Verdict, rollback_of};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster};
+use crate::plan::{Action, ClusterPlan, Sim, guard_step};
+use crate::provider::{Provider, ProviderError, ProviderOp, TargetRef};
+use crate::store::{Journal, RollbackProgress};
+
+/// How often a long gate says where it stands.
+const SAY_EVERY: Duration = Duration::from_secs(10);
+
+/// How one step ended.
+enum Stepped {
+    Done,
+    /// Stop here without failing (suspend, shutdown): why.
+    Held(String),
+    /// The guard refused it: why.
+    Refused(String),
+    /// It failed: why.
+    Failed(String),
+}
+
+/// What a cluster's run needs besides the engine.
+struct Run<'a> {
+    engine: &'a Engine,
+    cp: &'a ClusterPlan,
+    provider: Arc<dyn Provider>,
+    target: &'a TargetRef,
+    revision: &'a str,
+    progress: &'a dyn Progress,
+    lock: &'a ClusterLock,
+}
+
+impl Engine {
+    /// Runs one cluster's steps under its lock, checking suspends and the guard before each.
+    pub async fn run_cluster(
+        &self,
+        cp: &ClusterPlan,
+        target: &TargetRef,
+        revision: &str,
+        progress: &dyn Progress,
+    ) -> ClusterReport {
+        let id = &cp.id;
+        let report = |outcome, steps| ClusterReport {
+            id: id.clone(),
+            outcome,
+            steps,
+            drift: cp.drift,
+        };
+        let Some(provider) = self.providers.get(target.target.provider).cloned() else {
+            return report(
+                ClusterOutcome::Failed {
+                    error: format!(
+                        "no {} provider in this build",
+                        target.target.provider.as_str()
+                    ),
+                    rollback: "nothing was done".into(),
+                },
+                0,
+            );
+        };
+        let reason = self
+            .owner
+            .command
+            .trim_start_matches("keelson ")
+            .to_string();
+        let lock = match ClusterLock::acquire(
+            self.store.clone(),
+            &self.owner,
+            provider.clone(),
+            target,
+            id,
+            &reason,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(Refusal::Held(by)) => {
+                self.record(id, "apply", "cluster is locked", revision, "refused");
+                return report(ClusterOutcome::Locked(by), 0);
+            }
+            Err(Refusal::Failed(why)) => {
+                return report(
+                    ClusterOutcome::Failed {
+                        error: why,
+                        rollback: "nothing was done".into(),
+                    },
+                    0,
+                );
+            }
+        };
+        if let Some(prev) = &lock.took_over {
+            progress.note(id, &format!("took over the expired lock of {prev}"));
+        }
+        let run = Run {
+            engine: self,
+            cp,
+            provider,
+            target,
+            revision,
+            progress,
+            lock: &lock,
+        };
+        let (outcome, steps) = if cp.action == Action::RollBack {
+            run.finish_rollback().await
+        } else {
+            run.steps().await
+        };
+        for problem in lock.release().await {
+            progress.note(id, &problem);
+        }
+        progress.done(id, &outcome.to_string(), !outcome.is_failure());
+        report(outcome, steps)
+    }
+}
+
+impl Run<'_> {
+    fn id(&self) -> &ClusterId {
+        &self.cp.id
+    }
+
+    fn desired(&self) -> Option<&Arc<DesiredCluster>> {
+        self.cp.desired.as_ref()
+    }
+
+    fn health_timeout(&self) -> crate::spec::Duration {
+        self.desired()
+            .map_or(crate::spec::Duration::from_secs(60), |d| d.health.timeout)
+    }
+
+    fn record(&self, action: &str, detail: &str, result: &str) {
+        self.engine
+            .record(self.id(), action, detail, self.revision, result);
+    }
+
+    fn journal(&self, j: &Journal) {
+        if let Err(e) = self.engine.store.put_journal(j) {
+            self.progress.note(
+                self.id(),
+                &format!("cannot journal the rollout: {}", crate::report::chain(&e)),
+            );
+        }
+    }
+
+    fn forget(&self) {
+        if let Err(e) = self.engine.store.clear_journal(&self.id().to_string()) {
+            self.progress.note(
+                self.id(),
+                &format!("cannot clear the journal: {}", crate::report::chain(&e)),
+            );
+        }
+    }
+
+    async fn observe(&self) -> Result<Option<ObservedCluster>, ProviderError> {
+        let id = self.id();
+        self.provider
+            .observe(self.target)
+            .await
+            .map(|all| all.into_iter().find(|c| &c.id == id))
+    }
+
+    /// Why the cluster must not move now (suspend, shutdown, a lost lock), if it must not.
+    fn stop_reason(&self) -> Result<Option<String>, String> {
+        if self.engine.stop.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Some("shutting down".into()));
+        }
+        let now = self.engine.now();
+        let suspends = self
+            .engine
+            .store
+            .suspends(now)
+            .map_err(|e| crate::report::chain(&e))?;
+        if let Some(b) = crate::plan::suspended(&suspends, self.id(), &self.cp.app, now).first() {
+            return Ok(Some(b.to_string()));
+        }
+        if self.lock.lost() {
+            return Err("lost the cluster lock".into());
+        }
+        Ok(None)
+    }
+
+    /// The plan's steps, then a rollback if one fails.
+    async fn steps(&self) -> (ClusterOutcome, usize) {
+        let total = self.cp.steps.len();
+        let mut journal = Journal {
+            cluster: self.id().to_string(),
+            revision: self.revision.to_string(),
+            health_timeout: self.health_timeout(),
+            ran: self.cp.done.clone(),
+            rollback: None,
+        };
+        self.journal(&journal);
+        for (i, ps) in self.cp.steps.iter().enumerate() {
+            let at = format!("step {}/{total}", i + 1);
+            match self.stop_reason() {
+                Ok(Some(why)) => {
+                    self.record("step", &ps.description, "held");
+                    self.forget();
+                    return (
+                        ClusterOutcome::Held(vec![format!("{why}; stopped before {at}")]),
+                        i,
+                    );
+                }
+                Ok(None) => {}
+                Err(why) => return self.roll_back(journal, i, why).await,
+            }
+            self.progress.step(self.id(), i, total, &ps.description);
+            // Pruning removes a cluster no spec declares any more: it is meant to stop serving.
+            let meant_to_stop = self.cp.action == Action::Prune;
+            match self.step(&ps.step, meant_to_stop).await {
+                Stepped::Done => {
+                    if let Step::Op(op) = &ps.step {
+                        journal.ran.push(op.clone());
+                        self.journal(&journal);
+                    }
+                    self.record("step", &ps.description, "ok");
+                }
+                Stepped::Held(why) => {
+                    self.record("step", &ps.description, "held");
+                    self.forget();
+                    return (ClusterOutcome::Held(vec![format!("{why} during {at}")]), i);
+                }
+                Stepped::Refused(why) => {
+                    self.record("step", &ps.description, "refused");
+                    self.forget();
+                    return (
+                        ClusterOutcome::Refused(format!("{at} `{}`: {why}", ps.description)),
+                        i,
+                    );
+                }
+                Stepped::Failed(why) => {
+                    self.record("step", &ps.description, "failed");
+                    // The failed operation may have half-happened: undo it too (every inverse
+                    // is idempotent).
+                    if let Step::Op(op) = &ps.step {
+                        journal.ran.push(op.clone());
+                    }
+                    return self.roll_back(journal, i, why).await;
+                }
+            }
+        }
+        self.forget();
+        (ClusterOutcome::Converged, total)
+    }
+
+    /// Runs one step: an operation after the guard passed against a fresh observation, or a
+    /// gate polled until it answers.
+    async fn step(&self, step: &Step, meant_to_stop: bool) -> Stepped {
+        match step {
+            Step::Gate(g) => self.gate(g).await,
+            Step::Op(op) => {
+                let live = match self.observe().await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Stepped::Failed(format!(
+                            "cannot observe the target: {}",
+                            e.chain()
+                        ));
+                    }
+                };
+                let mut sim = Sim::of(live.as_ref());
+                if let Err(why) = guard_step(&mut sim, step, meant_to_stop) {
+                    return Stepped::Refused(why);
+                }
+                let resolved = match resolve(op, self.desired()) {
+                    Ok(r) => r,
+                    Err(why) => return Stepped::Failed(why),
+                };
+                match self.provider.apply(self.target, self.id(), &resolved).await {
+                    Ok(()) => Stepped::Done,
+                    Err(e) => Stepped::Failed(format!("`{op}` failed: {}", e.chain())),
+                }
+            }
+        }
+    }
+
+    /// Polls a gate at the provider's interval until it passes or fails; stops early for a
+    /// shutdown or a suspend.
+    async fn gate(&self, gate: &Gate) -> Stepped {
+        let poll = self.provider.capabilities().poll;
+        let opened = tokio::time::Instant::now();
+        let mut said = opened;
+        loop {
+            let open = opened.elapsed();
+            let verdict = match gate {
+                // Time alone: nothing to observe.
+                Gate::Elapsed { .. } => gate.judge(None, open),
+                _ => match self.observe().await {
+                    Ok(live) => gate.judge(live.as_ref(), open),
+                    // A target that does not answer is waited on like an unhealthy group.
+                    Err(e) => match gate.judge(None, open) {
+                        Verdict::Fail(why) => {
+                            Verdict::Fail(format!("{why}; last observation failed: {}", e.chain()))
+                        }
+                        _ => Verdict::Wait(format!("cannot observe the target: {}", e.chain())),
+                    },
+                },
+            };
+            match verdict {
+                Verdict::Pass => return Stepped::Done,
+                Verdict::Fail(why) => return Stepped::Failed(why),
+                Verdict::Wait(why) => {
+                    if said.elapsed() >= SAY_EVERY {
+                        self.progress.note(self.id(), &format!("waiting: {why}"));
+                        said = tokio::time::Instant::now();
+                    }
+                }
+            }
+            match self.stop_reason() {
+                Ok(Some(why)) => return Stepped::Held(why),
+                Ok(None) => {}
+                Err(why) => return Stepped::Failed(why),
+            }
+            let wait = match gate {
+                // A pause sleeps to its end in slices, so a shutdown is not held up.
+                Gate::Elapsed { duration } => duration
+                    .to_std()
+                    .saturating_sub(opened.elapsed())
+                    .min(Duration::from_millis(100)),
+                _ => poll,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Rolls the cluster back after step `i` failed: the inverses of what ran, from the
+    /// journal, in reverse order; journaled as it goes so a crash does not leave it half-done.
+    async fn roll_back(
+        &self,
+        mut journal: Journal,
+        i: usize,
+        error: String,
+    ) -> (ClusterOutcome, usize) {
+        self.progress.note(
+            self.id(),
+            &format!("step {} failed: {error}; rolling back", i + 1),
+        );
+        let steps = rollback_of(&journal.ran, journal.health_timeout);
+        journal.rollback = Some(RollbackProgress {
+            error: error.clone(),
+            steps,
+            done: 0,
+        });
+        self.journal(&journal);
+        let rollback = self.rollback_steps(journal).await;
+        (ClusterOutcome::Failed { error, rollback }, i)
+    }
+
+    /// Finishes a rollback an earlier run did not (the plan's steps are what is left of it).
+    async fn finish_rollback(&self) -> (ClusterOutcome, usize) {
+        let journal = match self.engine.store.journal(&self.id().to_string()) {
+            Ok(Some(j)) if j.rollback.is_some() => j,
+            Ok(_) => {
+                return (
+                    ClusterOutcome::Failed {
+                        error: "the journal of the interrupted rollback is gone".into(),
+                        rollback: "nothing was done; plan again".into(),
+                    },
+                    0,
+                );
+            }
+            Err(e) => {
+                return (
+                    ClusterOutcome::Failed {
+                        error: crate::report::chain(&e),
+                        rollback: "nothing was done".into(),
+                    },
+                    0,
+                );
+            }
+        };
+        let error = journal
+            .rollback
+            .as_ref()
+            .map(|r| r.error.clone())
+            .unwrap_or_default();
+        let total = self.cp.steps.len();
+        let rollback = self.rollback_steps(journal).await;
+        (
+            ClusterOutcome::Failed {
+                error: format!("earlier: {error}"),
+                rollback,
+            },
+            total,
+        )
+    }
+
+    /// Runs the journal's rollback from where it stands; says what it did.
+    async fn rollback_steps(&self, mut journal: Journal) -> String {
+        let Some(mut rb) = journal.rollback.take() else {
+            return "nothing to undo".into();
+        };
+        let mut did: Vec<String> = Vec::new();
+        let summary = |did: &[String], tail: Option<String>| {
+            let mut s = if did.is_empty() {
+                "nothing to undo".to_string()
+            } else {
+                did.join("; ")
+            };
+            if let Some(t) = tail {
+                s.push_str(&format!("; {t}"));
+            }
+            s
+        };
+        while rb.done < rb.steps.len() {
+            let step = rb.steps[rb.done].clone();
+            if let Ok(Some(why)) = self.stop_reason() {
+                journal.rollback = Some(rb);
+                self.journal(&journal);
+                self.record("rollback", &format!("stopped: {why}"), "held");
+                return summary(
+                    &did,
+                    Some(format!("stopped ({why}); the next apply finishes it")),
+                );
+            }
+            self.progress.note(self.id(), &format!("rollback: {step}"));
+            match self.step(&step, false).await {
+                Stepped::Done => {
+                    self.record("rollback", &step.to_string(), "ok");
+                    did.push(step.to_string());
+                    rb.done += 1;
+                    journal.rollback = Some(rb.clone());
+                    self.journal(&journal);
+                }
+                Stepped::Held(why) => {
+                    journal.rollback = Some(rb);
+                    self.journal(&journal);
+                    self.record("rollback", &step.to_string(), "held");
+                    return summary(
+                        &did,
+                        Some(format!("stopped ({why}); the next apply finishes it")),
+                    );
+                }
+                Stepped::Refused(why) | Stepped::Failed(why) => {
+                    journal.rollback = Some(rb);
+                    self.journal(&journal);
+                    self.record("rollback", &format!("{step}: {why}"), "failed");
+                    return summary(
+                        &did,
+                        Some(format!(
+                            "could not `{step}`: {why}; the cluster stays as it is, and the next apply tries the rest of the rollback again"
+                        )),
+                    );
+                }
+            }
+        }
+        self.forget();
+        self.record("rollback", &summary(&did, None), "ok");
+        summary(&did, None)
+    }
+}
+
+/// The operation as the provider takes it: specs by reference resolved to the desired cluster,
+/// which must be the spec the plan named.
+pub fn resolve(op: &Op, desired: Option<&Arc<DesiredCluster>>) -> Result<ProviderOp, String> {
+    op.clone().map_spec(|spec| match desired {
+        Some(d) if d.spec_hash == spec.spec_hash => Ok(Arc::clone(d)),
+        Some(d) => Err(format!(
+            "`{op}` names spec {} ({}), but the cluster's spec is now {} ({}); plan again",
+            spec.spec_hash, spec.version, d.spec_hash, d.version
+        )),
+        None => Err(format!(
+            "`{op}` needs the cluster's spec, and no spec declares the cluster"
+        )),
+    })
+}
