@@ -19,6 +19,10 @@ pub struct SimGroup {
     pub running: u32,
     /// Healthy instances.
     pub healthy: u32,
+    /// Instances running another spec than the group's (a rolling update under way).
+    pub outdated: u32,
+    /// Of those, the healthy ones.
+    pub outdated_healthy: u32,
     /// Traffic weight; 0 is out of traffic.
     pub weight: u8,
 }
@@ -41,13 +45,21 @@ impl Sim {
     /// The simulation of an observed cluster (or an empty one).
     pub fn of(live: Option<&ObservedCluster>) -> Self {
         let mut s = Self::default();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         for g in live.map(|l| l.server_groups.as_slice()).unwrap_or(&[]) {
+            let outdated = g.instances.iter().filter(|i| i.spec_hash != g.spec_hash);
             s.groups.insert(
                 g.sequence,
                 SimGroup {
                     capacity: g.capacity,
-                    running: u32::try_from(g.instances.len()).unwrap_or(u32::MAX),
+                    running: count(g.instances.len()),
                     healthy: g.healthy(),
+                    outdated: count(outdated.clone().count()),
+                    outdated_healthy: count(
+                        outdated
+                            .filter(|i| i.health == crate::model::InstanceHealth::Healthy)
+                            .count(),
+                    ),
                     weight: if g.enabled { g.weight } else { 0 },
                 },
             );
@@ -116,6 +128,8 @@ impl Sim {
                     capacity: *capacity,
                     running: *capacity,
                     healthy: 0,
+                    outdated: 0,
+                    outdated_healthy: 0,
                     weight: *weight,
                 });
             }
@@ -131,26 +145,40 @@ impl Sim {
                     g.capacity = *to;
                     g.running = *to;
                     g.healthy = g.healthy.min(*to);
+                    g.outdated = g.outdated.min(*to);
+                    g.outdated_healthy = g.outdated_healthy.min(g.outdated).min(g.healthy);
                 }
             }
-            Op::UpdateInPlace { .. } | Op::RevertInPlace { .. } => {}
+            Op::UpdateInPlace { sequence, .. } | Op::RevertInPlace { sequence, .. } => {
+                // The instances on the group's spec become the outdated ones, and back.
+                if let Some(g) = self.groups.get_mut(sequence) {
+                    g.outdated = g.running.saturating_sub(g.outdated);
+                    g.outdated_healthy = g.healthy.saturating_sub(g.outdated_healthy);
+                }
+            }
             Op::ReplaceInstances {
                 sequence, count, ..
             } => {
-                // While a batch is replaced, `count` instances are out.
+                // A batch takes out up to `count` outdated instances, unhealthy ones first
+                // (they cost no capacity); a healthy one taken out serves no more until its
+                // replacement passes a health gate.
                 let others = self
                     .groups
                     .iter()
                     .any(|(s, g)| s != sequence && g.serving());
-                if let Some(g) = self.groups.get_mut(sequence)
-                    && g.serving()
-                    && g.healthy <= *count
-                    && !others
-                {
-                    return Err(format!(
-                        "replacing {count} of {} healthy instances leaves none serving",
-                        g.healthy
-                    ));
+                if let Some(g) = self.groups.get_mut(sequence) {
+                    let taken = (*count).min(g.outdated);
+                    let unhealthy = g.outdated.saturating_sub(g.outdated_healthy);
+                    let lost = taken.saturating_sub(unhealthy).min(g.healthy);
+                    if g.serving() && g.healthy <= lost && !others {
+                        return Err(format!(
+                            "replacing {lost} of {} healthy instances leaves none serving",
+                            g.healthy
+                        ));
+                    }
+                    g.healthy -= lost;
+                    g.outdated -= taken;
+                    g.outdated_healthy -= lost.min(g.outdated_healthy);
                 }
             }
             Op::Heal { sequence, .. } => {

@@ -24,7 +24,6 @@ pub struct MemoryProvider {
 struct State {
     clusters: BTreeMap<ClusterId, ObservedCluster>,
     failing: BTreeSet<String>,
-    fail_in: Option<usize>,
     next_instance: u64,
 }
 
@@ -47,14 +46,6 @@ impl MemoryProvider {
     pub fn fail_version(&self, version: &str) {
         if let Ok(mut s) = self.state.lock() {
             s.failing.insert(version.to_string());
-        }
-    }
-
-    /// The `n`th operation from now (0: the next) fails, once, as a provider error would (for
-    /// tests of a failure at each step).
-    pub fn fail_op(&self, n: usize) {
-        if let Ok(mut s) = self.state.lock() {
-            s.fail_in = Some(n);
         }
     }
 
@@ -170,17 +161,6 @@ impl Provider for MemoryProvider {
         op: &ProviderOp,
     ) -> Result<(), ProviderError> {
         self.with_state(|s| {
-            match s.fail_in {
-                Some(0) => {
-                    s.fail_in = None;
-                    return Err(ProviderError::unavailable(format!(
-                        "injected failure of `{}`",
-                        op.as_ref_op()
-                    )));
-                }
-                Some(n) => s.fail_in = Some(n - 1),
-                None => {}
-            }
             match op {
                 Op::Create {
                     sequence,
@@ -223,6 +203,10 @@ impl Provider for MemoryProvider {
                 }
                 Op::Traffic { changes } => {
                     for c in changes {
+                        // Out of traffic is what a group that is gone already is.
+                        if c.to == 0 && s.group(id, c.sequence).is_err() {
+                            continue;
+                        }
                         let g = s.group(id, c.sequence)?;
                         g.enabled = c.to > 0;
                         g.weight = c.to;

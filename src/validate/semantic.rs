@@ -369,8 +369,9 @@ type KubeName = (Option<String>, String, String);
 struct Claims {
     /// Local traffic ports: one machine, one port each.
     ports: HashMap<u16, Claimant>,
-    /// Kubernetes names: the names of a cluster's ReplicaSets and Service.
-    names: HashMap<KubeName, Claimant>,
+    /// Kubernetes names: the names of a cluster's ReplicaSets and Service, with the claim's
+    /// path in its document (a clash is reported at both claims).
+    names: HashMap<KubeName, (Claimant, String)>,
 }
 
 fn check_application<'a>(
@@ -540,26 +541,55 @@ fn check_application<'a>(
                 let key = (k.context.clone(), k.namespace.clone(), cluster.to_string());
                 match claims.names.get(&key) {
                     // The same environment and target is a duplicate cluster, reported above.
-                    Some((other, _, _)) if *other == here => {}
-                    Some((other, file, at)) => out.push(
-                        err(
-                            doc,
-                            "kubernetes-names",
-                            &p,
-                            format!(
-                                "cluster `{cluster}` on {here} and on {other} ({}:{}) share namespace `{}`{}, so their ReplicaSets and Service would have the same names",
-                                file.display(),
-                                at.line,
-                                k.namespace,
-                                k.context.as_ref().map(|c| format!(" of context `{c}`")).unwrap_or_default()
-                            ),
-                        )
-                        .hint("give each environment its own namespace, or one of the clusters a stack or detail"),
-                    ),
+                    Some(((other, _, _), _)) if *other == here => {}
+                    Some(((other, file, at), path)) => {
+                        let ns = format!(
+                            "namespace `{}`{}",
+                            k.namespace,
+                            k.context
+                                .as_ref()
+                                .map(|c| format!(" of context `{c}`"))
+                                .unwrap_or_default()
+                        );
+                        let hint = "give each environment its own namespace, or one of the clusters a stack or detail";
+                        let here_at = pos(doc, &p);
+                        out.push(
+                            err(
+                                doc,
+                                "kubernetes-names",
+                                &p,
+                                format!(
+                                    "cluster `{cluster}` on {here} and on {other} ({}:{}) share {ns}, so their ReplicaSets and Service would have the same names",
+                                    file.display(),
+                                    at.line,
+                                ),
+                            )
+                            .hint(hint),
+                        );
+                        // The first claim is as much at fault: say so where it is written too.
+                        out.push(
+                            Diagnostic::error(
+                                "kubernetes-names",
+                                file,
+                                format!(
+                                    "cluster `{cluster}` on {other} and on {here} ({}:{}) share {ns}, so their ReplicaSets and Service would have the same names",
+                                    doc.file.display(),
+                                    here_at.line,
+                                ),
+                            )
+                            .at(*at)
+                            .path(path.clone())
+                            .hint(hint),
+                        );
+                    }
                     None => {
-                        claims
-                            .names
-                            .insert(key, (here, doc.file.clone(), pos(doc, &p)));
+                        claims.names.insert(
+                            key,
+                            (
+                                (here, doc.file.clone(), pos(doc, &p)),
+                                crate::load::yaml::pointer_to_path(&p),
+                            ),
+                        );
                     }
                 }
             }

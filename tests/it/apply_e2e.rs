@@ -442,3 +442,73 @@ spec:
     let prod = at(&out, "prod/local/web: converged");
     assert!(dev < staging && staging < prod, "{out}");
 }
+
+/// Kill -9 of `apply` while it rolls back: the rollback was journaled, so the next plan says
+/// it will finish it, and the next apply does, before anything else; nothing is left half-undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_killed_half_way_is_finished_by_the_next_apply() {
+    use tokio::io::AsyncBufReadExt;
+    let repo = Repo::new();
+    let strategy = "{type: rolling-update, maxUnavailable: 1}";
+    // 1.0.0 takes a while to become healthy, so the rollback waits on it and can be killed.
+    repo.app("1.0.0", strategy, 2, ", --healthy-after, 2s");
+    assert_eq!(repo.apply().await.0, 0);
+    let load = Load::start(repo.port, 100);
+    repo.app("2.0.0", strategy, 2, ", --fail-health");
+    let mut child = repo
+        .command(&["apply", "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let replacing = line.contains("rollback: replace");
+        seen.push(line);
+        if replacing {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("rollback: revert web-v000 in place to 1.0.0")),
+        "{seen:#?}"
+    );
+    // The replacement is started; its instance needs 2s to be healthy: kill meanwhile.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+
+    let (code, plan) = repo.run(&["plan"]).await;
+    assert_eq!(code, 0, "{plan}");
+    assert!(
+        plan.contains("finish rollback") && plan.contains("finishing the rollback of revision"),
+        "the interrupted rollback is what comes next:\n{plan}"
+    );
+    let (code, out) = repo.apply().await;
+    assert_eq!(
+        code, 1,
+        "a finished rollback still reports the failure:\n{out}"
+    );
+    assert!(out.contains("earlier: web-v000"), "{out}");
+    let (_, status) = repo.run(&["status"]).await;
+    assert!(
+        status.contains("web-v000") && status.contains("1.0.0") && status.contains("2/2 healthy"),
+        "{status}"
+    );
+    // Back where it was: the rollout is planned again, not drift and not another rollback.
+    let (code, plan) = repo.run(&["plan", "--detailed-exitcode"]).await;
+    assert_eq!(code, 2, "{plan}");
+    assert!(
+        plan.contains("rolling update of web-v000 in place"),
+        "{plan}"
+    );
+    let (_, history) = repo.run(&["history", "--limit", "100"]).await;
+    assert!(
+        history.contains("ok  rollback: revert web-v000"),
+        "{history}"
+    );
+    let (_, failures) = load.finish().await;
+    assert_clean(&failures);
+}

@@ -703,3 +703,129 @@ async fn an_api_server_that_refuses_connections_is_reported_without_waiting_out_
     // slow but reachable API server gets.
     assert!(took < Duration::from_secs(10), "took {took:?}: {out}");
 }
+
+/// The provider contract names the target in every call: a provider that never observed acts
+/// (Kubernetes once kept a map of targets seen by observe and refused until it had one).
+/// An update in place is reverted from the template the ReplicaSet kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
+    use keelson::actuation::{Op, SpecRef, TrafficChange};
+    use keelson::provider::{Provider, TargetRef};
+    let stub = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    stub.write_kubeconfig(&kubeconfig, &[("stub", "shop")]);
+    // SAFETY: tests that read KUBECONFIG in this process set the same value.
+    unsafe { std::env::set_var("KUBECONFIG", &kubeconfig) };
+    let v1 = std::sync::Arc::new(desired("{type: red-black}"));
+    let mut two = desired("{type: red-black}");
+    two.version = "2.0.0".into();
+    two.spec_hash = keelson::model::SpecHash::from_observed("0123456789abcdef");
+    let v2 = std::sync::Arc::new(two);
+    let target = TargetRef {
+        environment: v1.id.environment.clone(),
+        target: v1.target.clone(),
+    };
+    let seq = keelson::model::Sequence::FIRST;
+    let group = keelson::model::ServerGroupName::new(v1.name(), seq);
+    let fresh = || keelson::provider::kubernetes::KubernetesProvider::new();
+    fresh()
+        .apply(
+            &target,
+            &v1.id,
+            &Op::Create {
+                group: group.clone(),
+                sequence: seq,
+                spec: v1.clone(),
+                capacity: 2,
+                weight: 0,
+            },
+        )
+        .await
+        .expect("create without a prior observe");
+    fresh()
+        .apply(
+            &target,
+            &v1.id,
+            &Op::Traffic {
+                changes: vec![TrafficChange {
+                    group: group.clone(),
+                    sequence: seq,
+                    from: 0,
+                    to: 100,
+                    share: None,
+                }],
+            },
+        )
+        .await
+        .expect("traffic without a prior observe");
+    let image = |stub: &KubeStub| {
+        stub.get("replicasets", "shop", "web-v000").unwrap()["spec"]["template"]["spec"]
+            ["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(image(&stub), format!("{IMAGE}:1.0.0"));
+    let spec = |d: &keelson::model::DesiredCluster| SpecRef {
+        version: d.version.clone(),
+        spec_hash: d.spec_hash.clone(),
+    };
+    fresh()
+        .apply(
+            &target,
+            &v1.id,
+            &Op::UpdateInPlace {
+                group: group.clone(),
+                sequence: seq,
+                spec: v2.clone(),
+                previous: Some(spec(&v1)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(image(&stub), format!("{IMAGE}:2.0.0"));
+    let p = fresh();
+    let live = p.observe(&target).await.unwrap();
+    assert_eq!(
+        live[0].server_groups[0].previous,
+        Some(spec(&v1)),
+        "the previous spec is observable"
+    );
+    p.apply(
+        &target,
+        &v1.id,
+        &Op::RevertInPlace {
+            group: group.clone(),
+            sequence: seq,
+            to: spec(&v1),
+            from: spec(&v2),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(image(&stub), format!("{IMAGE}:1.0.0"));
+    // Reverting to a spec it never had is refused, with what to do.
+    let err = fresh()
+        .apply(
+            &target,
+            &v1.id,
+            &Op::RevertInPlace {
+                group,
+                sequence: seq,
+                to: SpecRef {
+                    version: "0.9.0".into(),
+                    spec_hash: keelson::model::SpecHash::from_observed("ffffffffffffffff"),
+                },
+                from: spec(&v1),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("keeps no previous template of 0.9.0; it cannot be reverted in place"),
+        "{err}"
+    );
+    assert_eq!(image(&stub), format!("{IMAGE}:1.0.0"), "nothing changed");
+}

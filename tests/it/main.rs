@@ -13,6 +13,7 @@ mod plan_scenarios;
 mod pr_comment;
 mod properties;
 mod proxy_protocol;
+mod rollback;
 mod schemas;
 mod support;
 mod validate_cli;

@@ -493,7 +493,12 @@ impl Provider for KubernetesProvider {
             Op::Traffic { changes } => {
                 // Weights are recorded first, gainers before losers; pods follow in one pass.
                 for c in changes {
-                    let rs = Self::replica_set(&ns, cluster, c.sequence).await?;
+                    let rs = match Self::replica_set(&ns, cluster, c.sequence).await {
+                        Ok(rs) => rs,
+                        // Out of traffic is what a group that is gone already is.
+                        Err(ProviderError::NotFound { .. }) if c.to == 0 => continue,
+                        Err(e) => return Err(e),
+                    };
                     Self::record_traffic(&ns, &rs, c.to).await?;
                     if c.to > 0 {
                         Self::ensure_service(&ns, &rs).await?;

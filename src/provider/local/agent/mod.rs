@@ -454,10 +454,11 @@ fn apply_op(
             reply
         }
         Op::Traffic { changes } => {
-            // All or nothing: every group is checked before any weight moves.
+            // All or nothing: every group is checked before any weight moves. Out of traffic
+            // is what a group that is gone already is.
             if let Some(c) = changes
                 .iter()
-                .find(|c| a.group_mut(cluster, c.sequence).is_none())
+                .find(|c| c.to > 0 && a.group_mut(cluster, c.sequence).is_none())
             {
                 return missing(c.sequence);
             }
@@ -508,9 +509,23 @@ fn apply_op(
                 return missing(sequence);
             };
             let hash = g.spec.spec_hash.clone();
+            // Unhealthy instances go first: replacing them costs no capacity (the traffic
+            // guard counts on it).
+            let healthy = a.health.read().map(|h| h.clone()).unwrap_or_default();
+            let Some(g) = a.group_mut(cluster, sequence) else {
+                return missing(sequence);
+            };
+            let mut outdated: Vec<&InstanceState> =
+                g.instances.iter().filter(|i| i.spec_hash != hash).collect();
+            outdated.sort_by_key(|i| healthy.get(&i.id).copied().unwrap_or(false));
+            let doomed: Vec<String> = outdated
+                .iter()
+                .take(count as usize)
+                .map(|i| i.id.clone())
+                .collect();
             let mut old = Vec::new();
             g.instances.retain(|i| {
-                if i.spec_hash != hash && old.len() < count as usize {
+                if doomed.contains(&i.id) {
                     old.push(i.clone());
                     false
                 } else {

@@ -1,0 +1,427 @@
+//! A failure at every step of every strategy: the engine rolls back with exactly the operations
+//! the plan's rollback column shows for that step, the traffic guard holds after every
+//! operation, the cluster ends on its previous version at its previous size, and planning again
+//! shows the rollout again, not drift. On the memory provider for every strategy; on the local
+//! target, with real processes under load, for canary, rolling red/black and rolling update.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use keelson::actuation::{Capabilities, Gate, Op, Step};
+use keelson::engine::{ClusterOutcome, Engine, LogProgress};
+use keelson::model::{ClusterId, DesiredState, ObservedCluster};
+use keelson::observe::{Providers, observe};
+use keelson::plan::{Action, ClusterPlan, Plan, Selection, plan};
+use keelson::provider::memory::MemoryProvider;
+use keelson::provider::{Provider, ProviderError, ProviderOp, TargetRef};
+use keelson::spec::ProviderKind;
+use keelson::store::{Owner, SqliteStore};
+
+use crate::plan_scenarios::desired;
+
+/// A provider that fails one chosen operation, logs every operation that took effect, and
+/// checks the traffic guard's promise after each: a cluster that served still serves.
+struct Faulty {
+    inner: Arc<dyn Provider>,
+    fail_in: Mutex<Option<usize>>,
+    log: Mutex<Vec<Op>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn Provider>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fail_in: Mutex::new(None),
+            log: Mutex::new(Vec::new()),
+            violations: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The `n`th operation from now (0: the next) fails once.
+    fn fail_op(&self, n: usize) {
+        *self.fail_in.lock().unwrap() = Some(n);
+    }
+
+    fn take_log(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
+    }
+
+    async fn cluster(&self, target: &TargetRef, id: &ClusterId) -> Option<ObservedCluster> {
+        self.inner
+            .observe(target)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|c| &c.id == id)
+    }
+}
+
+#[async_trait]
+impl Provider for Faulty {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
+        self.inner.observe(target).await
+    }
+
+    async fn apply(
+        &self,
+        target: &TargetRef,
+        cluster: &ClusterId,
+        op: &ProviderOp,
+    ) -> Result<(), ProviderError> {
+        {
+            let mut f = self.fail_in.lock().unwrap();
+            match *f {
+                Some(0) => {
+                    *f = None;
+                    return Err(ProviderError::unavailable(format!(
+                        "injected failure of `{}`",
+                        op.as_ref_op()
+                    )));
+                }
+                Some(n) => *f = Some(n - 1),
+                None => {}
+            }
+        }
+        let before = self
+            .cluster(target, cluster)
+            .await
+            .is_some_and(|c| c.serving());
+        self.inner.apply(target, cluster, op).await?;
+        self.log.lock().unwrap().push(op.as_ref_op());
+        let after = self
+            .cluster(target, cluster)
+            .await
+            .is_some_and(|c| c.serving());
+        if before && !after {
+            self.violations.lock().unwrap().push(format!(
+                "{cluster} stopped serving after `{}`",
+                op.as_ref_op()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One application `web` on the local target of dev.
+fn spec(version: &str, capacity: u32, strategy: &str, port: u16, extra: &str) -> String {
+    format!(
+        "apiVersion: keelson/v1
+kind: Application
+metadata: {{name: web}}
+spec:
+  artifact: {{version: \"{version}\"}}
+  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"{extra}]}}
+  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 3s}}
+  clusters:
+    - {{environment: dev, target: local, capacity: {{desired: {capacity}}}, strategy: {strategy}, traffic: {{port: {port}}}}}
+"
+    )
+}
+
+struct Rig {
+    engine: Arc<Engine>,
+    faulty: Arc<Faulty>,
+    _store: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(inner: Arc<dyn Provider>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(inner);
+        let engine = Arc::new(Engine {
+            store: Arc::new(SqliteStore::open(dir.path()).unwrap()),
+            providers: Providers::new().with(ProviderKind::Local, faulty.clone()),
+            owner: Owner::this_process("keelson test", keelson::clock::now()),
+            parallelism: 1,
+            stop: Default::default(),
+        });
+        Self {
+            engine,
+            faulty,
+            _store: dir,
+        }
+    }
+
+    async fn plan(&self, d: &DesiredState) -> Plan {
+        let observed = observe(d, &self.engine.providers).await;
+        let policy = self
+            .engine
+            .store
+            .policy(keelson::clock::now(), None)
+            .unwrap();
+        plan(d, &observed, &policy, "rev", &Selection::default())
+    }
+
+    /// Applies until converged; panics on failure.
+    async fn converge(&self, d: &DesiredState) {
+        let r = self
+            .engine
+            .apply(d, "rev", &Selection::default(), None, Arc::new(LogProgress))
+            .await;
+        assert!(!r.failed(), "{r:?}");
+        assert!(!self.plan(d).await.has_changes());
+        self.faulty.take_log();
+    }
+
+    /// Runs exactly `pl`; returns the one cluster's outcome.
+    async fn run(&self, d: &DesiredState, pl: &Plan) -> ClusterOutcome {
+        let r = self
+            .engine
+            .apply(
+                d,
+                "rev",
+                &Selection::default(),
+                Some(pl.clone()),
+                Arc::new(LogProgress),
+            )
+            .await;
+        r.clusters[0].outcome.clone()
+    }
+}
+
+fn ops(steps: impl IntoIterator<Item = Step>) -> Vec<Op> {
+    steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Op(op) => Some(op),
+            Step::Gate(_) => None,
+        })
+        .collect()
+}
+
+fn rollback_ops(cp: &ClusterPlan, i: usize) -> Vec<Op> {
+    ops(cp.steps[i].rollback.iter().map(|r| r.step.clone()))
+}
+
+/// Where a failure is injected: the `n`th operation of the plan, or its first health gate
+/// (the new version's instances never become healthy).
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Op(usize),
+    Health,
+}
+
+/// The failure points of a plan: every operation, and the first health gate.
+fn faults(cp: &ClusterPlan) -> Vec<(usize, Fault)> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    let mut health = false;
+    for (i, s) in cp.steps.iter().enumerate() {
+        match &s.step {
+            Step::Op(_) => {
+                out.push((i, Fault::Op(n)));
+                n += 1;
+            }
+            Step::Gate(Gate::Healthy { .. }) if !health => {
+                out.push((i, Fault::Health));
+                health = true;
+            }
+            Step::Gate(_) => {}
+        }
+    }
+    out
+}
+
+/// What a cluster must be back to after a rollback.
+struct Before<'a> {
+    strategy: &'a str,
+    version: &'a str,
+    capacity: u32,
+}
+
+/// Checks one failed run against its plan: the rollback ran exactly the plan's rollback of
+/// step `i`, the guard held, the cluster is back on its previous version and size, and the
+/// rollout is planned again.
+async fn check_rolled_back(
+    rig: &Rig,
+    d2: &DesiredState,
+    cp: &ClusterPlan,
+    i: usize,
+    outcome: &ClusterOutcome,
+    before: &Before<'_>,
+) {
+    let (strategy, old, capacity) = (before.strategy, before.version, before.capacity);
+    let ClusterOutcome::Failed { rollback, .. } = outcome else {
+        panic!("{strategy} step {}: not a failure: {outcome:?}", i + 1);
+    };
+    let ran = rig.faulty.take_log();
+    let ran_before: usize = cp.steps[..i]
+        .iter()
+        .filter(|s| matches!(s.step, Step::Op(_)))
+        .count();
+    assert_eq!(
+        ran[ran_before.min(ran.len())..],
+        rollback_ops(cp, i)[..],
+        "{strategy}, failure at step {} `{}`: the rollback ran ({rollback}) is the plan's",
+        i + 1,
+        cp.steps[i].description
+    );
+    assert_eq!(rig.faulty.violations(), Vec::<String>::new(), "{strategy}");
+    let observed = observe(d2, &rig.engine.providers).await;
+    if cp.steps[i].rollback.is_empty() {
+        // Past the point of no return (an old group destroyed in the cleanup): the new
+        // version stays, and the next plan finishes the cleanup.
+        let live = observed.clusters.values().next().unwrap();
+        assert!(live.serving(), "{strategy} step {}: {live:?}", i + 1);
+        let again = rig.plan(d2).await;
+        assert!(
+            again.clusters.iter().all(|c| c.action == Action::Cleanup),
+            "{strategy} step {}: {:?}",
+            i + 1,
+            again.clusters
+        );
+        return;
+    }
+    let live = observed.clusters.values().next().unwrap();
+    let serving: Vec<_> = live.server_groups.iter().filter(|g| g.enabled).collect();
+    assert_eq!(serving.len(), 1, "{strategy} step {}: {live:?}", i + 1);
+    let g = serving[0];
+    assert_eq!(
+        (g.version.as_str(), g.weight, g.capacity),
+        (old, 100, capacity)
+    );
+    assert!(
+        g.instances.iter().all(|x| x.spec_hash == g.spec_hash),
+        "{strategy} step {}: every instance runs {old}",
+        i + 1
+    );
+    assert!(
+        live.server_groups.iter().all(|g| g.version == old),
+        "{strategy} step {}: the new groups are gone: {live:?}",
+        i + 1
+    );
+    let again = rig.plan(d2).await;
+    assert_eq!(again.clusters.len(), 1, "{strategy}");
+    assert_eq!(again.clusters[0].action, Action::RollOut, "{strategy}");
+    assert!(!again.clusters[0].drift, "{strategy}");
+}
+
+const STRATEGIES: [(&str, &str); 6] = [
+    ("red-black", "{type: red-black, keepDisabled: 1}"),
+    (
+        "rolling-red-black",
+        "{type: rolling-red-black, steps: [25, 50]}",
+    ),
+    ("highlander", "{type: highlander}"),
+    (
+        "rolling-update",
+        "{type: rolling-update, maxUnavailable: 2}",
+    ),
+    (
+        "canary",
+        "{type: canary, steps: [{weight: 10, pause: 30s}, {weight: 50, pause: 1m}]}",
+    ),
+    ("none", "{type: none}"),
+];
+
+#[tokio::test(start_paused = true)]
+async fn every_strategy_rolls_back_what_ran_at_every_step() {
+    let mut checked = 0;
+    for (name, strategy) in STRATEGIES {
+        let d1 = desired(&[spec("1.0.0", 4, strategy, 18080, "")]);
+        let d2 = desired(&[spec("2.0.0", 4, strategy, 18080, "")]);
+        let probe = Rig::new(Arc::new(MemoryProvider::new()));
+        probe.converge(&d1).await;
+        let reference = probe.plan(&d2).await;
+        for (i, fault) in faults(&reference.clusters[0]) {
+            let memory = Arc::new(MemoryProvider::new());
+            let rig = Rig::new(memory.clone());
+            rig.converge(&d1).await;
+            let pl = rig.plan(&d2).await;
+            let cp = &pl.clusters[0];
+            match fault {
+                Fault::Op(n) => rig.faulty.fail_op(n),
+                Fault::Health => memory.fail_version("2.0.0"),
+            }
+            let outcome = rig.run(&d2, &pl).await;
+            let before = Before {
+                strategy: name,
+                version: "1.0.0",
+                capacity: 4,
+            };
+            check_rolled_back(&rig, &d2, cp, i, &outcome, &before).await;
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "{checked} failure points");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_local_target_rollbacks_keep_serving_under_load() {
+    for (name, strategy) in [
+        (
+            "canary",
+            "{type: canary, steps: [{weight: 20, pause: 300ms}, {weight: 50, pause: 300ms}]}",
+        ),
+        (
+            "rolling-red-black",
+            "{type: rolling-red-black, steps: [50]}",
+        ),
+        (
+            "rolling-update",
+            "{type: rolling-update, maxUnavailable: 1}",
+        ),
+    ] {
+        let local = crate::local_target::Local::new();
+        let port = crate::local_target::free_port();
+        let d1 = desired(&[spec("1.0.0", 2, strategy, port, "")]);
+        let d2 = desired(&[spec("2.0.0", 2, strategy, port, "")]);
+        let rig = Rig::new(Arc::new(local.provider.clone()));
+        rig.converge(&d1).await;
+        let load = crate::local_target::Load::start(port, 100);
+        let reference = rig.plan(&d2).await;
+        for (i, fault) in faults(&reference.clusters[0]) {
+            // The cluster is back on 1.0.0 after each failure: the same plan comes again.
+            let pl = rig.plan(&d2).await;
+            assert_eq!(pl.clusters[0].steps, reference.clusters[0].steps, "{name}");
+            let cp = &pl.clusters[0];
+            let d = match fault {
+                Fault::Op(n) => {
+                    rig.faulty.fail_op(n);
+                    d2.clone()
+                }
+                // A version whose instances never pass their health check.
+                Fault::Health => continue,
+            };
+            let outcome = rig.run(&d, &pl).await;
+            let before = Before {
+                strategy: name,
+                version: "1.0.0",
+                capacity: 2,
+            };
+            check_rolled_back(&rig, &d2, cp, i, &outcome, &before).await;
+        }
+        // The first health gate: a version that never becomes healthy.
+        let bad = desired(&[spec("2.0.0", 2, strategy, port, ", --fail-health")]);
+        let pl = rig.plan(&bad).await;
+        let cp = &pl.clusters[0];
+        let i = faults(cp)
+            .iter()
+            .find_map(|(i, f)| matches!(f, Fault::Health).then_some(*i))
+            .unwrap();
+        let outcome = rig.run(&bad, &pl).await;
+        let before = Before {
+            strategy: name,
+            version: "1.0.0",
+            capacity: 2,
+        };
+        check_rolled_back(&rig, &bad, cp, i, &outcome, &before).await;
+        let (counts, failures) = load.finish().await;
+        assert!(
+            failures.is_empty(),
+            "{name}: {} failed requests: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(counts.values().sum::<u64>() > 100, "{name}: load ran");
+    }
+}
