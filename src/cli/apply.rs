@@ -168,17 +168,22 @@ fn saved_plan(
         path: file.to_path_buf(),
         source,
     })?;
-    let saved: Plan = serde_json::from_str(&text).map_err(|source| CliError::PlanFile {
+    let parse = |source| CliError::PlanFile {
         path: file.to_path_buf(),
         source,
-    })?;
-    if saved.format_version != crate::plan::PLAN_FORMAT {
+    };
+    // The format first: a plan of another version does not parse as this one, and saying
+    // which version it is helps more than where its first unknown field is.
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+    if let Some(v) = raw.get("formatVersion").and_then(serde_json::Value::as_u64)
+        && v != u64::from(crate::plan::PLAN_FORMAT)
+    {
         return Err(stale(format!(
-            "it is in plan format {}, this keelson writes format {}",
-            saved.format_version,
+            "it is in plan format {v}, this keelson reads and writes format {}",
             crate::plan::PLAN_FORMAT
         )));
     }
+    let saved: Plan = serde_json::from_value(raw).map_err(parse)?;
     if saved.revision != revision {
         return Err(stale(format!(
             "it was made for revision {}, the specs are now at {revision}",
@@ -192,10 +197,10 @@ fn saved_plan(
             observed.fingerprint()
         )));
     }
-    if saved.commitments() != fresh.commitments() {
-        return Err(stale(
-            "its steps are not what planning the same revision and live state gives now".into(),
-        ));
+    // A saved plan is a commitment, not an instruction: what runs is planned now, and only if
+    // it is what the file says.
+    if let Some(why) = saved.differs_from(fresh) {
+        return Err(stale(why));
     }
     Ok(fresh.clone())
 }

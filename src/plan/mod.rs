@@ -350,4 +350,34 @@ impl Plan {
             .map(|c| (&c.id, c.steps.iter().map(|s| &s.step).collect()))
             .collect()
     }
+
+    /// Where `self` (a saved plan) first commits to something `now` (planning again) does not,
+    /// in words; `None` when they commit to the same operations and gates.
+    pub fn differs_from(&self, now: &Plan) -> Option<String> {
+        let (saved, fresh) = (self.commitments(), now.commitments());
+        for (id, steps) in &saved {
+            let Some((_, again)) = fresh.iter().find(|(i, _)| i == id) else {
+                return Some(format!("it has steps for {id}, and planning now has none"));
+            };
+            for (n, (a, b)) in steps.iter().zip(again).enumerate() {
+                if a != b {
+                    return Some(format!(
+                        "{id} step {}: the file says `{a}`, planning now gives `{b}`",
+                        n + 1
+                    ));
+                }
+            }
+            if steps.len() != again.len() {
+                return Some(format!(
+                    "{id}: the file has {} steps, planning now gives {}",
+                    steps.len(),
+                    again.len()
+                ));
+            }
+        }
+        fresh
+            .iter()
+            .find(|(id, _)| !saved.iter().any(|(i, _)| i == id))
+            .map(|(id, _)| format!("planning now has steps for {id}, and the file has none"))
+    }
 }

@@ -287,9 +287,37 @@ async fn a_stale_plan_file_is_refused() {
         .await;
     assert_eq!(code, 1);
     assert!(out.contains("it was made for revision"), "{out}");
-    // A fresh plan file applies exactly.
+    // A plan written by an older keelson (format 1) is refused with what to do.
+    let old = std::fs::read_to_string(&plan).unwrap().replacen(
+        "\"formatVersion\": 2",
+        "\"formatVersion\": 1",
+        1,
+    );
+    std::fs::write(&plan, old).unwrap();
+    let (code, out) = repo
+        .run(&["apply", "--auto-approve", "--plan", plan.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("it is in plan format 1, this keelson reads and writes format 2")
+            && out.contains("hint: run `keelson plan --out"),
+        "{out}"
+    );
+    // A fresh plan file applies exactly, and only as written: a hand-edited one is refused.
     let (code, _) = repo.run(&["plan", "--out", plan.to_str().unwrap()]).await;
     assert_eq!(code, 0);
+    let honest = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(&plan, honest.replacen("\"count\": 1", "\"count\": 0", 1)).unwrap();
+    let (code, out) = repo
+        .run(&["apply", "--auto-approve", "--plan", plan.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("dev/local/web step 2: the file says `wait until 0 of web-v000 healthy")
+            && out.contains("planning now gives `wait until 1 of web-v000 healthy"),
+        "{out}"
+    );
+    std::fs::write(&plan, honest).unwrap();
     let (code, out) = repo
         .run(&["apply", "--auto-approve", "--plan", plan.to_str().unwrap()])
         .await;
