@@ -22,6 +22,7 @@ pub mod par;
 pub mod pipeline;
 pub mod plan;
 pub mod pr;
+pub mod private;
 pub mod provider;
 pub mod render;
 pub mod report;

@@ -16,9 +16,9 @@ use crate::model::{Sequence, ServerGroupName};
 use crate::spec::Duration;
 
 /// What the operations that ran did to one group.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
-    name: Option<ServerGroupName>,
+    name: ServerGroupName,
     created: bool,
     destroyed: bool,
     /// Weight before the first change and after the last.
@@ -40,9 +40,14 @@ fn entry<'a>(
     if !order.contains(&seq) {
         order.push(seq);
     }
-    let g = groups.entry(seq).or_default();
-    g.name.get_or_insert_with(|| name.clone());
-    g
+    groups.entry(seq).or_insert_with(|| Group {
+        name: name.clone(),
+        created: false,
+        destroyed: false,
+        weight: None,
+        capacity: None,
+        in_place: None,
+    })
 }
 
 /// The steps that undo `ran` (operations in the order they ran); `health_timeout` bounds the
@@ -131,11 +136,7 @@ pub fn rollback_of(ran: &[Op], health_timeout: Duration) -> Vec<Step> {
         return Vec::new();
     }
     let mut out: Vec<Step> = Vec::new();
-    let name = |seq: &Sequence, g: &Group| {
-        g.name.clone().unwrap_or_else(|| {
-            ServerGroupName::new(&crate::model::ClusterName::from_label("?"), *seq)
-        })
-    };
+    let name = |_: &Sequence, g: &Group| g.name.clone();
     let kept = |g: &&Group| !g.created && !g.destroyed;
     // 1. Shrunk groups grow back before traffic returns to them.
     for seq in &order {
@@ -263,7 +264,10 @@ mod tests {
     fn sg(n: u16) -> (ServerGroupName, Sequence) {
         let seq = Sequence::new(u32::from(n)).unwrap();
         (
-            ServerGroupName::new(&ClusterName::from_label("web"), seq),
+            ServerGroupName::new(
+                &ClusterName::parse("web").unwrap_or_else(|e| panic!("{e}")),
+                seq,
+            ),
             seq,
         )
     }

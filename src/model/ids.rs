@@ -7,9 +7,23 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{AppName, EnvName, TargetName};
 
 /// A cluster name, Spinnaker's `app-stack-detail` (`app--detail` when there is no stack).
+/// Checked on every deserialisation: it names files and objects.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct ClusterName(String);
+
+impl TryFrom<String> for ClusterName {
+    type Error = crate::spec::NameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<ClusterName> for String {
+    fn from(n: ClusterName) -> String {
+        n.0
+    }
+}
 
 impl ClusterName {
     /// Builds the name from its parts.
@@ -24,9 +38,11 @@ impl ClusterName {
         Self(s)
     }
 
-    /// Wraps a name observed on a provider (from its label, never parsed apart).
-    pub fn from_label(s: impl Into<String>) -> Self {
-        Self(s.into())
+    /// A name read from a provider's label or a file, checked (never parsed apart).
+    pub fn parse(s: impl Into<String>) -> Result<Self, crate::spec::NameError> {
+        let s = s.into();
+        crate::spec::names::check_compound(&s)?;
+        Ok(Self(s))
     }
 
     /// The name.
@@ -139,10 +155,24 @@ impl fmt::Display for Sequence {
     }
 }
 
-/// A server group name, `<cluster>-vNNN`.
+/// A server group name, `<cluster>-vNNN`; checked on every deserialisation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct ServerGroupName(String);
+
+impl TryFrom<String> for ServerGroupName {
+    type Error = crate::spec::NameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        crate::spec::names::check_compound(&s)?;
+        Ok(Self(s))
+    }
+}
+
+impl From<ServerGroupName> for String {
+    fn from(n: ServerGroupName) -> String {
+        n.0
+    }
+}
 
 impl ServerGroupName {
     /// The name of sequence `seq` of `cluster`.

@@ -7,7 +7,7 @@
 mod application;
 mod duration;
 mod environment;
-mod names;
+pub mod names;
 mod strategy;
 
 pub use application::{

@@ -21,6 +21,24 @@ pub enum NameError {
     Invalid(String),
 }
 
+/// Checks that `s` is a cluster or server group name: DNS-1123 label characters, starting and
+/// ending with a letter or digit, at most 253 characters (`app-stack-detail`, `app--detail`).
+pub fn check_compound(s: &str) -> Result<(), NameError> {
+    if s.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if s.len() > 253 {
+        return Err(NameError::TooLong(s.to_string()));
+    }
+    let ok_char = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = s.as_bytes();
+    if b.iter().all(|&c| ok_char(c) || c == b'-') && ok_char(b[0]) && ok_char(b[b.len() - 1]) {
+        Ok(())
+    } else {
+        Err(NameError::Invalid(s.to_string()))
+    }
+}
+
 /// Checks that `s` is a DNS-1123 label.
 pub fn check_label(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
@@ -43,9 +61,24 @@ pub fn check_label(s: &str) -> Result<(), NameError> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        // Checked on every deserialisation too: names come from files and sockets, and end
+        // up in paths and labels.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
 
         impl $name {
             /// Makes a name, checking that it is a DNS-1123 label.

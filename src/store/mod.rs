@@ -256,7 +256,7 @@ pub fn parse_cluster(s: &str) -> Option<crate::model::ClusterId> {
     let mut parts = s.splitn(3, '/');
     let env = crate::spec::EnvName::new(parts.next()?).ok()?;
     let target = crate::spec::TargetName::new(parts.next()?).ok()?;
-    let name = crate::model::ClusterName::from_label(parts.next()?);
+    let name = crate::model::ClusterName::parse(parts.next()?).ok()?;
     Some(crate::model::ClusterId {
         environment: env,
         target,

@@ -84,12 +84,18 @@ impl SqliteStore {
                 source: Some(Box::new(e)),
             }
         };
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+        crate::private::dir(dir).map_err(|e| StoreError::Db {
             path: path.display().to_string(),
-            what: format!("cannot create {}", dir.display()),
+            what: format!("cannot use {}", dir.display()),
             source: Some(Box::new(e)),
         })?;
         let mut conn = Connection::open(&path).map_err(at("cannot open the database"))?;
+        // Only this user reads the store (SQLite gives its -wal and -shm files the same mode).
+        crate::private::tighten(&path).map_err(|e| StoreError::Db {
+            path: path.display().to_string(),
+            what: "cannot make the database private".into(),
+            source: Some(Box::new(e)),
+        })?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(at("cannot set a busy timeout"))?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -354,18 +354,15 @@ async fn webhooks_api_auth_drift_and_suspend() {
     );
 
     // Drift: a group disabled by hand is enabled again within a drift interval.
-    let agent: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.state.path().join("local/agent.json")).unwrap())
-            .unwrap();
     let op = r#"{"request": "apply", "cluster": {"environment": "dev", "target": "local", "name": "web"}, "op": {"op": "traffic", "changes": [{"group": "web-v000", "sequence": 0, "from": 100, "to": 0}]}}"#;
-    let (code, _) = http(
-        &format!("http://127.0.0.1:{}/v1/ops", agent["port"]),
-        "POST",
-        &[("content-type", "application/json")],
-        op,
+    let reply = keelson::provider::local::control::request(
+        &f.state.path().join("local"),
+        &serde_json::from_str(op).unwrap(),
+        Duration::from_secs(5),
     )
-    .await;
-    assert_eq!(code, 200);
+    .await
+    .unwrap();
+    assert_eq!(reply, keelson::provider::local::wire::Reply::Ok);
     f.wait_version("1.0.0", 10).await;
     // Traffic returns at the enable step; the metrics follow when the reconcile finishes.
     let mut metrics = String::new();

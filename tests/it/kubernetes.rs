@@ -438,7 +438,7 @@ async fn lease_is_exclusive_renewable_and_expires() {
     let id = keelson::model::ClusterId {
         environment: target.environment.clone(),
         target: target.target.name.clone(),
-        name: keelson::model::ClusterName::from_label("web"),
+        name: keelson::model::ClusterName::parse("web").unwrap(),
     };
     let one = keelson::provider::kubernetes::KubernetesProvider::new();
     let two = keelson::provider::kubernetes::KubernetesProvider::new();

@@ -172,6 +172,16 @@ impl Load {
     }
 }
 
+/// Creates the first server group of `c` with `capacity` instances and puts it in traffic.
+pub async fn run_steps(p: &LocalProvider, c: &DesiredCluster, capacity: u32) {
+    run(p, c, &create_steps(c, 0, capacity, true)).await;
+}
+
+/// The target of `c`.
+pub fn target_of(c: &DesiredCluster) -> TargetRef {
+    target(c)
+}
+
 fn target(c: &DesiredCluster) -> TargetRef {
     TargetRef {
         environment: c.id.environment.clone(),

@@ -15,5 +15,6 @@ mod properties;
 mod proxy_protocol;
 mod rollback;
 mod schemas;
+mod security;
 mod support;
 mod validate_cli;

@@ -278,7 +278,7 @@ proptest! {
             .map(|i| {
                 let mut c = template.clone();
                 c.id.environment = EnvName::new(format!("env{}", i % envs)).unwrap();
-                c.id.name = ClusterName::from_label(format!("svc{i:05}"));
+                c.id.name = ClusterName::parse(format!("svc{i:05}")).unwrap();
                 if i % 100 < ours {
                     big_delta.insert(c.id.clone(), changed.clone());
                 }

@@ -228,7 +228,10 @@ pub(crate) mod fixture {
         let sequence = Sequence::new(u32::from(seq)).unwrap_or(Sequence::FIRST);
         let hash = SpecHash::from_observed(format!("h-{version}"));
         ServerGroup {
-            name: ServerGroupName::new(&ClusterName::from_label("web"), sequence),
+            name: ServerGroupName::new(
+                &ClusterName::parse("web").unwrap_or_else(|e| panic!("{e}")),
+                sequence,
+            ),
             sequence,
             version: version.into(),
             spec_hash: hash.clone(),

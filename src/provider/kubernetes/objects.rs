@@ -468,13 +468,17 @@ pub fn observe(
             continue;
         };
         if !clusters.contains_key(name) {
-            let Some(app) = label(m, labels::APP).and_then(|a| AppName::new(a).ok()) else {
+            // Labels anyone could write: a name Keelson would not make is not Keelson's.
+            let (Some(app), Ok(cluster_name)) = (
+                label(m, labels::APP).and_then(|a| AppName::new(a).ok()),
+                ClusterName::parse(name),
+            ) else {
                 continue;
             };
             let id = ClusterId {
                 environment: environment.clone(),
                 target: target.clone(),
-                name: ClusterName::from_label(name),
+                name: cluster_name,
             };
             clusters.insert(
                 name,

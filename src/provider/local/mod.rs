@@ -2,6 +2,7 @@
 //! agent (`keelson local-agent`) so that `keelson apply` can exit and leave the apps serving.
 
 pub mod agent;
+pub mod control;
 pub mod wire;
 
 use std::os::unix::process::CommandExt;
@@ -10,14 +11,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper::Method;
 
 use super::{Provider, ProviderError, ProviderOp, TargetRef};
 use crate::actuation::{Capabilities, TrafficPrecision};
-use crate::http_client::{HttpClient, call, client};
 use crate::model::{ClusterId, ObservedCluster};
 use crate::spec::AppName;
-use wire::{AgentInfo, ClusterSpec, Reply, Request};
+use control::ControlError;
+use wire::{ClusterSpec, Reply, Request};
 
 /// How long an operation may take (destroying drains instances for up to 10 s, then stops them).
 const OP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,9 +27,19 @@ const OP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct LocalProvider {
     dir: PathBuf,
     agent_exe: PathBuf,
-    client: HttpClient,
     /// Held while starting the agent, so that concurrent operations start one, not several.
     starting: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A control channel error as a provider error: an agent that cannot be believed is never
+/// worth retrying against.
+fn control(e: ControlError) -> ProviderError {
+    match e {
+        e @ (ControlError::NotOurs { .. } | ControlError::PathTooLong(_)) => {
+            ProviderError::invalid_by("the local agent cannot be used", e)
+        }
+        e => ProviderError::unavailable_by("the local agent did not answer", e),
+    }
 }
 
 impl LocalProvider {
@@ -39,7 +49,6 @@ impl LocalProvider {
         Self {
             dir: state_dir.join("local"),
             agent_exe,
-            client: client(),
             starting: std::sync::Arc::default(),
         }
     }
@@ -49,37 +58,24 @@ impl LocalProvider {
         &self.dir
     }
 
-    async fn running(&self) -> Option<String> {
-        let info: AgentInfo =
-            serde_json::from_slice(&std::fs::read(self.dir.join("agent.json")).ok()?).ok()?;
-        let url = format!("http://127.0.0.1:{}", info.port);
-        let ok: Result<serde_json::Value, _> = call(
-            &self.client,
-            Method::GET,
-            &format!("{url}/v1/health"),
-            None::<&()>,
-            Duration::from_secs(2),
-        )
-        .await;
-        ok.is_ok().then_some(url)
+    /// Whether this user's agent runs (an agent that is not ours is an error, not "no").
+    async fn running(&self) -> Result<bool, ProviderError> {
+        control::alive(&self.dir).await.map_err(control)
     }
 
-    /// The agent's URL, starting the agent if it is not running.
-    async fn agent(&self) -> Result<String, ProviderError> {
-        if let Some(url) = self.running().await {
-            return Ok(url);
+    /// Makes sure the agent runs, starting it if it does not.
+    async fn agent(&self) -> Result<(), ProviderError> {
+        if self.running().await? {
+            return Ok(());
         }
         let _starting = self.starting.lock().await;
-        if let Some(url) = self.running().await {
-            return Ok(url);
+        if self.running().await? {
+            return Ok(());
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            ProviderError::unavailable_by(format!("cannot create {}", self.dir.display()), e)
+        crate::private::dir(&self.dir).map_err(|e| {
+            ProviderError::invalid_by(format!("cannot use {}", self.dir.display()), e)
         })?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
+        let log = crate::private::append(&self.dir.join("agent.log"))
             .map_err(|e| ProviderError::unavailable_by("cannot open the agent's log", e))?;
         let err = log
             .try_clone()
@@ -107,8 +103,8 @@ impl LocalProvider {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(url) = self.running().await {
-                return Ok(url);
+            if self.running().await? {
+                return Ok(());
             }
         }
         let tail = agent::process::tail(&self.dir.join("agent.log"), 5);
@@ -118,30 +114,30 @@ impl LocalProvider {
     }
 
     async fn op(&self, op: &Request) -> Result<Reply, ProviderError> {
-        let url = self.agent().await?;
-        let reply: Reply = call(
-            &self.client,
-            Method::POST,
-            &format!("{url}/v1/ops"),
-            Some(op),
-            OP_TIMEOUT,
-        )
-        .await
-        .map_err(|e| ProviderError::unavailable_by("the local agent did not answer", e))?;
-        match reply {
+        self.agent().await?;
+        match control::request(&self.dir, op, OP_TIMEOUT)
+            .await
+            .map_err(control)?
+        {
             Reply::Invalid { message } => Err(ProviderError::invalid(message)),
             r => Ok(r),
         }
     }
 
+    /// Whether the agent has state on disk (instances to re-adopt).
+    fn has_state(&self) -> bool {
+        let state = self.dir.join("state.json");
+        state.exists() || crate::private::previous(&state).exists()
+    }
+
     /// Starts the agent now if it is not running (otherwise the first operation does).
     pub async fn start_agent(&self) -> Result<(), ProviderError> {
-        self.agent().await.map(|_| ())
+        self.agent().await
     }
 
     /// Stops every local cluster (or one application's) and says what stopped.
     pub async fn down(&self, app: Option<AppName>) -> Result<Vec<String>, ProviderError> {
-        if self.running().await.is_none() && !self.dir.join("state.json").exists() {
+        if !self.running().await? && !self.has_state() {
             return Ok(Vec::new());
         }
         match self.op(&Request::Down { app }).await? {
@@ -168,7 +164,7 @@ impl Provider for LocalProvider {
         // Observing never starts an agent for a target that has nothing: an empty state
         // directory means an empty target. With state on disk, the agent is (re)started so it
         // re-adopts its instances and traffic resumes.
-        if self.running().await.is_none() && !self.dir.join("state.json").exists() {
+        if !self.running().await? && !self.has_state() {
             return Ok(Vec::new());
         }
         match self

@@ -112,11 +112,13 @@ pub enum Reply {
     },
 }
 
-/// Where a running agent listens, written to `agent.json` in the state directory.
+/// Who the running agent is, written to `agent.json` (0600) beside its socket: clients talk
+/// only to this process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
     /// The agent's process id.
     pub pid: u32,
-    /// Its API port on 127.0.0.1.
-    pub port: u16,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat`), so a later process given
+    /// the same pid is not taken for it.
+    pub started: u64,
 }

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
-use super::wire::{AgentInfo, ClusterSpec, GroupSpec, Reply, Request};
+use super::control::{self, Guarded};
+use super::wire::{ClusterSpec, GroupSpec, Reply, Request};
 use crate::actuation::{Op, SpecRef};
 use crate::model::{
     ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName,
@@ -110,6 +111,9 @@ struct Stopping {
 
 type Shared = Arc<Mutex<Agent>>;
 
+/// The agent's state file.
+const STATE: &str = "state.json";
+
 /// Stops in progress; the agent does not exit while any is pending.
 static PENDING_STOPS: AtomicUsize = AtomicUsize::new(0);
 
@@ -118,13 +122,17 @@ fn key(id: &ClusterId) -> String {
 }
 
 impl Agent {
+    /// Writes the state whole (0600, atomically, the previous copy kept): it holds secret
+    /// environment values, and losing it would orphan running instances.
     fn save(&self) {
-        let path = self.dir.join("state.json");
-        let tmp = self.dir.join("state.json.tmp");
-        if let Ok(bytes) = serde_json::to_vec_pretty(&self.persisted)
-            && fs::write(&tmp, bytes).is_ok()
-        {
-            let _ = fs::rename(&tmp, &path);
+        let path = self.dir.join(STATE);
+        match serde_json::to_vec_pretty(&self.persisted) {
+            Ok(bytes) => {
+                if let Err(e) = crate::private::replace(&path, &bytes) {
+                    eprintln!("keelson local-agent: cannot save {}: {e}", path.display());
+                }
+            }
+            Err(e) => eprintln!("keelson local-agent: cannot serialize the state: {e}"),
         }
     }
 
@@ -361,10 +369,13 @@ async fn stop_all(list: Vec<Stopping>) {
 /// Answers one request.
 async fn apply(shared: &Shared, req: Request) -> Reply {
     let mut to_stop = Vec::new();
+    let changes = !matches!(req, Request::Observe { .. });
     let reply = {
         let mut a = shared.lock().await;
         let reply = apply_locked(&mut a, req, &mut to_stop);
-        a.save();
+        if changes {
+            a.save();
+        }
         reply
     };
     // Stopping runs in its own task: if the caller goes away mid-request, the processes are
@@ -782,6 +793,46 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The state file does not parse: starting would forget running instances.
+    #[error(
+        "`{path}` is corrupt; refusing to start, which would forget the instances it lists. Move `{previous}` (the copy before the last change) over it to restore, or remove both to forget every instance (they keep running, unmanaged)"
+    )]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Its previous copy.
+        previous: PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The persisted state of `dir`: the state file, or its previous copy when a crash left only
+/// that, or nothing. A file that does not parse is an error, never "nothing".
+fn load(dir: &Path) -> Result<Persisted, AgentError> {
+    let path = dir.join(STATE);
+    let previous = crate::private::previous(&path);
+    let read = |p: &Path| match fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AgentError::Io {
+            path: p.to_path_buf(),
+            source,
+        }),
+    };
+    let (bytes, from) = match read(&path)? {
+        Some(b) => (b, path.clone()),
+        None => match read(&previous)? {
+            Some(b) => (b, previous.clone()),
+            None => return Ok(Persisted::default()),
+        },
+    };
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::Corrupt {
+        path: from,
+        previous,
+        source,
+    })
 }
 
 /// Runs the agent for a state directory until SIGTERM/SIGINT, or until `down` empties it.
@@ -790,13 +841,8 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         path: dir.to_path_buf(),
         source,
     };
-    fs::create_dir_all(dir).map_err(io)?;
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("agent.lock"))
-        .map_err(io)?;
+    crate::private::dir(dir).map_err(io)?;
+    let lock = crate::private::append(&dir.join("agent.lock")).map_err(io)?;
     if lock.try_lock().is_err() {
         eprintln!(
             "keelson local-agent: another agent serves {}; exiting",
@@ -804,10 +850,11 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         );
         return Ok(());
     }
-    let persisted: Persisted = fs::read(dir.join("state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    // Files an earlier version wrote with the umask's mode.
+    for f in [STATE, "agent.log", "agent.json"] {
+        crate::private::tighten(&dir.join(f)).map_err(io)?;
+    }
+    let persisted = load(dir)?;
     let mut agent = Agent {
         dir: dir.to_path_buf(),
         persisted,
@@ -816,19 +863,13 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
     };
     adopt(&mut agent);
     let shared: Shared = Arc::new(Mutex::new(agent));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(io)?;
-    let port = listener.local_addr().map_err(io)?.port();
-    let info = AgentInfo {
-        pid: std::process::id(),
-        port,
-    };
-    advertise(dir, &info).map_err(io)?;
+    let listener = Guarded::bind(dir).map_err(io)?;
+    let info = control::advertise(dir).map_err(io)?;
     eprintln!(
-        "keelson local-agent: pid {} serving {} on 127.0.0.1:{port}; traffic proxies hold up to {} client connections",
+        "keelson local-agent: pid {} serving {} on {}; traffic proxies hold up to {} client connections",
         info.pid,
         dir.display(),
+        control::SOCKET,
         proxy::budget::Budget::process().total()
     );
     tokio::spawn(supervise(shared.clone()));
@@ -843,8 +884,8 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             // Without `agent.json` no client finds this agent, and none can start another.
-            if !own.join("agent.json").exists() {
-                let _ = advertise(&own, &info);
+            if !own.join(control::INFO).exists() {
+                let _ = control::advertise(&own);
             }
             if watcher.lock().await.persisted.clusters.is_empty()
                 && PENDING_STOPS.load(Ordering::Acquire) == 0
@@ -863,16 +904,10 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         .with_graceful_shutdown(stop)
         .await
         .map_err(io)?;
-    let _ = fs::remove_file(dir.join("agent.json"));
+    let _ = fs::remove_file(dir.join(control::INFO));
+    let _ = fs::remove_file(dir.join(control::SOCKET));
     drop(lock);
     Ok(())
-}
-
-/// Writes `agent.json`, which tells clients where this agent listens.
-fn advertise(dir: &Path, info: &AgentInfo) -> std::io::Result<()> {
-    let tmp = dir.join("agent.json.tmp");
-    fs::write(&tmp, serde_json::to_vec(info).unwrap_or_default())?;
-    fs::rename(&tmp, dir.join("agent.json"))
 }
 
 /// Takes over instances recorded in the state file: live ones keep running, dead ones are

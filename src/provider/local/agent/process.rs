@@ -2,7 +2,7 @@
 //! CLI), stop with SIGTERM then SIGKILL, check liveness, read the tail of their logs.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -66,16 +66,13 @@ pub fn start(
         return Err(StartError::NotFound(line));
     };
     if let Some(dir) = log.parent() {
-        let _ = fs::create_dir_all(dir);
+        let _ = crate::private::dir(dir);
     }
     let spawn_err = |message: String| StartError::Spawn {
         command: line.clone(),
         message,
     };
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
+    let out = crate::private::append(log)
         .map_err(|e| spawn_err(format!("log file {}: {e}", log.display())))?;
     let err = out.try_clone().map_err(|e| spawn_err(e.to_string()))?;
     let mut cmd = Command::new(program);
