@@ -54,6 +54,10 @@ pub struct Diagnostic {
     /// What to do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The value at the position is secret: neither the message nor the hint quotes it, and
+    /// renderers do not show the source line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
 impl Diagnostic {
@@ -67,6 +71,7 @@ impl Diagnostic {
             path: String::new(),
             message: message.into(),
             hint: None,
+            redacted: false,
         }
     }
 
@@ -93,6 +98,13 @@ impl Diagnostic {
     #[must_use]
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = path.into();
+        self
+    }
+
+    /// Marks the value at the position secret: its source line is not shown.
+    #[must_use]
+    pub fn redact(mut self) -> Self {
+        self.redacted = true;
         self
     }
 

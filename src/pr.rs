@@ -112,14 +112,30 @@ pub struct Target {
     pub target_url: Option<String>,
 }
 
-/// Posts or edits the comments, then sets the commit status.
+/// The account Keelson's comments are written by: `given` (`--forge-user`), else the account
+/// the forge says the token is, else, in GitHub Actions (whose token may not ask), its bot.
+pub async fn identity(forge: &dyn Forge, given: Option<&str>) -> Result<String, ForgeError> {
+    if let Some(g) = given.filter(|g| !g.trim().is_empty()) {
+        return Ok(g.trim().to_string());
+    }
+    if let Some(me) = forge.whoami().await? {
+        return Ok(me);
+    }
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        return Ok("github-actions[bot]".into());
+    }
+    Err(ForgeError::NoIdentity)
+}
+
+/// Posts or edits the comments as account `me`, then sets the commit status.
 pub async fn post(
     forge: &dyn Forge,
+    me: &str,
     target: &Target,
     review: &Review,
     parts: &[String],
 ) -> Result<Published, ForgeError> {
-    let done = publish(forge, &target.repo, target.pr, &target.scope, parts).await?;
+    let done = publish(forge, me, &target.repo, target.pr, &target.scope, parts).await?;
     if let Some(sha) = &target.head_commit {
         let (state, description) = review.status();
         let context = if target.scope == "all" {

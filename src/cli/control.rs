@@ -3,7 +3,9 @@
 use super::api::{call, who};
 use super::context::Context;
 use super::error::name;
-use super::{ApproveArgs, CliError, Exit, LocksArgs, LocksCommand, ScopeArgs, SuspendArgs};
+use super::{
+    AdoptArgs, ApproveArgs, CliError, Exit, LocksArgs, LocksCommand, ScopeArgs, SuspendArgs,
+};
 use crate::plan::{Approval, Scope, Suspend};
 use crate::spec::{AppName, EnvName};
 
@@ -173,6 +175,47 @@ pub async fn locks(args: &LocksArgs) -> Result<Exit, CliError> {
                 );
             }
         }
+    }
+    Ok(Exit::Success)
+}
+
+/// `keelson adopt`: the clusters another store made become this store's (audited).
+pub async fn adopt(args: &AdoptArgs) -> Result<Exit, CliError> {
+    let ctx = Context::of(&args.location);
+    let (d, _) = ctx.desired()?;
+    let observed = crate::observe::observe(&d, &ctx.providers()).await;
+    let store = ctx.store()?;
+    let me = store.identity()?;
+    let now = crate::clock::now();
+    let mut taken = 0;
+    for c in observed
+        .clusters
+        .values()
+        .filter(|c| c.id.matches(&args.cluster))
+    {
+        let mut theirs: Vec<&str> = c
+            .server_groups
+            .iter()
+            .filter_map(|g| {
+                g.labels
+                    .get(crate::model::labels::STORE)
+                    .map(String::as_str)
+            })
+            .filter(|s| *s != me.id)
+            .collect();
+        theirs.sort_unstable();
+        theirs.dedup();
+        for t in theirs {
+            store.adopt(t, &c.id.to_string(), &who(), &args.reason, now)?;
+            println!("{}: taken over from state store {t}.", c.id);
+            taken += 1;
+        }
+    }
+    if taken == 0 {
+        println!(
+            "No cluster matching `{}` was made by another state store.",
+            args.cluster
+        );
     }
     Ok(Exit::Success)
 }

@@ -93,6 +93,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Approve a version for an environment that requires approval.
     Approve(ApproveArgs),
+    /// Take over clusters another state store made (after a lost or replaced keelson.db).
+    Adopt(AdoptArgs),
     /// Stop everything Keelson runs on the local target (or one application's clusters).
     Down(DownArgs),
     /// A small HTTP service for examples and tests, with flags to misbehave on purpose.
@@ -180,6 +182,10 @@ pub struct PrCommentArgs {
     /// File holding the forge token (else KEELSON_FORGE_TOKEN, else GITHUB_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The account the token acts as: only its comments are taken as Keelson's (default: what
+    /// the forge says; in GitHub Actions, github-actions[bot]).
+    #[arg(long, env = "KEELSON_FORGE_USER")]
+    pub forge_user: Option<String>,
     /// Only this environment (repeatable); the comments are then this scope's own.
     #[arg(long)]
     pub env: Vec<String>,
@@ -303,6 +309,10 @@ pub struct UpArgs {
     /// File holding the forge token (else KEELSON_FORGE_TOKEN, else GITHUB_TOKEN).
     #[arg(long)]
     pub forge_token_file: Option<PathBuf>,
+    /// The account the forge token acts as: only its comments are taken as Keelson's
+    /// (default: what the forge says).
+    #[arg(long, env = "KEELSON_FORGE_USER")]
+    pub forge_user: Option<String>,
     /// The repository (`owner/name`) whose webhooks this daemon acts on; events for any other
     /// are ignored. Default: the one `--repo` names when it is a forge URL.
     #[arg(long, env = "KEELSON_FORGE_REPO")]
@@ -430,6 +440,19 @@ pub struct ApproveArgs {
     pub location: Location,
 }
 
+/// Arguments of `keelson adopt`.
+#[derive(Debug, clap::Args)]
+pub struct AdoptArgs {
+    /// The cluster (`name`, `env/name` or `env/target/name`).
+    pub cluster: String,
+    /// Why (kept in the history).
+    #[arg(long)]
+    pub reason: String,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
+}
+
 /// Arguments of `keelson down`.
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
@@ -527,6 +550,7 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             Command::Locks(args) => control::locks(&args).await,
             Command::Rollback(args) => rollback::rollback(&args, style).await,
             Command::Approve(args) => control::approve(&args).await,
+            Command::Adopt(args) => control::adopt(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,
             Command::LocalAgent(args) => local::local_agent(&args).await,

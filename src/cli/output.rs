@@ -29,7 +29,7 @@ pub fn render_diagnostics<'a>(
             style.bold(&d.location()),
             d.message
         );
-        if let (Some(pos), Some(text)) = (d.pos, source(&d.file))
+        if let (Some(pos), Some(text), false) = (d.pos, source(&d.file), d.redacted)
             && let Some(full) = text.lines().nth(pos.line.saturating_sub(1) as usize)
         {
             let (line, col) = excerpt(full, pos.col.saturating_sub(1) as usize);

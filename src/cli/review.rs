@@ -259,9 +259,17 @@ pub async fn pr_comment(args: &PrCommentArgs, style: Style) -> Result<Exit, CliE
         head_commit: head.commit.clone(),
         target_url: plan_url,
     };
-    let done = post(&forge, &target, &r, &comments)
+    let me = crate::pr::identity(&forge, args.forge_user.as_deref())
         .await
         .map_err(CliError::Forge)?;
+    let done = post(&forge, &me, &target, &r, &comments)
+        .await
+        .map_err(CliError::Forge)?;
+    for (id, author) in &done.spoofed {
+        eprintln!(
+            "warning: comment {id} by {author} carries Keelson's marker but is not Keelson's ({me}); it was left alone"
+        );
+    }
     eprintln!(
         "Pull request #{}: {} comment(s) posted, {} edited, {} deleted, {} unchanged{}.",
         args.pr,

@@ -124,6 +124,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
                 forge_url: args.forge_url.clone(),
                 providers: providers.clone(),
                 store: store.clone(),
+                forge_user: args.forge_user.clone(),
             };
             tokio::spawn(worker.run(rx));
             tracing::info!(forge = %args.forge_url, "pull_request webhooks get plan comments");

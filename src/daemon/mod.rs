@@ -242,7 +242,9 @@ pub async fn run(
             let result = match &c.outcome {
                 ClusterOutcome::Converged => "ok",
                 ClusterOutcome::Held(_) => "held",
-                ClusterOutcome::Refused(_) | ClusterOutcome::Locked(_) => "refused",
+                ClusterOutcome::Refused(_)
+                | ClusterOutcome::Locked(_)
+                | ClusterOutcome::Foreign(_) => "refused",
                 ClusterOutcome::Failed { .. } => "failed",
             };
             shared

@@ -28,6 +28,8 @@ pub struct Worker {
     pub providers: Providers,
     /// Suspends and locks, shown in the comment.
     pub store: Arc<dyn Store>,
+    /// The account Keelson's comments are written by, when given (else the forge says).
+    pub forge_user: Option<String>,
 }
 
 impl Worker {
@@ -83,9 +85,12 @@ impl Worker {
             head_commit: Some(ev.head_sha.clone()),
             target_url: None,
         };
-        let done = post(self.forge.as_ref(), &target, &r, &comments)
+        let me = crate::pr::identity(self.forge.as_ref(), self.forge_user.as_deref())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::report::chain(&e))?;
+        let done = post(self.forge.as_ref(), &me, &target, &r, &comments)
+            .await
+            .map_err(|e| crate::report::chain(&e))?;
         Ok(format!(
             "{}: {} comment(s) posted, {} edited, {} deleted",
             r.headline(),

@@ -166,6 +166,21 @@ impl Run<'_> {
             .map(|all| all.into_iter().find(|c| &c.id == id))
     }
 
+    /// The operation with this store's mark on the groups it makes (`keelson.io/store`): a
+    /// store made anew later sees clusters it never made.
+    fn marked(&self, op: ProviderOp) -> ProviderOp {
+        let Ok(me) = self.engine.store.identity() else {
+            return op;
+        };
+        op.map_spec(|d| {
+            let mut d = Arc::unwrap_or_clone(d);
+            d.labels
+                .insert(crate::model::labels::STORE.to_string(), me.id.clone());
+            Ok::<_, std::convert::Infallible>(Arc::new(d))
+        })
+        .unwrap_or_else(|e| match e {})
+    }
+
     /// Why the cluster must not move now (suspend, shutdown, a lost lock), if it must not.
     fn stop_reason(&self) -> Result<Option<String>, String> {
         if self.engine.stop.load(std::sync::atomic::Ordering::Acquire) {
@@ -270,7 +285,7 @@ impl Run<'_> {
                     return Stepped::Refused(why);
                 }
                 let resolved = match resolve(op, self.desired()) {
-                    Ok(r) => r,
+                    Ok(r) => self.marked(r),
                     Err(why) => return Stepped::Failed(why),
                 };
                 match self.provider.apply(self.target, self.id(), &resolved).await {

@@ -27,6 +27,8 @@ pub enum ClusterOutcome {
     Locked(String),
     /// The traffic guard refused a step.
     Refused(String),
+    /// Another state store made the cluster (see `keelson adopt`).
+    Foreign(String),
     /// A step failed; the cluster was rolled back (or the rollback failed too).
     Failed {
         /// What failed.
@@ -41,7 +43,7 @@ impl ClusterOutcome {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            Self::Locked(_) | Self::Refused(_) | Self::Failed { .. }
+            Self::Locked(_) | Self::Refused(_) | Self::Foreign(_) | Self::Failed { .. }
         )
     }
 }
@@ -53,6 +55,7 @@ impl std::fmt::Display for ClusterOutcome {
             Self::Held(why) => write!(f, "held: {}", why.join("; ")),
             Self::Locked(by) => write!(f, "refused: locked by {by}"),
             Self::Refused(why) => write!(f, "refused by the traffic guard: {why}"),
+            Self::Foreign(why) => write!(f, "refused: {why}"),
             Self::Failed { error, rollback } => {
                 write!(f, "failed: {error}\n  rollback: {rollback}")
             }
@@ -192,7 +195,13 @@ impl Engine {
                     Block::GuardRefused { reason, step } => Some(format!("step {step}: {reason}")),
                     _ => None,
                 });
-                let outcome = if let Some(by) = locked {
+                let foreign = cp.blocked.iter().find_map(|b| match b {
+                    Block::ForeignStore { .. } => Some(b.to_string()),
+                    _ => None,
+                });
+                let outcome = if let Some(why) = foreign {
+                    Some(ClusterOutcome::Foreign(why))
+                } else if let Some(by) = locked {
                     Some(ClusterOutcome::Locked(by))
                 } else if let Some(why) = refused {
                     Some(ClusterOutcome::Refused(why))

@@ -229,6 +229,22 @@ impl Forge for GitHub {
         Ok(all)
     }
 
+    async fn whoami(&self) -> Result<Option<String>, ForgeError> {
+        #[derive(serde::Deserialize)]
+        struct User {
+            login: String,
+        }
+        let url = format!("{}/user", self.base);
+        match self.call(Method::GET, &url, None).await {
+            Ok(resp) => Ok(Some(Self::decode::<User>(&url, resp).await?.login)),
+            // An installation token (GitHub Actions' GITHUB_TOKEN) may not read /user.
+            Err(ForgeError::Status {
+                status: 403 | 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn create_comment(
         &self,
         repo: &RepoSlug,

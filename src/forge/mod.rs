@@ -87,6 +87,18 @@ pub struct Comment {
     pub id: u64,
     /// The markdown.
     pub body: String,
+    /// Who wrote it (`user.login`).
+    #[serde(default, rename = "user", deserialize_with = "login")]
+    pub author: Option<String>,
+}
+
+/// `{"login": "..."}` as the login.
+fn login<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct User {
+        login: String,
+    }
+    Ok(Option::<User>::deserialize(d)?.map(|u| u.login))
 }
 
 /// A commit status, e.g. `keelson/plan: success`.
@@ -126,6 +138,12 @@ pub enum ForgeError {
         /// The forge's message.
         message: String,
     },
+    /// Which account writes Keelson's comments is not known, so none can be told apart from a
+    /// forgery.
+    #[error(
+        "cannot tell which comments are Keelson's own: the forge does not say which account the token is"
+    )]
+    NoIdentity,
     /// An answer that could not be read.
     #[error("{url}: unexpected answer: {message}")]
     Decode {
@@ -149,6 +167,9 @@ impl ForgeError {
                 "the token needs write access to pull requests (issues) and commit statuses of this repository",
             ),
             Self::Unreachable { .. } => Some("check --forge-url and the network"),
+            Self::NoIdentity => {
+                Some("name the account with --forge-user LOGIN (KEELSON_FORGE_USER)")
+            }
             _ => None,
         }
     }
@@ -166,6 +187,8 @@ pub trait Forge: Send + Sync {
     async fn update_comment(&self, repo: &RepoSlug, id: u64, body: &str) -> Result<(), ForgeError>;
     /// Deletes a comment.
     async fn delete_comment(&self, repo: &RepoSlug, id: u64) -> Result<(), ForgeError>;
+    /// The account the token acts as, where the forge says (GitHub's Actions token does not).
+    async fn whoami(&self) -> Result<Option<String>, ForgeError>;
     /// Sets a commit status.
     async fn set_status(
         &self,
@@ -199,11 +222,18 @@ pub enum CommentOp {
 
 /// What to do so that the pull request holds exactly `parts` for `scope`: edit Keelson's
 /// comments in place (when their text differs), post missing parts, delete surplus ones and
-/// duplicates. Other comments, and Keelson's comments for other scopes, are left alone.
-pub fn comment_ops(existing: &[Comment], scope: &str, parts: &[String]) -> Vec<CommentOp> {
+/// duplicates. Keelson's comments are those with its marker written by `me`, its own account;
+/// a marker in anyone else's comment is not adopted (see [`spoofed`]). Other comments, and
+/// Keelson's comments for other scopes, are left alone.
+pub fn comment_ops(
+    existing: &[Comment],
+    me: &str,
+    scope: &str,
+    parts: &[String],
+) -> Vec<CommentOp> {
     let mut by_part: std::collections::BTreeMap<usize, &Comment> = Default::default();
     let mut ops = Vec::new();
-    for c in existing {
+    for c in existing.iter().filter(|c| c.author.as_deref() == Some(me)) {
         match parse_marker(&c.body) {
             Some((s, part)) if s == scope => {
                 if part == 0 || part > parts.len() || by_part.contains_key(&part) {
@@ -229,6 +259,15 @@ pub fn comment_ops(existing: &[Comment], scope: &str, parts: &[String]) -> Vec<C
     out
 }
 
+/// Comments that carry Keelson's marker but were written by someone else: ignored, and
+/// reported.
+pub fn spoofed<'a>(existing: &'a [Comment], me: &str) -> Vec<&'a Comment> {
+    existing
+        .iter()
+        .filter(|c| c.author.as_deref() != Some(me) && parse_marker(&c.body).is_some())
+        .collect()
+}
+
 /// What publishing did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Published {
@@ -240,19 +279,35 @@ pub struct Published {
     pub deleted: usize,
     /// Comments already up to date.
     pub unchanged: usize,
+    /// Comments with Keelson's marker by other accounts, left alone: `(id, author)`.
+    pub spoofed: Vec<(u64, String)>,
 }
 
-/// Makes the pull request's Keelson comments for `scope` equal to `parts`.
+/// Makes the pull request's Keelson comments for `scope` equal to `parts`, as account `me`.
 pub async fn publish(
     forge: &dyn Forge,
+    me: &str,
     repo: &RepoSlug,
     pr: u64,
     scope: &str,
     parts: &[String],
 ) -> Result<Published, ForgeError> {
     let existing = forge.comments(repo, pr).await?;
-    let ops = comment_ops(&existing, scope, parts);
-    let mut done = Published::default();
+    let ops = comment_ops(&existing, me, scope, parts);
+    let mut done = Published {
+        spoofed: spoofed(&existing, me)
+            .into_iter()
+            .map(|c| (c.id, c.author.clone().unwrap_or_else(|| "?".into())))
+            .collect(),
+        ..Published::default()
+    };
+    for (id, author) in &done.spoofed {
+        tracing::warn!(
+            id,
+            author,
+            "a comment carries Keelson's marker but is not Keelson's: left alone"
+        );
+    }
     for op in &ops {
         match *op {
             CommentOp::Create { part } => {
@@ -308,16 +363,21 @@ mod tests {
         Comment {
             id,
             body: format!("{}\n{text}", marker(scope, part)),
+            author: Some("keelson-bot".into()),
         }
     }
 
     #[test]
     fn edits_in_place_creates_missing_and_deletes_surplus() {
+        let mut forged = c(7, "all", 1, "### ✅ no changes");
+        forged.author = Some("mallory".into());
         let existing = vec![
             Comment {
                 id: 1,
                 body: "LGTM".into(),
+                author: Some("alice".into()),
             },
+            forged,
             c(2, "all", 1, "old"),
             c(3, "prod", 1, "other scope"),
             c(4, "all", 2, "same"),
@@ -329,7 +389,7 @@ mod tests {
             format!("{}\nsame", marker("all", 2)),
         ];
         assert_eq!(
-            comment_ops(&existing, "all", &parts),
+            comment_ops(&existing, "keelson-bot", "all", &parts),
             vec![
                 CommentOp::Update { id: 2, part: 1 },
                 CommentOp::Delete { id: 5 },
@@ -337,7 +397,14 @@ mod tests {
             ]
         );
         assert_eq!(
-            comment_ops(&[], "all", &parts),
+            spoofed(&existing, "keelson-bot")
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>(),
+            [7]
+        );
+        assert_eq!(
+            comment_ops(&[], "keelson-bot", "all", &parts),
             vec![CommentOp::Create { part: 1 }, CommentOp::Create { part: 2 }]
         );
     }

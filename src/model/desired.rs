@@ -287,21 +287,46 @@ mod cluster_list {
 /// The mask printed in place of a secret value.
 pub const MASK: &str = "********";
 
+/// Words in an environment variable's name that make its value secret.
+const SECRET_WORDS: [&str; 11] = [
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "TOKEN",
+    "PRIVATE_KEY",
+    "APIKEY",
+    "API_KEY",
+    "ACCESS_KEY",
+    "CREDENTIAL",
+    "AUTH",
+];
+
+/// Whether an environment variable is secret: its key is listed in `listed` (`secretEnv`) or
+/// named like a secret (`API_TOKEN`, `DB_PASSWORD`, `APIKEY`...), or its value carries
+/// credentials (`postgres://user:pass@host/db`). The one rule for plans, comments, diagnostics,
+/// logs and the status API.
+pub fn secret_env(key: &str, value: Option<&str>, listed: &[String]) -> bool {
+    let k = key.to_ascii_uppercase();
+    listed.iter().any(|s| s == key)
+        || SECRET_WORDS.iter().any(|w| k.contains(w))
+        || value.is_some_and(has_credentials)
+}
+
+/// Whether a value holds a URL with a password (`scheme://user:password@host`).
+pub fn has_credentials(value: &str) -> bool {
+    value.split("://").skip(1).any(|rest| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
+}
+
 impl WorkloadSpec {
-    /// Whether an env key holds a secret: listed in `secretEnv`, or named like one.
+    /// Whether an env key holds a secret (see [`secret_env`]).
     pub fn is_secret(&self, key: &str) -> bool {
-        let k = key.to_ascii_uppercase();
-        self.secret_env.iter().any(|s| s == key)
-            || [
-                "SECRET",
-                "PASSWORD",
-                "TOKEN",
-                "PRIVATE_KEY",
-                "API_KEY",
-                "CREDENTIAL",
-            ]
-            .iter()
-            .any(|w| k.contains(w))
+        secret_env(key, self.env.get(key).map(String::as_str), &self.secret_env)
     }
 
     /// A copy with secret values replaced by [`MASK`].
@@ -340,6 +365,36 @@ mod tests {
             suspended: false,
         };
         (n, e)
+    }
+
+    #[test]
+    fn secrets_by_name_by_list_and_by_credentials_in_urls() {
+        for k in [
+            "API_TOKEN",
+            "db_password",
+            "APIKEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "BASIC_AUTH",
+        ] {
+            assert!(secret_env(k, None, &[]), "{k}");
+        }
+        assert!(!secret_env("LOG_LEVEL", Some("debug"), &[]));
+        assert!(secret_env("LOG_LEVEL", None, &["LOG_LEVEL".into()]));
+        assert!(secret_env(
+            "DATABASE_URL",
+            Some("postgres://app:hunter2@db:5432/shop"),
+            &[]
+        ));
+        assert!(!secret_env(
+            "UPSTREAM",
+            Some("https://api.example.com/v1"),
+            &[]
+        ));
+        assert!(!secret_env(
+            "UPSTREAM",
+            Some("https://user@example.com/x"),
+            &[]
+        ));
     }
 
     #[test]

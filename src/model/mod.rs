@@ -6,7 +6,7 @@ mod observed;
 
 pub use desired::{
     CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, MASK,
-    SourceRef, SpecHash, Target, WorkloadSpec, promotion_rank,
+    SourceRef, SpecHash, Target, WorkloadSpec, has_credentials, promotion_rank, secret_env,
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
 pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};
@@ -27,4 +27,6 @@ pub mod labels {
     pub const SEQUENCE: &str = "keelson.io/sequence";
     /// Marks resources Keelson manages.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The state store that made the server group.
+    pub const STORE: &str = "keelson.io/store";
 }

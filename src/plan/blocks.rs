@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::{Block, ClusterPlan, Policy, Suspend, check_invariant, in_window};
-use crate::model::{ClusterId, DesiredCluster, DesiredEnvironment, DesiredState, ObservedState};
+use crate::model::{
+    ClusterId, DesiredCluster, DesiredEnvironment, DesiredState, ObservedCluster, ObservedState,
+};
 use crate::plan::{Action, Sim};
 use crate::spec::AppName;
 
@@ -25,6 +27,23 @@ pub fn suspended(
             until: s.until,
         })
         .collect()
+}
+
+/// Another state store's mark on a live cluster, as a block.
+pub fn foreign_store(live: Option<&ObservedCluster>, policy: &Policy) -> Option<Block> {
+    let seen = live?.server_groups.iter().filter_map(|g| {
+        g.labels
+            .get(crate::model::labels::STORE)
+            .map(String::as_str)
+    });
+    policy
+        .stores
+        .foreign(seen)
+        .map(|theirs| Block::ForeignStore {
+            theirs,
+            ours: policy.stores.ours.clone(),
+            created: policy.stores.created,
+        })
 }
 
 /// Suspends and locks held by others.
@@ -55,6 +74,7 @@ pub fn blocks(
     if let Some(by) = &d.suspended_by {
         out.push(Block::SuspendedInSpec { by: by.clone() });
     }
+    out.extend(foreign_store(observed.clusters.get(&d.id), policy));
     out.extend(suspends_and_locks(&d.id, &d.app, policy));
     // Finishing a rollback is never held by windows, approvals or promotion: it makes the
     // cluster safe again.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use blocks::suspended;
 pub use guard::{Sim, SimGroup, check_invariant, guard_step};
 pub use planner::{Selection, plan};
-pub use policy::{Approval, Lock, PendingRollback, Policy, Scope, Suspend};
+pub use policy::{Approval, Lock, PendingRollback, Policy, Scope, Stores, Suspend};
 pub use sequence::{newest_first, newest_sequence, next_sequence};
 pub use window::in_window;
 
@@ -149,6 +149,15 @@ pub enum Block {
         /// Why.
         reason: String,
     },
+    /// Another state store made the cluster: this one may be a deleted store made anew.
+    ForeignStore {
+        /// The store that made it.
+        theirs: String,
+        /// This store.
+        ours: String,
+        /// When this store was made.
+        created: jiff::Timestamp,
+    },
 }
 
 impl std::fmt::Display for Block {
@@ -190,6 +199,14 @@ impl std::fmt::Display for Block {
                 write!(f, "traffic guard refuses step {step}: {reason}")
             }
             Self::TargetUnavailable { reason } => write!(f, "target unavailable: {reason}"),
+            Self::ForeignStore {
+                theirs,
+                ours,
+                created,
+            } => write!(
+                f,
+                "made through state store {theirs}, not this one ({ours}, made {created}): if keelson.db was deleted or replaced, restore it; to take the cluster over, run `keelson adopt`"
+            ),
         }
     }
 }

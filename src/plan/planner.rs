@@ -522,9 +522,11 @@ fn orphan(live: &ObservedCluster, prune: bool, policy: &Policy) -> ClusterPlan {
     if let Some(pending) = policy.rollbacks.iter().find(|r| r.cluster == live.id) {
         let mut cp = finish_rollback(pending, &live.app, None);
         cp.blocked = blocks::suspends_and_locks(&live.id, &live.app, policy);
+        cp.blocked.extend(blocks::foreign_store(Some(live), policy));
         return cp;
     }
     if prune {
+        blocked.extend(blocks::foreign_store(Some(live), policy));
         blocked.extend(blocks::suspends_and_locks(&live.id, &live.app, policy));
     }
     ClusterPlan {

@@ -93,6 +93,30 @@ pub struct PendingRollback {
     pub steps: Vec<crate::actuation::Step>,
 }
 
+/// The state store the plan is made with, and the stores whose clusters it took over.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stores {
+    /// This store's id (empty: no store, nothing to check, e.g. a pull request planned in CI).
+    pub ours: String,
+    /// When this store was made.
+    pub created: jiff::Timestamp,
+    /// Stores taken over (`keelson adopt`).
+    pub adopted: Vec<String>,
+}
+
+impl Stores {
+    /// Whether a cluster whose groups carry `keelson.io/store` values `seen` was made by
+    /// another store this one never took over; returns that store.
+    pub fn foreign<'a>(&self, seen: impl IntoIterator<Item = &'a str>) -> Option<String> {
+        if self.ours.is_empty() {
+            return None;
+        }
+        seen.into_iter()
+            .find(|s| *s != self.ours && !self.adopted.iter().any(|a| a == s))
+            .map(str::to_string)
+    }
+}
+
 /// Everything the planner needs besides desired and observed state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -106,6 +130,8 @@ pub struct Policy {
     pub approvals: Vec<Approval>,
     /// Interrupted rollbacks, finished before anything else happens to their clusters.
     pub rollbacks: Vec<PendingRollback>,
+    /// The store the plan is made with.
+    pub stores: Stores,
 }
 
 impl Policy {
@@ -117,6 +143,7 @@ impl Policy {
             locks: Vec::new(),
             approvals: Vec::new(),
             rollbacks: Vec::new(),
+            stores: Stores::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::md;
 use super::{field_diff, rollback_ranges, step_range, summary_line};
 use crate::plan::{Action, Change, ClusterPlan, Plan};
 
@@ -22,11 +23,6 @@ fn headline(plan: &Plan) -> String {
     }
 }
 
-/// Escapes text a person wrote so it cannot open HTML tags in a comment.
-pub(crate) fn escape(s: &str) -> String {
-    s.replace('<', "&lt;")
-}
-
 /// One cluster as a collapsible block: its action, `note` (e.g. a badge), `changes` as a diff
 /// fence, its steps and what blocks it.
 pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> String {
@@ -40,21 +36,21 @@ pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> 
     let _ = writeln!(
         out,
         "<details><summary><code>{} {}</code> {}{}{}{}{note}</summary>\n",
-        escape(c.action.symbol()),
-        c.id.name,
+        md::html(c.action.symbol()),
+        md::html(c.id.name.as_str()),
         c.action.word(),
         strategy,
         if c.drift { " (drift)" } else { "" },
         blocked
     );
     if !c.reason.is_empty() {
-        let _ = writeln!(out, "{}\n", escape(&c.reason));
+        let _ = writeln!(out, "{}\n", md::paragraph(&c.reason));
     }
     if !changes.is_empty() {
         let _ = writeln!(out, "```diff\n{}```\n", field_diff(changes));
     }
     for (i, p) in c.steps.iter().enumerate() {
-        let _ = writeln!(out, "{}. {}", i + 1, escape(&p.description));
+        let _ = writeln!(out, "{}. {}", i + 1, md::quoted(&p.description));
     }
     if !c.steps.is_empty() {
         out.push('\n');
@@ -63,12 +59,12 @@ pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> 
     if !ranges.is_empty() {
         out.push_str("If a step fails, it is rolled back by:\n");
         for (first, last, text) in ranges {
-            let _ = writeln!(out, "- {}: {}", step_range(first, last), escape(&text));
+            let _ = writeln!(out, "- {}: {}", step_range(first, last), md::quoted(&text));
         }
         out.push('\n');
     }
     for b in &c.blocked {
-        let _ = writeln!(out, "> ⛔ **blocked**: {}\n", escape(&b.to_string()));
+        let _ = writeln!(out, "> ⛔ **blocked**: {}\n", md::quoted(&b.to_string()));
     }
     out.push_str("</details>\n\n");
     out
@@ -130,9 +126,9 @@ pub fn markdown(plan: &Plan) -> String {
     let _ = writeln!(out, "### Keelson plan: {}\n", headline(plan));
     let _ = writeln!(
         out,
-        "Revision `{}` · observed `{}` · {}\n",
-        plan.revision,
-        plan.observed_fingerprint,
+        "Revision {} · observed {} · {}\n",
+        md::code(&plan.revision),
+        md::code(plan.observed_fingerprint.as_str()),
         summary_line(plan)
     );
     let envs = by_environment(plan);

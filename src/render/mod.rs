@@ -1,6 +1,7 @@
 //! Rendering plans for people and programs: text, markdown, JSON. Pure functions.
 
 pub(crate) mod markdown;
+pub mod md;
 mod style;
 mod text;
 
@@ -60,8 +61,19 @@ pub fn field_diff(changes: &[crate::plan::Change]) -> String {
 pub fn field_diff_between(changes: &[crate::plan::Change], from: &str, to: &str) -> String {
     let line = |field: &str, v: &Option<String>| {
         v.as_ref()
-            // One line per field: a newline in a value must not end the diff fence.
-            .map(|v| format!("{field}: {}\n", v.replace('\n', "\\n")))
+            // One line per field: a line break (or another control character) in a value must
+            // not end the line, nor the diff fence.
+            .map(|v| {
+                let v: String = v
+                    .chars()
+                    .map(|c| match c {
+                        '\n' => "\\n".to_string(),
+                        c if c.is_control() => format!("\\u{{{:x}}}", u32::from(c)),
+                        c => c.to_string(),
+                    })
+                    .collect();
+                format!("{field}: {v}\n")
+            })
             .unwrap_or_default()
     };
     let old: String = changes.iter().map(|c| line(&c.field, &c.from)).collect();

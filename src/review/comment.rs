@@ -10,8 +10,9 @@ use super::{ClusterDelta, Outcome, Review, plural};
 use crate::model::ClusterId;
 use crate::plan::{Block, ClusterPlan, Plan};
 use crate::render::markdown::{
-    TABLE_HEADER, by_environment, cluster_block, escape, promotion_sort, table_row,
+    TABLE_HEADER, by_environment, cluster_block, promotion_sort, table_row,
 };
+use crate::render::md;
 
 /// What a comment needs besides the review.
 #[derive(Debug, Clone)]
@@ -93,9 +94,9 @@ pub fn sections(review: &Review, ctx: &CommentContext) -> Vec<Section> {
     match &review.outcome {
         Outcome::Invalid { diagnostics } => {
             out.push(Section::Block(format!(
-                "Head `{}` does not validate, so nothing was planned. Merged as it is, it \
+                "Head {} does not validate, so nothing was planned. Merged as it is, it \
                  would not be applied: Keelson keeps the last good revision.\n\n",
-                review.head
+                md::code(&review.head)
             )));
             for d in diagnostics {
                 out.push(Section::Block(diagnostic(d, ctx)));
@@ -121,10 +122,10 @@ pub fn sections(review: &Review, ctx: &CommentContext) -> Vec<Section> {
 
 fn title(review: &Review, ctx: &CommentContext) -> String {
     format!(
-        "### Keelson plan: {}\n\nHead `{}` against base `{}` · {} · {}\n\n",
+        "### Keelson plan: {}\n\nHead {} against base {} · {} · {}\n\n",
         review.headline(),
-        review.head,
-        review.base,
+        md::code(&review.head),
+        md::code(&review.base),
         review.live,
         ctx.now.strftime("%Y-%m-%d %H:%M UTC")
     )
@@ -136,30 +137,36 @@ fn diagnostic(d: &crate::diag::Diagnostic, ctx: &CommentContext) -> String {
         Some(p) => format!("{file}:{}:{}", p.line, p.col),
         None => file.clone(),
     };
+    // The file name is the pull request author's: quoted as code, percent-encoded in the link.
+    let shown = md::code(&place);
     let place = match (&ctx.blob_url, d.pos) {
-        (Some(url), Some(p)) => format!("[`{place}`]({url}{file}#L{})", p.line),
-        (Some(url), None) => format!("[`{place}`]({url}{file})"),
-        (None, _) => format!("`{place}`"),
+        (Some(url), Some(p)) => format!("[{shown}]({url}{}#L{})", md::url_path(&file), p.line),
+        (Some(url), None) => format!("[{shown}]({url}{})", md::url_path(&file)),
+        (None, _) => shown,
     };
     let path = if d.path.is_empty() {
         String::new()
     } else {
-        format!(" `{}`", d.path)
+        format!(" {}", md::code(&d.path))
     };
     let mut s = format!(
         "- **{}** {place}{path}: {}\n",
         if d.is_error() { "error" } else { "warning" },
-        escape(&d.message)
+        md::quoted(&d.message)
     );
     if let Some(h) = &d.hint {
-        let _ = writeln!(s, "  <br>→ {}", escape(h));
+        let _ = writeln!(s, "  <br>→ {}", md::quoted(h));
     }
     s
 }
 
 /// `a`, `b` and 3 more.
 fn names(ids: &[&ClusterId], max: usize) -> String {
-    let mut s: Vec<String> = ids.iter().take(max).map(|i| format!("`{i}`")).collect();
+    let mut s: Vec<String> = ids
+        .iter()
+        .take(max)
+        .map(|i| md::code(&i.to_string()))
+        .collect();
     if ids.len() > max {
         s.push(format!("{} more", ids.len() - max));
     }
@@ -277,7 +284,7 @@ fn cluster(c: &ClusterPlan, delta: &super::Delta) -> String {
 fn settings_only(id: &ClusterId, d: &ClusterDelta) -> String {
     format!(
         "<details><summary><code>= {}</code> settings only, nothing to do on the target · <b>changed by this pull request</b></summary>\n\n```diff\n{}```\n\n</details>\n\n",
-        id.name,
+        md::html(id.name.as_str()),
         crate::render::field_diff_between(d.changes(), "base", "head")
     )
 }
@@ -292,10 +299,12 @@ fn warnings(plan: &Plan) -> Option<String> {
                 Block::Locked { .. } => "🔒",
                 Block::OutsideWindow { .. } | Block::AwaitingApproval { .. } => "⏳",
                 Block::Promotion { .. } => "⏭️",
-                Block::GuardRefused { .. } | Block::TargetUnavailable { .. } => "⛔",
+                Block::GuardRefused { .. }
+                | Block::TargetUnavailable { .. }
+                | Block::ForeignStore { .. } => "⛔",
             };
             causes
-                .entry(format!("{icon} {}", escape(&b.to_string())))
+                .entry(format!("{icon} {}", md::quoted(&b.to_string())))
                 .or_default()
                 .push(&c.id);
         }

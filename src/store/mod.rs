@@ -115,6 +115,16 @@ pub enum StoreError {
     },
 }
 
+/// Which store this is: written on every cluster it creates (`keelson.io/store`), so a store
+/// that is not the one that made them (deleted and made anew, replaced) is noticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreIdentity {
+    /// A random id, made when the store was.
+    pub id: String,
+    /// When the store was made.
+    pub created: jiff::Timestamp,
+}
+
 /// What the engine has done to a cluster in its current rollout, kept so that a rollback is
 /// derived from what ran and survives a crash. Holds references to specs, never their values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +209,19 @@ pub trait Store: Send + Sync {
     fn put_journal(&self, j: &Journal) -> Result<(), StoreError>;
     /// Forgets a cluster's journal (its rollout or rollback finished).
     fn clear_journal(&self, cluster: &str) -> Result<(), StoreError>;
+    /// This store's identity.
+    fn identity(&self) -> Result<StoreIdentity, StoreError>;
+    /// Takes over the clusters another store made (audited against `cluster`).
+    fn adopt(
+        &self,
+        store_id: &str,
+        cluster: &str,
+        who: &str,
+        reason: &str,
+        now: jiff::Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The stores whose clusters this one took over.
+    fn adopted(&self) -> Result<Vec<String>, StoreError>;
     /// Remembers the last revision that validated and was applied.
     fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError>;
     /// The last good revision.
@@ -209,6 +232,12 @@ pub trait Store: Send + Sync {
         let mut p = Policy::at(now);
         p.suspends = self.suspends(now)?;
         p.approvals = self.approvals()?;
+        let ident = self.identity()?;
+        p.stores = crate::plan::Stores {
+            ours: ident.id,
+            created: ident.created,
+            adopted: self.adopted()?,
+        };
         for j in self.journals()? {
             if let (Some(rb), Some(cluster)) = (&j.rollback, parse_cluster(&j.cluster)) {
                 p.rollbacks.push(crate::plan::PendingRollback {

@@ -54,6 +54,16 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );",
+    // 3: the store's identity, written on the clusters it manages, and the stores whose
+    // clusters it took over.
+    "INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+    INSERT INTO meta (key, value) VALUES ('store_created', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+    CREATE TABLE adopted (
+        store_id TEXT PRIMARY KEY,
+        who TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at TEXT NOT NULL
+    );",
 ];
 
 /// The SQLite store.
@@ -63,8 +73,12 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn ts(s: &str) -> jiff::Timestamp {
-    s.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+/// A timestamp column. One that does not parse is an error, never a time long past: a lock or
+/// a suspend read as expired would fail open.
+fn ts(s: &str, column: usize) -> rusqlite::Result<jiff::Timestamp> {
+    s.parse().map_err(|e: jiff::Error| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 impl SqliteStore {
@@ -162,8 +176,8 @@ fn read_lock(row: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
             token: owner,
         }),
         reason: row.get(2)?,
-        acquired_at: ts(&row.get::<_, String>(3)?),
-        expires_at: ts(&row.get::<_, String>(4)?),
+        acquired_at: ts(&row.get::<_, String>(3)?, 3)?,
+        expires_at: ts(&row.get::<_, String>(4)?, 4)?,
     })
 }
 
@@ -347,8 +361,11 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (scope, who, reason, until) = row?;
-                let Ok(scope) = serde_json::from_str::<Scope>(&scope) else { continue };
-                let until = until.map(|u| ts(&u));
+                // A suspend that cannot be read is an error, never "no suspend".
+                let scope = serde_json::from_str::<Scope>(&scope).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                })?;
+                let until = until.map(|u| ts(&u, 3)).transpose()?;
                 if until.is_none_or(|u| u > now) {
                     out.push(Suspend { scope, who, reason, until });
                 }
@@ -421,7 +438,7 @@ impl Store for SqliteStore {
             let mut st = c.prepare("SELECT at, cluster, action, detail, who, revision, result FROM history ORDER BY id DESC")?;
             let rows = st.query_map([], |r| {
                 Ok(HistoryEntry {
-                    at: ts(&r.get::<_, String>(0)?),
+                    at: ts(&r.get::<_, String>(0)?, 0)?,
                     cluster: r.get(1)?,
                     action: r.get(2)?,
                     detail: r.get(3)?,
@@ -486,6 +503,55 @@ impl Store for SqliteStore {
         self.with(|c| {
             c.execute("DELETE FROM journal WHERE cluster = ?1", [cluster])
                 .map(|_| ())
+        })
+    }
+
+    fn identity(&self) -> Result<super::StoreIdentity, StoreError> {
+        let (id, created): (String, String) = self.with(|c| {
+            c.query_row(
+                "SELECT (SELECT value FROM meta WHERE key = 'store_id'), (SELECT value FROM meta WHERE key = 'store_created')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })?;
+        Ok(super::StoreIdentity {
+            id,
+            created: self.with(|_| ts(&created, 1))?,
+        })
+    }
+
+    fn adopt(
+        &self,
+        store_id: &str,
+        cluster: &str,
+        who: &str,
+        reason: &str,
+        now: jiff::Timestamp,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO adopted (store_id, who, reason, at) VALUES (?1, ?2, ?3, ?4)",
+                params![store_id, who, reason, now.to_string()],
+            )?;
+            audit(&tx, &HistoryEntry {
+                at: now,
+                cluster: cluster.to_string(),
+                action: "adopt".into(),
+                detail: format!("took over the clusters of state store {store_id}: {reason}"),
+                who: who.to_string(),
+                revision: String::new(),
+                result: "ok".into(),
+            })?;
+            tx.commit()
+        })
+    }
+
+    fn adopted(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT store_id FROM adopted ORDER BY store_id")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
         })
     }
 

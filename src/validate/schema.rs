@@ -172,6 +172,33 @@ fn expected_name(t: &str) -> &str {
     }
 }
 
+/// Whether `pointer` is an environment variable's value that is secret (by its name, by
+/// `secretEnv`, or by credentials in it): diagnostics about it must not quote it.
+fn secret_value(doc: &Document, pointer: &str, raw: Option<&str>) -> bool {
+    let segs: Vec<&str> = pointer.split('/').skip(1).collect();
+    let key = match segs.as_slice() {
+        ["spec", "workload", "env", k] | ["spec", "clusters", _, "env", k] => *k,
+        _ => return false,
+    };
+    let listed: Vec<String> = match doc
+        .root
+        .get("spec")
+        .and_then(|s| s.get("workload"))
+        .and_then(|w| w.get("secretEnv"))
+        .map(|n| &n.kind)
+    {
+        Some(NodeKind::Seq(items)) => items
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Scalar(s) => s.as_str().map(String::from),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    crate::model::secret_env(&key.replace("~1", "/").replace("~0", "~"), raw, &listed)
+}
+
 fn describe(doc: &Document, e: &ValidationError<'_>) -> Diagnostic {
     let pointer = e.instance_path().as_str();
     let (node, key) = doc.root.resolve_pointer(pointer);
@@ -181,6 +208,21 @@ fn describe(doc: &Document, e: &ValidationError<'_>) -> Diagnostic {
         NodeKind::Scalar(s) => Some(s.raw.as_str()),
         _ => None,
     };
+    if secret_value(doc, pointer, raw) {
+        // Never quote a secret: not the value, not the line it is on.
+        return Diagnostic::error(
+            "type",
+            &doc.file,
+            format!(
+                "the secret value of `{}` is not a string",
+                path.rsplit('.').next().unwrap_or("")
+            ),
+        )
+        .at(node.pos)
+        .path(path)
+        .hint("quote the value (YAML reads unquoted numbers, booleans and null as such)")
+        .redact();
+    }
     let field = path.rsplit('.').next().unwrap_or("");
     let (code, message, hint): (&'static str, String, String) = match e.kind() {
         ValidationErrorKind::Required { property } => {

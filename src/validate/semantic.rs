@@ -385,6 +385,40 @@ fn check_application<'a>(
     let doc = &app.doc;
     let spec = &app.spec.spec;
     let name = &app.spec.metadata.name;
+    // Versions and images are printed in plans, comments and names of things: one line, no
+    // control characters (a line break in a version could forge a heading in a comment).
+    let one_line = [
+        (
+            "/spec/artifact/version",
+            "version",
+            Some(&spec.artifact.version),
+        ),
+        (
+            "/spec/artifact/image",
+            "image",
+            spec.artifact.image.as_ref(),
+        ),
+    ];
+    for (pointer, what, value) in one_line {
+        if let Some(v) = value
+            && let Some(at) = v.chars().position(char::is_control)
+        {
+            out.push(
+                err(
+                    doc,
+                    "control-character",
+                    pointer,
+                    format!(
+                        "the {what} has a line break or another control character (character {})",
+                        at + 1
+                    ),
+                )
+                .hint(format!(
+                    "write the {what} on one line, without control characters"
+                )),
+            );
+        }
+    }
     for (i, key) in spec.workload.secret_env.iter().enumerate() {
         let in_cluster = spec.clusters.iter().any(|c| c.env.contains_key(key));
         if !spec.workload.env.contains_key(key) && !in_cluster {

@@ -18,6 +18,7 @@ pub struct StubComment {
     pub id: u64,
     pub issue: u64,
     pub body: String,
+    pub author: String,
 }
 
 /// A request as the stub saw it.
@@ -45,6 +46,9 @@ pub struct StubState {
     pub next_id: u64,
     pub token: String,
     pub per_page_max: usize,
+    /// The account the token is; `None`: `GET /user` answers 403, as for an installation
+    /// token (GitHub Actions' GITHUB_TOKEN).
+    pub login: Option<String>,
 }
 
 /// A running stub.
@@ -67,6 +71,7 @@ impl GitHubStub {
             next_id: 1000,
             token: token.to_string(),
             per_page_max: 100,
+            login: Some("keelson-bot".into()),
             ..Default::default()
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,8 +117,13 @@ impl GitHubStub {
             .extend(faults.iter().cloned());
     }
 
-    /// Adds a comment as if a person wrote it.
+    /// Adds a comment as if a person (`alice`) wrote it.
     pub fn add_comment(&self, issue: u64, body: &str) -> u64 {
+        self.add_comment_as(issue, body, "alice")
+    }
+
+    /// Adds a comment by `author`.
+    pub fn add_comment_as(&self, issue: u64, body: &str, author: &str) -> u64 {
         let mut st = self.state.lock().unwrap();
         st.next_id += 1;
         let id = st.next_id;
@@ -121,6 +131,7 @@ impl GitHubStub {
             id,
             issue,
             body: body.into(),
+            author: author.into(),
         });
         id
     }
@@ -140,7 +151,7 @@ fn comment_json(c: &StubComment, addr: SocketAddr) -> Value {
     json!({
         "id": c.id,
         "body": c.body,
-        "user": { "login": "keelson-bot" },
+        "user": { "login": c.author, "type": if c.author.ends_with("[bot]") || c.author == "keelson-bot" { "Bot" } else { "User" } },
         "html_url": format!("http://{addr}/acme/deploy/pull/{}#issuecomment-{}", c.issue, c.id),
     })
 }
@@ -205,6 +216,14 @@ fn serve(
     let json_body = || serde_json::from_slice::<Value>(body).ok();
     let text_of = |v: &Value| v.get("body").and_then(Value::as_str).map(String::from);
     match (method.as_str(), segs.as_slice()) {
+        // An installation token may not read `/user`: GitHub answers 403.
+        ("GET", ["user"]) => match &st.login {
+            Some(login) => axum::Json(json!({ "login": login, "type": "Bot" })).into_response(),
+            None => error(
+                StatusCode::FORBIDDEN,
+                "Resource not accessible by integration",
+            ),
+        },
         ("GET", ["repos", _, _, "issues", n, "comments"]) => {
             let issue: u64 = n.parse().unwrap_or(0);
             let q: Vec<(String, String)> = uri
@@ -257,6 +276,10 @@ fn serve(
                 id: st.next_id,
                 issue: n.parse().unwrap_or(0),
                 body: text,
+                author: st
+                    .login
+                    .clone()
+                    .unwrap_or_else(|| "github-actions[bot]".into()),
             };
             let v = comment_json(&c, addr);
             st.comments.push(c);

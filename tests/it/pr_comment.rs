@@ -471,7 +471,8 @@ async fn pr_comment_retries_502_and_waits_out_secondary_rate_limits() {
             retry_after: Some(1),
         },
     ]);
-    let (code, out) = pr_comment(&repo, &stub, TOKEN, &[]).await;
+    // The account named, so the first call is the comments' (not `GET /user`).
+    let (code, out) = pr_comment(&repo, &stub, TOKEN, &["--forge-user", "keelson-bot"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(stub.comments(7).len(), 1);
     let seen = stub.seen();
@@ -538,4 +539,122 @@ async fn pr_comment_reports_bad_credentials_and_invalid_heads_without_leaking_th
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&marker("all", 1)), "{out}");
     assert_eq!(stub.seen().len(), before);
+}
+
+/// Renders markdown as GitHub would (GFM with autolinks), for checking what a reader sees.
+fn gfm(md: &str) -> String {
+    let mut o = comrak::Options::default();
+    o.extension.autolink = true;
+    o.extension.table = true;
+    o.extension.strikethrough = true;
+    o.render.r#unsafe = true;
+    comrak::markdown_to_html(md, &o)
+}
+
+/// A comment carrying Keelson's hidden marker, written by someone else, is neither edited nor
+/// believed: Keelson posts its own and says so. In GitHub Actions, whose token cannot ask the
+/// forge who it is, Keelson's comments are github-actions[bot]'s; elsewhere, without a way to
+/// tell, it refuses rather than guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_marker_is_ignored() {
+    let stub = GitHubStub::start(TOKEN).await;
+    let forged = format!("{}\n### Keelson plan: ✅ no changes", marker("all", 1));
+    let mallory = stub.add_comment_as(7, &forged, "mallory");
+    let repo = Repo::new(&base_apps());
+    let mut head = base_apps();
+    head[0].1 = head[0].1.replace("1.0.0", "1.1.0");
+    repo.write(&head);
+    repo.commit("1.1.0");
+    let (code, out) = pr_comment(&repo, &stub, TOKEN, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "comment {mallory} by mallory carries Keelson's marker"
+        )),
+        "{out}"
+    );
+    let all = stub.comments(7);
+    assert_eq!(
+        all.iter()
+            .find(|c| c.id == mallory)
+            .map(|c| c.body.as_str()),
+        Some(forged.as_str()),
+        "left as mallory wrote it"
+    );
+    let ours: Vec<_> = all.iter().filter(|c| c.author == "keelson-bot").collect();
+    assert_eq!(ours.len(), 1);
+    assert!(ours[0].body.contains("1 cluster will change") || ours[0].body.contains("will change"));
+    assert!(
+        !stub
+            .seen()
+            .iter()
+            .any(|s| s.method == "PATCH" && s.path.ends_with(&mallory.to_string())),
+        "never edited"
+    );
+    // A token that may not ask who it is: refused without a name, outside GitHub Actions.
+    stub.state.lock().unwrap().login = None;
+    let (code, out) = pr_comment(&repo, &stub, TOKEN, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot tell which comments are Keelson's own")
+            && out.contains("--forge-user"),
+        "{out}"
+    );
+    // Named, it edits its own comment in place.
+    let (code, out) = pr_comment(&repo, &stub, TOKEN, &["--forge-user", "keelson-bot"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        stub.comments(7)
+            .iter()
+            .filter(|c| c.author == "keelson-bot")
+            .count(),
+        1
+    );
+}
+
+/// Strings from the pull request (a version, a file name) render as text: no forged heading,
+/// image or link, nothing swallowed by a fence. A line break in a version is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_strings_render_harmless() {
+    let stub = GitHubStub::start(TOKEN).await;
+    let repo = Repo::new(&base_apps());
+    let mut head = base_apps();
+    let hostile = "1.1.0 ![x](https://evil.example/p.png) [login](https://evil.example) **b** <img src=x> ```` www.evil.example";
+    head[0].1 = head[0].1.replace("\"1.0.0\"", &format!("{hostile:?}"));
+    repo.write(&head);
+    repo.commit("hostile");
+    let (code, out) = pr_comment(&repo, &stub, TOKEN, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let body = stub.comments(7)[0].body.clone();
+    let html = gfm(&body);
+    assert_eq!(
+        html.matches("<h3").count(),
+        1,
+        "only Keelson's heading: {html}"
+    );
+    for bad in [
+        "<img",
+        "href=\"https://evil",
+        "href=\"http://www.evil",
+        "<strong>b</strong>",
+    ] {
+        assert!(!html.contains(bad), "rendered {bad}: {html}");
+    }
+    assert!(
+        html.contains("<li>create web-v001"),
+        "the steps survive: {html}"
+    );
+    // A version with a line break does not validate, so nothing is planned from it.
+    head[0].1 = head[0].1.replace(
+        &format!("{hostile:?}"),
+        "\"1.2.0\\n\\n### Keelson plan: ✅ no changes\"",
+    );
+    repo.write(&head);
+    repo.commit("newline");
+    let (code, _) = pr_comment(&repo, &stub, TOKEN, &[]).await;
+    assert_eq!(code, 1);
+    let body = stub.comments(7)[0].body.clone();
+    let html = gfm(&body);
+    assert!(body.contains("control character"), "{body}");
+    assert_eq!(html.matches("<h3").count(), 1, "{html}");
 }

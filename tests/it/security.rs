@@ -192,3 +192,155 @@ async fn a_corrupt_agent_state_is_refused_not_forgotten() {
     let o = observe_one(&local.provider, &c).await.unwrap();
     assert_eq!(o.server_groups.len(), 1);
 }
+
+/// A secret in the specs, in every shape a person writes it, is never printed: not by
+/// `validate` (text or JSON), `plan` (text, markdown, JSON), nor a pull request comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_any_output() {
+    let env = "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n";
+    let app = |env_block: &str| {
+        format!(
+            "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: web}}\nspec:\n  artifact: {{version: \"1.0.0\"}}\n  workload:\n    command: [keelson, demo-app, --port, \"{{port}}\"]\n    secretEnv: [LISTED]\n    env:\n{env_block}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, traffic: {{port: {}}}}}\n",
+            free_port()
+        )
+    };
+    let run = |dir: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(args)
+            .arg("--repo")
+            .arg(dir)
+            .env("KEELSON_COLOR", "never")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // Wrong types: a number, a boolean-looking word, a number under a listed key.
+    for (block, secret) in [
+        ("      API_TOKEN: 98765432123", "98765432123"),
+        ("      DB_PASSWORD: true", "true"),
+        ("      LISTED: 4242424242", "4242424242"),
+        ("      APIKEY: 13371337", "13371337"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("env.yaml"), env).unwrap();
+        std::fs::write(dir.path().join("web.yaml"), app(block)).unwrap();
+        for args in [
+            &["validate"][..],
+            &["validate", "--format", "json"],
+            &["plan"],
+        ] {
+            let out = run(dir.path(), args);
+            assert!(out.contains("is not a string"), "{args:?}: {out}");
+            let key = block.trim().split(':').next().unwrap();
+            assert!(
+                !out.contains(&format!("{key}: {secret}")),
+                "{args:?}: {out}"
+            );
+            if secret.len() > 5 {
+                assert!(!out.contains(secret), "{args:?} printed the secret: {out}");
+            }
+        }
+    }
+    // Valid secrets: by name, by list, and credentials inside a URL.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("env.yaml"), env).unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        app("      API_TOKEN: \"tok-111-secret\"\n      LISTED: \"listed-222-secret\"\n      DATABASE_URL: \"postgres://app:pw-333-secret@db:5432/shop\""),
+    )
+    .unwrap();
+    for args in [
+        &["plan"][..],
+        &["plan", "--format", "json"],
+        &["plan", "--format", "markdown"],
+        &["validate", "--format", "json"],
+    ] {
+        let out = run(dir.path(), args);
+        for s in ["tok-111-secret", "listed-222-secret", "pw-333-secret"] {
+            assert!(!out.contains(s), "{args:?} printed {s}: {out}");
+        }
+    }
+}
+
+/// The store fails closed: deleted, truncated or made anew while the targets hold clusters it
+/// never made, it refuses to act (the suspend it held must not silently vanish), and says how
+/// to take them over; a row it cannot read is an error, never "no suspend".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_corrupt_store_fails_closed() {
+    use crate::apply_e2e::Repo;
+    let repo = Repo::new();
+    let db = repo.path().join(".keelson/keelson.db");
+    let forget = |db: &Path| {
+        for f in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{f}", db.display()));
+        }
+    };
+    repo.app("1.0.0", "{type: red-black}", 1, "");
+    assert_eq!(repo.apply().await.0, 0);
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&repo.path().join(".keelson")), 0o700);
+    let (code, _) = repo
+        .run(&["suspend", "--cluster", "web", "--reason", "incident 9"])
+        .await;
+    assert_eq!(code, 0);
+    // The store deleted: the suspend is gone with it, and nothing may move.
+    forget(&db);
+    repo.app("1.1.0", "{type: red-black}", 1, "");
+    let (code, plan) = repo.run(&["plan"]).await;
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("blocked: made through state store"), "{plan}");
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused: made through state store"), "{out}");
+    assert!(out.contains("keelson adopt"), "{out}");
+    // Truncated to nothing: the same.
+    std::fs::write(&db, b"").unwrap();
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 1, "{out}");
+    let (_, status) = repo.run(&["status"]).await;
+    assert!(
+        status.contains("1.0.0") && !status.contains("web-v001"),
+        "{status}"
+    );
+    // Taken over on purpose, it moves again.
+    let (code, out) = repo
+        .run(&["adopt", "web", "--reason", "keelson.db lost in a disk swap"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("taken over from state store"), "{out}");
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 0, "{out}");
+    let (_, history) = repo.run(&["history"]).await;
+    assert!(
+        history.contains("keelson.db lost in a disk swap"),
+        "{history}"
+    );
+    // A suspend row that cannot be read stops everything, with the store named.
+    assert!(rusqlite_free_edit(&db), "edited the store");
+    repo.app("1.2.0", "{type: red-black}", 1, "");
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("keelson.db") && out.contains("a query failed") && out.contains("galaxy"),
+        "{out}"
+    );
+    let (_, history) = repo.run(&["history", "--limit", "200"]).await;
+    assert!(!history.contains("1.2.0"), "nothing was done: {history}");
+}
+
+/// Writes a suspend with a scope no Keelson writes (with Python's sqlite3, as a person editing
+/// the file would).
+fn rusqlite_free_edit(db: &Path) -> bool {
+    let sql = "INSERT INTO suspends (scope, who, reason, created_at) VALUES ('{\"kind\":\"galaxy\"}', 'x', 'y', '2026-01-01T00:00:00Z');";
+    Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import sqlite3; c = sqlite3.connect({:?}); c.execute({:?}); c.commit()",
+                db.display().to_string(),
+                sql
+            ),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
