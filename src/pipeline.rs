@@ -32,8 +32,16 @@ impl Checked {
     }
 }
 
-/// Loads, validates and compiles a set of source files.
+/// Loads, validates and compiles a set of source files, with secret values sealed in spec
+/// hashes under a key of zeros (for checking only: use [`check_keyed`] for hashes that reach
+/// targets or plans).
 pub fn check(sources: SourceSet) -> Checked {
+    check_keyed(sources, crate::model::SpecKey::default())
+}
+
+/// Loads, validates and compiles a set of source files, sealing secret values in spec hashes
+/// under the installation's `key`.
+pub fn check_keyed(sources: SourceSet, key: crate::model::SpecKey) -> Checked {
     let mut loaded = load(&sources.files);
     loaded.diagnostics.extend(sources.diagnostics);
     let count = |k| loaded.documents.iter().filter(|d| d.kind == k).count();
@@ -44,7 +52,7 @@ pub fn check(sources: SourceSet) -> Checked {
         &validated,
         applications,
         environments,
-        &mut crate::compile::Cache::default(),
+        &mut crate::compile::Cache::keyed(key),
     )
 }
 
@@ -53,6 +61,7 @@ pub fn check(sources: SourceSet) -> Checked {
 /// across revisions).
 #[derive(Debug, Default)]
 pub struct Cache {
+    // (Spec hashes seal secrets under the key the compiled cache was made with.)
     files: std::collections::HashMap<(std::path::PathBuf, u64), CachedFile>,
     /// Keys file contents with this cache's own random key, so no one can craft a file that
     /// passes for another one already parsed.
@@ -64,6 +73,16 @@ pub struct Cache {
 struct CachedFile {
     documents: Vec<(crate::load::Document, crate::validate::Checked)>,
     diagnostics: Vec<Diagnostic>,
+}
+
+impl Cache {
+    /// An empty cache whose spec hashes seal secrets under `key`.
+    pub fn keyed(key: crate::model::SpecKey) -> Self {
+        Self {
+            compiled: crate::compile::Cache::keyed(key),
+            ..Self::default()
+        }
+    }
 }
 
 fn content_key(hasher: &std::hash::RandomState, bytes: &[u8]) -> u64 {

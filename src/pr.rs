@@ -4,7 +4,7 @@
 use crate::forge::{CommitStatus, Forge, ForgeError, Published, RepoSlug, publish};
 use crate::model::{DesiredState, ObservedState};
 use crate::observe::{Providers, observe};
-use crate::pipeline::check;
+use crate::pipeline::check_keyed;
 use crate::plan::{Policy, Selection};
 use crate::review::{Live, Outcome, Review, planned};
 use crate::source::SourceSet;
@@ -33,8 +33,17 @@ pub async fn review(
     store: Option<&dyn Store>,
     selection: &Selection,
 ) -> Review {
-    let base_checked = check(base.files.clone());
-    let head_checked = check(head.files.clone());
+    // Spec hashes seal secrets under the installation's key when the live state is observed
+    // (they are compared with the targets'); a plan against an assumed base is not kept, so a
+    // key of its own serves, and publishes nothing guessable.
+    let key = match live {
+        Live::Observed => store
+            .and_then(|s| s.spec_key().ok())
+            .unwrap_or_else(crate::model::SpecKey::random),
+        Live::AssumedBase => crate::model::SpecKey::random(),
+    };
+    let base_checked = check_keyed(base.files.clone(), key.clone());
+    let head_checked = check_keyed(head.files.clone(), key);
     let outcome = match head_checked.desired {
         None => Outcome::Invalid {
             diagnostics: head_checked.diagnostics,

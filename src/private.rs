@@ -27,7 +27,8 @@ pub fn dir(dir: &Path) -> std::io::Result<()> {
         ));
     }
     if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        // Others lose access; the owner keeps what it had (a read-only directory stays so).
+        fs::set_permissions(dir, fs::Permissions::from_mode(meta.mode() & 0o700))?;
     }
     Ok(())
 }
@@ -44,8 +45,9 @@ pub fn append(path: &Path) -> std::io::Result<fs::File> {
 /// Makes an existing file 0600 (a file an earlier version created with the umask's mode).
 pub fn tighten(path: &Path) -> std::io::Result<()> {
     match fs::metadata(path) {
-        Ok(m) if m.mode() & 0o077 != 0 => {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        Ok(m) if m.mode() & 0o177 != 0 => {
+            // Read and write for the owner at most (a read-only file stays so).
+            fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o600))
         }
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use super::{CliError, Location, Style, render_diagnostics};
 use crate::model::DesiredState;
 use crate::observe::Providers;
-use crate::pipeline::check;
+use crate::pipeline::check_keyed;
 use crate::plan::Selection;
 use crate::provider::kubernetes::KubernetesProvider;
 use crate::provider::local::LocalProvider;
@@ -61,6 +61,21 @@ impl Context {
         Ok(self.store.get_or_init(|| opened).clone())
     }
 
+    /// The state store for verbs that only read it (`status`, `history`, `locks`, `plan`): when
+    /// it cannot be opened for writing (read-only), it is opened for reading.
+    pub fn reading_store(&self) -> Result<Arc<dyn Store>, CliError> {
+        match self.store() {
+            Ok(s) => Ok(s),
+            Err(e) => match SqliteStore::open_read_only(&self.state) {
+                Ok(s) => {
+                    let s: Arc<dyn Store> = Arc::new(s);
+                    Ok(self.store.get_or_init(|| s).clone())
+                }
+                Err(_) => Err(e),
+            },
+        }
+    }
+
     /// The providers of this build: one registration per target kind.
     pub fn providers(&self) -> Providers {
         self.providers
@@ -96,7 +111,7 @@ impl Context {
         let sources = read_dir(&self.repo)?;
         let revision = sources.content_revision();
         let texts = source_texts(&sources);
-        let checked = check(sources);
+        let checked = check_keyed(sources, self.reading_store()?.spec_key()?);
         match checked.desired {
             Some(desired) => Ok(Some((desired, revision))),
             None => {
@@ -121,7 +136,7 @@ impl Context {
     pub fn desired(&self) -> Result<(DesiredState, String), CliError> {
         let sources = read_dir(&self.repo)?;
         let revision = sources.content_revision();
-        let checked = check(sources);
+        let checked = check_keyed(sources, self.reading_store()?.spec_key()?);
         let errors = checked.error_count();
         checked
             .desired

@@ -24,8 +24,10 @@ fn scope(s: &ScopeArgs) -> Result<Scope, CliError> {
     })
 }
 
+/// The scope for the daemon's API, always explicit: an empty scope is not "everything".
 fn scope_json(s: &ScopeArgs) -> serde_json::Value {
-    serde_json::json!({ "env": s.env, "app": s.app, "cluster": s.cluster, "who": who() })
+    let global = s.env.is_none() && s.app.is_none() && s.cluster.is_none();
+    serde_json::json!({ "env": s.env, "app": s.app, "cluster": s.cluster, "global": global })
 }
 
 /// `keelson suspend`.
@@ -34,6 +36,7 @@ pub async fn suspend(args: &SuspendArgs) -> Result<Exit, CliError> {
         let mut body = scope_json(&args.scope);
         body["reason"] = args.reason.clone().into();
         body["for"] = args.r#for.map(|d| d.to_string()).into();
+        body["force"] = args.force.into();
         let r = call(server, hyper::Method::POST, "/api/v1/suspend", Some(&body)).await?;
         println!(
             "Suspended {} through {server}.",
@@ -49,8 +52,20 @@ pub async fn suspend(args: &SuspendArgs) -> Result<Exit, CliError> {
         ))
         .unwrap_or(now)
     });
+    let sc = scope(&args.scope)?;
+    // A typo would hold nothing while everyone believes it holds: check it against the specs
+    // (unless they do not validate, when a suspend must still be possible).
+    if !args.force
+        && let Ok((d, _)) = ctx.desired()
+        && let Some(why) = sc.unknown_in(&d)
+    {
+        return Err(CliError::argument(
+            why,
+            "check the name, or pass --force to suspend it anyway",
+        ));
+    }
     let s = Suspend {
-        scope: scope(&args.scope)?,
+        scope: sc,
         who: who(),
         reason: args.reason.clone(),
         until,
@@ -128,7 +143,13 @@ pub async fn approve(args: &ApproveArgs) -> Result<Exit, CliError> {
 
 /// `keelson locks`.
 pub async fn locks(args: &LocksArgs) -> Result<Exit, CliError> {
-    let st = Context::of(&args.location).store()?;
+    let ctx = Context::of(&args.location);
+    // Listing only reads; releasing writes.
+    let st = if args.command.is_none() {
+        ctx.reading_store()?
+    } else {
+        ctx.store()?
+    };
     let now = crate::clock::now();
     match &args.command {
         Some(LocksCommand::Release { cluster, force }) => {

@@ -317,6 +317,12 @@ pub struct UpArgs {
     /// are ignored. Default: the one `--repo` names when it is a forge URL.
     #[arg(long, env = "KEELSON_FORGE_REPO")]
     pub forge_repo: Option<String>,
+    /// How long a client may take to send a request's head or body, or stay idle.
+    #[arg(long, default_value = "10s")]
+    pub client_timeout: crate::spec::Duration,
+    /// Connections served at once (more wait in the backlog).
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 /// Arguments of `keelson status`.
@@ -384,6 +390,9 @@ pub struct SuspendArgs {
     /// Lift by itself after this long, e.g. 2h.
     #[arg(long = "for")]
     pub r#for: Option<crate::spec::Duration>,
+    /// Suspend a scope the specs do not declare (e.g. one about to be added).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `keelson locks`.
@@ -531,6 +540,22 @@ impl Cli {
 /// Runs a parsed command line; `main` turns the result into the exit code.
 pub fn run(cli: Cli) -> Result<Exit, CliError> {
     let style = cli.style();
+    // Verbs that print and end die quietly when their reader goes (`keelson status | head -1`),
+    // as other command-line tools do, instead of panicking on a broken pipe. Servers keep
+    // ignoring SIGPIPE.
+    if matches!(
+        cli.command,
+        Command::Validate(_)
+            | Command::Plan(_)
+            | Command::Status(_)
+            | Command::History(_)
+            | Command::Locks(_)
+    ) {
+        // SAFETY: setting a signal's disposition to its default has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -17,7 +17,7 @@ pub async fn compute(
     let observed = observe(&desired, &ctx.providers()).await;
     // Suspends, locks and approvals live in the store; plans show them even though they only
     // stop actuation.
-    let policy = ctx.store()?.policy(crate::clock::now(), None)?;
+    let policy = ctx.reading_store()?.policy(crate::clock::now(), None)?;
     Ok(Some(plan(&desired, &observed, &policy, &revision, sel)))
 }
 

@@ -13,7 +13,7 @@ use crate::store::HistoryEntry;
 /// `keelson history`.
 pub async fn history(args: &HistoryArgs) -> Result<Exit, CliError> {
     let entries = Context::of(&args.location)
-        .store()?
+        .reading_store()?
         .history(args.cluster.as_deref(), args.limit)?;
     match args.format {
         Format::Json => println!(
@@ -49,6 +49,9 @@ struct GroupStatus {
 #[derive(Debug, Serialize)]
 struct ClusterStatus {
     cluster: String,
+    /// Why the cluster's target could not be observed, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable: Option<String>,
     app: String,
     desired_version: Option<String>,
     strategy: Option<String>,
@@ -115,7 +118,7 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
     let ctx = Context::of(&args.location);
     let (d, _) = ctx.desired()?;
     let observed: ObservedState = observe(&d, &ctx.providers()).await;
-    let st = ctx.store()?;
+    let st = ctx.reading_store()?;
     let now = crate::clock::now();
     let locks = st.locks()?;
     let suspends = st.suspends(now)?;
@@ -146,6 +149,10 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
             .and_then(|mut h| h.pop());
         out.push(ClusterStatus {
             cluster: id.to_string(),
+            unreachable: observed
+                .unavailable
+                .get(&format!("{}/{}", id.environment, id.target))
+                .cloned(),
             app,
             desired_version: des.map(|c| c.version.clone()),
             strategy: des.map(|c| c.strategy.kind().to_string()),
@@ -181,9 +188,15 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
             last_action: last,
         });
     }
+    // A target that could not be observed is not "no server groups": say so, and fail.
+    let exit = if out.iter().any(|c| c.unreachable.is_some()) {
+        Exit::Failure
+    } else {
+        Exit::Success
+    };
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return Ok(Exit::Success);
+        return Ok(exit);
     }
     for c in &out {
         let version = c
@@ -200,7 +213,9 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
                 .map(|s| format!(" by {s}"))
                 .unwrap_or_default()
         );
-        if c.server_groups.is_empty() {
+        if let Some(why) = &c.unreachable {
+            println!("    {} {why}", style.error("target unreachable:"));
+        } else if c.server_groups.is_empty() {
             println!("    no server groups");
         }
         for g in &c.server_groups {
@@ -227,5 +242,5 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
             );
         }
     }
-    Ok(Exit::Success)
+    Ok(exit)
 }

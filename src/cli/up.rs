@@ -142,6 +142,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         webhook_secret: secret("KEELSON_WEBHOOK_SECRET", args.webhook_secret_file.as_ref())?,
         pull_requests,
         repository,
+        desired: Default::default(),
     });
     let engine = Arc::new(Engine {
         store,
@@ -162,16 +163,18 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
             "no API token (KEELSON_API_TOKEN): suspend, resume and sync over HTTP are refused"
         );
     }
-    let server = axum::serve(listener, router(shared.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = server
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.changed().await;
-            })
-            .await;
-    });
+    let limits = crate::server::Limits {
+        head: args.client_timeout.to_std(),
+        body: args.client_timeout.to_std(),
+        connections: args.max_connections,
+    };
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        router(shared.clone()),
+        limits,
+        stop_rx,
+    ));
     // Re-plan on file save during local development.
     let _watcher = if let Source::Dir(dir) = &source {
         watch(dir, shared.clone())

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::Node;
 use crate::model::{
     CapacityRange, ClusterId, ClusterName, DesiredCluster, DesiredEnvironment, DesiredState,
-    Health, HttpCheck, SourceRef, SpecHash, WorkloadSpec, labels,
+    Health, HttpCheck, SourceRef, SpecHash, SpecKey, WorkloadSpec, labels,
 };
 use crate::spec::{Duration, Strategy};
 use crate::validate::Specs;
@@ -32,10 +32,22 @@ pub fn compile(specs: &Specs) -> DesiredState {
 /// one) so that a new revision compiles only the applications whose document changed.
 #[derive(Debug, Default)]
 pub struct Cache {
+    /// The key secret values are sealed under in spec hashes.
+    key: SpecKey,
     /// The environment documents the entries were compiled against; any change empties it.
     environments: Vec<SameDocument>,
     /// By application document: the clusters compiled from it.
     applications: HashMap<SameDocument, Arc<[Arc<DesiredCluster>]>>,
+}
+
+impl Cache {
+    /// An empty cache whose spec hashes seal secrets under `key`.
+    pub fn keyed(key: SpecKey) -> Self {
+        Self {
+            key,
+            ..Self::default()
+        }
+    }
 }
 
 /// A parsed document compared by identity: parsed documents are never changed, and holding
@@ -104,10 +116,11 @@ pub fn compile_cached(specs: &Specs, cache: &mut Cache) -> DesiredState {
         .collect();
     // Applications compile independently: split them over the cores.
     let environments = &state.environments;
+    let secret_key = &cache.key;
     let compiled = crate::par::map_chunks(&missing, |apps| {
         apps.iter()
             .map(|a| {
-                compile_application(a, environments, &env_defaults)
+                compile_application(a, environments, &env_defaults, secret_key)
                     .into_iter()
                     .map(Arc::new)
                     .collect::<Arc<[_]>>()
@@ -134,6 +147,7 @@ fn compile_application(
     a: &crate::validate::Spec<crate::spec::Application>,
     environments: &BTreeMap<crate::spec::EnvName, DesiredEnvironment>,
     env_defaults: &BTreeMap<crate::spec::EnvName, Option<Strategy>>,
+    secret_key: &SpecKey,
 ) -> Vec<DesiredCluster> {
     let mut out = Vec::new();
     {
@@ -190,11 +204,13 @@ fn compile_application(
             if let Some(d) = &c.detail {
                 lbl.insert(labels::DETAIL.to_string(), d.clone());
             }
+            // Secret values enter the hash sealed under the installation's key: the hash is
+            // published (plans, labels) and must not let anyone guess a secret offline.
             #[derive(Serialize)]
             struct Immutable<'a> {
                 version: &'a str,
                 image: &'a Option<String>,
-                workload: &'a WorkloadSpec,
+                workload: WorkloadSpec,
                 health: &'a Health,
                 // Left out when absent, so hashes of clusters without it stay as they were.
                 #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,7 +219,7 @@ fn compile_application(
             let spec_hash = SpecHash::of(&Immutable {
                 version: &spec.artifact.version,
                 image: &spec.artifact.image,
-                workload: &workload,
+                workload: workload.sealed(secret_key),
                 health: &health,
                 kubernetes: spec.kubernetes.as_ref(),
             });
@@ -273,4 +289,57 @@ fn hash_without_source(c: &DesiredCluster) -> SpecHash {
         strategy: &c.strategy,
         suspended: c.suspended_by.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::SpecKey;
+    use crate::source::{SourceFile, SourceSet};
+
+    fn hash_of(env_line: &str, key: SpecKey) -> String {
+        let env = "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n";
+        let app = format!(
+            "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: web}}\nspec:\n  artifact: {{version: \"1.0.0\"}}\n  workload:\n    command: [app]\n    env: {{{env_line}}}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}}}\n"
+        );
+        let files = SourceSet {
+            files: vec![
+                SourceFile {
+                    path: "env.yaml".into(),
+                    bytes: env.into(),
+                },
+                SourceFile {
+                    path: "web.yaml".into(),
+                    bytes: app.into_bytes(),
+                },
+            ],
+            diagnostics: vec![],
+        };
+        let d = crate::pipeline::check_keyed(files, key)
+            .desired
+            .unwrap_or_else(|| panic!("valid specs"));
+        d.clusters
+            .values()
+            .next()
+            .map(|c| c.spec_hash.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn secrets_enter_spec_hashes_sealed_under_the_installations_key() {
+        let (a, b) = (SpecKey::new([1; 32]), SpecKey::new([2; 32]));
+        // Without a secret the key changes nothing.
+        assert_eq!(
+            hash_of("LOG: info", a.clone()),
+            hash_of("LOG: info", b.clone())
+        );
+        // With one, the hash depends on the key: not computable without it.
+        let with = "API_TOKEN: \"98765432123\"";
+        assert_ne!(hash_of(with, a.clone()), hash_of(with, b.clone()));
+        assert_eq!(hash_of(with, a.clone()), hash_of(with, a.clone()));
+        // And a changed secret still changes the hash (it rolls out).
+        assert_ne!(
+            hash_of(with, a.clone()),
+            hash_of("API_TOKEN: \"98765432124\"", a)
+        );
+    }
 }

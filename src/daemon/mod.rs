@@ -34,7 +34,7 @@ impl Source {
         match self {
             Self::Git(g) => format!(
                 "{} ({}){}",
-                g.url,
+                crate::report::scrub_urls(&g.url),
                 g.branch,
                 g.path
                     .as_ref()
@@ -114,8 +114,15 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut last_fetched: Option<String> = None;
     let mut desired: Option<(DesiredState, String)> = None;
-    // Unchanged files are not parsed again from one revision to the next.
-    let mut cache = crate::pipeline::Cache::default();
+    // Unchanged files are not parsed again from one revision to the next. Spec hashes seal
+    // secrets under the store's key, as every other keelson of this installation does.
+    let mut cache = match shared.store.spec_key() {
+        Ok(key) => crate::pipeline::Cache::keyed(key),
+        Err(e) => {
+            tracing::error!("cannot read the spec key: {}", crate::report::chain(&e));
+            return;
+        }
+    };
     let mut poll = tokio::time::interval(cfg.interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
@@ -155,6 +162,9 @@ pub async fn run(
                     Some(d) => {
                         info!(clusters = d.clusters.len(), "new revision is valid");
                         let _ = shared.store.set_last_good_revision(&rev);
+                        if let Ok(mut known) = shared.desired.write() {
+                            *known = Some(Arc::new(d.clone()));
+                        }
                         desired = Some((d, rev.clone()));
                         shared.update_status(|st| {
                             st.fetched = Some(rev.clone());

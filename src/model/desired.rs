@@ -284,6 +284,48 @@ mod cluster_list {
     }
 }
 
+/// The key under which secret values enter spec hashes: one per installation (kept in the
+/// state store), so a hash published in a plan or on a label cannot be used to guess a secret
+/// offline. Not `Debug`-printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SpecKey([u8; 32]);
+
+impl std::fmt::Debug for SpecKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpecKey(..)")
+    }
+}
+
+impl SpecKey {
+    /// A key from its 32 bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh random key (for plans that are not kept, e.g. a pull request planned in CI).
+    pub fn random() -> Self {
+        let mut b = [0u8; 32];
+        for chunk in b.chunks_mut(8) {
+            chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        }
+        Self(b)
+    }
+
+    /// What stands for a secret value in a hash: HMAC-SHA256 of the variable's name and value.
+    pub fn seal(&self, name: &str, value: &str) -> String {
+        use hmac::Mac;
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return MASK.to_string();
+        };
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("sealed:{hex}")
+    }
+}
+
 /// The mask printed in place of a secret value.
 pub const MASK: &str = "********";
 
@@ -327,6 +369,17 @@ impl WorkloadSpec {
     /// Whether an env key holds a secret (see [`secret_env`]).
     pub fn is_secret(&self, key: &str) -> bool {
         secret_env(key, self.env.get(key).map(String::as_str), &self.secret_env)
+    }
+
+    /// A copy with secret values sealed under `key` (what spec hashes are computed over).
+    pub fn sealed(&self, key: &SpecKey) -> Self {
+        let mut w = self.clone();
+        for (k, v) in &mut w.env {
+            if self.is_secret(k) {
+                *v = key.seal(k, v);
+            }
+        }
+        w
     }
 
     /// A copy with secret values replaced by [`MASK`].

@@ -6,7 +6,8 @@ mod observed;
 
 pub use desired::{
     CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Health, HttpCheck, MASK,
-    SourceRef, SpecHash, Target, WorkloadSpec, has_credentials, promotion_rank, secret_env,
+    SourceRef, SpecHash, SpecKey, Target, WorkloadSpec, has_credentials, promotion_rank,
+    secret_env,
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
 pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};

@@ -32,6 +32,49 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// Why the scope names nothing the specs declare (a typo would hold nothing), with a
+    /// suggestion; `None` when it covers some cluster, or is global.
+    pub fn unknown_in(&self, desired: &crate::model::DesiredState) -> Option<String> {
+        let hint = |word: &str, names: Vec<String>, what: &str| {
+            let near = crate::suggest::did_you_mean(word, &names)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_else(|| format!("; the {what} are: {}", names.join(", ")));
+            format!("no {} `{word}` in the specs{near}", &what[..what.len() - 1])
+        };
+        match self {
+            Self::Global => None,
+            Self::Environment(e) => (!desired.environments.contains_key(e)).then(|| {
+                hint(
+                    e.as_str(),
+                    desired
+                        .environments
+                        .keys()
+                        .map(ToString::to_string)
+                        .collect(),
+                    "environments",
+                )
+            }),
+            Self::Application(a) => (!desired.clusters.values().any(|c| &c.app == a)).then(|| {
+                let mut apps: Vec<String> = desired
+                    .clusters
+                    .values()
+                    .map(|c| c.app.to_string())
+                    .collect();
+                apps.dedup();
+                hint(a.as_str(), apps, "applications")
+            }),
+            Self::Cluster(sel) => (!desired.clusters.keys().any(|id| id.matches(sel))).then(|| {
+                hint(
+                    sel,
+                    desired.clusters.keys().map(ToString::to_string).collect(),
+                    "clusters",
+                )
+            }),
+        }
+    }
+}
+
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1,7 +1,10 @@
 //! The daemon's HTTP API (axum): health, readiness, metrics, status, suspend/resume, sync and
 //! GitHub webhooks.
 
+mod listen;
 pub mod metrics;
+
+pub use listen::{Limits, serve};
 
 use std::sync::Arc;
 
@@ -82,6 +85,8 @@ pub struct Shared {
     pub pull_requests: Option<tokio::sync::mpsc::Sender<PullRequestEvent>>,
     /// The repository whose webhooks count; `None` (unknown) accepts every repository.
     pub repository: Option<crate::forge::RepoSlug>,
+    /// The desired state in force, to check what API calls name.
+    pub desired: std::sync::RwLock<Option<Arc<crate::model::DesiredState>>>,
 }
 
 /// A pull request to plan and comment on, from a `pull_request` webhook.
@@ -254,8 +259,10 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
     ([("content-type", "application/json")], body).into_response()
 }
 
-/// The body of suspend and resume calls.
+/// The body of suspend and resume calls. The scope is always explicit: one of `env`, `app`,
+/// `cluster`, or `"global": true`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScopeBody {
     /// An environment.
     pub env: Option<String>,
@@ -263,44 +270,77 @@ pub struct ScopeBody {
     pub app: Option<String>,
     /// A cluster selector.
     pub cluster: Option<String>,
+    /// Everything.
+    #[serde(default)]
+    pub global: bool,
     /// Why (suspend only).
     pub reason: Option<String>,
-    /// Who (recorded).
-    pub who: Option<String>,
     /// Lapse after this long, e.g. `2h` (suspend only).
     #[serde(rename = "for")]
     pub for_: Option<crate::spec::Duration>,
+    /// Suspend a scope the specs do not declare.
+    #[serde(default)]
+    pub force: bool,
 }
 
 fn scope(b: &ScopeBody) -> Result<Scope, String> {
-    Ok(match (&b.env, &b.app, &b.cluster) {
-        (Some(e), None, None) => {
+    Ok(match (&b.env, &b.app, &b.cluster, b.global) {
+        (Some(e), None, None, false) => {
             Scope::Environment(EnvName::new(e.clone()).map_err(|e| e.to_string())?)
         }
-        (None, Some(a), None) => {
+        (None, Some(a), None, false) => {
             Scope::Application(AppName::new(a.clone()).map_err(|e| e.to_string())?)
         }
-        (None, None, Some(c)) => Scope::Cluster(c.clone()),
-        (None, None, None) => Scope::Global,
-        _ => return Err("give at most one of env, app and cluster".into()),
+        (None, None, Some(c), false) => Scope::Cluster(c.clone()),
+        (None, None, None, true) => Scope::Global,
+        (None, None, None, false) => {
+            return Err("name the scope: one of env, app or cluster, or \"global\": true\n".into());
+        }
+        _ => return Err("give exactly one of env, app, cluster and global\n".into()),
     })
 }
 
-async fn suspend(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(b): Json<ScopeBody>,
-) -> Response {
-    if !authorized(&s, &headers) {
-        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+/// Checks the bearer token first (before reading anything else), then reads the body.
+fn scoped(
+    s: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Scope, ScopeBody), Box<Response>> {
+    let refuse = |status, why: String| Box::new(text(status, why));
+    if !authorized(s, headers) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required\n".into(),
+        ));
     }
-    let sc = match scope(&b) {
-        Ok(sc) => sc,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    let b: ScopeBody = serde_json::from_slice(body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("not a scope body: {e}\n")))?;
+    let sc = scope(&b).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+    Ok((sc, b))
+}
+
+/// Who acts through the API: the token's identity, never what the client says.
+fn api_identity() -> String {
+    "api token".into()
+}
+
+async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (sc, b) = match scoped(&s, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     let Some(reason) = b.reason.clone().filter(|r| !r.trim().is_empty()) else {
         return text(StatusCode::BAD_REQUEST, "a reason is required\n");
     };
+    if !b.force {
+        let known = s.desired.read().ok().and_then(|d| d.clone());
+        if let Some(why) = known.and_then(|d| sc.unknown_in(&d)) {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{why}; send \"force\": true to suspend it anyway\n"),
+            );
+        }
+    }
     let now = crate::clock::now();
     let until = b.for_.and_then(|d| {
         now.checked_add(jiff::SignedDuration::from_millis(
@@ -308,14 +348,10 @@ async fn suspend(
         ))
         .ok()
     });
-    let who = format!(
-        "{} (api)",
-        b.who.clone().unwrap_or_else(|| "unknown".into())
-    );
     match s.store.suspend(
         &Suspend {
             scope: sc.clone(),
-            who,
+            who: api_identity(),
             reason,
             until,
         },
@@ -327,28 +363,17 @@ async fn suspend(
             );
             Json(serde_json::json!({ "suspended": sc.to_string(), "until": until })).into_response()
         }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, crate::report::chain(&e)),
     }
 }
 
-async fn resume(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Json(b): Json<ScopeBody>,
-) -> Response {
-    if !authorized(&s, &headers) {
-        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
-    }
-    let sc = match scope(&b) {
-        Ok(sc) => sc,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+async fn resume(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (sc, _) = match scoped(&s, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
-    let who = format!(
-        "{} (api)",
-        b.who.clone().unwrap_or_else(|| "unknown".into())
-    );
     let now = crate::clock::now();
-    match s.store.resume(&sc, &who, now) {
+    match s.store.resume(&sc, &api_identity(), now) {
         Ok(n) => {
             s.metrics.suspends.set(
                 i64::try_from(s.store.suspends(now).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
@@ -356,7 +381,7 @@ async fn resume(
             s.trigger.notify_one();
             Json(serde_json::json!({ "resumed": sc.to_string(), "lifted": n })).into_response()
         }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, crate::report::chain(&e)),
     }
 }
 

@@ -61,7 +61,8 @@ pub enum GitError {
 }
 
 fn err(e: &git2::Error) -> GitError {
-    GitError::Git(e.message().to_string())
+    // libgit2's messages may quote the remote's URL, credentials and all.
+    GitError::Git(crate::report::scrub_urls(e.message()))
 }
 
 impl GitSource {
@@ -202,7 +203,7 @@ impl Refusal {
     /// The error to report for a failed fetch: the refusal's reason if there was one.
     fn explain(&self, e: &git2::Error) -> GitError {
         match self.0.lock().ok().and_then(|mut slot| slot.take()) {
-            Some(why) => GitError::Git(why),
+            Some(why) => GitError::Git(crate::report::scrub_urls(&why)),
             None => err(e),
         }
     }

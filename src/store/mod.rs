@@ -222,6 +222,9 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The stores whose clusters this one took over.
     fn adopted(&self) -> Result<Vec<String>, StoreError>;
+    /// The installation's key for sealing secret values in spec hashes (made with the store,
+    /// never shown).
+    fn spec_key(&self) -> Result<crate::model::SpecKey, StoreError>;
     /// Remembers the last revision that validated and was applied.
     fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError>;
     /// The last good revision.
@@ -278,6 +281,19 @@ pub fn owner_gone(owner: &Owner) -> bool {
     owner.host == host
         && owner.pid != std::process::id()
         && !crate::provider::local::agent::process::alive(owner.pid)
+}
+
+/// A 32-byte key from 64 hex digits.
+pub fn parse_key(hex: &str) -> Option<crate::model::SpecKey> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut b = [0u8; 32];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(crate::model::SpecKey::new(b))
 }
 
 /// Parses `env/target/name` back into a cluster id.

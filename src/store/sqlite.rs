@@ -64,6 +64,8 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         at TEXT NOT NULL
     );",
+    // 4: the key secret values are sealed under in spec hashes.
+    "INSERT INTO meta (key, value) VALUES ('spec_key', lower(hex(randomblob(32))));",
 ];
 
 /// The SQLite store.
@@ -137,6 +139,54 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1)
                 .map_err(at("cannot migrate the schema"))?;
             tx.commit().map_err(at("cannot migrate the schema"))?;
+        }
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens `<dir>/keelson.db` only to read it: a store this user may not write (a read-only
+    /// mount, another user's file shared for reading) still answers `status` and `history`.
+    /// No migration runs; a store older than this keelson is refused.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        use rusqlite::OpenFlags;
+        let path = dir.join("keelson.db");
+        let failed = |what: &str, e: rusqlite::Error| StoreError::Db {
+            path: path.display().to_string(),
+            what: what.into(),
+            source: Some(Box::new(e)),
+        };
+        if !path.exists() {
+            return Err(StoreError::Db {
+                path: path.display().to_string(),
+                what: "there is no store to read".into(),
+                source: None,
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let uri = |mode: &str| format!("file:{}?{mode}", path.display());
+        // `mode=ro` reads a store in use; `immutable=1` one whose directory cannot be written
+        // either (no WAL index can be made there).
+        let conn = Connection::open_with_flags(uri("mode=ro"), flags)
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))
+                    .map(|_| c)
+            })
+            .or_else(|_| Connection::open_with_flags(uri("immutable=1"), flags))
+            .map_err(|e| failed("cannot open the database to read it", e))?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| failed("cannot read the schema version", e))?;
+        if version != MIGRATIONS.len() {
+            return Err(StoreError::Db {
+                path: path.display().to_string(),
+                what: format!(
+                    "schema version {version}, this keelson reads {} only; open it once where it can be written",
+                    MIGRATIONS.len()
+                ),
+                source: None,
+            });
         }
         Ok(Self {
             path,
@@ -544,6 +594,19 @@ impl Store for SqliteStore {
                 result: "ok".into(),
             })?;
             tx.commit()
+        })
+    }
+
+    fn spec_key(&self) -> Result<crate::model::SpecKey, StoreError> {
+        let hex: String = self.with(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'spec_key'", [], |r| {
+                r.get(0)
+            })
+        })?;
+        super::parse_key(&hex).ok_or_else(|| StoreError::Db {
+            path: self.path.display().to_string(),
+            what: "the spec key in meta is not 64 hex digits".into(),
+            source: None,
         })
     }
 

@@ -352,6 +352,39 @@ async fn webhooks_api_auth_drift_and_suspend() {
         .0,
         401
     );
+    // The token is checked before the body is read: garbage without it is 401, not 400.
+    assert_eq!(
+        http(
+            &suspend,
+            "POST",
+            &[("content-type", "application/json")],
+            "{not json"
+        )
+        .await
+        .0,
+        401
+    );
+    let auth = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer s3cret-token"),
+    ];
+    // An empty scope is not "everything": it must be named.
+    let (code, body) = http(&suspend, "POST", &auth, r#"{"reason": "x"}"#).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("name the scope"), "{body}");
+    // A scope the specs do not declare is refused, unless forced.
+    let (code, body) = http(&suspend, "POST", &auth, r#"{"env": "dve", "reason": "x"}"#).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("did you mean `dev`?"), "{body}");
+    // Who acted is the token's identity, not what the client claims.
+    let (code, body) = http(
+        &suspend,
+        "POST",
+        &auth,
+        r#"{"cluster": "web", "reason": "x", "who": "someone-else"}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "a claimed identity is refused: {body}");
 
     // Drift: a group disabled by hand is enabled again within a drift interval.
     let op = r#"{"request": "apply", "cluster": {"environment": "dev", "target": "local", "name": "web"}, "op": {"op": "traffic", "changes": [{"group": "web-v000", "sequence": 0, "from": 100, "to": 0}]}}"#;
@@ -415,7 +448,7 @@ async fn webhooks_api_auth_drift_and_suspend() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let st = f.status().await;
     assert!(
-        st["suspends"][0]["reason"] == "incident 9" && st["suspends"][0]["who"] == "alice (api)",
+        st["suspends"][0]["reason"] == "incident 9" && st["suspends"][0]["who"] == "api token",
         "{st}"
     );
     let (_, shown) = cli(&["status"]);
@@ -771,4 +804,89 @@ async fn over_ssh_an_unknown_host_key_is_reported_then_trusted_without_a_restart
     // Doing what it says is enough: the next poll fetches and the app is deployed.
     std::fs::write(&known_hosts, crate::git_ssh::line_to_add(&error)).unwrap();
     f.wait_version("1.0.0", 30).await;
+}
+
+/// Slow or silent clients do not hold the daemon's connections: a connection that sends
+/// nothing, half a request head, or half a body is closed within the client timeout, and past
+/// the connection limit the next client is served once a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_within_the_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut f = Fixture::new();
+    f.push(&app("1.0.0", f.port, "{type: highlander}"));
+    let repo = f.bare.path().to_str().unwrap().to_string();
+    f.spawn(
+        &[
+            "--repo",
+            &repo,
+            "--client-timeout",
+            "1s",
+            "--max-connections",
+            "3",
+        ],
+        &[],
+    );
+    wait_ready(&f).await;
+    let addr = format!("127.0.0.1:{}", f.api);
+    // How long the daemon keeps a connection that does `what`; the answer it gave, if any.
+    let held = |what: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(what).await.unwrap();
+            let start = std::time::Instant::now();
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut buf)).await;
+            (start.elapsed(), String::from_utf8_lossy(&buf).to_string())
+        }
+    };
+    let (t, _) = held(b"").await;
+    assert!(t < Duration::from_secs(3), "silent client held {t:?}");
+    let (t, _) = held(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    assert!(t < Duration::from_secs(3), "half a head held {t:?}");
+    let (t, answer) =
+        held(b"POST /api/v1/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+            .await;
+    assert!(t < Duration::from_secs(3), "half a body held {t:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Three idle connections take every slot; the fourth client is served when they are cut.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = std::time::Instant::now();
+    let (code, _) = http(&f.url("/healthz"), "GET", &[], "").await;
+    assert_eq!(code, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "served beside three held connections: {:?}",
+        start.elapsed()
+    );
+    drop(idle);
+}
+
+/// Credentials in the repository URL never show: not in the status API, not in the log, not in
+/// the error of a failed fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_repository_url_are_never_shown() {
+    let mut f = Fixture::new();
+    let closed = free_port();
+    let url = format!("http://bot:tok-SECRET-77@127.0.0.1:{closed}/acme/deploy.git");
+    f.spawn(&["--repo", &url, "--interval", "300ms"], &[]);
+    let mut st = serde_json::Value::Null;
+    for _ in 0..50 {
+        st = f.status().await;
+        if st["daemon"]["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = st.to_string();
+    assert!(text.contains("bot:***@127.0.0.1"), "{text}");
+    assert!(st["daemon"]["last_error"].is_string(), "{text}");
+    let log = std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap();
+    for shown in [&text, &log] {
+        assert!(!shown.contains("tok-SECRET-77"), "{shown}");
+    }
 }

@@ -381,9 +381,17 @@ async fn two_keelsons_with_separate_stores_contend_for_one_lease() {
     a.app("1.0.0", slow, 2);
     assert_eq!(a.apply().await.0, 0);
     // The same cluster in a second repository: another Keelson with its own state directory.
+    // It refuses a cluster another store made until told to take it over.
     let b = Repo::new(&stub, "shop");
-    a.app("2.0.0", slow, 2);
     b.app("3.0.0", slow, 2);
+    let (code, out) = b.apply().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused: made through state store"), "{out}");
+    let (code, out) = b
+        .run(&["adopt", "web", "--reason", "a second keelson, on purpose"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    a.app("2.0.0", slow, 2);
     let first = tokio::spawn({
         let mut c = a.command(&["apply", "--auto-approve"]);
         async move { c.output().await.unwrap() }

@@ -344,3 +344,89 @@ fn rusqlite_free_edit(db: &Path) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// The smaller findings: an unreachable target is said and fails `status`; a suspend of a scope
+/// the specs do not declare is refused (a typo would hold nothing); a reader that goes away
+/// does not make a verb panic; a store that cannot be written still answers `history`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_targets_typos_broken_pipes_and_read_only_stores() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(args)
+            .arg("--repo")
+            .arg(dir.path())
+            .env("KEELSON_COLOR", "never")
+            .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    std::fs::write(
+        dir.path().join("env.yaml"),
+        "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: prod}\nspec:\n  targets: [{name: k8s, provider: kubernetes, kubernetes: {context: gone, namespace: shop}}]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        "apiVersion: keelson/v1\nkind: Application\nmetadata: {name: web}\nspec:\n  artifact: {version: \"1.0.0\", image: registry.example.com/web}\n  kubernetes: {containerPort: 8080}\n  clusters:\n    - {environment: prod, target: k8s, capacity: {desired: 1}}\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["status"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("target unreachable:") && !out.contains("no server groups"),
+        "{out}"
+    );
+    // A typo holds nothing: refused, with the name it meant.
+    let (code, out) = run(&["suspend", "--env", "prd", "--reason", "incident"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no environment `prd` in the specs; did you mean `prod`?"),
+        "{out}"
+    );
+    let (code, out) = run(&["suspend", "--env", "prd", "--reason", "incident", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    // A reader that is gone: the verb ends quietly (SIGPIPE), no panic.
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just made and are owned here; the read end is dropped.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["history", "--repo"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // A store that cannot be written (another user's, read-only): history still reads it.
+    let state = dir.path().join(".keelson");
+    let (code, _) = as_nobody("true");
+    assert_eq!(code, 0);
+    Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    Command::new("chmod")
+        .args(["-R", "a-w"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, out) = as_nobody(&format!(
+        "{} history --repo {}",
+        env!("CARGO_BIN_EXE_keelson"),
+        dir.path().display()
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("suspend") && out.contains("incident"), "{out}");
+}
