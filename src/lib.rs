@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod actuation;
+pub mod analysis;
 pub mod cli;
 pub mod clock;
 pub mod compile;
@@ -33,3 +34,4 @@ pub mod spec;
 pub mod store;
 pub mod suggest;
 pub mod validate;
+pub mod verify;

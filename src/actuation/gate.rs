@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ObservedCluster, Sequence, ServerGroupName};
-use crate::spec::Duration;
+use crate::spec::{Analysis, Duration, VerifyCheck};
 
 /// A condition the engine waits on before the next step.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,6 +42,31 @@ pub enum Gate {
         /// How long.
         duration: Duration,
     },
+    /// A pause in which the new group is judged by its metrics against the group it replaces
+    /// (see [`crate::analysis`]): it passes, fails (the rollout rolls back) or holds for a
+    /// person.
+    Analysis {
+        /// The new group.
+        canary: ServerGroupName,
+        /// Its sequence.
+        canary_sequence: Sequence,
+        /// The group it replaces.
+        baseline: ServerGroupName,
+        /// Its sequence.
+        baseline_sequence: Sequence,
+        /// The new group's share of traffic meanwhile: which step this is.
+        step: u8,
+        /// The observation window: the step's pause.
+        window: Duration,
+        /// The criteria.
+        analysis: Box<Analysis>,
+    },
+    /// Checks run once the new version takes all traffic, before the old groups go: each
+    /// command must exit 0 in time.
+    Verify {
+        /// The checks, in order.
+        checks: Vec<VerifyCheck>,
+    },
 }
 
 /// What a gate says now.
@@ -53,10 +78,20 @@ pub enum Verdict {
     Wait(String),
     /// Never: the rollout fails, and why.
     Fail(String),
+    /// Not without a person: the rollout stops where it is until someone decides, and why.
+    Hold(String),
 }
 
 impl Gate {
+    /// Whether the observation of the cluster says whether the gate passed (health); time,
+    /// analyses and checks are only known while they run.
+    pub fn observable(&self) -> bool {
+        matches!(self, Self::Healthy { .. } | Self::Settled { .. })
+    }
+
     /// Judges the gate against the cluster as observed, `open` after it was opened. Pure.
+    /// Analyses and checks are judged from what they measure ([`crate::analysis::conclude`]):
+    /// here they always wait.
     pub fn judge(&self, live: Option<&ObservedCluster>, open: std::time::Duration) -> Verdict {
         match self {
             Self::Healthy {
@@ -78,6 +113,8 @@ impl Gate {
                     Verdict::Wait(format!("{}s of {duration} left", left.as_secs()))
                 }
             }
+            Self::Analysis { .. } => Verdict::Wait("measuring".into()),
+            Self::Verify { .. } => Verdict::Wait("checking".into()),
         }
     }
 
@@ -85,7 +122,7 @@ impl Gate {
     pub fn sequence(&self) -> Option<Sequence> {
         match self {
             Self::Healthy { sequence, .. } | Self::Settled { sequence, .. } => Some(*sequence),
-            Self::Elapsed { .. } => None,
+            Self::Elapsed { .. } | Self::Analysis { .. } | Self::Verify { .. } => None,
         }
     }
 }
@@ -138,6 +175,35 @@ impl fmt::Display for Gate {
                 "wait until every instance of {group} is healthy (timeout {timeout})"
             ),
             Self::Elapsed { duration } => write!(f, "pause {duration}"),
+            Self::Analysis {
+                canary,
+                baseline,
+                window,
+                analysis: a,
+                ..
+            } => {
+                let metrics: Vec<String> = a.metrics.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "analyse {canary} against {baseline} for {window}, every {} ({}): {}; ",
+                    a.interval,
+                    a.provider.as_str(),
+                    metrics.join("; ")
+                )?;
+                if let Some(s) = a.score {
+                    write!(f, "score pass {} marginal {}; ", s.pass, s.marginal)?;
+                }
+                write!(
+                    f,
+                    "fails after {} failed, holds after {} inconclusive measurement(s)",
+                    a.failure_limit + 1,
+                    a.inconclusive_limit + 1
+                )
+            }
+            Self::Verify { checks } => {
+                let checks: Vec<String> = checks.iter().map(ToString::to_string).collect();
+                write!(f, "verify: {}", checks.join("; "))
+            }
         }
     }
 }

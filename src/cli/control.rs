@@ -110,8 +110,14 @@ pub async fn resume(args: &ScopeArgs) -> Result<Exit, CliError> {
 /// `keelson approve`.
 pub async fn approve(args: &ApproveArgs) -> Result<Exit, CliError> {
     let ctx = Context::of(&args.location);
-    let environment = name("environment", &args.env, EnvName::new)?;
-    let app = name("application", &args.app, AppName::new)?;
+    let (Some(env), Some(app)) = (&args.env, &args.app) else {
+        return Err(CliError::argument(
+            "approve needs a cluster, or --env and --app",
+            "`keelson approve CLUSTER` lets a held canary go on; `keelson approve --env E --app A` approves a version",
+        ));
+    };
+    let environment = name("environment", env, EnvName::new)?;
+    let app = name("application", app, AppName::new)?;
     let version = match &args.version {
         Some(v) => v.clone(),
         None => {

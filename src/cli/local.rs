@@ -25,7 +25,16 @@ pub async fn demo_app(args: &DemoAppArgs) -> Result<Exit, CliError> {
 
 /// Runs the local agent in the foreground.
 pub async fn local_agent(args: &LocalAgentArgs) -> Result<Exit, CliError> {
-    crate::provider::local::agent::run(&args.state_dir).await?;
+    let metrics = match args.metrics_address.as_str() {
+        "off" => None,
+        a => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+            CliError::argument(
+                format!("`{a}` is not an address to serve metrics on"),
+                "write it as host:port, e.g. 127.0.0.1:9464, or `off`",
+            )
+        })?),
+    };
+    crate::provider::local::agent::run(&args.state_dir, metrics).await?;
     Ok(Exit::Success)
 }
 

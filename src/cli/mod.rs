@@ -5,6 +5,7 @@ mod apply;
 mod context;
 mod control;
 mod error;
+mod judgment;
 mod local;
 mod output;
 mod plan;
@@ -91,8 +92,14 @@ pub enum Command {
     Locks(LocksArgs),
     /// Put an older healthy server group back in traffic.
     Rollback(RollbackArgs),
-    /// Approve a version for an environment that requires approval.
+    /// Approve a version where approval is required, or let a held canary go on (CLUSTER).
+    // `--version` here names the version approved, not this program's.
+    #[command(disable_version_flag = true)]
     Approve(ApproveArgs),
+    /// Reject a rollout whose canary analysis holds (or runs): roll it back now.
+    Reject(RejectArgs),
+    /// Let a spec whose canary analysis failed or was rejected roll out again.
+    Retry(RetryArgs),
     /// Take over clusters another state store made (after a lost or replaced keelson.db).
     Adopt(AdoptArgs),
     /// Stop everything Keelson runs on the local target (or one application's clusters).
@@ -435,15 +442,42 @@ pub struct RollbackArgs {
 /// Arguments of `keelson approve`.
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
-    /// The environment.
-    #[arg(long)]
-    pub env: String,
+    /// A cluster whose canary analysis holds (`name`, `env/name` or `env/target/name`): its
+    /// rollout goes on.
+    #[arg(conflicts_with_all = ["env", "app", "version"], required_unless_present_all = ["env", "app"])]
+    pub cluster: Option<String>,
+    /// The environment whose approval a version needs.
+    #[arg(long, requires = "app")]
+    pub env: Option<String>,
     /// The application.
-    #[arg(long)]
-    pub app: String,
+    #[arg(long, requires = "env")]
+    pub app: Option<String>,
     /// The version (default: the one the specs ask for).
     #[arg(long)]
     pub version: Option<String>,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
+}
+
+/// Arguments of `keelson reject`.
+#[derive(Debug, clap::Args)]
+pub struct RejectArgs {
+    /// The cluster (`name`, `env/name` or `env/target/name`).
+    pub cluster: String,
+    /// Why (kept in the history and shown by `status`).
+    #[arg(long)]
+    pub reason: String,
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
+}
+
+/// Arguments of `keelson retry`.
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// The cluster (`name`, `env/name` or `env/target/name`).
+    pub cluster: String,
     /// The config repository and the state directory.
     #[command(flatten)]
     pub location: Location,
@@ -510,6 +544,11 @@ pub struct LocalAgentArgs {
     /// The agent's directory (normally <state-dir>/local).
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Where to serve the proxies' Prometheus metrics (`GET /metrics`), or `off`. The CLI
+    /// starts the agent with its own environment, so KEELSON_LOCAL_METRICS set for `apply`
+    /// reaches it.
+    #[arg(long, env = "KEELSON_LOCAL_METRICS", default_value = "127.0.0.1:9464")]
+    pub metrics_address: String,
 }
 
 /// Arguments of `keelson validate`.
@@ -574,7 +613,12 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             Command::Resume(args) => control::resume(&args).await,
             Command::Locks(args) => control::locks(&args).await,
             Command::Rollback(args) => rollback::rollback(&args, style).await,
-            Command::Approve(args) => control::approve(&args).await,
+            Command::Approve(args) => match &args.cluster {
+                Some(c) => judgment::approve(&args.location, c),
+                None => control::approve(&args).await,
+            },
+            Command::Reject(args) => judgment::reject(&args).await,
+            Command::Retry(args) => judgment::retry(&args),
             Command::Adopt(args) => control::adopt(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,

@@ -8,7 +8,7 @@ use super::{CliError, Exit, Format, HistoryArgs, StatusArgs, Style};
 use crate::model::{ClusterId, ObservedState};
 use crate::observe::observe;
 use crate::spec::AppName;
-use crate::store::HistoryEntry;
+use crate::store::{AnalysisRecord, HistoryEntry};
 
 /// `keelson history`.
 pub async fn history(args: &HistoryArgs) -> Result<Exit, CliError> {
@@ -59,6 +59,9 @@ struct ClusterStatus {
     lock: Option<String>,
     suspended: Vec<String>,
     last_action: Option<HistoryEntry>,
+    /// The cluster's newest canary analysis, with its measurements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    analysis: Option<AnalysisRecord>,
 }
 
 /// `keelson status`.
@@ -102,6 +105,14 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
                     g["healthy"],
                     g["instances"]
                 );
+            }
+        }
+        for a in r["analyses"].as_array().into_iter().flatten() {
+            if let Ok(a) = serde_json::from_value::<AnalysisRecord>(a.clone()) {
+                println!("{}", style.bold(&a.cluster));
+                for line in crate::render::analysis(&a, 6) {
+                    println!("    {line}");
+                }
             }
         }
         for s in r["suspends"].as_array().into_iter().flatten() {
@@ -186,6 +197,7 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
                 )
                 .collect(),
             last_action: last,
+            analysis: st.latest_analysis(&id.to_string())?,
         });
     }
     // A target that could not be observed is not "no server groups": say so, and fail.
@@ -240,6 +252,11 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
                 "    last: {} {}: {} ({})",
                 e.at, e.action, e.detail, e.result
             );
+        }
+        if let Some(a) = &c.analysis {
+            for line in crate::render::analysis(a, 6) {
+                println!("    {line}");
+            }
         }
     }
     Ok(exit)

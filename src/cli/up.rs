@@ -135,7 +135,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     let shared = Arc::new(Shared {
         status: Default::default(),
         status_json: std::sync::RwLock::new("{}".into()),
-        metrics: Default::default(),
+        metrics: crate::server::metrics::Metrics::with_analyses(store.clone()),
         trigger: tokio::sync::Notify::new(),
         store: store.clone(),
         api_token: secret("KEELSON_API_TOKEN", args.api_token_file.as_ref())?,

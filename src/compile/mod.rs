@@ -85,6 +85,7 @@ pub fn compile_cached(specs: &Specs, cache: &mut Cache) -> DesiredState {
                 approval: s.constraints.approval,
                 prune: s.prune,
                 suspended: s.suspended,
+                analysis: s.analysis.clone(),
             },
         );
     }
@@ -244,6 +245,8 @@ fn compile_application(
                 kubernetes: spec.kubernetes.clone(),
                 traffic_port: c.traffic.map(|t| t.port),
                 strategy,
+                verify: c.verify.clone().unwrap_or_else(|| spec.verify.clone()),
+                prometheus: env.analysis.prometheus.clone(),
                 suspended_by: if c.suspended {
                     Some("cluster".into())
                 } else if spec.suspended {
@@ -279,6 +282,9 @@ fn hash_without_source(c: &DesiredCluster) -> SpecHash {
         traffic: Option<u16>,
         strategy: &'a Strategy,
         suspended: bool,
+        // Left out when empty, so hashes of clusters without checks stay as they were.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        verify: &'a [crate::spec::VerifyCheck],
     }
     SpecHash::of(&Content {
         id: &c.id,
@@ -288,6 +294,7 @@ fn hash_without_source(c: &DesiredCluster) -> SpecHash {
         traffic: c.traffic_port,
         strategy: &c.strategy,
         suspended: c.suspended_by.is_some(),
+        verify: &c.verify,
     })
 }
 

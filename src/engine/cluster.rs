@@ -17,10 +17,12 @@ use crate::store::{Journal, RollbackProgress};
 const SAY_EVERY: Duration = Duration::from_secs(10);
 
 /// How one step ended.
-enum Stepped {
+pub(super) enum Stepped {
     Done,
     /// Stop here without failing (suspend, shutdown): why.
     Held(String),
+    /// Stop here until a person decides (an analysis held): why.
+    Undecided(String),
     /// The guard refused it: why.
     Refused(String),
     /// It failed: why.
@@ -28,14 +30,14 @@ enum Stepped {
 }
 
 /// What a cluster's run needs besides the engine.
-struct Run<'a> {
-    engine: &'a Engine,
-    cp: &'a ClusterPlan,
-    provider: Arc<dyn Provider>,
-    target: &'a TargetRef,
-    revision: &'a str,
-    progress: &'a dyn Progress,
-    lock: &'a ClusterLock,
+pub(super) struct Run<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) cp: &'a ClusterPlan,
+    pub(super) provider: Arc<dyn Provider>,
+    pub(super) target: &'a TargetRef,
+    pub(super) revision: &'a str,
+    pub(super) progress: &'a dyn Progress,
+    pub(super) lock: &'a ClusterLock,
 }
 
 impl Engine {
@@ -122,11 +124,11 @@ impl Engine {
 }
 
 impl Run<'_> {
-    fn id(&self) -> &ClusterId {
+    pub(super) fn id(&self) -> &ClusterId {
         &self.cp.id
     }
 
-    fn desired(&self) -> Option<&Arc<DesiredCluster>> {
+    pub(super) fn desired(&self) -> Option<&Arc<DesiredCluster>> {
         self.cp.desired.as_ref()
     }
 
@@ -135,7 +137,7 @@ impl Run<'_> {
             .map_or(crate::spec::Duration::from_secs(60), |d| d.health.timeout)
     }
 
-    fn record(&self, action: &str, detail: &str, result: &str) {
+    pub(super) fn record(&self, action: &str, detail: &str, result: &str) {
         self.engine
             .record(self.id(), action, detail, self.revision, result);
     }
@@ -158,7 +160,7 @@ impl Run<'_> {
         }
     }
 
-    async fn observe(&self) -> Result<Option<ObservedCluster>, ProviderError> {
+    pub(super) async fn observe(&self) -> Result<Option<ObservedCluster>, ProviderError> {
         let id = self.id();
         self.provider
             .observe(self.target)
@@ -182,7 +184,7 @@ impl Run<'_> {
     }
 
     /// Why the cluster must not move now (suspend, shutdown, a lost lock), if it must not.
-    fn stop_reason(&self) -> Result<Option<String>, String> {
+    pub(super) fn stop_reason(&self) -> Result<Option<String>, String> {
         if self.engine.stop.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(Some("shutting down".into()));
         }
@@ -242,6 +244,11 @@ impl Run<'_> {
                     self.forget();
                     return (ClusterOutcome::Held(vec![format!("{why} during {at}")]), i);
                 }
+                Stepped::Undecided(why) => {
+                    self.record("step", &ps.description, "held");
+                    // The journal stays: `keelson reject` rolls back from what ran.
+                    return (ClusterOutcome::Held(vec![format!("{why} (at {at})")]), i);
+                }
                 Stepped::Refused(why) => {
                     self.record("step", &ps.description, "refused");
                     self.forget();
@@ -262,6 +269,7 @@ impl Run<'_> {
             }
         }
         self.forget();
+        self.end_analysis(crate::store::AnalysisState::Passed);
         (ClusterOutcome::Converged, total)
     }
 
@@ -269,6 +277,8 @@ impl Run<'_> {
     /// gate polled until it answers.
     async fn step(&self, step: &Step, meant_to_stop: bool) -> Stepped {
         match step {
+            Step::Gate(g @ Gate::Analysis { .. }) => self.analyse(g).await,
+            Step::Gate(Gate::Verify { checks }) => self.verify(checks).await,
             Step::Gate(g) => self.gate(g).await,
             Step::Op(op) => {
                 let live = match self.observe().await {
@@ -321,6 +331,7 @@ impl Run<'_> {
             match verdict {
                 Verdict::Pass => return Stepped::Done,
                 Verdict::Fail(why) => return Stepped::Failed(why),
+                Verdict::Hold(why) => return Stepped::Undecided(why),
                 Verdict::Wait(why) => {
                     if said.elapsed() >= SAY_EVERY {
                         self.progress.note(self.id(), &format!("waiting: {why}"));
@@ -357,6 +368,10 @@ impl Run<'_> {
             self.id(),
             &format!("step {} failed: {error}; rolling back", i + 1),
         );
+        // An analysis still running ends with its rollout (one that failed says so itself).
+        self.end_analysis(crate::store::AnalysisState::Abandoned {
+            why: format!("the rollout failed at step {}: {error}", i + 1),
+        });
         let steps = rollback_of(&journal.ran, journal.health_timeout);
         journal.rollback = Some(RollbackProgress {
             error: error.clone(),
@@ -444,7 +459,7 @@ impl Run<'_> {
                     journal.rollback = Some(rb.clone());
                     self.journal(&journal);
                 }
-                Stepped::Held(why) => {
+                Stepped::Held(why) | Stepped::Undecided(why) => {
                     journal.rollback = Some(rb);
                     self.journal(&journal);
                     self.record("rollback", &step.to_string(), "held");

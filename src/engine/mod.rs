@@ -3,6 +3,7 @@
 //! every step, against fresh observation, with the core's own rules; operations are journaled
 //! and a failed step is rolled back by the inverses of what ran.
 
+mod analysis;
 mod cluster;
 mod lock;
 mod progress;

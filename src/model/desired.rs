@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::{ClusterId, ClusterName};
 use crate::spec::{
-    AppName, Approval, Duration, EnvName, KubernetesWorkload, ProviderKind, Strategy, TargetSpec,
-    Window,
+    AppName, Approval, Duration, EnvName, KubernetesWorkload, PrometheusSource, ProviderKind,
+    Strategy, TargetSpec, VerifyCheck, Window,
 };
 
 /// A short content hash (first 16 hex digits of SHA-256).
@@ -135,6 +135,12 @@ pub struct DesiredCluster {
     pub traffic_port: Option<u16>,
     /// The effective strategy.
     pub strategy: Strategy,
+    /// Checks once a new version takes all traffic, before the old groups go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<VerifyCheck>,
+    /// The environment's Prometheus, for `provider: prometheus` analyses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
     /// Which spec suspends it, if any: `application`, `environment` or `cluster`.
     pub suspended_by: Option<String>,
     /// Hash of the immutable part (version, image, workload, health): a change needs a new
@@ -174,6 +180,14 @@ pub struct DesiredEnvironment {
     pub prune: bool,
     /// Suspended in the spec.
     pub suspended: bool,
+    /// Where its analyses find metrics.
+    #[serde(default, skip_serializing_if = "crate::model::desired::no_sources")]
+    pub analysis: crate::spec::AnalysisSources,
+}
+
+/// Whether an environment names no metrics source (left out of its JSON).
+fn no_sources(a: &crate::spec::AnalysisSources) -> bool {
+    a.prometheus.is_none()
 }
 
 /// Where `env` stands in a [`DesiredState::promotion_order`]; environments it does not hold
@@ -416,6 +430,7 @@ mod tests {
             approval: crate::spec::Approval::None,
             prune: false,
             suspended: false,
+            analysis: Default::default(),
         };
         (n, e)
     }

@@ -92,6 +92,9 @@ pub fn blocks(
             });
         }
         let new_version = matches!(cp.action, Action::Create | Action::RollOut);
+        if new_version {
+            out.extend(analysis_verdict(d, policy));
+        }
         if new_version && env.approval == crate::spec::Approval::Required {
             let approved = policy
                 .approvals
@@ -124,6 +127,28 @@ pub fn blocks(
         });
     }
     out
+}
+
+/// An analysis that holds or failed this very spec of the cluster, as a block.
+fn analysis_verdict(d: &DesiredCluster, policy: &Policy) -> Option<Block> {
+    let v = policy
+        .verdicts
+        .iter()
+        .find(|v| v.cluster == d.id && v.spec_hash == d.spec_hash && v.hash == d.hash)?;
+    let (cluster, version, why) = (d.id.to_string(), v.version.clone(), v.why.clone());
+    Some(if v.held {
+        Block::AnalysisHeld {
+            cluster,
+            version,
+            why,
+        }
+    } else {
+        Block::AnalysisFailed {
+            cluster,
+            version,
+            why,
+        }
+    })
 }
 
 /// The environments `env` depends on where this version is not yet live and healthy.

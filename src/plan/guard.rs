@@ -111,7 +111,7 @@ impl Sim {
                     g.running = g.capacity;
                 }
             }
-            Gate::Elapsed { .. } => {}
+            Gate::Elapsed { .. } | Gate::Analysis { .. } | Gate::Verify { .. } => {}
         }
     }
 

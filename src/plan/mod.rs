@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 pub use blocks::suspended;
 pub use guard::{Sim, SimGroup, check_invariant, guard_step};
 pub use planner::{Selection, plan};
-pub use policy::{Approval, Lock, PendingRollback, Policy, Scope, Stores, Suspend};
+pub use policy::{
+    AnalysisVerdict, Approval, Lock, PendingRollback, Policy, Scope, Stores, Suspend,
+};
 pub use sequence::{newest_first, newest_sequence, next_sequence};
 pub use window::in_window;
 
@@ -149,6 +151,24 @@ pub enum Block {
         /// Why.
         reason: String,
     },
+    /// Its canary analysis holds for a person to decide.
+    AnalysisHeld {
+        /// The cluster, as the commands that decide take it.
+        cluster: String,
+        /// The version.
+        version: String,
+        /// What it came to and why (`holds: ...`).
+        why: String,
+    },
+    /// Its canary analysis failed (or was rejected): not tried again as it is.
+    AnalysisFailed {
+        /// The cluster, as `keelson retry` takes it.
+        cluster: String,
+        /// The version.
+        version: String,
+        /// Why.
+        why: String,
+    },
     /// Another state store made the cluster: this one may be a deleted store made anew.
     ForeignStore {
         /// The store that made it.
@@ -199,6 +219,22 @@ impl std::fmt::Display for Block {
                 write!(f, "traffic guard refuses step {step}: {reason}")
             }
             Self::TargetUnavailable { reason } => write!(f, "target unavailable: {reason}"),
+            Self::AnalysisHeld {
+                cluster,
+                version,
+                why,
+            } => write!(
+                f,
+                "the canary analysis of {version} {why}; `keelson approve {cluster}` goes on, `keelson reject {cluster}` rolls back"
+            ),
+            Self::AnalysisFailed {
+                cluster,
+                version,
+                why,
+            } => write!(
+                f,
+                "the canary analysis of {version} {why}; it is not rolled out again until its spec changes or someone runs `keelson retry {cluster}`"
+            ),
             Self::ForeignStore {
                 theirs,
                 ours,

@@ -673,6 +673,7 @@ mod tests {
                     pause: None,
                 }],
                 keep_disabled: 1,
+                analysis: None,
             },
         );
         let l = live(&d, vec![group(0, "1.0.0", 4, 4, 100)]);

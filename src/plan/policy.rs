@@ -136,6 +136,25 @@ pub struct PendingRollback {
     pub steps: Vec<crate::actuation::Step>,
 }
 
+/// A canary analysis that stops its spec from rolling out again: held for a person, or
+/// failed (or rejected) until the spec changes or someone runs `keelson retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisVerdict {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The version judged.
+    pub version: String,
+    /// Its spec hash.
+    pub spec_hash: crate::model::SpecHash,
+    /// The cluster spec's hash then: any change tries again.
+    pub hash: crate::model::SpecHash,
+    /// Held (waiting for `approve` or `reject`) rather than failed.
+    pub held: bool,
+    /// Where it stands and why.
+    pub why: String,
+}
+
 /// The state store the plan is made with, and the stores whose clusters it took over.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stores {
@@ -173,6 +192,9 @@ pub struct Policy {
     pub approvals: Vec<Approval>,
     /// Interrupted rollbacks, finished before anything else happens to their clusters.
     pub rollbacks: Vec<PendingRollback>,
+    /// Analyses that hold or failed their spec.
+    #[serde(default)]
+    pub verdicts: Vec<AnalysisVerdict>,
     /// The store the plan is made with.
     pub stores: Stores,
 }
@@ -186,6 +208,7 @@ impl Policy {
             locks: Vec::new(),
             approvals: Vec::new(),
             rollbacks: Vec::new(),
+            verdicts: Vec::new(),
             stores: Stores::default(),
         }
     }

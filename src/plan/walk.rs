@@ -82,8 +82,7 @@ impl<'a> Walk<'a> {
                 // observation does not show passed still holds the next stage.
                 let live = self.live;
                 self.pending.retain(|g| {
-                    !matches!(g, Gate::Elapsed { .. })
-                        && g.judge(live, std::time::Duration::ZERO) != Verdict::Pass
+                    g.observable() && g.judge(live, std::time::Duration::ZERO) != Verdict::Pass
                 });
             }
             return;

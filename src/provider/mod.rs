@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::actuation::{Capabilities, Op};
+use crate::analysis::counters::TrafficCounters;
 use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
 use crate::spec::{EnvName, TargetSpec};
 
@@ -144,6 +145,23 @@ pub trait Provider: Send + Sync {
         cluster: &ClusterId,
         op: &ProviderOp,
     ) -> Result<(), ProviderError>;
+
+    /// Each server group's traffic counters, cumulative, where the target counts them itself
+    /// (the local proxy): the builtin analysis source reads them.
+    async fn traffic(
+        &self,
+        _target: &TargetRef,
+        _cluster: &ClusterId,
+    ) -> Result<Vec<(Sequence, TrafficCounters)>, ProviderError> {
+        Err(ProviderError::invalid(
+            "this target does not count its traffic; use `provider: prometheus` for its analyses",
+        ))
+    }
+
+    /// The URL a cluster serves on, for verification checks' `{url}`, if it has one.
+    fn traffic_url(&self, _target: &TargetRef, _cluster: &DesiredCluster) -> Option<String> {
+        None
+    }
 
     /// Takes the target's own lock on a cluster for `holder`, where the target has one (a
     /// Kubernetes Lease), on top of the store's lock: instances with separate stores then still

@@ -1,10 +1,12 @@
 //! Rendering plans for people and programs: text, markdown, JSON. Pure functions.
 
+mod analysis;
 pub(crate) mod markdown;
 pub mod md;
 mod style;
 mod text;
 
+pub use analysis::analysis;
 pub use markdown::markdown;
 pub use style::Style;
 pub use text::{summary_line, text};

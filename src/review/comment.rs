@@ -297,11 +297,14 @@ fn warnings(plan: &Plan) -> Option<String> {
             let icon = match b {
                 Block::Suspended { .. } | Block::SuspendedInSpec { .. } => "⏸️",
                 Block::Locked { .. } => "🔒",
-                Block::OutsideWindow { .. } | Block::AwaitingApproval { .. } => "⏳",
+                Block::OutsideWindow { .. }
+                | Block::AwaitingApproval { .. }
+                | Block::AnalysisHeld { .. } => "⏳",
                 Block::Promotion { .. } => "⏭️",
                 Block::GuardRefused { .. }
                 | Block::TargetUnavailable { .. }
-                | Block::ForeignStore { .. } => "⛔",
+                | Block::ForeignStore { .. }
+                | Block::AnalysisFailed { .. } => "⛔",
             };
             causes
                 .entry(format!("{icon} {}", md::quoted(&b.to_string())))

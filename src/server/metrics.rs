@@ -103,10 +103,155 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics with the canary analyses of `store` exported too (`keelson_analysis_*`, read
+    /// at each scrape, so they move while an analysis runs).
+    pub fn with_analyses(store: std::sync::Arc<dyn crate::store::Store>) -> Self {
+        let mut m = Self::default();
+        m.registry
+            .register_collector(Box::new(AnalysisCollector(store)));
+        m
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The newest canary analysis of each cluster, as metrics.
+struct AnalysisCollector(std::sync::Arc<dyn crate::store::Store>);
+
+impl std::fmt::Debug for AnalysisCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnalysisCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnalysisLabels {
+    cluster: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValueLabels {
+    metric: String,
+    group: &'static str,
+}
+
+/// Most analyses read per scrape.
+const SCRAPED_ANALYSES: usize = 500;
+
+impl prometheus_client::collector::Collector for AnalysisCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let mut seen = std::collections::BTreeSet::new();
+        let newest: Vec<crate::store::AnalysisRecord> = self
+            .0
+            .analyses(None, SCRAPED_ANALYSES)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| seen.insert(r.cluster.clone()))
+            .collect();
+        let labels = |r: &crate::store::AnalysisRecord| AnalysisLabels {
+            cluster: r.cluster.clone(),
+            version: r.version.clone(),
+        };
+        let mut state = encoder.encode_descriptor(
+            "keelson_analysis_state",
+            "Where the newest canary analysis of each cluster stands (1 for its state)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &newest {
+            state
+                .encode_family(&(
+                    labels(r),
+                    StateLabel {
+                        state: r.state.word(),
+                    },
+                ))?
+                .encode_gauge(&1i64)?;
+        }
+        let mut counts = encoder.encode_descriptor(
+            "keelson_analysis_measurements",
+            "Measurements of the newest canary analysis of each cluster, by outcome",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &newest {
+            for o in [
+                crate::analysis::Outcome::Pass,
+                crate::analysis::Outcome::Fail,
+                crate::analysis::Outcome::Inconclusive,
+            ] {
+                let n = r.measurements.iter().filter(|m| m.outcome == o).count();
+                counts
+                    .encode_family(&(
+                        labels(r),
+                        OutcomeLabel {
+                            outcome: o.as_str(),
+                        },
+                    ))?
+                    .encode_gauge(&(n as i64))?;
+            }
+        }
+        let mut values = encoder.encode_descriptor(
+            "keelson_analysis_metric_value",
+            "Each metric's value in the newest measurement, for the canary and the baseline",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &newest {
+            let Some(m) = r.latest() else { continue };
+            for v in &m.metrics {
+                let pairs = [
+                    ("canary", Some(&v.canary)),
+                    ("baseline", v.baseline.as_ref()),
+                ];
+                for (group, sample) in pairs {
+                    if let Some(x) = sample.and_then(crate::analysis::Sample::value) {
+                        values
+                            .encode_family(&(
+                                labels(r),
+                                ValueLabels {
+                                    metric: v.name.clone(),
+                                    group,
+                                },
+                            ))?
+                            .encode_gauge(&x)?;
+                    }
+                }
+            }
+        }
+        let mut score = encoder.encode_descriptor(
+            "keelson_analysis_score",
+            "The newest measurement's score, for analyses with score thresholds",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &newest {
+            if let Some(s) = r.latest().and_then(|m| m.score) {
+                score
+                    .encode_family(&labels(r))?
+                    .encode_gauge(&i64::from(s))?;
+            }
+        }
+        Ok(())
     }
 }

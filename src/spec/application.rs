@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AppName, Duration, EnvName, Strategy, TargetName};
+use super::{AppName, Duration, EnvName, Strategy, TargetName, VerifyCheck};
 
 /// `metadata` of an Application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ pub struct ApplicationSpec {
     /// What a pod needs on Kubernetes targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesWorkload>,
+    /// Checks once a new version takes all traffic, before the old groups go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<VerifyCheck>,
     /// Where it runs.
     pub clusters: Vec<ClusterSpec>,
 }
@@ -194,4 +197,7 @@ pub struct ClusterSpec {
     /// Break-glass for this cluster.
     #[serde(default)]
     pub suspended: bool,
+    /// This cluster's verification checks, instead of the application's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Vec<VerifyCheck>>,
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EnvName, Strategy, TargetName};
+use super::{AnalysisSources, EnvName, Strategy, TargetName};
 
 /// `metadata` of an Environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ pub struct EnvironmentSpec {
     /// Defaults for the clusters of this environment.
     #[serde(default)]
     pub defaults: EnvDefaults,
+    /// Where canary analyses find metrics.
+    #[serde(default)]
+    pub analysis: AnalysisSources,
 }
 
 /// The provider a target uses.

@@ -4,12 +4,17 @@
 //! a test proves the two agree on every example and fixture. Deserialization happens only after a
 //! document has passed its schema, so serde errors here mean the two have drifted.
 
+mod analysis;
 mod application;
 mod duration;
 mod environment;
 pub mod names;
 mod strategy;
 
+pub use analysis::{
+    Analysis, AnalysisProvider, AnalysisSources, MetricCheck, PrometheusSource, Score, Threshold,
+    VerifyCheck,
+};
 pub use application::{
     Application, ApplicationMetadata, ApplicationSpec, Artifact, Capacity, ClusterSpec, HealthSpec,
     HttpProbe, KubernetesWorkload, Resources, Traffic, Workload,

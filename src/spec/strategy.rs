@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::Duration;
+use super::{Analysis, Duration};
 
 /// A percentage in 1..=100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -115,6 +115,12 @@ pub enum Strategy {
         /// Older disabled server groups kept for fast rollback.
         #[serde(default = "one")]
         keep_disabled: u32,
+        /// How long to hold each step below 100% (the analysis window).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pause: Option<Duration>,
+        /// Judge the new group against the old during each pause.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        analysis: Option<Box<Analysis>>,
     },
     /// Red-black, then destroy every older server group.
     Highlander {},
@@ -131,6 +137,9 @@ pub enum Strategy {
         /// Older disabled server groups kept for fast rollback.
         #[serde(default = "one")]
         keep_disabled: u32,
+        /// Judge the new group against the one it replaces during each pause.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        analysis: Option<Box<Analysis>>,
     },
     /// Apply directly: create the new group enabled, then remove the old.
     None {},
@@ -170,6 +179,16 @@ impl Strategy {
             Self::RollingUpdate { .. } => StrategyKind::RollingUpdate,
             Self::Canary { .. } => StrategyKind::Canary,
             Self::None {} => StrategyKind::None,
+        }
+    }
+
+    /// The canary analysis, if the strategy has one.
+    pub fn analysis(&self) -> Option<&Analysis> {
+        match self {
+            Self::Canary { analysis, .. } | Self::RollingRedBlack { analysis, .. } => {
+                analysis.as_deref()
+            }
+            _ => None,
         }
     }
 

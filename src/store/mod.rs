@@ -2,10 +2,12 @@
 //! history, the last good revision). SQLite by default; the trait lets a server database take
 //! over for several replicas.
 
+mod analysis;
 mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
+pub use analysis::{AnalysisRecord, AnalysisState, AnalysisWindow, NotApplicable};
 pub use sqlite::SqliteStore;
 
 use crate::plan::{Approval, Policy, Scope, Suspend};
@@ -209,6 +211,22 @@ pub trait Store: Send + Sync {
     fn put_journal(&self, j: &Journal) -> Result<(), StoreError>;
     /// Forgets a cluster's journal (its rollout or rollback finished).
     fn clear_journal(&self, cluster: &str) -> Result<(), StoreError>;
+    /// Writes a canary analysis (new, or changed).
+    fn put_analysis(&self, r: &AnalysisRecord) -> Result<(), StoreError>;
+    /// The newest `limit` analyses, newest first, optionally for clusters matching a
+    /// selector.
+    fn analyses(
+        &self,
+        cluster: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AnalysisRecord>, StoreError>;
+    /// A cluster's newest analysis.
+    fn latest_analysis(&self, cluster: &str) -> Result<Option<AnalysisRecord>, StoreError> {
+        Ok(self
+            .analyses(Some(cluster), usize::MAX)?
+            .into_iter()
+            .find(|r| r.cluster == cluster))
+    }
     /// This store's identity.
     fn identity(&self) -> Result<StoreIdentity, StoreError>;
     /// Takes over the clusters another store made (audited against `cluster`).
@@ -248,6 +266,23 @@ pub trait Store: Send + Sync {
                     revision: j.revision.clone(),
                     error: rb.error.clone(),
                     steps: rb.steps.iter().skip(rb.done).cloned().collect(),
+                });
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in self.analyses(None, usize::MAX)? {
+            // The newest of each cluster decides.
+            if !seen.insert(r.cluster.clone()) || !r.state.blocks() {
+                continue;
+            }
+            if let Some(cluster) = parse_cluster(&r.cluster) {
+                p.verdicts.push(crate::plan::AnalysisVerdict {
+                    cluster,
+                    version: r.version.clone(),
+                    spec_hash: r.spec_hash.clone(),
+                    hash: r.hash.clone(),
+                    held: matches!(r.state, AnalysisState::Held { .. }),
+                    why: r.state.outcome(),
                 });
             }
         }

@@ -66,6 +66,15 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 4: the key secret values are sealed under in spec hashes.
     "INSERT INTO meta (key, value) VALUES ('spec_key', lower(hex(randomblob(32))));",
+    // 5: canary analyses and their measurements.
+    "CREATE TABLE analyses (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        cluster TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX analyses_cluster ON analyses (cluster, seq);",
 ];
 
 /// The SQLite store.
@@ -554,6 +563,41 @@ impl Store for SqliteStore {
             c.execute("DELETE FROM journal WHERE cluster = ?1", [cluster])
                 .map(|_| ())
         })
+    }
+
+    fn put_analysis(&self, r: &super::AnalysisRecord) -> Result<(), StoreError> {
+        let body = serde_json::to_string(r).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO analyses (id, cluster, updated_at, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, body = excluded.body",
+                params![r.id, r.cluster, r.updated.to_string(), body],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn analyses(
+        &self,
+        cluster: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<super::AnalysisRecord>, StoreError> {
+        let rows: Vec<(String, String)> = self.with(|c| {
+            let mut st = c.prepare("SELECT cluster, body FROM analyses ORDER BY seq DESC")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .filter(|(c, _)| {
+                cluster.is_none_or(|sel| {
+                    c == sel || super::parse_cluster(c).is_some_and(|id| id.matches(sel))
+                })
+            })
+            .take(limit)
+            // A row that does not parse is an error: a failed analysis read as nothing would
+            // let its spec roll out again.
+            .map(|(_, b)| serde_json::from_str(&b).map_err(|e| self.err(e)))
+            .collect()
     }
 
     fn identity(&self) -> Result<super::StoreIdentity, StoreError> {

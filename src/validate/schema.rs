@@ -86,6 +86,18 @@ pub fn check(doc: &Document, value: &Value) -> Vec<Diagnostic> {
                     {
                         continue;
                     }
+                    // A field the schema knows here, left unevaluated because a sibling failed
+                    // in the same branch, is not unknown.
+                    let sibling_failed = failing
+                        .iter()
+                        .any(|f| f.starts_with(&format!("{pointer}/")));
+                    if sibling_failed {
+                        let (node, _) = doc.root.resolve_pointer(pointer);
+                        let known = known_fields(&c.schema, pointer, &node.to_json());
+                        if known.iter().any(|k| k == name) {
+                            continue;
+                        }
+                    }
                     let (d, suggestion) = unknown_field(doc, &c.schema, pointer, name);
                     if let Some(s) = suggestion {
                         meant.push((pointer.to_string(), s));

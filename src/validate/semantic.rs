@@ -357,6 +357,171 @@ fn check_strategy(doc: &Document, p: &str, s: &Strategy, out: &mut Vec<Diagnosti
         }
         _ => {}
     }
+    check_analysis(doc, p, s, out);
+}
+
+/// The pauses of a strategy with their pointers: the analysis windows.
+fn pauses(p: &str, s: &Strategy) -> Vec<(String, crate::spec::Duration)> {
+    match s {
+        Strategy::Canary { steps, .. } => steps
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.weight.0 < 100)
+            .filter_map(|(i, c)| c.pause.map(|d| (format!("{p}/steps/{i}/pause"), d)))
+            .collect(),
+        Strategy::RollingRedBlack { pause, .. } => pause
+            .map(|d| vec![(format!("{p}/pause"), d)])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// A strategy's analysis on its own: queries, placeholders, scores and windows.
+fn check_analysis(doc: &Document, p: &str, s: &Strategy, out: &mut Vec<Diagnostic>) {
+    use crate::analysis::query::{BuiltinQuery, PLACEHOLDERS, unknown_placeholders};
+    let Some(a) = s.analysis() else {
+        return;
+    };
+    let ap = format!("{p}/analysis");
+    for (i, m) in a.metrics.iter().enumerate() {
+        let mp = format!("{ap}/metrics/{i}");
+        match a.provider {
+            crate::spec::AnalysisProvider::Builtin => {
+                if m.query.parse::<BuiltinQuery>().is_err() {
+                    let names: Vec<&str> = BuiltinQuery::ALL.iter().map(|q| q.as_str()).collect();
+                    out.push(
+                        err(
+                            doc,
+                            "analysis",
+                            &format!("{mp}/query"),
+                            format!("`{}` is not a builtin query", m.query),
+                        )
+                        .hint(format!(
+                            "{} For PromQL, set `provider: prometheus`.",
+                            did_you_mean(&m.query, &names)
+                                .map(|s| format!("Did you mean `{s}`?"))
+                                .unwrap_or_else(|| format!(
+                                    "The builtin queries are {}.",
+                                    names.join(", ")
+                                ))
+                        )),
+                    );
+                }
+                if m.baseline_query.is_some() {
+                    out.push(
+                        err(
+                            doc,
+                            "analysis",
+                            &format!("{mp}/baselineQuery"),
+                            "a builtin analysis measures the baseline with the same query",
+                        )
+                        .hint("remove baselineQuery, or set `provider: prometheus`"),
+                    );
+                }
+            }
+            crate::spec::AnalysisProvider::Prometheus => {
+                let queries = [
+                    ("query", Some(&m.query)),
+                    ("baselineQuery", m.baseline_query.as_ref()),
+                ];
+                for (field, q) in queries {
+                    let Some(q) = q else { continue };
+                    for unknown in unknown_placeholders(q) {
+                        out.push(
+                            err(
+                                doc,
+                                "analysis",
+                                &format!("{mp}/{field}"),
+                                format!("unknown placeholder `{{{{{unknown}}}}}` in the query"),
+                            )
+                            .hint(format!(
+                                "{}The placeholders are {}.",
+                                did_you_mean(&unknown, PLACEHOLDERS)
+                                    .map(|s| format!("Did you mean `{{{{{s}}}}}`? "))
+                                    .unwrap_or_default(),
+                                PLACEHOLDERS.map(|p| format!("{{{{{p}}}}}")).join(", ")
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Some(score) = a.score
+        && score.marginal > score.pass
+    {
+        out.push(
+            err(
+                doc,
+                "analysis",
+                &format!("{ap}/score"),
+                format!(
+                    "the marginal score ({}) is above the passing score ({})",
+                    score.marginal, score.pass
+                ),
+            )
+            .hint("make marginal <= pass, e.g. {pass: 90, marginal: 75}"),
+        );
+    }
+    let windows = pauses(p, s);
+    if windows.is_empty() {
+        let hint = match s {
+            Strategy::RollingRedBlack { .. } => "add `pause` to the strategy, e.g. pause: 1m",
+            _ => "give the canary's steps a pause, e.g. {weight: 10, pause: 1m}",
+        };
+        out.push(
+            err(
+                doc,
+                "analysis",
+                &ap,
+                "the analysis never runs: it measures during pauses, and no step has one",
+            )
+            .hint(hint),
+        );
+    }
+    for (pointer, pause) in windows {
+        if pause < a.interval {
+            out.push(
+                err(
+                    doc,
+                    "analysis",
+                    &pointer,
+                    format!(
+                        "the pause ({pause}) is shorter than the analysis interval ({}): the step would end before one measurement",
+                        a.interval
+                    ),
+                )
+                .hint(format!("make the pause at least {}, or the interval shorter", a.interval)),
+            );
+        }
+    }
+}
+
+/// Verification commands' placeholders.
+fn check_verify(
+    doc: &Document,
+    p: &str,
+    checks: &[crate::spec::VerifyCheck],
+    out: &mut Vec<Diagnostic>,
+) {
+    for (i, c) in checks.iter().enumerate() {
+        for unknown in crate::verify::unknown_placeholders(&c.command) {
+            out.push(
+                err(
+                    doc,
+                    "verify",
+                    &format!("{p}/{i}/command"),
+                    format!("unknown placeholder `{{{unknown}}}` in check `{}`", c.name),
+                )
+                .hint(format!(
+                    "the placeholders are {}",
+                    crate::verify::PLACEHOLDERS
+                        .map(|p| format!("{{{p}}}"))
+                        .join(", ")
+                )),
+            );
+        }
+    }
 }
 
 /// Who made a claim first: `environment/target` or cluster, file and position.
@@ -434,6 +599,7 @@ fn check_application<'a>(
             );
         }
     }
+    check_verify(doc, "/spec/verify", &spec.verify, out);
     for (i, c) in spec.clusters.iter().enumerate() {
         let p = format!("/spec/clusters/{i}");
         let cluster = ClusterName::compose(name, c.stack.as_deref(), c.detail.as_deref());
@@ -546,6 +712,59 @@ fn check_application<'a>(
         }
         if let Some(s) = &c.strategy {
             check_strategy(doc, &format!("{p}/strategy"), s, out);
+        }
+        if let Some(v) = &c.verify {
+            check_verify(doc, &format!("{p}/verify"), v, out);
+        }
+        let own = c.strategy.is_some();
+        let effective = c
+            .strategy
+            .as_ref()
+            .or_else(|| env.and_then(|e| e.spec.spec.defaults.strategy.as_ref()));
+        if let (Some(a), Some(e)) = (effective.and_then(Strategy::analysis), env) {
+            let at = if own {
+                format!("{p}/strategy/analysis")
+            } else {
+                p.clone()
+            };
+            let from = if own {
+                String::new()
+            } else {
+                format!(" (from environment `{}`'s default strategy)", c.environment)
+            };
+            match a.provider {
+                crate::spec::AnalysisProvider::Builtin => {
+                    if let Some(k) = provider.filter(|k| *k != ProviderKind::Local) {
+                        out.push(
+                            err(doc, "analysis", &at, format!("cluster `{cluster}` runs on a {} target, and its builtin analysis{from} reads the local target's proxy counters", k.as_str()))
+                                .hint("set `provider: prometheus` in the analysis, and spec.analysis.prometheus in the environment"),
+                        );
+                    }
+                }
+                crate::spec::AnalysisProvider::Prometheus => {
+                    if e.spec.spec.analysis.prometheus.is_none() {
+                        out.push(
+                            err(doc, "analysis", &at, format!("the analysis of cluster `{cluster}`{from} queries Prometheus, and environment `{}` sets no Prometheus address", c.environment))
+                                .hint(format!("add to environment `{}`: spec.analysis.prometheus.address, e.g. http://prometheus.monitoring:9090", c.environment)),
+                        );
+                    }
+                }
+            }
+        }
+        let checks = c.verify.as_ref().unwrap_or(&spec.verify);
+        let uses_url = checks
+            .iter()
+            .any(|v| v.command.iter().any(|a| a.contains("{url}")));
+        if uses_url && provider == Some(ProviderKind::Local) && c.traffic.is_none() {
+            let at = if c.verify.is_some() {
+                format!("{p}/verify")
+            } else {
+                p.clone()
+            };
+            out.push(
+                err(doc, "verify", &at, format!("a verification check of cluster `{cluster}` uses {{url}}, and the cluster has no traffic port"))
+                    .hint("give the cluster `traffic: {port: ...}`, or drop {url} from the check"),
+            );
         }
         if provider == Some(ProviderKind::Kubernetes) {
             if spec.artifact.image.is_none() {

@@ -203,7 +203,9 @@ async fn step(p: &LocalProvider, c: &DesiredCluster, s: &Step) -> Result<(), Pro
                 let live = observe_one(p, c).await;
                 match g.judge(live.as_ref(), start.elapsed()) {
                     Verdict::Pass => return Ok(()),
-                    Verdict::Fail(why) => return Err(ProviderError::invalid(why)),
+                    Verdict::Fail(why) | Verdict::Hold(why) => {
+                        return Err(ProviderError::invalid(why));
+                    }
                     Verdict::Wait(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }

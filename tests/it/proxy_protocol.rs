@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use keelson::provider::local::agent::proxy::budget::Budget;
+use keelson::provider::local::agent::proxy::stats::GroupStats;
 use keelson::provider::local::agent::proxy::{Backend, Proxy, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -156,6 +157,7 @@ fn route(group: &str, weight: u8, backends: Vec<Backend>) -> Route {
         group: group.into(),
         weight,
         backends,
+        stats: Arc::new(GroupStats::new(Default::default())),
     }
 }
 

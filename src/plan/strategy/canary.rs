@@ -2,8 +2,7 @@
 //! pause, then all of it; the old groups then leave. With nothing in traffic to compare against,
 //! it is a red/black.
 
-use super::{Position, create, disable_olds, enable_new, healthy, shift};
-use crate::actuation::Gate;
+use super::{Position, create, disable_olds, enable_new, healthy, hold, shift, verify};
 use crate::plan::walk::Walk;
 use crate::spec::CanaryStep;
 
@@ -16,12 +15,11 @@ pub(super) fn steps(w: &mut Walk, p: &Position, canary: &[CanaryStep]) {
     if !p.olds.is_empty() {
         for c in canary.iter().filter(|c| c.weight.0 < 100) {
             shift(w, p, c.weight.0);
-            if let Some(pause) = c.pause {
-                w.gate(Gate::Elapsed { duration: pause });
-            }
+            hold(w, p, c.weight.0, c.pause);
         }
     }
     enable_new(w, p);
+    verify(w, p);
     disable_olds(w, p);
 }
 
@@ -45,6 +43,7 @@ mod tests {
                 },
             ],
             keep_disabled: 1,
+            analysis: None,
         }
     }
 

@@ -10,7 +10,7 @@ mod rolling_update;
 
 use crate::actuation::{Gate, SpecRef, TrafficPrecision};
 use crate::model::{DesiredCluster, ObservedCluster, Sequence, ServerGroup, ServerGroupName};
-use crate::spec::Strategy;
+use crate::spec::{Duration, Strategy};
 
 use super::Sim;
 use super::walk::{self, Rollout, Walk};
@@ -93,7 +93,9 @@ pub fn roll_out(p: &Position) -> Rollout {
 pub fn stages(w: &mut Walk, p: &Position) {
     match &p.desired.strategy {
         Strategy::RedBlack { .. } => red_black::steps(w, p),
-        Strategy::RollingRedBlack { steps, .. } => rolling_red_black::steps(w, p, steps),
+        Strategy::RollingRedBlack { steps, pause, .. } => {
+            rolling_red_black::steps(w, p, steps, *pause)
+        }
         Strategy::Highlander {} => highlander::steps(w, p),
         Strategy::RollingUpdate { max_unavailable } => {
             rolling_update::steps(w, p, *max_unavailable)
@@ -145,6 +147,37 @@ fn shift(w: &mut Walk, p: &Position, weight: u8) {
         ));
     }
     w.op(p.new_weight() >= weight, |sim| walk::traffic(sim, &to));
+}
+
+/// Holds a step for its pause: with an analysis, the pause is the window in which the new
+/// group is judged against the newest old group; without one (or with nothing to compare
+/// against), time passes.
+fn hold(w: &mut Walk, p: &Position, weight: u8, pause: Option<Duration>) {
+    let Some(pause) = pause else {
+        return;
+    };
+    match (p.desired.strategy.analysis(), p.olds.first()) {
+        (Some(a), Some(base)) => w.gate(Gate::Analysis {
+            canary: p.name(),
+            canary_sequence: p.sequence,
+            baseline: base.name.clone(),
+            baseline_sequence: base.sequence,
+            step: weight,
+            window: pause,
+            analysis: Box::new(a.clone()),
+        }),
+        _ => w.gate(Gate::Elapsed { duration: pause }),
+    }
+}
+
+/// The verification checks, once the new version takes all traffic and before the old groups
+/// leave; a new cluster has nothing to go back to, so it has none.
+fn verify(w: &mut Walk, p: &Position) {
+    if !p.desired.verify.is_empty() && (!p.olds.is_empty() || p.in_place) {
+        w.gate(Gate::Verify {
+            checks: p.desired.verify.clone(),
+        });
+    }
 }
 
 /// Puts the new group in traffic at full weight.
@@ -213,6 +246,8 @@ pub(crate) mod fixture {
             kubernetes: None,
             traffic_port: None,
             strategy,
+            verify: Vec::new(),
+            prometheus: None,
             suspended_by: None,
             spec_hash: SpecHash::from_observed(format!("h-{version}")),
             hash: SpecHash::from_observed(format!("h-{version}")),

@@ -1,7 +1,7 @@
 //! None: apply directly. The new group goes into traffic as soon as it is healthy, beside the
 //! old ones, which then leave.
 
-use super::{Position, create, disable_olds, enable_new, healthy};
+use super::{Position, create, disable_olds, enable_new, healthy, verify};
 use crate::plan::walk::Walk;
 
 /// The stages of a direct rollout.
@@ -11,6 +11,7 @@ pub(super) fn steps(w: &mut Walk, p: &Position) {
     healthy(w, p, n);
     // Created in traffic; taken out by hand since, it goes back in.
     enable_new(w, p);
+    verify(w, p);
     disable_olds(w, p);
 }
 

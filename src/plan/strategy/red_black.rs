@@ -1,7 +1,7 @@
 //! Red/black: the new group beside the old, out of traffic until all its instances are
 //! healthy, then in traffic, then the old groups out (kept for a fast rollback).
 
-use super::{Position, create, disable_olds, enable_new, healthy};
+use super::{Position, create, disable_olds, enable_new, healthy, verify};
 use crate::plan::walk::Walk;
 
 /// The stages of a red/black.
@@ -10,6 +10,7 @@ pub(super) fn steps(w: &mut Walk, p: &Position) {
     create(w, p, n, 0);
     healthy(w, p, n);
     enable_new(w, p);
+    verify(w, p);
     disable_olds(w, p);
 }
 

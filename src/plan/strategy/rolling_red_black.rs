@@ -2,9 +2,9 @@
 //! share of traffic at each step, each step waited on; then it takes all traffic and the old
 //! groups leave.
 
-use super::{Position, create, disable_olds, enable_new, healthy, shift};
+use super::{Position, create, disable_olds, enable_new, healthy, hold, shift, verify};
 use crate::plan::walk::{self, Walk};
-use crate::spec::Percent;
+use crate::spec::{Duration, Percent};
 
 /// Instances of the new group at `percent` of `desired` (at least one).
 fn size_at(desired: u32, percent: u8) -> u32 {
@@ -15,7 +15,7 @@ fn size_at(desired: u32, percent: u8) -> u32 {
 }
 
 /// The stages of a rolling red/black.
-pub(super) fn steps(w: &mut Walk, p: &Position, percents: &[Percent]) {
+pub(super) fn steps(w: &mut Walk, p: &Position, percents: &[Percent], pause: Option<Duration>) {
     let desired = p.desired.capacity.desired;
     if p.olds.is_empty() {
         return super::red_black::steps(w, p);
@@ -36,9 +36,11 @@ pub(super) fn steps(w: &mut Walk, p: &Position, percents: &[Percent]) {
         healthy(w, p, n);
         if *pct < 100 {
             shift(w, p, *pct);
+            hold(w, p, *pct, pause);
         }
     }
     enable_new(w, p);
+    verify(w, p);
     disable_olds(w, p);
 }
 
@@ -52,6 +54,8 @@ mod tests {
         Strategy::RollingRedBlack {
             steps: vec![Percent(25), Percent(50)],
             keep_disabled: 1,
+            pause: None,
+            analysis: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! replaced in batches of `maxUnavailable`, each batch waited on; never all at once. With no
 //! group in traffic there is nothing to update: a new group is rolled out as red/black does.
 
-use super::{Position, disable_olds};
+use super::{Position, disable_olds, verify};
 use crate::actuation::{Gate, Op, SpecRef};
 use crate::model::ServerGroup;
 use crate::plan::walk::{self, Walk};
@@ -89,6 +89,13 @@ pub(super) fn steps(w: &mut Walk, p: &Position, max: MaxUnavailable) {
         (total, total)
     };
     replace(w, p, g, total, left, max.batch(desired));
+    verify(
+        w,
+        &Position {
+            in_place: true,
+            ..p.clone()
+        },
+    );
     let olds: Vec<&ServerGroup> = p
         .olds
         .iter()

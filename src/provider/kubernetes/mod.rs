@@ -447,6 +447,17 @@ impl Provider for KubernetesProvider {
         }
     }
 
+    fn traffic_url(
+        &self,
+        target: &TargetRef,
+        cluster: &crate::model::DesiredCluster,
+    ) -> Option<String> {
+        // The Service's in-cluster name: checks reach it when Keelson runs in the cluster.
+        let ns = &target.target.kubernetes.as_ref()?.namespace;
+        let port = objects::service_port(cluster)?;
+        Some(format!("http://{}.{ns}.svc:{port}", cluster.id.name))
+    }
+
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
         let ns = self.target_namespace(target).await?;
         Ok(objects::observe(

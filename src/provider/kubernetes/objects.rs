@@ -121,7 +121,7 @@ pub fn image(cluster: &DesiredCluster) -> Option<String> {
 }
 
 /// The port the Service listens on: the traffic port, else the container port.
-fn service_port(cluster: &DesiredCluster) -> Option<u16> {
+pub fn service_port(cluster: &DesiredCluster) -> Option<u16> {
     let container = cluster.kubernetes.as_ref()?.container_port;
     Some(cluster.traffic_port.unwrap_or(container))
 }

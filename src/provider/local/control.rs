@@ -129,11 +129,12 @@ impl axum::serve::Listener for Guarded {
 }
 
 /// Writes `agent.json` (0600): this process, and when it started.
-pub fn advertise(dir: &Path) -> std::io::Result<AgentInfo> {
+pub fn advertise(dir: &Path, metrics: Option<String>) -> std::io::Result<AgentInfo> {
     let pid = std::process::id();
     let info = AgentInfo {
         pid,
         started: start_time(pid).unwrap_or(0),
+        metrics,
     };
     crate::private::replace(
         &dir.join(INFO),
@@ -219,6 +220,7 @@ pub async fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Rep
     let what = match req {
         Request::Observe { .. } => "observe",
         Request::Apply { .. } => "apply",
+        Request::Traffic { .. } => "traffic",
         Request::Down { .. } => "down",
     };
     let body = serde_json::to_vec(req).map_err(|e| ControlError::Call {

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 
 use super::{Provider, ProviderError, ProviderOp, TargetRef};
 use crate::actuation::{Capabilities, TrafficPrecision};
-use crate::model::{ClusterId, ObservedCluster};
+use crate::analysis::counters::TrafficCounters;
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
 use crate::spec::AppName;
 use control::ControlError;
 use wire::{ClusterSpec, Reply, Request};
@@ -179,6 +180,30 @@ impl Provider for LocalProvider {
                 "unexpected agent reply: {other:?}"
             ))),
         }
+    }
+
+    async fn traffic(
+        &self,
+        _target: &TargetRef,
+        cluster: &ClusterId,
+    ) -> Result<Vec<(Sequence, TrafficCounters)>, ProviderError> {
+        match self
+            .op(&Request::Traffic {
+                cluster: cluster.clone(),
+            })
+            .await?
+        {
+            Reply::Traffic { groups } => Ok(groups),
+            other => Err(ProviderError::unavailable(format!(
+                "unexpected agent reply: {other:?}"
+            ))),
+        }
+    }
+
+    fn traffic_url(&self, _target: &TargetRef, cluster: &DesiredCluster) -> Option<String> {
+        cluster
+            .traffic_port
+            .map(|p| format!("http://127.0.0.1:{p}"))
     }
 
     async fn apply(

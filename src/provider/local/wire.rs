@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::actuation::Op;
-use crate::model::{ClusterId, DesiredCluster, Health, ObservedCluster, SpecHash};
+use crate::analysis::counters::TrafficCounters;
+use crate::model::{ClusterId, DesiredCluster, Health, ObservedCluster, Sequence, SpecHash};
 use crate::spec::{AppName, EnvName, TargetName};
 
 /// What a server group runs: everything needed to start an instance.
@@ -82,6 +83,11 @@ pub enum Request {
         /// The operation (boxed: it carries a whole spec).
         op: Box<Op<ClusterSpec>>,
     },
+    /// Each server group's traffic counters in a cluster.
+    Traffic {
+        /// The cluster.
+        cluster: ClusterId,
+    },
     /// Stop everything (or one application's clusters).
     Down {
         /// Only this application.
@@ -99,6 +105,11 @@ pub enum Reply {
     Clusters {
         /// The clusters.
         clusters: Vec<ObservedCluster>,
+    },
+    /// Traffic counters by group sequence.
+    Traffic {
+        /// The groups the proxy has counted.
+        groups: Vec<(Sequence, TrafficCounters)>,
     },
     /// What `down` stopped.
     Stopped {
@@ -121,4 +132,7 @@ pub struct AgentInfo {
     /// Its start time in clock ticks since boot (`/proc/<pid>/stat`), so a later process given
     /// the same pid is not taken for it.
     pub started: u64,
+    /// Where it serves Prometheus metrics (`http://.../metrics`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }

@@ -28,6 +28,7 @@ use crate::model::{
 };
 use crate::spec::AppName;
 use process::StartError;
+use proxy::stats::{self, GroupLabels, GroupStats};
 use proxy::{Backend, Proxy, Route};
 
 /// Health of instances by id, for observation.
@@ -100,6 +101,8 @@ pub struct Agent {
     persisted: Persisted,
     rt: Runtime,
     health: HealthMap,
+    /// Every group's traffic counters, shared with the proxies and the metrics endpoint.
+    stats: stats::Registry,
 }
 
 /// A process to stop once the lock is released.
@@ -147,6 +150,7 @@ impl Agent {
             .groups
             .values()
             .map(|g| Route {
+                stats: self.group_stats(cluster, c, g),
                 group: g.name.to_string(),
                 weight: if g.enabled { g.weight } else { 0 },
                 backends: g
@@ -165,6 +169,47 @@ impl Agent {
             })
             .collect();
         proxy.set_routes(routes);
+    }
+
+    /// A group's counters, made when first routed to; a group updated in place to another
+    /// version counts anew under its new label.
+    fn group_stats(&self, key: &str, c: &ClusterState, g: &GroupState) -> Arc<GroupStats> {
+        let id = (key.to_string(), g.sequence.get());
+        if let Ok(r) = self.stats.read()
+            && let Some(s) = r.get(&id)
+            && s.labels.version == g.spec.version
+        {
+            return s.clone();
+        }
+        let s = Arc::new(GroupStats::new(GroupLabels {
+            environment: c.id.environment.to_string(),
+            application: c.app.to_string(),
+            cluster: c.id.name.to_string(),
+            server_group: g.name.to_string(),
+            version: g.spec.version.clone(),
+        }));
+        if let Ok(mut w) = self.stats.write() {
+            w.insert(id, s.clone());
+        }
+        s
+    }
+
+    /// The counters of a cluster's groups.
+    fn traffic(
+        &self,
+        cluster: &ClusterId,
+    ) -> Vec<(Sequence, crate::analysis::counters::TrafficCounters)> {
+        let k = key(cluster);
+        let Ok(r) = self.stats.read() else {
+            return Vec::new();
+        };
+        r.range((k.clone(), 0)..=(k, u16::MAX))
+            .filter_map(|((_, seq), s)| {
+                Sequence::new(u32::from(*seq))
+                    .ok()
+                    .map(|seq| (seq, s.snapshot()))
+            })
+            .collect()
     }
 
     fn start_probe(&mut self, id: &str, port: u16, spec: &GroupSpec) {
@@ -369,7 +414,7 @@ async fn stop_all(list: Vec<Stopping>) {
 /// Answers one request.
 async fn apply(shared: &Shared, req: Request) -> Reply {
     let mut to_stop = Vec::new();
-    let changes = !matches!(req, Request::Observe { .. });
+    let changes = !matches!(req, Request::Observe { .. } | Request::Traffic { .. });
     let reply = {
         let mut a = shared.lock().await;
         let reply = apply_locked(&mut a, req, &mut to_stop);
@@ -400,6 +445,9 @@ fn apply_locked(a: &mut Agent, req: Request, to_stop: &mut Vec<Stopping>) -> Rep
             clusters: a.observe(environment.as_str(), target.as_str()),
         },
         Request::Apply { cluster, op } => apply_op(a, &cluster, *op, to_stop),
+        Request::Traffic { cluster } => Reply::Traffic {
+            groups: a.traffic(&cluster),
+        },
         Request::Down { app } => {
             let doomed: Vec<ClusterState> = a
                 .persisted
@@ -656,6 +704,9 @@ fn destroy(a: &mut Agent, cluster: &ClusterId, sequence: Sequence, to_stop: &mut
     };
     let empty = c.groups.is_empty();
     a.routes(&k);
+    if let Ok(mut w) = a.stats.write() {
+        w.remove(&(k.clone(), sequence.get()));
+    }
     for i in &g.instances {
         to_stop.push(a.release(i));
     }
@@ -835,8 +886,43 @@ fn load(dir: &Path) -> Result<Persisted, AgentError> {
     })
 }
 
-/// Runs the agent for a state directory until SIGTERM/SIGINT, or until `down` empties it.
-pub async fn run(dir: &Path) -> Result<(), AgentError> {
+/// Serves the proxies' counters in Prometheus' text format on `addr` (`GET /metrics`); says
+/// where, or why not (the agent runs on without it).
+async fn serve_metrics(addr: std::net::SocketAddr, registry: stats::Registry) -> Option<String> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "keelson local-agent: cannot serve metrics on {addr}: {e}; set KEELSON_LOCAL_METRICS to another address (or `off`)"
+            );
+            return None;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    stats::exposition(&registry),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Some(format!("http://{bound}/metrics"))
+}
+
+/// Runs the agent for a state directory until SIGTERM/SIGINT, or until `down` empties it;
+/// serves its proxies' metrics on `metrics`, if given.
+pub async fn run(dir: &Path, metrics: Option<std::net::SocketAddr>) -> Result<(), AgentError> {
     let io = |source| AgentError::Io {
         path: dir.to_path_buf(),
         source,
@@ -860,11 +946,17 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
         persisted,
         rt: Runtime::default(),
         health: Arc::new(RwLock::new(HashMap::new())),
+        stats: stats::Registry::default(),
     };
+    let registry = agent.stats.clone();
     adopt(&mut agent);
     let shared: Shared = Arc::new(Mutex::new(agent));
     let listener = Guarded::bind(dir).map_err(io)?;
-    let info = control::advertise(dir).map_err(io)?;
+    let scrape = match metrics {
+        Some(addr) => serve_metrics(addr, registry).await,
+        None => None,
+    };
+    let info = control::advertise(dir, scrape.clone()).map_err(io)?;
     eprintln!(
         "keelson local-agent: pid {} serving {} on {}; traffic proxies hold up to {} client connections",
         info.pid,
@@ -885,7 +977,7 @@ pub async fn run(dir: &Path) -> Result<(), AgentError> {
             tokio::time::sleep(Duration::from_millis(200)).await;
             // Without `agent.json` no client finds this agent, and none can start another.
             if !own.join(control::INFO).exists() {
-                let _ = control::advertise(&own);
+                let _ = control::advertise(&own, scrape.clone());
             }
             if watcher.lock().await.persisted.clusters.is_empty()
                 && PENDING_STOPS.load(Ordering::Acquire) == 0

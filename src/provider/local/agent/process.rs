@@ -50,7 +50,13 @@ pub fn resolve(command: &[String], port: u16) -> Vec<String> {
     if out.first().is_some_and(|c| c == "keelson")
         && let Ok(exe) = std::env::current_exe()
     {
-        out[0] = exe.display().to_string();
+        // A binary replaced since the agent started (a rebuild, an upgrade) reads as
+        // "<path> (deleted)": the new binary at the same path is the one to run.
+        let path = exe.display().to_string();
+        out[0] = match path.strip_suffix(" (deleted)") {
+            Some(p) if std::path::Path::new(p).exists() => p.to_string(),
+            _ => path,
+        };
     }
     out
 }

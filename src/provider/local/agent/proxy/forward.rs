@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -210,32 +210,43 @@ impl Conn {
         let Some(table) = self.shared.table() else {
             return false;
         };
+        // Latency as the client sees it: retries included.
+        let started = Instant::now();
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last = String::from("no healthy instance of an enabled server group");
+        let mut last_route = None;
         for _ in 0..ATTEMPTS {
             let Some((r, b)) = pick(&table, &self.shared.picker, &tried) else {
                 break;
             };
-            match self.forward(&table, r, b, &req).await {
+            match self.forward(&table, r, b, &req, started).await {
                 Ok(close) => return !close,
                 Err(Failure::Broken) => return false,
                 Err(Failure::Invalid(e)) => {
+                    table.routes[r].stats.observe(502, started.elapsed());
                     return self.reply(502, &e, req.head, req.keep_alive).await;
                 }
                 Err(Failure::Unreached(e)) => {
                     last = e;
+                    last_route = Some(r);
                     tried.push(table.routes[r].backends[b].id.clone());
                 }
                 Err(Failure::Upstream(e)) => {
                     if !req.idempotent {
+                        table.routes[r].stats.observe(502, started.elapsed());
                         return self.reply(502, &e, req.head, req.keep_alive).await;
                     }
                     last = e;
+                    last_route = Some(r);
                     tried.push(table.routes[r].backends[b].id.clone());
                 }
             }
         }
         let status = if tried.is_empty() { 503 } else { 502 };
+        // A request no group could take is no group's failure; one its instances failed is.
+        if let Some(r) = last_route {
+            table.routes[r].stats.observe(status, started.elapsed());
+        }
         self.reply(status, &last, req.head, req.keep_alive).await
     }
 
@@ -348,6 +359,7 @@ impl Conn {
         r: usize,
         b: usize,
         req: &RequestHead,
+        started: Instant,
     ) -> Result<bool, Failure> {
         let route = &table.routes[r];
         let backend = &route.backends[b];
@@ -401,9 +413,13 @@ impl Conn {
             }
         };
         if resp.switched {
+            route.stats.observe(resp.status, started.elapsed());
             return self.tunnel(up, resp.len).await;
         }
-        let clean = self.relay(&mut up, &resp).await?;
+        let relayed = self.relay(&mut up, &resp).await;
+        // The instance answered: counted with its status even if the client went away.
+        route.stats.observe(resp.status, started.elapsed());
+        let clean = relayed?;
         if clean && resp.reusable && unsent.is_none() {
             self.shared.give(&backend.authority, up);
         }

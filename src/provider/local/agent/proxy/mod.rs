@@ -15,6 +15,7 @@
 pub mod budget;
 mod forward;
 pub mod h1;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct Route {
     pub weight: u8,
     /// Its instances.
     pub backends: Vec<Backend>,
+    /// What it served, counted.
+    pub stats: Arc<stats::GroupStats>,
 }
 
 struct Table {
