@@ -1,6 +1,8 @@
 //! Local target benchmark (a bench binary): proxy overhead against calling an instance
 //! directly, time from "create a server group of 3" to "all healthy and in traffic", Keelson's
-//! own overhead in a red/black of 3 instances, and an apply of 50 clusters at parallelism 4.
+//! own overhead in a red/black of 3 instances, the CPU of one builtin canary measurement and
+//! how long after its window closes an analysis reaches its verdict, and an apply of 50
+//! clusters at parallelism 4.
 //!
 //! `cargo bench --bench local`. Real processes on 127.0.0.1; everything is torn down at the end.
 
@@ -233,7 +235,11 @@ async fn main() {
         total.saturating_sub(waits)
     );
 
-    // 4. 50 clusters at once, parallelism 4.
+    // 4. Canary analysis: the CPU one builtin measurement costs (both sides of the agent's
+    // socket), and the time from a window's close to its verdict, under load.
+    analysis(&engine, provider.clone(), dir.path()).await;
+
+    // 5. 50 clusters at once, parallelism 4.
     // A port the OS just handed out can come back: take 50 distinct ones.
     let mut ports = std::collections::BTreeSet::new();
     while ports.len() < 50 {
@@ -272,4 +278,130 @@ async fn main() {
     );
     let stopped = provider.down(None).await.map(|s| s.len()).unwrap_or(0);
     println!("stopped {stopped} server groups");
+}
+
+/// CPU seconds this process has used.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// CPU seconds process `pid` has used (`/proc/<pid>/stat`, clock ticks of 10 ms).
+fn cpu_of(pid: i64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15; after the command's ')' they are the 12th and 13th.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+async fn analysis(engine: &Arc<Engine>, provider: Arc<LocalProvider>, state: &std::path::Path) {
+    use keelson::analysis::{Measurement, MetricsSource, judge_metric};
+    use keelson::provider::Provider;
+    let port = free_port();
+    let canary = "{type: canary, steps: [{weight: 50, pause: 4s}], analysis: {interval: 1s, metrics: [{name: errors, query: error-rate, max: 0.05, maxIncrease: 0.01}, {name: latency, query: p95-latency, maxRatio: 1.5}]}}";
+    let v1 = desired(&[app("judged", "1.0.0", 2, port, canary)]);
+    let r = engine
+        .apply(
+            &v1,
+            "a1",
+            &Selection::default(),
+            None,
+            Arc::new(Timeline(Mutex::new(Vec::new()))),
+        )
+        .await;
+    assert!(!r.failed(), "{r:?}");
+    let v2 = desired(&[app("judged", "2.0.0", 2, port, canary)]);
+    // The verdict: from the analysis step to the next one, less the window.
+    let timeline = Arc::new(Timeline(Mutex::new(Vec::new())));
+    let traffic = tokio::spawn(load(port, 4, 9));
+    let t = Instant::now();
+    let r = engine
+        .apply(&v2, "a2", &Selection::default(), None, timeline.clone())
+        .await;
+    assert!(!r.failed(), "{r:?}");
+    let total = t.elapsed();
+    let _ = traffic.await;
+    let events = timeline.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let window = events
+        .windows(2)
+        .find(|w| w[0].1.starts_with("analyse"))
+        .map(|w| w[1].0 - w[0].0)
+        .unwrap_or_default();
+    println!(
+        "canary analysis, a 4s window of 4 measurements under load: the next step starts {:?} after the window opened, {:?} after it closed (rollout {total:?})",
+        window,
+        window.saturating_sub(Duration::from_secs(4))
+    );
+
+    // One builtin measurement, end to end: the counters of both groups read over the agent's
+    // socket twice (start and end of the interval), differenced, and every metric judged.
+    let c = v2.clusters.values().next().cloned().expect("one cluster");
+    let live = provider
+        .observe(&keelson::provider::TargetRef {
+            environment: c.id.environment.clone(),
+            target: c.target.clone(),
+        })
+        .await
+        .expect("observe");
+    let groups = &live[0].server_groups;
+    let group = |i: usize| keelson::analysis::Group {
+        name: groups[i].name.clone(),
+        sequence: groups[i].sequence,
+        version: groups[i].version.clone(),
+    };
+    let subject = keelson::analysis::Subject {
+        cluster: c.id.clone(),
+        app: c.app.clone(),
+        canary: group(groups.len() - 1),
+        baseline: group(0),
+    };
+    let source = keelson::analysis::builtin::Builtin {
+        provider: provider.clone() as Arc<dyn Provider>,
+        target: keelson::provider::TargetRef {
+            environment: c.id.environment.clone(),
+            target: c.target.clone(),
+        },
+    };
+    let analysis = c.strategy.analysis().cloned().expect("an analysis");
+    let agent_pid = std::fs::read_to_string(state.join("local/agent.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .unwrap_or(0);
+    let n = 1000;
+    let (cpu0, agent0, t) = (own_cpu(), cpu_of(agent_pid), Instant::now());
+    for _ in 0..n {
+        let mark = source.begin(&subject).await;
+        let pairs = source
+            .measure(&subject, &analysis.metrics, mark, Duration::from_secs(1))
+            .await;
+        let results = analysis
+            .metrics
+            .iter()
+            .zip(pairs)
+            .map(|(m, (c, b))| judge_metric(m, c, b))
+            .collect();
+        std::hint::black_box(Measurement::judge(
+            &analysis,
+            keelson::clock::now(),
+            50,
+            results,
+        ));
+    }
+    let wall = t.elapsed() / n;
+    let mine = (own_cpu() - cpu0) / f64::from(n) * 1e6;
+    let agent = (cpu_of(agent_pid) - agent0) / f64::from(n) * 1e6;
+    println!(
+        "builtin measurement of one cluster (2 metrics): {:.0} us of CPU here + {:.0} us in the agent = {:.0} us, {wall:?} wall",
+        mine,
+        agent,
+        mine + agent
+    );
 }

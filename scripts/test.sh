@@ -12,13 +12,17 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
-step "system packages (git for the daemon tests; OpenSSL headers for git2's https; sshd for ssh)"
+step "system packages (git, OpenSSL headers for git2's https, sshd, Prometheus, curl)"
 need=""
 command -v git >/dev/null || need="$need git"
 dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
 dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 # A real sshd for the ssh transport tests (git_ssh, daemon over ssh).
 { [ -x /usr/sbin/sshd ] && command -v ssh-keyscan >/dev/null; } || need="$need openssh-server openssh-client"
+# A real Prometheus for the canary analysis tests (they run their own server, not the service).
+[ -x /usr/bin/prometheus ] || need="$need prometheus"
+# curl: the verification checks in the tests call the cluster with it.
+command -v curl >/dev/null || need="$need curl"
 if [ -n "$need" ]; then
   # Install without starting services: openssh-server would otherwise start a system sshd.
   no_start=""

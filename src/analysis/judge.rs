@@ -309,7 +309,9 @@ pub fn conclude(
         ));
     }
     if unknown > analysis.inconclusive_limit as usize {
-        let last = of(Outcome::Inconclusive).next_back().map(Measurement::details);
+        let last = of(Outcome::Inconclusive)
+            .next_back()
+            .map(Measurement::details);
         return Conclusion::Hold(format!(
             "{unknown} inconclusive measurement(s), {} tolerated; last: {}",
             analysis.inconclusive_limit,

@@ -179,8 +179,8 @@ impl MetricsSource for Prometheus {
         _mark: Mark,
         elapsed: Duration,
     ) -> Vec<Pair> {
-        // Whole seconds, as PromQL ranges are usually written; at least one.
-        let interval = format!("{}s", elapsed.as_millis().div_ceil(1000).max(1));
+        // Whole seconds, as PromQL ranges are usually written (rounded); at least one.
+        let interval = format!("{}s", ((elapsed.as_millis() + 500) / 1000).max(1));
         let cluster = s.cluster.name.to_string();
         let environment = s.cluster.environment.to_string();
         let (canary, baseline) = (s.canary.name.to_string(), s.baseline.name.to_string());

@@ -16,6 +16,8 @@ spec:
 pub struct Repo {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Environment of every command (and so of the agent the first one starts).
+    pub env: Vec<(String, String)>,
 }
 
 impl Repo {
@@ -25,6 +27,8 @@ impl Repo {
         Self {
             dir,
             port: free_port(),
+            // No metrics endpoint unless a test asks for one: tests run side by side.
+            env: vec![("KEELSON_LOCAL_METRICS".into(), "off".into())],
         }
     }
 
@@ -57,6 +61,7 @@ spec:
             .arg(self.path())
             .env("KEELSON_COLOR", "never")
             .env("KEELSON_USER", "tester")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .kill_on_drop(true);
         c
     }
@@ -83,7 +88,7 @@ spec:
         assert_eq!(code, 0, "plan after apply shows no changes:\n{out}");
     }
 
-    fn state(&self) -> PathBuf {
+    pub fn state(&self) -> PathBuf {
         self.path().join(".keelson")
     }
 }

@@ -890,3 +890,66 @@ async fn credentials_in_the_repository_url_are_never_shown() {
         assert!(!shown.contains("tok-SECRET-77"), "{shown}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rolls_a_bad_version_back_by_its_own_metrics_with_nobody_watching() {
+    let mut f = Fixture::new();
+    let canary = "{type: canary, steps: [{weight: 40, pause: 2s}], analysis: {interval: 1s, metrics: [{name: errors, query: error-rate, max: 0.05}]}}";
+    f.push(&app("1.0.0", f.port, canary));
+    f.start_with("1h", &[("KEELSON_LOCAL_METRICS", "off")]);
+    wait_ready(&f).await;
+    f.wait_version("1.0.0", 30).await;
+    let load = Load::start(f.port, 100);
+    let bad =
+        app("2.0.0", f.port, canary).replace("\"{port}\"]", "\"{port}\", --error-rate, \"0.3\"]");
+    f.push(&bad);
+    // The daemon measures, fails the canary, rolls it back, and leaves the spec alone after.
+    let mut state = serde_json::Value::Null;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = f.status().await["analyses"][0].clone();
+        if state["state"] == "failed" {
+            break;
+        }
+    }
+    assert_eq!(
+        state["state"],
+        "failed",
+        "{state}\n{}",
+        std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default()
+    );
+    assert_eq!(state["version"], "2.0.0");
+    // Several reconciles later it still serves 1.0.0 alone, and tried 2.0.0 once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (counts, _) = load.finish().await;
+    let (_, body) = http(&format!("http://127.0.0.1:{}/", f.port), "GET", &[], "").await;
+    assert!(body.contains("\"version\":\"1.0.0\""), "{body}");
+    let groups: Vec<String> = f.status().await["daemon"]["clusters"][0]["server_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| g["name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(groups, ["web-v000"]);
+    assert!(
+        counts.contains_key("web-v001"),
+        "the canary took traffic: {counts:?}"
+    );
+    let (_, metrics) = http(&f.url("/metrics"), "GET", &[], "").await;
+    assert!(
+        metrics.contains(
+            "keelson_analysis_state{cluster=\"dev/local/web\",version=\"2.0.0\",state=\"failed\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keelson_analysis_metric_value{cluster=\"dev/local/web\",version=\"2.0.0\",metric=\"errors\",group=\"canary\"} 0."),
+        "{metrics}"
+    );
+    let (_, history) = http(&f.url("/api/v1/status"), "GET", &[], "").await;
+    assert_eq!(
+        history.matches("\"state\":\"failed\"").count(),
+        1,
+        "{history}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per area (fewer binaries link faster).
 
+mod analysis;
 mod apply_e2e;
 mod daemon;
 mod git_http;

@@ -133,6 +133,9 @@ pub async fn run_step(
             let op = resolve(op, c.desired.as_ref()).unwrap();
             p.apply(target, &c.id, &op).await.unwrap();
         }
+        // What an analysis or a check measures is not in memory: taken as passed here, judged
+        // for real in `analysis.rs`.
+        Step::Gate(Gate::Analysis { .. } | Gate::Verify { .. }) => {}
         Step::Gate(g @ Gate::Elapsed { .. }) => {
             assert_eq!(
                 g.judge(None, g_elapsed(g)),
@@ -668,4 +671,80 @@ async fn windows_and_approvals_hold_new_versions() {
         "{:?}",
         pl.clusters[0].blocked
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_with_analysis_and_checks_shows_its_criteria_and_what_holds_it() {
+    let strategy = "{type: canary, steps: [{weight: 10, pause: 30s}, {weight: 50, pause: 1m}], analysis: {interval: 10s, failureLimit: 1, inconclusiveLimit: 2, score: {pass: 90, marginal: 75}, metrics: [{name: errors, query: error-rate, max: 0.05, maxIncrease: 0.01}, {name: latency, query: p95-latency, maxRatio: 1.25}]}}";
+    let with_checks = |version: &str| {
+        app("hello", version, 4, strategy, 18080).replace(
+            "  clusters:",
+            "  verify:\n    - {name: smoke, command: [curl, -fsS, \"{url}/healthz\"], timeout: 30s}\n  clusters:",
+        )
+    };
+    let (pl, p, d) = scenario(&[with_checks("1.0.0")], &[with_checks("1.1.0")], |_| {}).await;
+    assert!(
+        pl.clusters[0].blocked.is_empty(),
+        "{:?}",
+        pl.clusters[0].blocked
+    );
+    let gates: Vec<&str> = pl.clusters[0]
+        .steps
+        .iter()
+        .filter_map(|s| match &s.step {
+            Step::Gate(Gate::Analysis { .. }) => Some("analysis"),
+            Step::Gate(Gate::Verify { .. }) => Some("verify"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gates, ["analysis", "analysis", "verify"]);
+    snapshot("canary_analysis", &pl);
+
+    // Held for a person, then failed: the same spec waits, or is not tried again.
+    let id = pl.clusters[0].id.clone();
+    let cluster = &d.clusters[&id];
+    for held in [true, false] {
+        let mut pol = policy();
+        pol.verdicts.push(keelson::plan::AnalysisVerdict {
+            cluster: id.clone(),
+            version: "1.1.0".into(),
+            spec_hash: cluster.spec_hash.clone(),
+            hash: cluster.hash.clone(),
+            held,
+            why: if held {
+                "holds: 3 inconclusive measurement(s), 2 tolerated; last: no data for any metric (no requests in the interval)".into()
+            } else {
+                "failed: 2 failed measurement(s), 1 tolerated; last: score 50; errors 0.31 (baseline 0): fail, above max 0.05".into()
+            },
+        });
+        let blocked = plan(
+            &d,
+            &observed(&d, &p).await,
+            &pol,
+            "rev-after",
+            &Selection::default(),
+        );
+        snapshot(
+            if held {
+                "analysis_held"
+            } else {
+                "analysis_failed"
+            },
+            &blocked,
+        );
+        // Another spec (a new version) is not held by the verdict on this one.
+        let next = desired(&[with_checks("1.2.0")]);
+        let free = plan(
+            &next,
+            &observed(&next, &p).await,
+            &pol,
+            "rev-next",
+            &Selection::default(),
+        );
+        assert!(
+            free.clusters[0].blocked.is_empty(),
+            "{:?}",
+            free.clusters[0].blocked
+        );
+    }
 }

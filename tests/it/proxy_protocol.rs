@@ -624,3 +624,41 @@ async fn past_the_connection_budget_one_idle_connection_gives_way() {
     kept.write_all(b"st: a\r\n\r\n").await.unwrap();
     assert!(read_response(&mut kept).await.starts_with("http/1.1 200"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_counts_its_responses_by_class_and_latency() {
+    let port = free_port();
+    let proxy = Proxy::start(port).unwrap();
+    let up = instance().await;
+    let (ok, _) = backend("web-v001-0", up);
+    let (hung, _) = backend("web-v002-0", hang_up().await);
+    let good = Arc::new(GroupStats::new(Default::default()));
+    let bad = Arc::new(GroupStats::new(Default::default()));
+    proxy.set_routes(vec![
+        Route {
+            stats: good.clone(),
+            ..route("web-v001", 50, vec![ok])
+        },
+        Route {
+            stats: bad.clone(),
+            ..route("web-v002", 50, vec![hung])
+        },
+    ]);
+    let client = keelson::http_client::client();
+    let mut statuses = Vec::new();
+    for path in ["/empty", "/headers", "/nowhere"] {
+        for _ in 0..4 {
+            let req = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
+                .body(http_body_util::Full::new(Bytes::from("x")))
+                .unwrap();
+            statuses.push(client.request(req).await.unwrap().status().as_u16());
+        }
+    }
+    let (g, b) = (good.snapshot(), bad.snapshot());
+    // The instance's own answers by class (405 and 404 are 4xx); the POSTs the hung-up
+    // instance failed are the proxy's 502s, counted against that group.
+    assert_eq!(g.responses, [0, 0, 0, 6, 0], "{statuses:?}");
+    assert_eq!(b.responses, [0, 0, 0, 0, 6], "{statuses:?}");
+    assert_eq!(g.latency.iter().sum::<u64>(), 6);
+    assert!(g.latency_sum_us > 0);
+}

@@ -19,8 +19,8 @@ pub(super) fn steps(w: &mut Walk, p: &Position, canary: &[CanaryStep]) {
         }
     }
     enable_new(w, p);
-    verify(w, p);
     disable_olds(w, p);
+    verify(w, p);
 }
 
 #[cfg(test)]

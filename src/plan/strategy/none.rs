@@ -11,8 +11,8 @@ pub(super) fn steps(w: &mut Walk, p: &Position) {
     healthy(w, p, n);
     // Created in traffic; taken out by hand since, it goes back in.
     enable_new(w, p);
-    verify(w, p);
     disable_olds(w, p);
+    verify(w, p);
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ pub(super) fn steps(w: &mut Walk, p: &Position) {
     create(w, p, n, 0);
     healthy(w, p, n);
     enable_new(w, p);
-    verify(w, p);
     disable_olds(w, p);
+    verify(w, p);
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ pub(super) fn steps(w: &mut Walk, p: &Position, percents: &[Percent], pause: Opt
         }
     }
     enable_new(w, p);
-    verify(w, p);
     disable_olds(w, p);
+    verify(w, p);
 }
 
 #[cfg(test)]

@@ -89,13 +89,6 @@ pub(super) fn steps(w: &mut Walk, p: &Position, max: MaxUnavailable) {
         (total, total)
     };
     replace(w, p, g, total, left, max.batch(desired));
-    verify(
-        w,
-        &Position {
-            in_place: true,
-            ..p.clone()
-        },
-    );
     let olds: Vec<&ServerGroup> = p
         .olds
         .iter()
@@ -103,6 +96,13 @@ pub(super) fn steps(w: &mut Walk, p: &Position, max: MaxUnavailable) {
         .filter(|o| o.sequence != seq)
         .collect();
     disable_olds(w, &Position { olds, ..p.clone() });
+    verify(
+        w,
+        &Position {
+            in_place: true,
+            ..p.clone()
+        },
+    );
 }
 
 /// Replaces the `total` outdated instances of `g` in batches, of which the last `left` are
