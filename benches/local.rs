@@ -302,7 +302,7 @@ fn cpu_of(pid: i64) -> f64 {
 }
 
 async fn analysis(engine: &Arc<Engine>, provider: Arc<LocalProvider>, state: &std::path::Path) {
-    use keelson::analysis::{Measurement, MetricsSource, judge_metric};
+    use keelson::analysis::MetricsSource;
     use keelson::provider::Provider;
     let port = free_port();
     let canary = "{type: canary, steps: [{weight: 50, pause: 4s}], analysis: {interval: 1s, metrics: [{name: errors, query: error-rate, max: 0.05, maxIncrease: 0.01}, {name: latency, query: p95-latency, maxRatio: 1.5}]}}";
@@ -379,21 +379,18 @@ async fn analysis(engine: &Arc<Engine>, provider: Arc<LocalProvider>, state: &st
     let (cpu0, agent0, t) = (own_cpu(), cpu_of(agent_pid), Instant::now());
     for _ in 0..n {
         let mark = source.begin(&subject).await;
-        let pairs = source
-            .measure(&subject, &analysis.metrics, mark, Duration::from_secs(1))
-            .await;
-        let results = analysis
-            .metrics
-            .iter()
-            .zip(pairs)
-            .map(|(m, (c, b))| judge_metric(m, c, b))
-            .collect();
-        std::hint::black_box(Measurement::judge(
-            &analysis,
-            keelson::clock::now(),
-            50,
-            results,
-        ));
+        std::hint::black_box(
+            keelson::analysis::measure(
+                &source,
+                &subject,
+                &analysis,
+                mark,
+                Duration::from_secs(1),
+                50,
+                keelson::clock::now(),
+            )
+            .await,
+        );
     }
     let wall = t.elapsed() / n;
     let mine = (own_cpu() - cpu0) / f64::from(n) * 1e6;

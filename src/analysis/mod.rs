@@ -14,3 +14,26 @@ pub mod source;
 
 pub use judge::{Conclusion, Measurement, MetricResult, Outcome, Sample, conclude, judge_metric};
 pub use source::{Group, Mark, MetricsSource, Subject};
+
+/// One measurement of `analysis` over the interval begun with `mark`: every metric from
+/// `source`, judged.
+pub async fn measure(
+    source: &dyn MetricsSource,
+    subject: &Subject,
+    analysis: &crate::spec::Analysis,
+    mark: Mark,
+    elapsed: std::time::Duration,
+    step: u8,
+    at: jiff::Timestamp,
+) -> Measurement {
+    let pairs = source
+        .measure(subject, &analysis.metrics, mark, elapsed)
+        .await;
+    let results = analysis
+        .metrics
+        .iter()
+        .zip(pairs)
+        .map(|(m, (c, b))| judge_metric(m, c, b))
+        .collect();
+    Measurement::judge(analysis, at, step, results)
+}

@@ -95,6 +95,17 @@ impl Context {
             .clone()
     }
 
+    /// An engine acting as `command` (e.g. `keelson rollback`) on one cluster at a time.
+    pub fn engine(&self, command: &str) -> Result<crate::engine::Engine, CliError> {
+        Ok(crate::engine::Engine {
+            store: self.store()?,
+            providers: self.providers(),
+            owner: crate::store::Owner::this_process(command, crate::clock::now()),
+            parallelism: 1,
+            stop: Default::default(),
+        })
+    }
+
     /// The local target's provider (for `down`).
     pub fn local(&self) -> LocalProvider {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keelson"));
@@ -170,4 +181,25 @@ pub fn selection(envs: &[String], apps: &[String]) -> Result<Selection, CliError
             .map(|a| super::error::name("application", a, AppName::new))
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// The target a cluster lives on, as the specs declare it.
+pub fn target_of(
+    d: &DesiredState,
+    id: &crate::model::ClusterId,
+    what: &str,
+) -> Result<crate::provider::TargetRef, CliError> {
+    d.environments
+        .get(&id.environment)
+        .and_then(|e| e.targets.iter().find(|t| t.name == id.target))
+        .map(|t| crate::provider::TargetRef {
+            environment: id.environment.clone(),
+            target: t.clone(),
+        })
+        .ok_or_else(|| {
+            CliError::argument(
+                format!("no target {} in the specs", id.target),
+                format!("{what} only on a target the specs declare"),
+            )
+        })
 }

@@ -2,13 +2,12 @@
 //! the store and audited.
 
 use super::api::who;
-use super::context::Context;
+use super::context::{Context, target_of};
 use super::{CliError, Exit, Location, RejectArgs, RetryArgs};
 use crate::actuation::rollback_of;
-use crate::engine::{Engine, LogProgress};
+use crate::engine::LogProgress;
 use crate::plan::{Action, ClusterPlan, PlannedStep, Selection};
-use crate::provider::TargetRef;
-use crate::store::{AnalysisRecord, HistoryEntry, Journal, Owner, RollbackProgress, Store};
+use crate::store::{AnalysisRecord, HistoryEntry, Journal, RollbackProgress, Store};
 
 /// The newest analysis of the one cluster `selector` names.
 fn newest(store: &dyn Store, selector: &str) -> Result<AnalysisRecord, CliError> {
@@ -167,20 +166,7 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
         .flat_map(|rb| rb.steps.iter().skip(rb.done))
         .map(|s| PlannedStep::new(s.clone(), Vec::new()))
         .collect();
-    let target = d
-        .environments
-        .get(&id.environment)
-        .and_then(|e| e.targets.iter().find(|t| t.name == id.target))
-        .map(|t| TargetRef {
-            environment: id.environment.clone(),
-            target: t.clone(),
-        })
-        .ok_or_else(|| {
-            CliError::argument(
-                format!("no target {} in the specs", id.target),
-                "the rollback runs at the next apply once the target is back in the specs",
-            )
-        })?;
+    let target = target_of(&d, &id, "the rollback runs")?;
     let cp = ClusterPlan {
         id: id.clone(),
         app: desired.app.clone(),
@@ -194,13 +180,7 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
         blocked: Vec::new(),
         desired: Some(desired),
     };
-    let engine = Engine {
-        store: store.clone(),
-        providers: ctx.providers(),
-        owner: Owner::this_process("keelson reject", crate::clock::now()),
-        parallelism: 1,
-        stop: Default::default(),
-    };
+    let engine = ctx.engine("keelson reject")?;
     let report = engine
         .run_cluster(&cp, &target, &revision, &LogProgress)
         .await;

@@ -1,14 +1,12 @@
 //! `rollback`: an older healthy server group back in traffic, through the engine.
 
-use super::context::Context;
+use super::context::{Context, target_of};
 use super::{CliError, Exit, RollbackArgs, Style};
 use crate::actuation::{Op, Step, TrafficChange};
-use crate::engine::{Engine, LogProgress};
+use crate::engine::LogProgress;
 use crate::model::Sequence;
 use crate::observe::observe;
 use crate::plan::{Action, ClusterPlan, PlannedStep};
-use crate::provider::TargetRef;
-use crate::store::Owner;
 
 /// `keelson rollback`.
 pub async fn rollback(args: &RollbackArgs, style: Style) -> Result<Exit, CliError> {
@@ -138,27 +136,8 @@ pub async fn rollback(args: &RollbackArgs, style: Style) -> Result<Exit, CliErro
         blocked: Vec::new(),
         desired: d.clusters.get(&live.id).cloned(),
     };
-    let target = d
-        .environments
-        .get(&live.id.environment)
-        .and_then(|e| e.targets.iter().find(|t| t.name == live.id.target))
-        .map(|t| TargetRef {
-            environment: live.id.environment.clone(),
-            target: t.clone(),
-        })
-        .ok_or_else(|| {
-            CliError::argument(
-                format!("no target {} in the specs", live.id.target),
-                "a cluster can only be rolled back on a target the specs declare",
-            )
-        })?;
-    let engine = Engine {
-        store: ctx.store()?,
-        providers: ctx.providers(),
-        owner: Owner::this_process("keelson rollback", crate::clock::now()),
-        parallelism: 1,
-        stop: Default::default(),
-    };
+    let target = target_of(&d, &live.id, "a cluster can be rolled back")?;
+    let engine = ctx.engine("keelson rollback")?;
     let report = engine
         .run_cluster(&cp, &target, &revision, &LogProgress)
         .await;

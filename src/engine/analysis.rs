@@ -8,9 +8,7 @@ use super::cluster::{Run, Stepped};
 use crate::actuation::Gate;
 use crate::analysis::builtin::Builtin;
 use crate::analysis::prometheus::Prometheus;
-use crate::analysis::{
-    Conclusion, Group, Measurement, MetricsSource, Subject, conclude, judge_metric,
-};
+use crate::analysis::{Conclusion, Group, MetricsSource, Subject, conclude};
 use crate::model::DesiredCluster;
 use crate::spec::{AnalysisProvider, VerifyCheck};
 use crate::store::{AnalysisRecord, AnalysisState, AnalysisWindow};
@@ -232,16 +230,16 @@ impl Run<'_> {
                 // The window goes on where it stands when the rollout resumes.
                 return stop;
             }
-            let pairs = source
-                .measure(&subject, &analysis.metrics, mark, began.elapsed())
-                .await;
-            let results = analysis
-                .metrics
-                .iter()
-                .zip(pairs)
-                .map(|(m, (c, b))| judge_metric(m, c, b))
-                .collect();
-            let m = Measurement::judge(analysis, self.engine.now(), *step, results);
+            let m = crate::analysis::measure(
+                source.as_ref(),
+                &subject,
+                analysis,
+                mark,
+                began.elapsed(),
+                *step,
+                self.engine.now(),
+            )
+            .await;
             self.progress.note(
                 self.id(),
                 &format!(
