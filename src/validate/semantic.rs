@@ -222,6 +222,28 @@ fn check_environment(
     if let Some(s) = &spec.defaults.strategy {
         check_strategy(doc, "/spec/defaults/strategy", s, out);
     }
+    if let Some(p) = &spec.analysis.prometheus {
+        // The address is printed in plans and status: credentials in it would be too.
+        let authority = p
+            .address
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split('/')
+            .next();
+        if authority.is_some_and(|a| a.contains('@')) {
+            out.push(
+                err(
+                    doc,
+                    "secret",
+                    "/spec/analysis/prometheus/address",
+                    "the Prometheus address holds credentials, and addresses are printed in plans and status",
+                )
+                .hint("remove them from the address; put a token in a file and name it in bearerTokenFile")
+                .redact(),
+            );
+        }
+    }
 }
 
 fn suggest_or_list<'a>(

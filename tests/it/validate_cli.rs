@@ -56,6 +56,8 @@ fn invalid_fixtures() {
             assert_eq!(code, 1, "{name} must be invalid\n{out}");
         }
         assert!(!out.contains("panicked"), "{name}: {out}");
+        // Fixtures with credentials in them never see them quoted.
+        assert!(!out.contains("hunter2"), "{name}: {out}");
         insta::assert_snapshot!(format!("invalid_{name}"), out);
     }
 }
