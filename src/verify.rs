@@ -105,9 +105,24 @@ impl Tail {
         }
     }
 
+    /// The last lines, with credentials a verbose client printed (`Authorization:`,
+    /// `Cookie:` headers) taken out: they go to the history.
     fn lines(&self) -> String {
         let text = String::from_utf8_lossy(&self.0);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let lower = l.to_ascii_lowercase();
+                match ["authorization:", "cookie:", "proxy-authorization:"]
+                    .iter()
+                    .find_map(|h| lower.find(h).map(|at| at + h.len()))
+                {
+                    Some(end) => format!("{} (redacted)", &l[..end]),
+                    None => l.to_string(),
+                }
+            })
+            .collect();
         lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
     }
 }
@@ -245,11 +260,15 @@ mod tests {
         );
         let e = run(
             "bad",
-            &sh("echo one; echo two >&2; exit 3"),
+            &sh("echo one; echo two >&2; echo '> Authorization: Bearer s3cr3t'; exit 3"),
             Duration::from_secs(5),
         )
         .await
         .unwrap_err();
+        assert!(
+            !e.contains("s3cr3t") && e.contains("Authorization: (redacted)"),
+            "{e}"
+        );
         assert!(e.starts_with("check `bad` failed (exit status: 3)"), "{e}");
         assert!(e.contains("one") && e.contains("two"), "{e}");
         // A timeout kills the whole group, grandchildren too, and does not wait for them.

@@ -102,14 +102,18 @@ impl TrafficCounters {
     /// `histogram_quantile` does; `None` without responses.
     pub fn latency_quantile(&self, q: f64) -> Option<f64> {
         let total: u64 = self.latency.iter().sum();
-        if total == 0 || !(0.0..=1.0).contains(&q) {
+        // Counters from an agent with other bounds are not read against these.
+        if total == 0 || !(0.0..=1.0).contains(&q) || self.latency.len() != BUCKETS {
             return None;
         }
         let rank = q * total as f64;
         let mut below = 0u64;
         for (i, &n) in self.latency.iter().enumerate() {
             if n > 0 && (below + n) as f64 >= rank {
-                let lower = if i == 0 { 0 } else { LATENCY_BOUNDS_US[i - 1] };
+                let lower = match i.checked_sub(1) {
+                    Some(j) => LATENCY_BOUNDS_US.get(j).copied().unwrap_or(0),
+                    None => 0,
+                };
                 let Some(&upper) = LATENCY_BOUNDS_US.get(i) else {
                     // Above the last bound: the last bound is all that is known.
                     return Some(lower as f64 / 1e6);

@@ -200,10 +200,11 @@ impl MetricsSource for Prometheus {
         };
         let queries = metrics.iter().map(|m| {
             let c = fill(&m.query, &canary, &baseline, &s.canary.version);
-            // The baseline's own query, or the canary's with the baseline in its place.
-            let b = m.compares().then(|| match &m.baseline_query {
-                Some(q) => fill(q, &canary, &baseline, &s.baseline.version),
-                None => fill(&m.query, &baseline, &baseline, &s.baseline.version),
+            // The baseline's own query, or the canary's; either way `{{canary}}` is the group
+            // judged, here the baseline.
+            let b = m.compares().then(|| {
+                let q = m.baseline_query.as_deref().unwrap_or(&m.query);
+                fill(q, &baseline, &baseline, &s.baseline.version)
             });
             async move {
                 let c = self.query(&c).await;

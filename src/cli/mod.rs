@@ -96,7 +96,7 @@ pub enum Command {
     // `--version` here names the version approved, not this program's.
     #[command(disable_version_flag = true)]
     Approve(ApproveArgs),
-    /// Reject a rollout whose canary analysis holds (or runs): roll it back now.
+    /// Reject a rollout whose canary analysis holds: roll it back now.
     Reject(RejectArgs),
     /// Let a spec whose canary analysis failed or was rejected roll out again.
     Retry(RetryArgs),

@@ -87,7 +87,12 @@ impl Run<'_> {
         let Ok(Some(mut r)) = self.engine.store.latest_analysis(&self.id().to_string()) else {
             return;
         };
-        if r.state == AnalysisState::Running && r.spec_hash == d.spec_hash {
+        // Only the rollout it judged ends it: not a restore or a manual rollback in between.
+        if r.state == AnalysisState::Running
+            && r.spec_hash == d.spec_hash
+            && r.hash == d.hash
+            && self.cp.action == crate::plan::Action::RollOut
+        {
             r.state = state;
             r.updated = self.engine.now();
             self.save(&r);
@@ -193,6 +198,7 @@ impl Run<'_> {
                     started: self.engine.now(),
                     expected,
                     approved_by: None,
+                    from: rec.measurements.len(),
                 });
                 rec.updated = self.engine.now();
                 self.save(&rec);
@@ -200,7 +206,13 @@ impl Run<'_> {
         }
         let id = self.id().to_string();
         loop {
-            let taken = rec.measurements.iter().filter(|m| m.step == *step).count();
+            let from = rec.windows.last().map_or(0, |w| w.from);
+            let taken = rec
+                .measurements
+                .iter()
+                .skip(from)
+                .filter(|m| m.step == *step)
+                .count();
             let taken = u32::try_from(taken).unwrap_or(u32::MAX);
             match conclude(analysis, rec.counted(), taken, expected) {
                 Conclusion::Continue => {}

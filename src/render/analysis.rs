@@ -81,6 +81,7 @@ mod tests {
                 started: at,
                 expected: 3,
                 approved_by: None,
+                from: 0,
             }],
             measurements: vec![
                 m(Outcome::Pass, 0.0),

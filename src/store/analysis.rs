@@ -109,6 +109,9 @@ pub struct AnalysisWindow {
     /// Who approved going on after a hold in this window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The index of its first measurement in the record: earlier ones belong to other windows.
+    #[serde(default)]
+    pub from: usize,
 }
 
 /// One analysis of a rollout: a spec's canary against its baseline in one cluster.
@@ -199,18 +202,19 @@ impl AnalysisRecord {
         Ok(())
     }
 
-    /// `keelson reject`: a held (or running) analysis ends, and its rollout is rolled back.
+    /// `keelson reject`: a held analysis ends, and its rollout is rolled back.
     pub fn reject(
         &mut self,
         who: &str,
         why: &str,
         now: jiff::Timestamp,
     ) -> Result<(), NotApplicable> {
-        if !matches!(
-            self.state,
-            AnalysisState::Held { .. } | AnalysisState::Running
-        ) {
-            return Err(self.not("only a held or running analysis can be rejected"));
+        // Only a held one: a running analysis belongs to the rollout holding the cluster's
+        // lock, which would carry on past a rejection (a suspend stops it; then it holds).
+        if !matches!(self.state, AnalysisState::Held { .. }) {
+            return Err(self.not(
+                "only a held analysis can be rejected; `keelson suspend --cluster` stops a running rollout",
+            ));
         }
         self.state = AnalysisState::Rejected {
             who: who.to_string(),
@@ -259,6 +263,7 @@ mod tests {
                 started: jiff::Timestamp::UNIX_EPOCH,
                 expected: 3,
                 approved_by: None,
+                from: 0,
             }],
             measurements: Vec::new(),
             counted_from: 0,
@@ -278,6 +283,9 @@ mod tests {
             "the analysis of 2.0.0 on prod/local/web is running; only a held analysis can be approved"
         );
         assert!(r.retry("bob", now).is_err());
+        // A running analysis is its rollout's: not rejected from outside.
+        assert!(r.reject("bob", "too slow", now).is_err());
+        r.state = AnalysisState::Held { why: "x".into() };
         r.reject("bob", "too slow", now).unwrap();
         assert!(r.state.blocks());
         r.retry("bob", now).unwrap();

@@ -485,6 +485,20 @@ fn check_analysis(doc: &Document, p: &str, s: &Strategy, out: &mut Vec<Diagnosti
             .hint("make marginal <= pass, e.g. {pass: 90, marginal: 75}"),
         );
     }
+    if a.interval < crate::spec::Duration::from_secs(1) {
+        out.push(
+            err(
+                doc,
+                "analysis",
+                &format!("{ap}/interval"),
+                format!(
+                    "an analysis interval of {} measures too often to mean anything",
+                    a.interval
+                ),
+            )
+            .hint("make the interval at least 1s; 10s or more is usual"),
+        );
+    }
     let windows = pauses(p, s);
     if windows.is_empty() {
         let hint = match s {

@@ -210,43 +210,41 @@ impl Conn {
         let Some(table) = self.shared.table() else {
             return false;
         };
-        // Latency as the client sees it: retries included.
-        let started = Instant::now();
+        // Each attempt counts against its group, timed from its own start: a canary that
+        // drops connections shows its failures even when a retry elsewhere succeeds, and the
+        // group that answers is not charged for the time another one wasted.
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last = String::from("no healthy instance of an enabled server group");
-        let mut last_route = None;
         for _ in 0..ATTEMPTS {
             let Some((r, b)) = pick(&table, &self.shared.picker, &tried) else {
                 break;
             };
-            match self.forward(&table, r, b, &req, started).await {
+            let attempt = Instant::now();
+            let failed = |status| table.routes[r].stats.observe(status, attempt.elapsed());
+            match self.forward(&table, r, b, &req, attempt).await {
                 Ok(close) => return !close,
                 Err(Failure::Broken) => return false,
                 Err(Failure::Invalid(e)) => {
-                    table.routes[r].stats.observe(502, started.elapsed());
+                    failed(502);
                     return self.reply(502, &e, req.head, req.keep_alive).await;
                 }
                 Err(Failure::Unreached(e)) => {
+                    failed(502);
                     last = e;
-                    last_route = Some(r);
                     tried.push(table.routes[r].backends[b].id.clone());
                 }
                 Err(Failure::Upstream(e)) => {
+                    failed(502);
                     if !req.idempotent {
-                        table.routes[r].stats.observe(502, started.elapsed());
                         return self.reply(502, &e, req.head, req.keep_alive).await;
                     }
                     last = e;
-                    last_route = Some(r);
                     tried.push(table.routes[r].backends[b].id.clone());
                 }
             }
         }
+        // Every attempt is counted already; a request no group could take is no group's.
         let status = if tried.is_empty() { 503 } else { 502 };
-        // A request no group could take is no group's failure; one its instances failed is.
-        if let Some(r) = last_route {
-            table.routes[r].stats.observe(status, started.elapsed());
-        }
         self.reply(status, &last, req.head, req.keep_alive).await
     }
 
@@ -417,8 +415,11 @@ impl Conn {
             return self.tunnel(up, resp.len).await;
         }
         let relayed = self.relay(&mut up, &resp).await;
-        // The instance answered: counted with its status even if the client went away.
-        route.stats.observe(resp.status, started.elapsed());
+        // The instance answered: counted with its status even if the client went away; a
+        // malformed body is counted by the caller, as the 502 it becomes.
+        if !matches!(relayed, Err(Failure::Invalid(_))) {
+            route.stats.observe(resp.status, started.elapsed());
+        }
         let clean = relayed?;
         if clean && resp.reusable && unsent.is_none() {
             self.shared.give(&backend.authority, up);
