@@ -951,11 +951,13 @@ pub async fn run(dir: &Path, metrics: Option<std::net::SocketAddr>) -> Result<()
     let registry = agent.stats.clone();
     adopt(&mut agent);
     let shared: Shared = Arc::new(Mutex::new(agent));
-    let listener = Guarded::bind(dir).map_err(io)?;
+    // Before the control socket: from its bind to `agent.json` naming this process, a client
+    // would find an agent it cannot believe, so nothing may come between the two.
     let scrape = match metrics {
         Some(addr) => serve_metrics(addr, registry).await,
         None => None,
     };
+    let listener = Guarded::bind(dir).map_err(io)?;
     let info = control::advertise(dir, scrape.clone()).map_err(io)?;
     eprintln!(
         "keelson local-agent: pid {} serving {} on {}; traffic proxies hold up to {} client connections",
