@@ -151,23 +151,13 @@ struct ValueLabels {
     group: &'static str,
 }
 
-/// Most analyses read per scrape.
-const SCRAPED_ANALYSES: usize = 500;
-
 impl prometheus_client::collector::Collector for AnalysisCollector {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::metrics::MetricType;
-        let mut seen = std::collections::BTreeSet::new();
-        let newest: Vec<crate::store::AnalysisRecord> = self
-            .0
-            .analyses(None, SCRAPED_ANALYSES)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| seen.insert(r.cluster.clone()))
-            .collect();
+        let newest = self.0.newest_analyses().unwrap_or_default();
         let labels = |r: &crate::store::AnalysisRecord| AnalysisLabels {
             cluster: r.cluster.clone(),
             version: r.version.clone(),

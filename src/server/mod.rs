@@ -256,15 +256,8 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
     let locks =
         serde_json::to_string(&s.store.locks().unwrap_or_default()).unwrap_or_else(|_| "[]".into());
     // The newest canary analysis of each cluster, with its measurements.
-    let mut seen = std::collections::BTreeSet::new();
-    let analyses: Vec<crate::store::AnalysisRecord> = s
-        .store
-        .analyses(None, 500)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| seen.insert(r.cluster.clone()))
-        .collect();
-    let analyses = serde_json::to_string(&analyses).unwrap_or_else(|_| "[]".into());
+    let analyses = serde_json::to_string(&s.store.newest_analyses().unwrap_or_default())
+        .unwrap_or_else(|_| "[]".into());
     let body = format!(
         "{{\"daemon\":{daemon},\"suspends\":{suspends},\"locks\":{locks},\"analyses\":{analyses}}}"
     );

@@ -227,6 +227,16 @@ pub trait Store: Send + Sync {
             .into_iter()
             .find(|r| r.cluster == cluster))
     }
+    /// The newest analysis of each cluster, newest first: the one that says where the cluster
+    /// stands.
+    fn newest_analyses(&self) -> Result<Vec<AnalysisRecord>, StoreError> {
+        let mut seen = std::collections::BTreeSet::new();
+        Ok(self
+            .analyses(None, usize::MAX)?
+            .into_iter()
+            .filter(|r| seen.insert(r.cluster.clone()))
+            .collect())
+    }
     /// This store's identity.
     fn identity(&self) -> Result<StoreIdentity, StoreError>;
     /// Takes over the clusters another store made (audited against `cluster`).
@@ -269,10 +279,8 @@ pub trait Store: Send + Sync {
                 });
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for r in self.analyses(None, usize::MAX)? {
-            // The newest of each cluster decides.
-            if !seen.insert(r.cluster.clone()) || !r.state.blocks() {
+        for r in self.newest_analyses()? {
+            if !r.state.blocks() {
                 continue;
             }
             if let Some(cluster) = parse_cluster(&r.cluster) {
