@@ -174,8 +174,9 @@ async fn a_bad_version_is_rolled_back_by_its_own_metrics_and_not_tried_again() {
     let value = st["analysis"]["measurements"][0]["metrics"][0]["canary"]["value"]
         .as_f64()
         .unwrap_or_default();
+    // One 1 s interval of ~40 canary requests under CI load: a binomial sample, not 0.3 exactly.
     assert!(
-        (0.15..0.5).contains(&value),
+        (0.05..0.6).contains(&value),
         "error rate {value} of a 0.3 version"
     );
     // Not tried again as it is: the plan says why, and apply leaves it alone.
