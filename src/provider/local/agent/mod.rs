@@ -951,14 +951,15 @@ pub async fn run(dir: &Path, metrics: Option<std::net::SocketAddr>) -> Result<()
     let registry = agent.stats.clone();
     adopt(&mut agent);
     let shared: Shared = Arc::new(Mutex::new(agent));
-    // Before the control socket: from its bind to `agent.json` naming this process, a client
-    // would find an agent it cannot believe, so nothing may come between the two.
     let scrape = match metrics {
         Some(addr) => serve_metrics(addr, registry).await,
         None => None,
     };
-    let listener = Guarded::bind(dir).map_err(io)?;
+    // `agent.json` names this process before its socket answers (this process holds the
+    // directory's lock, so no other agent does): a client never finds an agent that answers
+    // while the file still names another, only none yet, which it waits for.
     let info = control::advertise(dir, scrape.clone()).map_err(io)?;
+    let listener = Guarded::bind(dir).map_err(io)?;
     eprintln!(
         "keelson local-agent: pid {} serving {} on {}; traffic proxies hold up to {} client connections",
         info.pid,
