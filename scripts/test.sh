@@ -35,6 +35,14 @@ if [ -n "$need" ]; then
 fi
 git --version
 
+step "moto (the AWS emulator the EC2 tests start)"
+# Pinned, in a virtualenv under target/: the tests start target/moto-venv/bin/moto_server.
+if ! target/moto-venv/bin/moto_server --help >/dev/null 2>&1; then
+  python3 -m venv target/moto-venv
+  target/moto-venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+target/moto-venv/bin/python -c 'import moto; print("moto", moto.__version__)'
+
 step "format"
 cargo fmt --all -- --check
 

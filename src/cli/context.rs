@@ -12,6 +12,7 @@ use crate::model::DesiredState;
 use crate::observe::Providers;
 use crate::pipeline::check_keyed;
 use crate::plan::Selection;
+use crate::provider::ec2::Ec2Provider;
 use crate::provider::kubernetes::KubernetesProvider;
 use crate::provider::local::LocalProvider;
 use crate::source::{SourceSet, read_dir};
@@ -91,6 +92,7 @@ impl Context {
                         ProviderKind::Kubernetes,
                         Arc::new(KubernetesProvider::new()),
                     )
+                    .with(ProviderKind::Ec2, Arc::new(Ec2Provider::new()))
             })
             .clone()
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::Node;
 use crate::model::{
     CapacityRange, ClusterId, ClusterName, DesiredCluster, DesiredEnvironment, DesiredState,
-    Health, HttpCheck, SourceRef, SpecHash, SpecKey, WorkloadSpec, labels,
+    Ec2Instance, Health, HttpCheck, SourceRef, SpecHash, SpecKey, WorkloadSpec, labels,
 };
 use crate::spec::{Duration, Strategy};
 use crate::validate::Specs;
@@ -216,13 +216,17 @@ fn compile_application(
                 // Left out when absent, so hashes of clusters without it stay as they were.
                 #[serde(skip_serializing_if = "Option::is_none")]
                 kubernetes: Option<&'a crate::spec::KubernetesWorkload>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                ec2: Option<&'a crate::model::Ec2Instance>,
             }
+            let ec2 = ec2_instance(spec, &health);
             let spec_hash = SpecHash::of(&Immutable {
                 version: &spec.artifact.version,
                 image: &spec.artifact.image,
                 workload: workload.sealed(secret_key),
                 health: &health,
                 kubernetes: spec.kubernetes.as_ref(),
+                ec2: ec2.as_ref(),
             });
             let line = match &clusters_node.kind {
                 crate::load::NodeKind::Seq(items) => items.get(i).unwrap_or(clusters_node),
@@ -243,7 +247,16 @@ fn compile_application(
                 workload,
                 health,
                 kubernetes: spec.kubernetes.clone(),
-                traffic_port: c.traffic.map(|t| t.port),
+                ec2,
+                traffic_port: c.traffic.as_ref().and_then(|t| t.port),
+                route: c
+                    .traffic
+                    .as_ref()
+                    .filter(|t| t.host.is_some() || t.path.is_some())
+                    .map(|t| crate::model::Route {
+                        host: t.host.clone(),
+                        path: t.path.clone(),
+                    }),
                 strategy,
                 verify: c.verify.clone().unwrap_or_else(|| spec.verify.clone()),
                 prometheus: env.analysis.prometheus.clone(),
@@ -270,6 +283,28 @@ fn compile_application(
     out
 }
 
+/// What an EC2 instance runs, where the application says (an image and an `ec2` section).
+fn ec2_instance(spec: &crate::spec::ApplicationSpec, health: &Health) -> Option<Ec2Instance> {
+    let e = spec.ec2.as_ref()?;
+    Some(Ec2Instance {
+        ami: spec.artifact.ami.clone()?,
+        instance_type: e.instance_type.clone(),
+        security_groups: e.security_groups.clone(),
+        iam_instance_profile: e.iam_instance_profile.clone(),
+        key_name: e.key_name.clone(),
+        user_data: e
+            .user_data
+            .as_ref()
+            .map(|u| u.replace("{version}", &spec.artifact.version)),
+        port: e.port,
+        health_check_path: e
+            .health_check_path
+            .clone()
+            .or_else(|| health.http.as_ref().map(|h| h.path.clone()))
+            .unwrap_or_else(|| "/".into()),
+    })
+}
+
 /// The content hash of a cluster, leaving out where it is declared (moving a spec between
 /// files changes nothing).
 fn hash_without_source(c: &DesiredCluster) -> SpecHash {
@@ -280,6 +315,9 @@ fn hash_without_source(c: &DesiredCluster) -> SpecHash {
         capacity: &'a CapacityRange,
         spec_hash: &'a SpecHash,
         traffic: Option<u16>,
+        // Left out when absent, so hashes of clusters without it stay as they were.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        route: Option<&'a crate::model::Route>,
         strategy: &'a Strategy,
         suspended: bool,
         // Left out when empty, so hashes of clusters without checks stay as they were.
@@ -292,6 +330,7 @@ fn hash_without_source(c: &DesiredCluster) -> SpecHash {
         capacity: &c.capacity,
         spec_hash: &c.spec_hash,
         traffic: c.traffic_port,
+        route: c.route.as_ref(),
         strategy: &c.strategy,
         suspended: c.suspended_by.is_some(),
         verify: &c.verify,

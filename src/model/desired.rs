@@ -131,8 +131,14 @@ pub struct DesiredCluster {
     /// What a pod needs, for Kubernetes targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesWorkload>,
+    /// What an instance needs, for EC2 targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Instance>,
     /// The traffic port, if the cluster takes traffic.
     pub traffic_port: Option<u16>,
+    /// The host and path a load balancer rule routes to the cluster (EC2 targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
     /// The effective strategy.
     pub strategy: Strategy,
     /// Checks once a new version takes all traffic, before the old groups go.
@@ -150,6 +156,43 @@ pub struct DesiredCluster {
     pub hash: SpecHash,
     /// The spec file and line that declares the cluster.
     pub source: SourceRef,
+}
+
+/// What an EC2 instance of a cluster runs: the launch template's content.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ec2Instance {
+    /// The machine image.
+    pub ami: String,
+    /// The instance type.
+    pub instance_type: String,
+    /// Security group ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    /// The instance profile, by name or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_instance_profile: Option<String>,
+    /// The SSH key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// User data, with `{version}` filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// The port instances serve on.
+    pub port: u16,
+    /// The load balancer's health check path.
+    pub health_check_path: String,
+}
+
+/// The requests a load balancer rule sends to a cluster: a host, a path pattern, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// The host header to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path pattern to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A file and line in the config repository.

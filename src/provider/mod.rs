@@ -3,6 +3,7 @@
 //! is idempotent, names its target (no provider needs to have observed first), and identifies
 //! groups by labels, never by parsing names.
 
+pub mod ec2;
 pub mod kubernetes;
 pub mod local;
 pub mod memory;

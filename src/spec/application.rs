@@ -55,6 +55,9 @@ pub struct ApplicationSpec {
     /// What a pod needs on Kubernetes targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesWorkload>,
+    /// What an instance needs on EC2 targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Workload>,
     /// Checks once a new version takes all traffic, before the old groups go.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verify: Vec<VerifyCheck>,
@@ -71,6 +74,9 @@ pub struct Artifact {
     /// The container image repository, without tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The machine image (AMI id) EC2 instances boot from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ami: Option<String>,
 }
 
 /// The workload of an instance.
@@ -107,6 +113,31 @@ pub struct KubernetesWorkload {
     /// The service account the pods run as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+}
+
+/// What an instance needs on an EC2 target; the image is `artifact.ami`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ec2Workload {
+    /// The instance type, e.g. `t3.small`.
+    pub instance_type: String,
+    /// Security group ids of the instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    /// The instance profile (name or ARN) the instances run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_instance_profile: Option<String>,
+    /// The key pair for SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// The instances' user data; `{version}` becomes the artifact version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// The port the instances serve on; the load balancer sends traffic and health checks there.
+    pub port: u16,
+    /// The load balancer's health check path; `health.http.path`, else `/`, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
 }
 
 /// Container resources, as Kubernetes quantities (`250m`, `128Mi`).
@@ -162,11 +193,18 @@ pub struct Capacity {
 }
 
 /// Where a cluster takes traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Traffic {
-    /// The port the load balancer listens on.
-    pub port: u16,
+    /// The port the cluster's load balancer listens on (local and Kubernetes targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The host name the cluster's listener rule matches (EC2 targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path pattern the cluster's listener rule matches (EC2 targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// One cluster of an application: environment, target, stack and detail.

@@ -110,21 +110,22 @@ pub struct KubernetesTarget {
     pub namespace: String,
 }
 
-/// An EC2 region and networking.
+/// An EC2 region, its subnets and the load balancer listener clusters take traffic through.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Ec2Target {
     /// The AWS region.
     pub region: String,
-    /// Subnets for Auto Scaling groups.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Subnets the Auto Scaling groups launch instances into.
     pub subnets: Vec<String>,
-    /// Security groups for instances.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub security_groups: Vec<String>,
-    /// The instance type.
+    /// The Application Load Balancer listener each cluster gets a weighted rule on.
+    pub listener_arn: String,
+    /// The VPC of the target groups; looked up from the first subnet when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_type: Option<String>,
+    pub vpc_id: Option<String>,
+    /// Another endpoint for every AWS API (an emulator, a VPC endpoint); AWS's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// When and with whose approval changes may reach an environment.

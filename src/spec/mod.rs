@@ -16,8 +16,8 @@ pub use analysis::{
     VerifyCheck,
 };
 pub use application::{
-    Application, ApplicationMetadata, ApplicationSpec, Artifact, Capacity, ClusterSpec, HealthSpec,
-    HttpProbe, KubernetesWorkload, Resources, Traffic, Workload,
+    Application, ApplicationMetadata, ApplicationSpec, Artifact, Capacity, ClusterSpec,
+    Ec2Workload, HealthSpec, HttpProbe, KubernetesWorkload, Resources, Traffic, Workload,
 };
 pub use duration::{Duration, DurationError};
 pub use environment::{

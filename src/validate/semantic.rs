@@ -246,6 +246,40 @@ fn check_environment(
     }
 }
 
+/// What an EC2 cluster needs that the schema cannot say: an image, instance settings and a
+/// route for its listener rule.
+fn check_ec2_cluster(
+    doc: &Document,
+    p: &str,
+    cluster: &str,
+    spec: &crate::spec::ApplicationSpec,
+    c: &crate::spec::ClusterSpec,
+    out: &mut Vec<Diagnostic>,
+) {
+    if spec.artifact.ami.is_none() {
+        out.push(
+            err(doc, "ec2", p, format!("cluster `{cluster}` runs on an EC2 target but the application has no `artifact.ami`"))
+                .hint("add spec.artifact.ami, the machine image the instances boot from, e.g. ami-0abcdef1234567890"),
+        );
+    }
+    if spec.ec2.is_none() {
+        out.push(
+            err(doc, "ec2", p, format!("cluster `{cluster}` runs on an EC2 target but the application has no `ec2` section"))
+                .hint("add spec.ec2 with at least instanceType and port, e.g. ec2: {instanceType: t3.small, port: 8080}"),
+        );
+    }
+    if !c
+        .traffic
+        .as_ref()
+        .is_some_and(|t| t.host.is_some() || t.path.is_some())
+    {
+        out.push(
+            err(doc, "ec2", p, format!("cluster `{cluster}` runs on an EC2 target, where it takes traffic through a rule on the load balancer's listener, and has no host or path to route"))
+                .hint("add traffic: {host: hello.example.com} or traffic: {path: \"/hello/*\"}"),
+        );
+    }
+}
+
 fn suggest_or_list<'a>(
     word: &str,
     names: impl Iterator<Item = &'a str> + Clone,
@@ -791,7 +825,10 @@ fn check_application<'a>(
         let uses_url = checks
             .iter()
             .any(|v| v.command.iter().any(|a| a.contains("{url}")));
-        if uses_url && provider == Some(ProviderKind::Local) && c.traffic.is_none() {
+        if uses_url
+            && provider == Some(ProviderKind::Local)
+            && c.traffic.as_ref().and_then(|t| t.port).is_none()
+        {
             let at = if c.verify.is_some() {
                 format!("{p}/verify")
             } else {
@@ -883,6 +920,9 @@ fn check_application<'a>(
                 }
             }
         }
+        if provider == Some(ProviderKind::Ec2) {
+            check_ec2_cluster(doc, &p, cluster.as_str(), spec, c, out);
+        }
         if provider == Some(ProviderKind::Local) {
             if spec.workload.command.is_empty() {
                 out.push(
@@ -890,15 +930,23 @@ fn check_application<'a>(
                         .hint("add spec.workload.command, e.g. [\"keelson\", \"demo-app\", \"--port\", \"{port}\"]"),
                 );
             }
-            if let Some(t) = c.traffic {
+            if let Some(t) = &c.traffic
+                && t.port.is_none()
+            {
+                out.push(
+                    err(doc, "traffic-port", &format!("{p}/traffic"), format!("cluster `{cluster}` runs on the local target, which takes traffic on a port, and its `traffic` has none"))
+                        .hint("add traffic.port, e.g. traffic: {port: 8080}; host and path are for EC2 targets"),
+                );
+            }
+            if let Some(port) = c.traffic.as_ref().and_then(|t| t.port) {
                 let tp = format!("{p}/traffic/port");
-                if t.port < 1024 {
+                if port < 1024 {
                     out.push(
-                        err(doc, "traffic-port", &tp, format!("traffic port {} is below 1024, which the local target, running unprivileged, cannot bind", t.port))
+                        err(doc, "traffic-port", &tp, format!("traffic port {} is below 1024, which the local target, running unprivileged, cannot bind", port))
                             .hint("choose a port from 1024 to 65535, e.g. 8080"),
                     );
                 }
-                match claims.ports.get(&t.port) {
+                match claims.ports.get(&port) {
                     Some((other, file, at)) => out.push(
                         err(
                             doc,
@@ -906,7 +954,7 @@ fn check_application<'a>(
                             &tp,
                             format!(
                                 "traffic port {} is already used by `{other}` at {}:{}",
-                                t.port,
+                                port,
                                 file.display(),
                                 at.line
                             ),
@@ -915,7 +963,7 @@ fn check_application<'a>(
                     ),
                     None => {
                         claims.ports.insert(
-                            t.port,
+                            port,
                             (
                                 format!("{}/{cluster}", c.environment),
                                 doc.file.clone(),

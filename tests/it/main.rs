@@ -3,6 +3,7 @@
 mod analysis;
 mod apply_e2e;
 mod daemon;
+mod ec2;
 mod git_http;
 mod git_ssh;
 mod github_stub;
