@@ -11,6 +11,7 @@ mod kube_protocol;
 mod kube_stub;
 mod kubernetes;
 mod local_target;
+mod moto;
 mod plan_scenarios;
 mod pr_comment;
 mod properties;
