@@ -218,15 +218,33 @@ fn compile_application(
                 kubernetes: Option<&'a crate::spec::KubernetesWorkload>,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 ec2: Option<&'a crate::model::Ec2Instance>,
+                // On EC2 a new route comes with a new server group (its rule follows the newest).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                route: Option<&'a crate::model::Route>,
             }
             let ec2 = ec2_instance(spec, &health);
+            let route = c
+                .traffic
+                .as_ref()
+                .filter(|t| t.host.is_some() || t.path.is_some())
+                .map(|t| crate::model::Route {
+                    host: t.host.clone(),
+                    path: t.path.clone(),
+                });
             let spec_hash = SpecHash::of(&Immutable {
                 version: &spec.artifact.version,
                 image: &spec.artifact.image,
                 workload: workload.sealed(secret_key),
                 health: &health,
                 kubernetes: spec.kubernetes.as_ref(),
-                ec2: ec2.as_ref(),
+                ec2: ec2
+                    .as_ref()
+                    .map(|e| Ec2Instance {
+                        user_data: e.user_data.as_ref().map(|u| secret_key.seal("userData", u)),
+                        ..e.clone()
+                    })
+                    .as_ref(),
+                route: route.as_ref().filter(|_| ec2.is_some()),
             });
             let line = match &clusters_node.kind {
                 crate::load::NodeKind::Seq(items) => items.get(i).unwrap_or(clusters_node),
@@ -249,14 +267,7 @@ fn compile_application(
                 kubernetes: spec.kubernetes.clone(),
                 ec2,
                 traffic_port: c.traffic.as_ref().and_then(|t| t.port),
-                route: c
-                    .traffic
-                    .as_ref()
-                    .filter(|t| t.host.is_some() || t.path.is_some())
-                    .map(|t| crate::model::Route {
-                        host: t.host.clone(),
-                        path: t.path.clone(),
-                    }),
+                route,
                 strategy,
                 verify: c.verify.clone().unwrap_or_else(|| spec.verify.clone()),
                 prometheus: env.analysis.prometheus.clone(),

@@ -175,8 +175,13 @@ pub struct Ec2Instance {
     /// The SSH key pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,
-    /// User data, with `{version}` filled in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// User data, with `{version}` filled in. It often carries credentials, so plans, status
+    /// and the API show it masked, and the spec hash seals it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked_text"
+    )]
     pub user_data: Option<String>,
     /// The port instances serve on.
     pub port: u16,
@@ -452,6 +457,10 @@ impl WorkloadSpec {
 }
 
 /// Serializes a workload with its secrets masked: plans are printed and saved to files.
+fn masked_text<S: serde::Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    t.as_ref().map(|_| MASK).serialize(s)
+}
+
 fn masked_workload<S: serde::Serializer>(w: &WorkloadSpec, s: S) -> Result<S::Ok, S::Error> {
     w.masked().serialize(s)
 }

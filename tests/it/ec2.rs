@@ -34,7 +34,6 @@ impl World {
         repo.env.extend(credentials());
         repo
     }
-
 }
 
 /// Weights by sequence, and healthy instances in traffic.
@@ -175,6 +174,11 @@ async fn rollout(strategy: &str, expect_groups: &[&str]) {
     )
     .unwrap();
     let (_, plan) = repo.run(&["plan", "--format", "json"]).await;
+    // User data often carries credentials: plans show it masked.
+    assert!(
+        !plan.contains("run web"),
+        "{strategy}: user data in the plan"
+    );
     let plan: serde_json::Value =
         serde_json::from_str(&plan).unwrap_or_else(|e| panic!("{e}: {plan}"));
     let allowed: Vec<BTreeMap<u16, u32>> = plan_states(&plan, BTreeMap::from([(0, 100)]))
@@ -792,5 +796,8 @@ fn the_iam_policy_allows_exactly_what_the_provider_calls() {
         .difference(&called)
         .filter(|a| !on_behalf.contains(&a.as_str()))
         .collect();
-    assert!(extra.is_empty(), "the policy allows what Keelson never calls: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "the policy allows what Keelson never calls: {extra:?}"
+    );
 }

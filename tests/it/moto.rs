@@ -244,7 +244,7 @@ impl World {
                 .ec2
                 .create_subnet()
                 .vpc_id(&vpc)
-                .cidr_block(format!("10.0.{i}.0/24"))
+                .cidr_block(format!("10.0.{}.0/20", i * 16))
                 .availability_zone(*az)
                 .send()
                 .await
@@ -364,4 +364,3 @@ pub fn credentials() -> Vec<(String, String)> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
-

@@ -98,6 +98,8 @@ struct Rule {
     priority: Option<u32>,
     default: bool,
     weights: Vec<(String, u32)>,
+    /// Its conditions as (field, value), in the order [`conditions`] makes them.
+    conditions: Option<Vec<(String, String)>>,
 }
 
 impl Ec2Provider {
@@ -468,20 +470,38 @@ impl Ec2Provider {
             }
             return Ok(());
         }
-        if let Some(r) = rule
-            && let Some(current) = Some(&r.weights)
-            && same_weights(current, &order)
-        {
+        // The route is the spec's, else what the cluster's newest group was tagged with: a
+        // new route comes with a new server group, and the rule follows it.
+        let route = d.and_then(|d| d.route.clone()).or_else(|| {
+            let mut groups: Vec<&observe::Group> = live.groups.iter().collect();
+            groups.sort_by_key(|g| {
+                g.tags
+                    .get(tags::SEQUENCE)
+                    .and_then(|s| s.parse::<u32>().ok())
+            });
+            groups.into_iter().rev().find_map(|g| {
+                let host = g.tags.get(tags::ROUTE_HOST).cloned();
+                let path = g.tags.get(tags::ROUTE_PATH).cloned();
+                (host.is_some() || path.is_some()).then_some(crate::model::Route { host, path })
+            })
+        });
+        let wanted = route.as_ref().map(conditions);
+        if rule.is_some_and(|r| {
+            same_weights(&r.weights, &order) && (wanted.is_none() || r.conditions == wanted)
+        }) {
             return Ok(());
         }
         let action = forward(&order);
         match rule {
             Some(r) => {
+                let conditions =
+                    wanted.map(|w| w.iter().map(|(f, v)| condition(f, v)).collect::<Vec<_>>());
                 self.count(1);
                 c.elb
                     .modify_rule()
                     .rule_arn(&r.arn)
                     .actions(action)
+                    .set_conditions(conditions)
                     .send()
                     .await
                     .map_err(|e| {
@@ -493,15 +513,6 @@ impl Ec2Provider {
                     })?;
             }
             None => {
-                // The route is the spec's, else what the cluster's groups were tagged with.
-                let route = d.and_then(|d| d.route.clone()).or_else(|| {
-                    live.groups.iter().find_map(|g| {
-                        let host = g.tags.get(tags::ROUTE_HOST).cloned();
-                        let path = g.tags.get(tags::ROUTE_PATH).cloned();
-                        (host.is_some() || path.is_some())
-                            .then_some(crate::model::Route { host, path })
-                    })
-                });
                 let route = route.ok_or_else(|| {
                     ProviderError::invalid(format!(
                         "cluster {cluster} has no `traffic.host` or `traffic.path` for its listener rule"
@@ -525,25 +536,8 @@ impl Ec2Provider {
                     .tags(elb_tag(tags::TARGET, cluster.target.as_str()))
                     .tags(elb_tag(tags::CLUSTER, cluster.name.as_str()))
                     .tags(elb_tag(tags::MANAGED_BY, "keelson"));
-                if let Some(h) = &route.host {
-                    create = create.conditions(
-                        elb::RuleCondition::builder()
-                            .field("host-header")
-                            .host_header_config(
-                                elb::HostHeaderConditionConfig::builder().values(h).build(),
-                            )
-                            .build(),
-                    );
-                }
-                if let Some(p) = &route.path {
-                    create = create.conditions(
-                        elb::RuleCondition::builder()
-                            .field("path-pattern")
-                            .path_pattern_config(
-                                elb::PathPatternConditionConfig::builder().values(p).build(),
-                            )
-                            .build(),
-                    );
+                for (field, value) in conditions(&route) {
+                    create = create.conditions(condition(&field, &value));
                 }
                 self.count(1);
                 create.send().await.map_err(|e| {
@@ -1216,9 +1210,8 @@ impl Ec2Provider {
         self.processes(c, g, false, &["Launch", "Terminate"])
             .await?;
         for i in &g.instances {
-            let state = instances
-                .get(&i.id)
-                .map_or("terminated", |e| e.state.as_str());
+            // One EC2 does not list yet is new, not gone (its reads are eventually consistent).
+            let state = instances.get(&i.id).map_or("pending", |e| e.state.as_str());
             if observe::gone(state) {
                 self.terminate(c, &g.name, &i.id).await?;
             }
@@ -1416,6 +1409,36 @@ fn template_data(spec: &crate::model::Ec2Instance) -> ec2::RequestLaunchTemplate
     data.build()
 }
 
+/// A route's rule conditions as (field, value): the host header, then the path pattern.
+fn conditions(route: &crate::model::Route) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(h) = &route.host {
+        out.push(("host-header".to_string(), h.clone()));
+    }
+    if let Some(p) = &route.path {
+        out.push(("path-pattern".to_string(), p.clone()));
+    }
+    out
+}
+
+fn condition(field: &str, value: &str) -> elb::RuleCondition {
+    let c = elb::RuleCondition::builder().field(field);
+    if field == "host-header" {
+        c.host_header_config(
+            elb::HostHeaderConditionConfig::builder()
+                .values(value)
+                .build(),
+        )
+    } else {
+        c.path_pattern_config(
+            elb::PathPatternConditionConfig::builder()
+                .values(value)
+                .build(),
+        )
+    }
+    .build()
+}
+
 fn same_weights(current: &[(String, u32)], wanted: &[(String, u32)]) -> bool {
     let a: HashMap<&str, u32> = current.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let b: HashMap<&str, u32> = wanted.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -1517,11 +1540,34 @@ fn rule_of(r: &elb::Rule) -> Rule {
             }
         }
     }
+    let mut conditions: Vec<(String, String)> = Vec::new();
+    for c in r.conditions() {
+        let field = c.field().unwrap_or_default();
+        let mut values: Vec<&String> = match field {
+            "host-header" => c
+                .host_header_config()
+                .map(|h| h.values().iter().collect())
+                .unwrap_or_default(),
+            "path-pattern" => c
+                .path_pattern_config()
+                .map(|p| p.values().iter().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if values.is_empty() {
+            values = c.values().iter().collect();
+        }
+        for v in values {
+            conditions.push((field.to_string(), v.clone()));
+        }
+    }
+    conditions.sort_by_key(|(f, _)| f != "host-header");
     Rule {
         arn: r.rule_arn().unwrap_or_default().to_string(),
         priority: r.priority().and_then(|p| p.parse().ok()),
         default: r.is_default().unwrap_or(false),
         weights,
+        conditions: Some(conditions),
     }
 }
 
