@@ -109,7 +109,9 @@ where
             ),
             e,
         ),
-        (SdkError::ServiceError(_), c) if throttled(c) || status.is_some_and(|s| s >= 500) => {
+        (SdkError::ServiceError(_), c)
+            if throttled(c) || transient(c) || status.is_some_and(|s| s >= 500) =>
+        {
             ProviderError::unavailable_by(
                 format!(
                     "{what}: AWS is busy ({code}), still after retries with backoff; Keelson tries again on its next pass"
@@ -135,8 +137,57 @@ where
             ),
             e,
         ),
+        // The SDK finds no credentials only when it dispatches: say what to set, and do not
+        // call it an outage.
+        (SdkError::DispatchFailure(_), _)
+            if aws_sdk_ec2::error::DisplayErrorContext(&e)
+                .to_string()
+                .to_lowercase()
+                .contains("credentials") =>
+        {
+            ProviderError::invalid_by(
+                format!(
+                    "{what}: no AWS credentials; set AWS_PROFILE or AWS_ACCESS_KEY_ID, or run with an instance or pod role"
+                ),
+                e,
+            )
+        }
         _ => ProviderError::unavailable_by(format!("{what}: AWS could not be reached"), e),
     }
+}
+
+/// Error codes that say "not now": another change to the same resource is still going on.
+fn transient(code: &str) -> bool {
+    matches!(
+        code,
+        "ResourceInUse"
+            | "ScalingActivityInProgress"
+            | "ResourceContention"
+            | "IncorrectInstanceState"
+            | "PriorityInUse"
+    )
+}
+
+/// Calls `f` again while AWS answers with an error that says "not now" (a change to the same
+/// resource still going on), up to five times over about 15 s; the SDK's own retry covers
+/// throttling and 5xx underneath.
+pub async fn patiently<T, E, F, Fut>(mut f: F) -> Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let mut wait = Duration::from_millis(500);
+    for _ in 0..5 {
+        match f().await {
+            Err(e) if code(&e).is_some_and(transient) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+    f().await
 }
 
 /// Error codes AWS answers with when it throttles.

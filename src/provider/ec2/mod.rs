@@ -28,7 +28,7 @@ use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 
 pub use self::aws::IAM_POLICY;
-use self::aws::{Clients, code, failed};
+use self::aws::{Clients, code, failed, patiently};
 use self::names::tags;
 use self::observe::{Previous, Snapshot};
 use super::{Provider, ProviderError, ProviderOp, TargetRef};
@@ -61,6 +61,8 @@ pub struct Ec2Provider {
     clients: tokio::sync::Mutex<HashMap<Region, Arc<Clients>>>,
     vpcs: tokio::sync::Mutex<HashMap<String, String>>,
     cache: std::sync::Mutex<HashMap<String, Seen>>,
+    /// Bumped by every write: an observation that began before a write is not cached after it.
+    generation: std::sync::atomic::AtomicU64,
     calls: std::sync::atomic::AtomicU64,
 }
 
@@ -139,6 +141,8 @@ impl Ec2Provider {
     }
 
     fn forget(&self, target: &TargetRef) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut c) = self.cache.lock() {
             c.remove(&target.key());
         }
@@ -182,7 +186,13 @@ impl Ec2Provider {
                     e,
                 )
             })?;
-            out.extend(page.auto_scaling_groups().iter().map(group_of));
+            // A group being deleted is gone: nothing may heal or resize it.
+            out.extend(
+                page.auto_scaling_groups()
+                    .iter()
+                    .filter(|g| g.status().is_none_or(|s| !s.starts_with("Delete")))
+                    .map(group_of),
+            );
         }
         Ok(out)
     }
@@ -470,21 +480,26 @@ impl Ec2Provider {
             }
             return Ok(());
         }
-        // The route is the spec's, else what the cluster's newest group was tagged with: a
-        // new route comes with a new server group, and the rule follows it.
-        let route = d.and_then(|d| d.route.clone()).or_else(|| {
-            let mut groups: Vec<&observe::Group> = live.groups.iter().collect();
-            groups.sort_by_key(|g| {
-                g.tags
-                    .get(tags::SEQUENCE)
-                    .and_then(|s| s.parse::<u32>().ok())
-            });
-            groups.into_iter().rev().find_map(|g| {
+        // The route is the one the heaviest group (the newest of equals) was made with: a new
+        // route comes with a new server group, and the rule follows it as traffic does. The
+        // spec's when no group says.
+        let heaviest = order
+            .iter()
+            .filter(|(_, w)| *w > 0)
+            .filter_map(|(arn, w)| {
+                let g = live.groups.iter().find(|g| g.target_groups.contains(arn))?;
+                let seq = g.tags.get(tags::SEQUENCE)?.parse::<u32>().ok()?;
+                Some((*w, seq, g))
+            })
+            .max_by_key(|(w, seq, _)| (*w, *seq))
+            .map(|(_, _, g)| g);
+        let route = heaviest
+            .and_then(|g| {
                 let host = g.tags.get(tags::ROUTE_HOST).cloned();
                 let path = g.tags.get(tags::ROUTE_PATH).cloned();
                 (host.is_some() || path.is_some()).then_some(crate::model::Route { host, path })
             })
-        });
+            .or_else(|| d.and_then(|d| d.route.clone()));
         let wanted = route.as_ref().map(conditions);
         if rule.is_some_and(|r| {
             same_weights(&r.weights, &order) && (wanted.is_none() || r.conditions == wanted)
@@ -663,21 +678,67 @@ impl Ec2Provider {
                     .await
                 {
                     Ok(arn) => Some(arn),
-                    Err(e) => {
+                    // AWS said no: what was made goes. A timeout or a lost connection may have
+                    // made the group after all: then what it uses stays, and a retry finds it.
+                    Err(e @ ProviderError::Invalid { .. }) => {
                         self.undo(c, &made).await;
                         return Err(e);
                     }
+                    Err(e) => return Err(e),
                 }
             }
         };
-        if let Some(arn) = tg_arn {
-            let live = self.live(c, target, cluster).await?;
-            // A new group joins its cluster's rule even at weight 0: AWS checks the health of
+        let Some(arn) = tg_arn else {
+            return Ok(());
+        };
+        let live = self.live(c, target, cluster).await?;
+        let others = live.groups.len() > 1;
+        if weight == 0 || others {
+            // A new group joins its cluster's rule at weight 0 first: AWS checks the health of
             // target groups only when a rule uses them.
+            self.set_weights(c, t, Some(d), cluster, &live, &[(arn.clone(), 0)])
+                .await?;
+        }
+        if weight > 0 {
+            // Its weight comes once it has a healthy target, as the operation promises: an
+            // empty target group would answer its share with 503s. A first group has no
+            // traffic to lose and goes in at once.
+            if others {
+                self.await_healthy(c, &arn, d.health.timeout.to_std())
+                    .await?;
+            }
             self.set_weights(c, t, Some(d), cluster, &live, &[(arn, u32::from(weight))])
                 .await?;
         }
         Ok(())
+    }
+
+    /// Waits until a target group has a healthy target.
+    async fn await_healthy(
+        &self,
+        c: &Clients,
+        arn: &str,
+        timeout: Duration,
+    ) -> Result<(), ProviderError> {
+        let until = Instant::now() + timeout;
+        loop {
+            let health = self
+                .health(c, [arn.to_string()].into_iter().collect())
+                .await?;
+            if health
+                .get(arn)
+                .is_some_and(|h| h.values().any(|t| t.state == "healthy"))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(ProviderError::unavailable(format!(
+                    "target group {arn} has no healthy target after {}s; it is not put in traffic",
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -697,7 +758,7 @@ impl Ec2Provider {
                 "cluster {cluster} has no `ec2` section or `artifact.ami`; it cannot run on EC2"
             ))
         })?;
-        let tags = names::group_tags(d, seq);
+        let mut tags = names::group_tags(d, seq);
         let vpc = self.vpc(c, t).await?;
         let mut lt_tags =
             ec2::TagSpecification::builder().resource_type(ec2::ResourceType::LaunchTemplate);
@@ -734,6 +795,7 @@ impl Ec2Provider {
                 ));
             }
         };
+        tags.insert(tags::TEMPLATE_VERSION.into(), template.1.clone());
         // The target group.
         let tg_name = names::target_group_name(cluster, seq);
         let mut create_tg = c
@@ -747,7 +809,9 @@ impl Ec2Provider {
             .health_check_path(&spec.health_check_path)
             .health_check_interval_seconds(10)
             .healthy_threshold_count(2);
-        for (k, v) in &tags {
+        // Load balancer tags allow fewer characters (no `*` of a path pattern): the identity
+        // tags only, and only values they can hold.
+        for (k, v) in tags.iter().filter(|(k, v)| names::elb_tag_ok(k, v)) {
             create_tg = create_tg.tags(elb_tag(k, v));
         }
         self.count(1);
@@ -796,8 +860,27 @@ impl Ec2Provider {
         match create.send().await {
             Ok(_) => Ok(tg_arn),
             Err(e) if code(&e) == Some("AlreadyExists") => {
-                // Made meanwhile by an earlier try of this call: the same tags say so.
-                Ok(tg_arn)
+                // Made by an earlier try of this call, if its tags say so; else someone else's.
+                let existing = self.live_group_by_name(c, &name).await?;
+                let ours = existing.as_ref().is_some_and(|g| {
+                    [
+                        tags::ENVIRONMENT,
+                        tags::TARGET,
+                        tags::CLUSTER,
+                        tags::SEQUENCE,
+                        tags::SPEC_HASH,
+                    ]
+                    .iter()
+                    .all(|k| g.tags.get(*k) == tags.get(*k))
+                });
+                if ours {
+                    Ok(tg_arn)
+                } else {
+                    Err(ProviderError::invalid(format!(
+                        "an Auto Scaling group {name} exists in {} that is not this cluster's; two environments sharing an account and region need different cluster names (give one a stack)",
+                        t.region
+                    )))
+                }
             }
             Err(e) => Err(match code(&e) {
                 Some("ValidationError")
@@ -819,6 +902,29 @@ impl Ec2Provider {
                 ),
             }),
         }
+    }
+
+    /// An Auto Scaling group by name, whoever made it.
+    async fn live_group_by_name(
+        &self,
+        c: &Clients,
+        name: &str,
+    ) -> Result<Option<observe::Group>, ProviderError> {
+        self.count(1);
+        let out = c
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .map_err(|e| {
+                failed(
+                    "autoscaling:DescribeAutoScalingGroups",
+                    &format!("read Auto Scaling group {name}"),
+                    e,
+                )
+            })?;
+        Ok(out.auto_scaling_groups().first().map(group_of))
     }
 
     /// A launch template that exists already: ours if its spec hash is the one asked for.
@@ -906,21 +1012,20 @@ impl Ec2Provider {
         if g.desired != to {
             let size = i32::try_from(to).unwrap_or(i32::MAX);
             self.count(1);
-            c.asg
+            let call = c
+                .asg
                 .update_auto_scaling_group()
                 .auto_scaling_group_name(&g.name)
                 .min_size(size)
                 .max_size(size)
-                .desired_capacity(size)
-                .send()
-                .await
-                .map_err(|e| {
-                    failed(
-                        "autoscaling:UpdateAutoScalingGroup",
-                        &format!("resize {} to {to}", g.name),
-                        e,
-                    )
-                })?;
+                .desired_capacity(size);
+            patiently(|| call.clone().send()).await.map_err(|e| {
+                failed(
+                    "autoscaling:UpdateAutoScalingGroup",
+                    &format!("resize {} to {to}", g.name),
+                    e,
+                )
+            })?;
         }
         self.register(c, g).await
     }
@@ -975,16 +1080,14 @@ impl Ec2Provider {
     ) -> Result<(), ProviderError> {
         let live = self.live(c, target, cluster).await?;
         let g = found(&live, cluster, seq)?;
+        let (lt_id, pointed) = template_of(g)?;
         let now = g.tags.get(tags::SPEC_HASH).cloned().unwrap_or_default();
         if now == d.spec_hash.as_str() {
-            return Ok(());
+            // Tagged already; a try that stopped before pointing the group finishes here.
+            return self
+                .point_at(c, g, &lt_id, &tagged_version(g, &pointed))
+                .await;
         }
-        let (lt_id, lt_version) = g.launch_template.clone().ok_or_else(|| {
-            ProviderError::invalid(format!(
-                "Auto Scaling group {} launches from no launch template; Keelson did not make it",
-                g.name
-            ))
-        })?;
         let spec = d.ec2.as_ref().ok_or_else(|| {
             ProviderError::invalid(format!("cluster {cluster} has no `ec2` section"))
         })?;
@@ -1013,18 +1116,13 @@ impl Ec2Provider {
                 version: g.tags.get(tags::VERSION).cloned().unwrap_or_default(),
                 spec_hash: crate::model::SpecHash::from_observed(now),
             },
-            template_version: lt_version,
+            template_version: tagged_version(g, &pointed),
         };
-        self.point(
-            c,
-            g,
-            &lt_id,
-            &version,
-            &d.version,
-            d.spec_hash.as_str(),
-            Some(&previous),
-        )
-        .await
+        // Tags first, then the pointer: whatever stops in between, the tags say where the
+        // group is going and what it came from, and a retry finishes the move.
+        self.tag_spec(c, g, &d.version, d.spec_hash.as_str(), &version, &previous)
+            .await?;
+        self.point_at(c, g, &lt_id, &version).await
     }
 
     async fn revert_in_place(
@@ -1037,8 +1135,11 @@ impl Ec2Provider {
     ) -> Result<(), ProviderError> {
         let live = self.live(c, target, cluster).await?;
         let g = found(&live, cluster, seq)?;
+        let (lt_id, pointed) = template_of(g)?;
         if g.tags.get(tags::SPEC_HASH).map(String::as_str) == Some(to.spec_hash.as_str()) {
-            return Ok(());
+            return self
+                .point_at(c, g, &lt_id, &tagged_version(g, &pointed))
+                .await;
         }
         let kept = g
             .tags
@@ -1051,7 +1152,6 @@ impl Ec2Provider {
                     g.name, to.version
                 ))
             })?;
-        let (lt_id, lt_version) = g.launch_template.clone().unwrap_or_default();
         let swapped = Previous {
             spec: SpecRef {
                 version: g.tags.get(tags::VERSION).cloned().unwrap_or_default(),
@@ -1059,35 +1159,33 @@ impl Ec2Provider {
                     g.tags.get(tags::SPEC_HASH).cloned().unwrap_or_default(),
                 ),
             },
-            template_version: lt_version,
+            template_version: tagged_version(g, &pointed),
         };
-        self.point(
+        self.tag_spec(
             c,
             g,
-            &lt_id,
-            &kept.template_version,
             &kept.spec.version,
             kept.spec.spec_hash.as_str(),
-            Some(&swapped),
+            &kept.template_version,
+            &swapped,
         )
-        .await
+        .await?;
+        self.point_at(c, g, &lt_id, &kept.template_version).await
     }
 
-    /// Points a group at a launch template version and tags it with the spec that launches:
-    /// instances launched from now on carry that spec's hash.
-    #[allow(clippy::too_many_arguments)]
-    async fn point(
+    /// Points a group at a launch template version, unless it is there already.
+    async fn point_at(
         &self,
         c: &Clients,
         g: &observe::Group,
         lt_id: &str,
         lt_version: &str,
-        version: &str,
-        hash: &str,
-        previous: Option<&Previous>,
     ) -> Result<(), ProviderError> {
-        self.count(1);
-        c.asg
+        if g.launch_template.as_ref().map(|(_, v)| v.as_str()) == Some(lt_version) {
+            return Ok(());
+        }
+        let call = c
+            .asg
             .update_auto_scaling_group()
             .auto_scaling_group_name(&g.name)
             .launch_template(
@@ -1095,34 +1193,51 @@ impl Ec2Provider {
                     .launch_template_id(lt_id)
                     .version(lt_version)
                     .build(),
-            )
-            .send()
+            );
+        self.count(1);
+        patiently(|| call.clone().send())
             .await
+            .map(|_| ())
             .map_err(|e| {
                 failed(
                     "autoscaling:UpdateAutoScalingGroup",
                     &format!("point {} at launch template version {lt_version}", g.name),
                     e,
                 )
-            })?;
-        let mut call = c
-            .asg
+            })
+    }
+
+    /// Tags a group with the spec its instances launch from now on (propagated: each new
+    /// instance carries its hash), the launch template version that has it, and the spec and
+    /// version it leaves, to revert to.
+    async fn tag_spec(
+        &self,
+        c: &Clients,
+        g: &observe::Group,
+        version: &str,
+        hash: &str,
+        lt_version: &str,
+        previous: &Previous,
+    ) -> Result<(), ProviderError> {
+        let json = serde_json::to_string(previous)
+            .map_err(|e| ProviderError::invalid_by("cannot keep the previous spec", e))?;
+        self.count(1);
+        c.asg
             .create_or_update_tags()
             .tags(asg_tag(&g.name, tags::SPEC_HASH, hash))
-            .tags(asg_tag(&g.name, tags::VERSION, version));
-        if let Some(p) = previous {
-            let json = serde_json::to_string(p)
-                .map_err(|e| ProviderError::invalid_by("cannot keep the previous spec", e))?;
-            call = call.tags(asg_tag(&g.name, tags::PREVIOUS, &json));
-        }
-        self.count(1);
-        call.send().await.map(|_| ()).map_err(|e| {
-            failed(
-                "autoscaling:CreateOrUpdateTags",
-                &format!("tag {} with its new spec", g.name),
-                e,
-            )
-        })
+            .tags(asg_tag(&g.name, tags::VERSION, version))
+            .tags(asg_tag(&g.name, tags::TEMPLATE_VERSION, lt_version))
+            .tags(asg_tag(&g.name, tags::PREVIOUS, &json))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                failed(
+                    "autoscaling:CreateOrUpdateTags",
+                    &format!("tag {} with its new spec", g.name),
+                    e,
+                )
+            })
     }
 
     /// Terminates up to `count` instances of a group that run another spec than the group's,
@@ -1168,7 +1283,14 @@ impl Ec2Provider {
         // Terminating needs the Terminate process; a disabled group gets it back for this.
         self.processes(c, g, false, &["Launch", "Terminate"])
             .await?;
-        for i in stale.into_iter().take(count as usize) {
+        // A batch whose terminations are under way already (a retry) does not take more.
+        let in_flight = g
+            .instances
+            .iter()
+            .filter(|i| i.lifecycle.starts_with("Terminat") || i.lifecycle.starts_with("Pending"))
+            .count();
+        let take = (count as usize).saturating_sub(in_flight);
+        for i in stale.into_iter().take(take) {
             self.terminate(c, &g.name, &i.id).await?;
         }
         Ok(())
@@ -1176,14 +1298,12 @@ impl Ec2Provider {
 
     async fn terminate(&self, c: &Clients, group: &str, id: &str) -> Result<(), ProviderError> {
         self.count(1);
-        match c
+        let call = c
             .asg
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
-            .should_decrement_desired_capacity(false)
-            .send()
-            .await
-        {
+            .should_decrement_desired_capacity(false);
+        match patiently(|| call.clone().send()).await {
             Ok(_) => Ok(()),
             // Gone already, by hand or by Auto Scaling: what was asked.
             Err(e) if code(&e) == Some("ValidationError") => Ok(()),
@@ -1217,23 +1337,25 @@ impl Ec2Provider {
             }
         }
         self.count(1);
-        c.asg
+        let call = c
+            .asg
             .set_desired_capacity()
             .auto_scaling_group_name(&g.name)
             .desired_capacity(i32::try_from(g.desired).unwrap_or(i32::MAX))
-            .honor_cooldown(false)
-            .send()
-            .await
-            .map_err(|e| {
-                failed(
-                    "autoscaling:SetDesiredCapacity",
-                    &format!("restore the capacity of {}", g.name),
-                    e,
-                )
-            })?;
+            .honor_cooldown(false);
+        patiently(|| call.clone().send()).await.map_err(|e| {
+            failed(
+                "autoscaling:SetDesiredCapacity",
+                &format!("restore the capacity of {}", g.name),
+                e,
+            )
+        })?;
         self.register(c, g).await
     }
 
+    /// Destroys a group: off the rule, the Auto Scaling group with its instances, then its
+    /// target group and launch template, found by name when the group is gone already (a
+    /// retry after a failure halfway leaves nothing behind).
     async fn destroy(
         &self,
         c: &Clients,
@@ -1243,72 +1365,133 @@ impl Ec2Provider {
     ) -> Result<(), ProviderError> {
         let t = self.settings(target)?;
         let live = self.live(c, target, cluster).await?;
-        let Some(g) = live.group(seq) else {
-            return Ok(());
-        };
-        // Off the rule first: a target group a rule uses cannot be deleted.
-        self.drop_from_rule(c, t, cluster, &live, &g.target_groups)
-            .await?;
-        self.count(1);
-        match c
-            .asg
-            .delete_auto_scaling_group()
-            .auto_scaling_group_name(&g.name)
-            .force_delete(true)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if code(&e) == Some("ValidationError") => {}
-            Err(e) => {
-                return Err(failed(
-                    "autoscaling:DeleteAutoScalingGroup",
-                    &format!("delete Auto Scaling group {}", g.name),
-                    e,
-                ));
+        let name = names::group_name(cluster, seq);
+        let target_groups: Vec<String> = match live.group(seq) {
+            Some(g) => {
+                // Off the rule first: a target group a rule uses cannot be deleted.
+                self.drop_from_rule(c, t, cluster, &live, &g.target_groups)
+                    .await?;
+                let call = c
+                    .asg
+                    .delete_auto_scaling_group()
+                    .auto_scaling_group_name(&g.name)
+                    .force_delete(true);
+                self.count(1);
+                match patiently(|| call.clone().send()).await {
+                    Ok(_) => {}
+                    Err(e) if code(&e) == Some("ValidationError") => {}
+                    Err(e) => {
+                        return Err(failed(
+                            "autoscaling:DeleteAutoScalingGroup",
+                            &format!("delete Auto Scaling group {}", g.name),
+                            e,
+                        ));
+                    }
+                }
+                g.target_groups.clone()
             }
-        }
-        for tg in &g.target_groups {
+            None => self.target_group_by_name(c, cluster, seq).await?,
+        };
+        for tg in &target_groups {
+            let call = c.elb.delete_target_group().target_group_arn(tg);
             self.count(1);
-            match c
-                .elb
-                .delete_target_group()
-                .target_group_arn(tg)
-                .send()
-                .await
-            {
+            match patiently(|| call.clone().send()).await {
                 Ok(_) => {}
                 Err(e) if code(&e) == Some("TargetGroupNotFound") => {}
                 Err(e) => {
                     return Err(failed(
                         "elasticloadbalancing:DeleteTargetGroup",
-                        &format!("delete the target group of {}", g.name),
+                        &format!("delete the target group of {name}"),
                         e,
                     ));
                 }
             }
         }
-        if let Some((id, _)) = &g.launch_template {
-            self.count(1);
-            match c
-                .ec2
-                .delete_launch_template()
-                .launch_template_id(id)
-                .send()
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if code(&e).is_some_and(|c| c.contains("NotFound")) => {}
-                Err(e) => {
-                    return Err(failed(
-                        "ec2:DeleteLaunchTemplate",
-                        &format!("delete the launch template of {}", g.name),
-                        e,
-                    ));
-                }
-            }
+        // The launch template has the group's name; another environment's of the same name
+        // is not touched.
+        let Some(id) = self.our_template(c, &name, cluster).await? else {
+            return Ok(());
+        };
+        self.count(1);
+        match c
+            .ec2
+            .delete_launch_template()
+            .launch_template_id(&id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e).is_some_and(|c| c.contains("NotFound")) => Ok(()),
+            Err(e) => Err(failed(
+                "ec2:DeleteLaunchTemplate",
+                &format!("delete the launch template of {name}"),
+                e,
+            )),
         }
-        Ok(())
+    }
+
+    /// The id of launch template `name` if it is this cluster's (by its tags).
+    async fn our_template(
+        &self,
+        c: &Clients,
+        name: &str,
+        cluster: &ClusterId,
+    ) -> Result<Option<String>, ProviderError> {
+        self.count(1);
+        let out = match c
+            .ec2
+            .describe_launch_templates()
+            .launch_template_names(name)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if code(&e).is_some_and(|c| c.contains("NotFound")) => return Ok(None),
+            Err(e) => {
+                return Err(failed(
+                    "ec2:DescribeLaunchTemplates",
+                    &format!("read launch template {name}"),
+                    e,
+                ));
+            }
+        };
+        Ok(out.launch_templates().iter().find_map(|l| {
+            let tag = |k: &str| {
+                l.tags()
+                    .iter()
+                    .find(|t| t.key() == Some(k))
+                    .and_then(|t| t.value())
+            };
+            (tag(tags::ENVIRONMENT) == Some(cluster.environment.as_str())
+                && tag(tags::TARGET) == Some(cluster.target.as_str())
+                && tag(tags::CLUSTER) == Some(cluster.name.as_str()))
+            .then(|| l.launch_template_id().map(str::to_string))
+            .flatten()
+        }))
+    }
+
+    /// A group's target group by its derived name, if it is there and Keelson's.
+    async fn target_group_by_name(
+        &self,
+        c: &Clients,
+        cluster: &ClusterId,
+        seq: Sequence,
+    ) -> Result<Vec<String>, ProviderError> {
+        let name = names::target_group_name(cluster, seq);
+        self.count(1);
+        match c.elb.describe_target_groups().names(&name).send().await {
+            Ok(out) => Ok(out
+                .target_groups()
+                .iter()
+                .filter_map(|g| g.target_group_arn().map(str::to_string))
+                .collect()),
+            Err(e) if code(&e) == Some("TargetGroupNotFound") => Ok(Vec::new()),
+            Err(e) => Err(failed(
+                "elasticloadbalancing:DescribeTargetGroups",
+                &format!("look for target group {name}"),
+                e,
+            )),
+        }
     }
 
     /// Takes target groups off the cluster's rule, keeping the others' weights.
@@ -1362,6 +1545,25 @@ impl Ec2Provider {
                 )
             })
     }
+}
+
+/// A group's launch template id and the version it launches from.
+fn template_of(g: &observe::Group) -> Result<(String, String), ProviderError> {
+    g.launch_template.clone().ok_or_else(|| {
+        ProviderError::invalid(format!(
+            "Auto Scaling group {} launches from no launch template; Keelson did not make it",
+            g.name
+        ))
+    })
+}
+
+/// The launch template version a group's tags say it launches from; the one it points at
+/// when untagged.
+fn tagged_version(g: &observe::Group, pointed: &str) -> String {
+    g.tags
+        .get(tags::TEMPLATE_VERSION)
+        .cloned()
+        .unwrap_or_else(|| pointed.to_string())
 }
 
 /// What a create made so far, to undo if it fails.
@@ -1594,9 +1796,12 @@ impl Provider for Ec2Provider {
         }
         let t = self.settings(target)?;
         let c = self.clients(t).await;
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         let snapshot = self.snapshot(&c, target).await?;
         let seen = observe::clusters(&target.environment, &target.target.name, &snapshot);
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Ok(mut cache) = self.cache.lock()
+            && self.generation.load(std::sync::atomic::Ordering::Acquire) == generation
+        {
             cache.insert(key, (Instant::now(), Arc::new(seen.clone())));
         }
         Ok(seen)

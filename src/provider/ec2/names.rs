@@ -24,6 +24,9 @@ pub mod tags {
     pub const SPEC_HASH: &str = "keelson:spec-hash";
     /// The artifact version.
     pub const VERSION: &str = "keelson:version";
+    /// The launch template version the group launches from (written before it is pointed
+    /// there, so an update that stops halfway is finished by its retry).
+    pub const TEMPLATE_VERSION: &str = "keelson:template-version";
     /// The spec and launch template version before an update in place.
     pub const PREVIOUS: &str = "keelson:previous";
     /// Always `keelson`.
@@ -80,6 +83,25 @@ pub fn group_tags(d: &DesiredCluster, seq: Sequence) -> BTreeMap<String, String>
         }
     }
     t
+}
+
+/// Whether a tag goes on load balancer resources: identity tags whose values fit the
+/// characters Elastic Load Balancing allows (letters, digits, spaces and `_.:/=+-@`).
+pub fn elb_tag_ok(key: &str, value: &str) -> bool {
+    let identity = [
+        tags::ENVIRONMENT,
+        tags::TARGET,
+        tags::CLUSTER,
+        tags::APP,
+        tags::SEQUENCE,
+        tags::SPEC_HASH,
+        tags::VERSION,
+        tags::MANAGED_BY,
+    ];
+    identity.contains(&key)
+        && value
+            .chars()
+            .all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c))
 }
 
 /// The Auto Scaling group (and launch template) name, Spinnaker's `<cluster>-vNNN`.
@@ -168,6 +190,14 @@ mod tests {
             assert_eq!(label_key(&tag_key(l)), l);
         }
         assert_eq!(tag_key(labels::STORE), "keelson:store");
+    }
+
+    #[test]
+    fn load_balancer_tags_are_identity_tags_it_can_hold() {
+        assert!(elb_tag_ok(tags::VERSION, "1.4.0+build.7"));
+        assert!(!elb_tag_ok(tags::ROUTE_PATH, "/api/*"));
+        assert!(!elb_tag_ok(tags::VERSION, "1.4~rc1"));
+        assert!(!elb_tag_ok("team", "shop"));
     }
 
     #[test]

@@ -217,6 +217,9 @@ fn instance(i: &GroupInstance, g: &Group, s: &Snapshot, group_hash: &str) -> Opt
         };
         match t {
             Some(t) if t.state == "healthy" => {}
+            // A target group no rule uses yet is not checked by the load balancer: it says
+            // nothing either way (the first group of a cluster, before its rule exists).
+            Some(t) if t.state == "unused" && t.reason.as_deref() == Some("Target.NotInUse") => {}
             Some(t) if t.state == "initial" => note(InstanceHealth::Starting, why(t)),
             Some(t) => note(InstanceHealth::Unhealthy, why(t)),
             None => note(
