@@ -381,6 +381,12 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_the_old_weight_
         world.app("2.0.0", strategy, 2),
     )
     .unwrap();
+    let (_, plan) = repo.run(&["plan", "--format", "json"]).await;
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    let allowed: Vec<BTreeMap<u16, u32>> = plan_states(&plan, BTreeMap::from([(0, 100)]))
+        .iter()
+        .map(shares)
+        .collect();
     let sampler = Sampler::start(&world);
     let (code, out) = repo.apply().await;
     let samples = sampler.finish().await;
@@ -389,21 +395,42 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_the_old_weight_
     assert_eq!(code, 1, "{out}");
     assert!(marked >= 2, "marked {marked}");
     assert!(out.contains("healthy"), "{out}");
-    // The plan lets the old group go down to 75%, and only once the new one is healthy. moto
-    // makes instances healthy at once, so the marking may come a moment late: then the canary
-    // step runs and the traffic guard or the next health look stops the rollout. Either way
-    // the old group never had less than the plan allowed, and always served.
+    // The plan moves traffic only once the new group is healthy. moto makes instances healthy
+    // at once, so the marking may come a moment late: then the canary steps run and the
+    // traffic guard or the next health look stops the rollout. Either way the listener only
+    // ever held a state of the plan, the old group never left traffic, and something served.
     for (weights, healthy) in &samples {
+        let seen: BTreeMap<u16, u32> = weights
+            .iter()
+            .filter(|(_, w)| **w > 0)
+            .map(|(s, w)| (*s, *w))
+            .collect();
         assert!(
-            weights.get(&0).is_some_and(|w| *w >= 75),
-            "{weights:?}\n{out}"
+            allowed.contains(&seen),
+            "{seen:?} is no state of the plan: {allowed:?}\n{out}"
+        );
+        assert!(
+            seen.contains_key(&0),
+            "the old group left traffic: {seen:?}\n{out}"
         );
         assert!(*healthy > 0, "{weights:?}");
     }
-    assert_eq!(world.aws.groups().await, ["web-v000"]);
-    assert_eq!(world.aws.templates().await, ["web-v000"]);
-    assert_eq!(world.aws.target_groups().await.len(), 1);
-    assert_eq!(world.weights().await, BTreeMap::from([(0, 100)]));
+    // The old group serves alone. When the guard stopped the rollout late, the rollback may
+    // leave the new group disabled for the next apply to remove (the engine says so); it takes
+    // no traffic either way.
+    let serving: BTreeMap<u16, u32> = world
+        .weights()
+        .await
+        .into_iter()
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    assert_eq!(serving, BTreeMap::from([(0, 100)]), "{out}");
+    let groups = world.aws.groups().await;
+    assert_eq!(groups[0], "web-v000", "{out}");
+    if groups.len() == 1 {
+        assert_eq!(world.aws.templates().await, ["web-v000"]);
+        assert_eq!(world.aws.target_groups().await.len(), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
