@@ -156,6 +156,24 @@ where
     }
 }
 
+/// The outcome of a call that removes something: an error `gone` recognises by its code
+/// says it was removed already, which is what was asked.
+pub fn unless_gone<T, E>(
+    r: Result<T, SdkError<E, HttpResponse>>,
+    gone: impl Fn(&str) -> bool,
+    action: &str,
+    what: &str,
+) -> Result<(), ProviderError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if code(&e).is_some_and(&gone) => Ok(()),
+        Err(e) => Err(failed(action, what, e)),
+    }
+}
+
 /// Error codes that say "not now": another change to the same resource is still going on.
 fn transient(code: &str) -> bool {
     matches!(

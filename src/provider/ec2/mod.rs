@@ -28,7 +28,7 @@ use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 
 pub use self::aws::IAM_POLICY;
-use self::aws::{Clients, code, failed, patiently};
+use self::aws::{Clients, code, failed, patiently, unless_gone};
 use self::names::tags;
 use self::observe::{Previous, Snapshot};
 use super::{Provider, ProviderError, ProviderOp, TargetRef};
@@ -465,18 +465,7 @@ impl Ec2Provider {
         if total == 0 {
             // No group takes traffic: the rule goes and the listener's default answers.
             if let Some(r) = rule {
-                self.count(1);
-                match c.elb.delete_rule().rule_arn(&r.arn).send().await {
-                    Ok(_) => {}
-                    Err(e) if code(&e) == Some("RuleNotFound") => {}
-                    Err(e) => {
-                        return Err(failed(
-                            "elasticloadbalancing:DeleteRule",
-                            &format!("remove the listener rule of {cluster}"),
-                            e,
-                        ));
-                    }
-                }
+                self.delete_rule(c, &r.arn, cluster).await?;
             }
             return Ok(());
         }
@@ -1303,16 +1292,13 @@ impl Ec2Provider {
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
             .should_decrement_desired_capacity(false);
-        match patiently(|| call.clone().send()).await {
-            Ok(_) => Ok(()),
-            // Gone already, by hand or by Auto Scaling: what was asked.
-            Err(e) if code(&e) == Some("ValidationError") => Ok(()),
-            Err(e) => Err(failed(
-                "autoscaling:TerminateInstanceInAutoScalingGroup",
-                &format!("replace instance {id} of {group}"),
-                e,
-            )),
-        }
+        // Gone already, by hand or by Auto Scaling: what was asked.
+        unless_gone(
+            patiently(|| call.clone().send()).await,
+            |c| c == "ValidationError",
+            "autoscaling:TerminateInstanceInAutoScalingGroup",
+            &format!("replace instance {id} of {group}"),
+        )
     }
 
     /// Replaces the instances EC2 says are gone (Auto Scaling does too, in its own time) and
@@ -1377,17 +1363,12 @@ impl Ec2Provider {
                     .auto_scaling_group_name(&g.name)
                     .force_delete(true);
                 self.count(1);
-                match patiently(|| call.clone().send()).await {
-                    Ok(_) => {}
-                    Err(e) if code(&e) == Some("ValidationError") => {}
-                    Err(e) => {
-                        return Err(failed(
-                            "autoscaling:DeleteAutoScalingGroup",
-                            &format!("delete Auto Scaling group {}", g.name),
-                            e,
-                        ));
-                    }
-                }
+                unless_gone(
+                    patiently(|| call.clone().send()).await,
+                    |c| c == "ValidationError",
+                    "autoscaling:DeleteAutoScalingGroup",
+                    &format!("delete Auto Scaling group {}", g.name),
+                )?;
                 g.target_groups.clone()
             }
             None => self.target_group_by_name(c, cluster, seq).await?,
@@ -1395,17 +1376,12 @@ impl Ec2Provider {
         for tg in &target_groups {
             let call = c.elb.delete_target_group().target_group_arn(tg);
             self.count(1);
-            match patiently(|| call.clone().send()).await {
-                Ok(_) => {}
-                Err(e) if code(&e) == Some("TargetGroupNotFound") => {}
-                Err(e) => {
-                    return Err(failed(
-                        "elasticloadbalancing:DeleteTargetGroup",
-                        &format!("delete the target group of {name}"),
-                        e,
-                    ));
-                }
-            }
+            unless_gone(
+                patiently(|| call.clone().send()).await,
+                |c| c == "TargetGroupNotFound",
+                "elasticloadbalancing:DeleteTargetGroup",
+                &format!("delete the target group of {name}"),
+            )?;
         }
         // The launch template has the group's name; another environment's of the same name
         // is not touched.
@@ -1413,21 +1389,16 @@ impl Ec2Provider {
             return Ok(());
         };
         self.count(1);
-        match c
-            .ec2
-            .delete_launch_template()
-            .launch_template_id(&id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e).is_some_and(|c| c.contains("NotFound")) => Ok(()),
-            Err(e) => Err(failed(
-                "ec2:DeleteLaunchTemplate",
-                &format!("delete the launch template of {name}"),
-                e,
-            )),
-        }
+        unless_gone(
+            c.ec2
+                .delete_launch_template()
+                .launch_template_id(&id)
+                .send()
+                .await,
+            |c| c.contains("NotFound"),
+            "ec2:DeleteLaunchTemplate",
+            &format!("delete the launch template of {name}"),
+        )
     }
 
     /// The id of launch template `name` if it is this cluster's (by its tags).
@@ -1494,6 +1465,22 @@ impl Ec2Provider {
         }
     }
 
+    /// Deletes the cluster's listener rule; one that is gone already is what was asked.
+    async fn delete_rule(
+        &self,
+        c: &Clients,
+        arn: &str,
+        cluster: &ClusterId,
+    ) -> Result<(), ProviderError> {
+        self.count(1);
+        unless_gone(
+            c.elb.delete_rule().rule_arn(arn).send().await,
+            |c| c == "RuleNotFound",
+            "elasticloadbalancing:DeleteRule",
+            &format!("remove the listener rule of {cluster}"),
+        )
+    }
+
     /// Takes target groups off the cluster's rule, keeping the others' weights.
     async fn drop_from_rule(
         &self,
@@ -1518,16 +1505,7 @@ impl Ec2Provider {
             .cloned()
             .collect();
         if kept.iter().all(|(_, w)| *w == 0) {
-            self.count(1);
-            return match c.elb.delete_rule().rule_arn(&rule.arn).send().await {
-                Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some("RuleNotFound") => Ok(()),
-                Err(e) => Err(failed(
-                    "elasticloadbalancing:DeleteRule",
-                    &format!("remove the listener rule of {cluster}"),
-                    e,
-                )),
-            };
+            return self.delete_rule(c, &rule.arn, cluster).await;
         }
         self.count(1);
         c.elb
