@@ -6,7 +6,7 @@ use super::error::name;
 use super::{
     AdoptArgs, ApproveArgs, CliError, Exit, LocksArgs, LocksCommand, ScopeArgs, SuspendArgs,
 };
-use crate::plan::{Approval, Scope, Suspend};
+use crate::plan::{Scope, Suspend};
 use crate::spec::{AppName, EnvName};
 
 fn scope(s: &ScopeArgs) -> Result<Scope, CliError> {
@@ -107,44 +107,29 @@ pub async fn resume(args: &ScopeArgs) -> Result<Exit, CliError> {
     Ok(Exit::Success)
 }
 
-/// `keelson approve`.
+/// `keelson approve --env E --app A`: by someone the environment lists as an approver.
 pub async fn approve(args: &ApproveArgs) -> Result<Exit, CliError> {
-    let ctx = Context::of(&args.location);
     let (Some(env), Some(app)) = (&args.env, &args.app) else {
         return Err(CliError::argument(
             "approve needs a cluster, or --env and --app",
             "`keelson approve CLUSTER` lets a held canary go on; `keelson approve --env E --app A` approves a version",
         ));
     };
-    let environment = name("environment", env, EnvName::new)?;
-    let app = name("application", app, AppName::new)?;
-    let version = match &args.version {
-        Some(v) => v.clone(),
-        None => {
-            let (d, _) = ctx.desired()?;
-            d.clusters
-                .values()
-                .find(|c| c.app == app && c.id.environment == environment)
-                .map(|c| c.version.clone())
-                .ok_or_else(|| {
-                    CliError::argument(
-                        format!("{app} has no cluster in {environment}"),
-                        "check --app and --env against the specs",
-                    )
-                })?
-        }
-    };
-    ctx.store()?.approve(
-        &Approval {
-            environment: environment.clone(),
-            app: app.clone(),
-            version: version.clone(),
-        },
-        &who(),
-        crate::clock::now(),
-    )?;
-    println!("Approved {app} {version} in {environment}.");
-    Ok(Exit::Success)
+    let body = serde_json::json!({"app": app, "env": env, "version": args.version});
+    super::delivery::act(&args.actor, "approve", body, |store, desired, who, now| {
+        let environment = name("environment", env, EnvName::new)?;
+        let app = name("application", app, AppName::new)?;
+        Ok(crate::controls::approve(
+            store,
+            desired,
+            who,
+            &app,
+            &environment,
+            args.version.as_deref(),
+            now,
+        )?)
+    })
+    .await
 }
 
 /// `keelson locks`.

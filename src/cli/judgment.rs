@@ -79,7 +79,7 @@ pub fn approve(location: &Location, selector: &str) -> Result<Exit, CliError> {
 
 /// `keelson retry CLUSTER`: a failed or rejected spec may roll out again.
 pub fn retry(args: &RetryArgs) -> Result<Exit, CliError> {
-    let ctx = Context::of(&args.location);
+    let ctx = Context::of(&args.actor.location);
     let store = ctx.store()?;
     let mut r = newest(store.as_ref(), &args.cluster)?;
     r.retry(&who(), crate::clock::now()).map_err(refused)?;
@@ -99,7 +99,7 @@ pub fn retry(args: &RetryArgs) -> Result<Exit, CliError> {
 /// `keelson reject CLUSTER`: the analysis ends and its rollout is rolled back now, from what
 /// ran (the journal; without one, what the live state shows done).
 pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
-    let ctx = Context::of(&args.location);
+    let ctx = Context::of(&args.actor.location);
     let store = ctx.store()?;
     let mut r = newest(store.as_ref(), &args.cluster)?;
     let who = who();
@@ -126,6 +126,7 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
                     let sel = Selection {
                         environments: vec![id.environment.clone()],
                         apps: desired.iter().map(|c| c.app.clone()).collect(),
+                        ..Selection::default()
                     };
                     crate::plan::plan(&d, &observed, &policy, &revision, &sel)
                         .clusters
@@ -179,6 +180,7 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
         steps,
         blocked: Vec::new(),
         desired: Some(desired),
+        control: None,
     };
     let engine = ctx.engine("keelson reject")?;
     let report = engine

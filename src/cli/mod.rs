@@ -4,6 +4,7 @@ mod api;
 mod apply;
 mod context;
 mod control;
+mod delivery;
 mod error;
 mod judgment;
 mod local;
@@ -92,13 +93,21 @@ pub enum Command {
     Locks(LocksArgs),
     /// Put an older healthy server group back in traffic.
     Rollback(RollbackArgs),
+    /// Hold an application in an environment at a version, whatever Git says.
+    Pin(PinArgs),
+    /// Lift a pin: Git's version rolls out again.
+    Unpin(UnpinArgs),
+    /// Mark a version bad: never deployed where vetoed; where live, rolled back.
+    Veto(VetoArgs),
+    /// Lift a veto.
+    Unveto(UnvetoArgs),
     /// Approve a version where approval is required, or let a held canary go on (CLUSTER).
     // `--version` here names the version approved, not this program's.
     #[command(disable_version_flag = true)]
     Approve(ApproveArgs),
-    /// Reject a rollout whose canary analysis holds: roll it back now.
+    /// Say no to a pending approval or a held canary: roll it back and veto the version.
     Reject(RejectArgs),
-    /// Let a spec whose canary analysis failed or was rejected roll out again.
+    /// Try again now: a cluster the flapping guard left alone, or a failed canary's spec.
     Retry(RetryArgs),
     /// Take over clusters another state store made (after a lost or replaced keelson.db).
     Adopt(AdoptArgs),
@@ -455,32 +464,124 @@ pub struct ApproveArgs {
     /// The version (default: the one the specs ask for).
     #[arg(long)]
     pub version: Option<String>,
-    /// The config repository and the state directory.
+    /// Who acts and where.
     #[command(flatten)]
-    pub location: Location,
+    pub actor: ActorArgs,
 }
 
 /// Arguments of `keelson reject`.
 #[derive(Debug, clap::Args)]
 pub struct RejectArgs {
-    /// The cluster (`name`, `env/name` or `env/target/name`).
+    /// The application (with --env), or a cluster whose canary holds (`name`, `env/name` or
+    /// `env/target/name`).
     pub cluster: String,
+    /// The environment: reject what the application awaits there (approval or a held canary).
+    #[arg(long)]
+    pub env: Option<String>,
     /// Why (kept in the history and shown by `status`).
     #[arg(long)]
     pub reason: String,
-    /// The config repository and the state directory.
+    /// Who acts and where.
     #[command(flatten)]
-    pub location: Location,
+    pub actor: ActorArgs,
 }
 
 /// Arguments of `keelson retry`.
 #[derive(Debug, clap::Args)]
 pub struct RetryArgs {
-    /// The cluster (`name`, `env/name` or `env/target/name`).
+    /// The application (with --env), or a cluster (`name`, `env/name` or `env/target/name`).
     pub cluster: String,
+    /// The environment: try the application's clusters there again.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Who acts and where.
+    #[command(flatten)]
+    pub actor: ActorArgs,
+}
+
+/// Who acts on a delivery control, and where: the local state store or a daemon's API.
+#[derive(Debug, clap::Args)]
+pub struct ActorArgs {
+    /// A running daemon's API (`keelson up`); without it the local state store is used.
+    #[arg(long, env = "KEELSON_SERVER", hide_env_values = true)]
+    pub server: Option<String>,
+    /// Act as this user (needs `allowAs: true` in the identities file; through --server the
+    /// API token says who acts).
+    #[arg(long = "as", value_name = "USER")]
+    pub as_user: Option<String>,
     /// The config repository and the state directory.
     #[command(flatten)]
     pub location: Location,
+}
+
+/// Arguments of `keelson pin`.
+#[derive(Debug, clap::Args)]
+pub struct PinArgs {
+    /// The application.
+    pub app: String,
+    /// The version to hold it at.
+    pub version: String,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// Why (recorded, and shown in every plan).
+    #[arg(long)]
+    pub reason: String,
+    /// Lapse by itself: after a duration (4h) or at a time (2026-12-07T09:00:00Z).
+    #[arg(long, value_parser = crate::controls::parse_until)]
+    pub until: Option<jiff::Timestamp>,
+    /// Pin a version Keelson never saw (Git does not name it and it never ran).
+    #[arg(long)]
+    pub force: bool,
+    /// Who acts and where.
+    #[command(flatten)]
+    pub actor: ActorArgs,
+}
+
+/// Arguments of `keelson unpin`.
+#[derive(Debug, clap::Args)]
+pub struct UnpinArgs {
+    /// The application.
+    pub app: String,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// Who acts and where.
+    #[command(flatten)]
+    pub actor: ActorArgs,
+}
+
+/// Arguments of `keelson veto`.
+#[derive(Debug, clap::Args)]
+pub struct VetoArgs {
+    /// The application.
+    pub app: String,
+    /// The version.
+    pub version: String,
+    /// Only in this environment (default: every environment).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Why (recorded, and shown in every plan).
+    #[arg(long)]
+    pub reason: String,
+    /// Who acts and where.
+    #[command(flatten)]
+    pub actor: ActorArgs,
+}
+
+/// Arguments of `keelson unveto`.
+#[derive(Debug, clap::Args)]
+pub struct UnvetoArgs {
+    /// The application.
+    pub app: String,
+    /// The version.
+    pub version: String,
+    /// The environment it was vetoed in (default: the veto for every environment).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Who acts and where.
+    #[command(flatten)]
+    pub actor: ActorArgs,
 }
 
 /// Arguments of `keelson adopt`.
@@ -614,11 +715,21 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             Command::Locks(args) => control::locks(&args).await,
             Command::Rollback(args) => rollback::rollback(&args, style).await,
             Command::Approve(args) => match &args.cluster {
-                Some(c) => judgment::approve(&args.location, c),
+                Some(c) => judgment::approve(&args.actor.location, c),
                 None => control::approve(&args).await,
             },
-            Command::Reject(args) => judgment::reject(&args).await,
-            Command::Retry(args) => judgment::retry(&args),
+            Command::Reject(args) => match args.env {
+                Some(_) => delivery::reject(&args).await,
+                None => judgment::reject(&args).await,
+            },
+            Command::Retry(args) => match args.env {
+                Some(_) => delivery::retry(&args).await,
+                None => judgment::retry(&args),
+            },
+            Command::Pin(args) => delivery::pin(&args).await,
+            Command::Unpin(args) => delivery::unpin(&args).await,
+            Command::Veto(args) => delivery::veto(&args).await,
+            Command::Unveto(args) => delivery::unveto(&args).await,
             Command::Adopt(args) => control::adopt(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,

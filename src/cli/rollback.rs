@@ -135,6 +135,7 @@ pub async fn rollback(args: &RollbackArgs, style: Style) -> Result<Exit, CliErro
         steps: vec![PlannedStep::new(Step::Op(op), undo)],
         blocked: Vec::new(),
         desired: d.clusters.get(&live.id).cloned(),
+        control: None,
     };
     let target = target_of(&d, &live.id, "a cluster can be rolled back")?;
     let engine = ctx.engine("keelson rollback")?;

@@ -62,6 +62,9 @@ struct ClusterStatus {
     /// The cluster's newest canary analysis, with its measurements.
     #[serde(skip_serializing_if = "Option::is_none")]
     analysis: Option<AnalysisRecord>,
+    /// Pins, vetoes and the flapping guard, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    controls: Vec<String>,
 }
 
 /// `keelson status`.
@@ -133,6 +136,7 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
     let now = crate::clock::now();
     let locks = st.locks()?;
     let suspends = st.suspends(now)?;
+    let policy = st.policy(now, None)?;
     // As plans list them: by environment in promotion order, then by id.
     let order = d.promotion_order();
     let mut ids: Vec<&ClusterId> = d.clusters.keys().chain(observed.clusters.keys()).collect();
@@ -198,6 +202,16 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
                 .collect(),
             last_action: last,
             analysis: st.latest_analysis(&id.to_string())?,
+            controls: des
+                .map(|c| {
+                    let limits = d
+                        .environments
+                        .get(&c.id.environment)
+                        .map(|e| e.flapping)
+                        .unwrap_or_default();
+                    crate::plan::describe(c, &limits, &policy)
+                })
+                .unwrap_or_default(),
         });
     }
     // A target that could not be observed is not "no server groups": say so, and fail.
@@ -246,6 +260,9 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
         }
         for s in &c.suspended {
             println!("    {} {s}", style.warn("suspended:"));
+        }
+        for s in &c.controls {
+            println!("    {} {s}", style.warn("control:"));
         }
         if let Some(e) = &c.last_action {
             println!(

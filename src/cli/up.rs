@@ -139,6 +139,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         trigger: tokio::sync::Notify::new(),
         store: store.clone(),
         api_token: secret("KEELSON_API_TOKEN", args.api_token_file.as_ref())?,
+        identities: super::delivery::identities()?,
         webhook_secret: secret("KEELSON_WEBHOOK_SECRET", args.webhook_secret_file.as_ref())?,
         pull_requests,
         repository,
@@ -158,7 +159,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
             source,
         })?;
     tracing::info!(listen = %args.listen, source = %source.describe(), state = %state.display(), "keelson up");
-    if shared.api_token.is_none() {
+    if shared.api_token.is_none() && !shared.identities.has_tokens() {
         tracing::warn!(
             "no API token (KEELSON_API_TOKEN): suspend, resume and sync over HTTP are refused"
         );

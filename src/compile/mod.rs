@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::load::Node;
 use crate::model::{
-    CapacityRange, ClusterId, ClusterName, DesiredCluster, DesiredEnvironment, DesiredState,
-    Ec2Instance, Health, HttpCheck, SourceRef, SpecHash, SpecKey, WorkloadSpec, labels,
+    Artifact, CapacityRange, ClusterId, ClusterName, DesiredCluster, DesiredEnvironment,
+    DesiredState, Ec2Instance, Health, HttpCheck, SourceRef, SpecHash, SpecKey, WorkloadSpec,
+    labels,
 };
 use crate::spec::{Duration, Strategy};
 use crate::validate::Specs;
@@ -82,7 +83,9 @@ pub fn compile_cached(specs: &Specs, cache: &mut Cache) -> DesiredState {
                 depends_on: s.depends_on.clone(),
                 targets: s.targets.clone(),
                 windows: s.constraints.windows.clone(),
-                approval: s.constraints.approval,
+                approval: s.constraints.approval.approval(),
+                approvers: s.constraints.approval.approvers().to_vec(),
+                flapping: s.constraints.flapping,
                 prune: s.prune,
                 suspended: s.suspended,
                 analysis: s.analysis.clone(),
@@ -205,23 +208,6 @@ fn compile_application(
             if let Some(d) = &c.detail {
                 lbl.insert(labels::DETAIL.to_string(), d.clone());
             }
-            // Secret values enter the hash sealed under the installation's key: the hash is
-            // published (plans, labels) and must not let anyone guess a secret offline.
-            #[derive(Serialize)]
-            struct Immutable<'a> {
-                version: &'a str,
-                image: &'a Option<String>,
-                workload: WorkloadSpec,
-                health: &'a Health,
-                // Left out when absent, so hashes of clusters without it stay as they were.
-                #[serde(skip_serializing_if = "Option::is_none")]
-                kubernetes: Option<&'a crate::spec::KubernetesWorkload>,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                ec2: Option<&'a crate::model::Ec2Instance>,
-                // On EC2 a new route comes with a new server group (its rule follows the newest).
-                #[serde(skip_serializing_if = "Option::is_none")]
-                route: Option<&'a crate::model::Route>,
-            }
             let ec2 = ec2_instance(spec, &health);
             let route = c
                 .traffic
@@ -231,21 +217,21 @@ fn compile_application(
                     host: t.host.clone(),
                     path: t.path.clone(),
                 });
-            let spec_hash = SpecHash::of(&Immutable {
-                version: &spec.artifact.version,
-                image: &spec.artifact.image,
+            let sealed = Sealed {
                 workload: workload.sealed(secret_key),
                 health: &health,
                 kubernetes: spec.kubernetes.as_ref(),
-                ec2: ec2
-                    .as_ref()
-                    .map(|e| Ec2Instance {
-                        user_data: e.user_data.as_ref().map(|u| secret_key.seal("userData", u)),
-                        ..e.clone()
-                    })
-                    .as_ref(),
+                ec2: ec2.as_ref().map(|e| Ec2Instance {
+                    user_data: e.user_data.as_ref().map(|u| secret_key.seal("userData", u)),
+                    ..e.clone()
+                }),
                 route: route.as_ref().filter(|_| ec2.is_some()),
-            });
+            };
+            let spec_hash = sealed.spec_hash(&spec.artifact.version, &spec.artifact.image);
+            let retarget = crate::model::Retarget {
+                rest: sealed.rest(secret_key),
+                user_data: spec.ec2.as_ref().and_then(|e| e.user_data.clone()),
+            };
             let line = match &clusters_node.kind {
                 crate::load::NodeKind::Seq(items) => items.get(i).unwrap_or(clusters_node),
                 _ => clusters_node,
@@ -286,11 +272,97 @@ fn compile_application(
                     file: a.doc.file.clone(),
                     line,
                 },
+                retarget,
             };
             cluster.hash = hash_without_source(&cluster);
             out.push(cluster);
         }
     }
+    out
+}
+
+/// The immutable part of a cluster's spec besides its artifact, secrets sealed under the
+/// installation's key: the hash is published (plans, labels) and must not let anyone guess a
+/// secret offline.
+#[derive(Serialize)]
+struct Sealed<'a> {
+    workload: WorkloadSpec,
+    health: &'a Health,
+    // Left out when absent, so hashes of clusters without it stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<&'a crate::spec::KubernetesWorkload>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ec2: Option<Ec2Instance>,
+    // On EC2 a new route comes with a new server group (its rule follows the newest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a crate::model::Route>,
+}
+
+impl Sealed<'_> {
+    /// The spec hash of this part with an artifact: a change needs a new server group.
+    fn spec_hash(&self, version: &str, image: &Option<String>) -> SpecHash {
+        #[derive(Serialize)]
+        struct Immutable<'a, 'b> {
+            version: &'a str,
+            image: &'a Option<String>,
+            #[serde(flatten)]
+            rest: &'a Sealed<'b>,
+        }
+        SpecHash::of(&Immutable {
+            version,
+            image,
+            rest: self,
+        })
+    }
+
+    /// The hash of this part alone, the machine image and the rendered user data left out
+    /// (they follow the artifact); keyed, as the spec hash is.
+    fn rest(&self, key: &SpecKey) -> SpecHash {
+        let ec2 = self.ec2.as_ref().map(|e| Ec2Instance {
+            ami: String::new(),
+            user_data: None,
+            ..e.clone()
+        });
+        let rest = Sealed {
+            workload: self.workload.clone(),
+            health: self.health,
+            kubernetes: self.kubernetes,
+            ec2,
+            route: self.route,
+        };
+        SpecHash::of(&(key.seal("rest", ""), &rest))
+    }
+}
+
+/// The cluster moved to another artifact, everything else as Git has it: what a pin or a
+/// veto's way back deploys. `known` is the spec hash this artifact had when it was live here
+/// on the same rest of the spec (so its old server group is recognised and re-enabled);
+/// otherwise the hash is derived from the rest and the artifact.
+pub fn retarget(
+    c: &DesiredCluster,
+    artifact: &Artifact,
+    known: Option<&SpecHash>,
+) -> DesiredCluster {
+    let mut out = c.clone();
+    if c.artifact() == *artifact {
+        return out;
+    }
+    out.version.clone_from(&artifact.version);
+    out.image.clone_from(&artifact.image);
+    if let Some(e) = out.ec2.as_mut() {
+        if let Some(ami) = &artifact.ami {
+            e.ami.clone_from(ami);
+        }
+        e.user_data = c
+            .retarget
+            .user_data
+            .as_ref()
+            .map(|u| u.replace("{version}", &artifact.version));
+    }
+    out.spec_hash = known
+        .cloned()
+        .unwrap_or_else(|| SpecHash::of(&(&c.retarget.rest, artifact)));
+    out.hash = hash_without_source(&out);
     out
 }
 

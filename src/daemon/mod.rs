@@ -2,6 +2,7 @@
 //! it validates, reconciles on new revisions, webhooks and a drift timer, and obeys suspends.
 
 pub mod pull_request;
+pub mod schedule;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,7 +103,36 @@ fn jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)
 }
 
-/// Runs the loop until `shutdown` resolves.
+/// What the schedule needs of a revision: each cluster with its hash, app and the
+/// environments that wait on its environment.
+fn scheduled(d: &DesiredState) -> Vec<schedule::Desired> {
+    d.clusters
+        .values()
+        .map(|c| schedule::Desired {
+            id: c.id.clone(),
+            app: c.app.clone(),
+            hash: c.hash.clone(),
+            dependents: d
+                .environments
+                .values()
+                .filter(|e| e.depends_on.contains(&c.id.environment))
+                .map(|e| e.name.clone())
+                .collect(),
+        })
+        .collect()
+}
+
+/// A reconcile of some clusters, running.
+type Batch = (
+    Vec<ClusterId>,
+    crate::engine::ApplyReport,
+    std::time::Duration,
+);
+
+/// Runs the loop until `shutdown` resolves. Each cluster is reconciled on its own schedule
+/// with its own backoff ([`schedule`]): a failing cluster does not delay the others, and a
+/// revision that changes a cluster supersedes its retry at once. Clusters due together run
+/// as one batch; batches run side by side.
 pub async fn run(
     source: Source,
     cfg: LoopConfig,
@@ -113,7 +143,7 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let mut last_fetched: Option<String> = None;
-    let mut desired: Option<(DesiredState, String)> = None;
+    let mut desired: Option<(Arc<DesiredState>, String)> = None;
     // Unchanged files are not parsed again from one revision to the next. Spec hashes seal
     // secrets under the store's key, as every other keelson of this installation does.
     let mut cache = match shared.store.spec_key() {
@@ -126,25 +156,44 @@ pub async fn run(
     let mut poll = tokio::time::interval(cfg.interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
-    let mut backoff = Duration::from_secs(2);
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut sched = schedule::Schedule::new(schedule::Backoff::default());
+    let mut batches: tokio::task::JoinSet<Batch> = tokio::task::JoinSet::new();
+    let mut outcomes: std::collections::BTreeMap<ClusterId, String> = Default::default();
     shared.update_status(|st| {
         st.source = source.describe();
     });
     loop {
-        let mut reconcile = false;
+        let wake = sched.next_wake().map(tokio::time::Instant::from_std);
+        let mut finished: Option<Batch> = None;
         tokio::select! {
             () = &mut shutdown => break,
             _ = poll.tick() => {}
-            () = shared.trigger.notified() => reconcile = true,
+            () = shared.trigger.notified() => {
+                sched.on(schedule::Event::Sync { force: true }, std::time::Instant::now());
+            }
             () = tokio::time::sleep_until(drift_at) => {
-                reconcile = true;
+                sched.on(schedule::Event::Sync { force: false }, std::time::Instant::now());
                 drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
             }
-            () = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
-                reconcile = true;
-                retry_at = None;
+            () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
+            Some(done) = batches.join_next(), if !batches.is_empty() => {
+                finished = done.ok();
             }
+        }
+        if let Some(batch) = finished {
+            if let Some((d, rev)) = &desired {
+                after_batch(
+                    &shared,
+                    &providers,
+                    d,
+                    rev,
+                    &batch,
+                    &mut sched,
+                    &mut outcomes,
+                )
+                .await;
+            }
+            continue;
         }
         // Fetch: cheap when nothing moved (one round trip, same commit, nothing parsed).
         let src = source.clone();
@@ -162,16 +211,22 @@ pub async fn run(
                     Some(d) => {
                         info!(clusters = d.clusters.len(), "new revision is valid");
                         let _ = shared.store.set_last_good_revision(&rev);
+                        let d = Arc::new(d);
                         if let Ok(mut known) = shared.desired.write() {
-                            *known = Some(Arc::new(d.clone()));
+                            *known = Some(d.clone());
                         }
+                        sched.on(
+                            schedule::Event::Revision {
+                                clusters: scheduled(&d),
+                            },
+                            std::time::Instant::now(),
+                        );
                         desired = Some((d, rev.clone()));
                         shared.update_status(|st| {
                             st.fetched = Some(rev.clone());
                             st.diagnostics.clear();
                             st.last_error = None;
                         });
-                        reconcile = true;
                     }
                     None => {
                         let have_good = desired.is_some();
@@ -210,143 +265,204 @@ pub async fn run(
                 shared.metrics.last_sync_success.set(0);
             }
         }
-        if !reconcile {
+        let Some((d, rev)) = &desired else { continue };
+        let now = std::time::Instant::now();
+        let due = sched.due(now);
+        if due.is_empty() {
             continue;
         }
-        let Some((d, rev)) = &desired else { continue };
-        // Reconcile in a task, so a shutdown can stop it at the next step boundary.
-        let started = std::time::Instant::now();
+        for id in &due {
+            sched.on(
+                schedule::Event::Started {
+                    cluster: id.clone(),
+                },
+                now,
+            );
+        }
+        // Reconciled in a task, so the loop goes on (other clusters, new commits) and a
+        // shutdown can stop it at the next step boundary.
         let (e, d2, r2) = (engine.clone(), d.clone(), rev.clone());
-        let mut task = tokio::spawn(async move {
-            e.apply(
-                &d2,
-                &r2,
-                &Selection::default(),
-                None,
-                Arc::new(TracingProgress),
-            )
-            .await
+        batches.spawn(async move {
+            let started = std::time::Instant::now();
+            let report = e
+                .apply(
+                    &d2,
+                    &r2,
+                    &Selection::clusters(due.clone()),
+                    None,
+                    Arc::new(TracingProgress),
+                )
+                .await;
+            (due, report, started.elapsed())
         });
-        let report = tokio::select! {
-            r = &mut task => r.ok(),
-            () = &mut shutdown => {
-                info!("shutting down: stopping at the next step boundary");
-                engine.stop.store(true, Ordering::Release);
-                match tokio::time::timeout(cfg.shutdown_grace, &mut task).await {
-                    Ok(_) => {}
-                    Err(_) => {
-                        warn!("steps did not stop within {:?}; exiting anyway", cfg.shutdown_grace);
-                        task.abort();
-                    }
-                }
-                return;
-            }
-        };
-        let Some(report) = report else { continue };
-        shared
-            .metrics
-            .reconcile_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let failed = report.failed();
-        for c in &report.clusters {
-            let result = match &c.outcome {
-                ClusterOutcome::Converged => "ok",
-                ClusterOutcome::Held(_) => "held",
-                ClusterOutcome::Refused(_)
-                | ClusterOutcome::Locked(_)
-                | ClusterOutcome::Foreign(_) => "refused",
-                ClusterOutcome::Failed { .. } => "failed",
-            };
-            shared
-                .metrics
-                .actuations
-                .get_or_create(&crate::server::metrics::ResultLabel {
-                    result: result.into(),
-                })
-                .inc();
-            shared.metrics.steps.inc_by(c.steps as u64);
-        }
-        // What the clusters look like now, for status and for the next plan's count.
-        let observed = observe(d, &providers).await;
-        let policy = shared
-            .store
-            .policy(crate::clock::now(), None)
-            .unwrap_or_else(|_| crate::plan::Policy::at(crate::clock::now()));
-        let after = plan(d, &observed, &policy, rev, &Selection::default());
-        let healed = report
-            .clusters
-            .iter()
-            .filter(|c| c.drift && c.outcome == ClusterOutcome::Converged)
-            .count();
-        if healed > 0 {
-            info!(clusters = healed, "drift healed");
-            shared.metrics.drift_healed.inc_by(healed as u64);
-        }
-        shared.metrics.plan_changes.set(
-            i64::try_from(
-                after
-                    .clusters
-                    .iter()
-                    .filter(|c| c.action != crate::plan::Action::Orphan)
-                    .count(),
-            )
-            .unwrap_or(0),
-        );
-        shared
-            .metrics
-            .suspends
-            .set(i64::try_from(policy.suspends.len()).unwrap_or(0));
-        shared.metrics.revision.clear();
-        shared
-            .metrics
-            .revision
-            .get_or_create(&crate::server::metrics::RevisionLabel {
-                revision: rev.clone(),
-            })
-            .set(1);
-        shared
-            .metrics
-            .last_sync
-            .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
-        shared.metrics.last_sync_success.set(i64::from(!failed));
-        shared.update_status(|st| {
-            st.revision = Some(rev.clone());
-            st.last_sync = Some(crate::clock::now());
-            st.ready = st.ready || !failed;
-            st.last_result = if failed { "failed".into() } else { "ok".into() };
-            if failed {
-                st.last_error = report
-                    .clusters
-                    .iter()
-                    .find(|c| c.outcome.is_failure())
-                    .map(|c| format!("{}: {}", c.id, c.outcome));
-            } else if st.diagnostics.is_empty() {
-                st.last_error = None;
-            }
-            st.clusters = d
-                .clusters
-                .values()
-                .map(|c| ClusterStatus {
-                    cluster: c.id.to_string(),
-                    desired_version: c.version.clone(),
-                    server_groups: observed
-                        .clusters
-                        .get(&c.id)
-                        .map(|l| l.server_groups.iter().map(|g| json!({"name": g.name, "version": g.version, "enabled": g.enabled, "weight": g.weight, "healthy": g.healthy(), "instances": g.instances.len()})).collect())
-                        .unwrap_or_default(),
-                    outcome: report.clusters.iter().find(|r| r.id == c.id).map_or_else(|| "unchanged".into(), |r| r.outcome.to_string()),
-                })
-                .collect();
-        });
-        if failed {
-            retry_at = Some(tokio::time::Instant::now() + backoff);
-            warn!("a cluster failed; retrying in {backoff:?}");
-            backoff = (backoff * 2).min(Duration::from_secs(300));
-        } else {
-            backoff = Duration::from_secs(2);
+    }
+    if !batches.is_empty() {
+        info!("shutting down: stopping at the next step boundary");
+        engine.stop.store(true, Ordering::Release);
+        let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+            while batches.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                "steps did not stop within {:?}; exiting anyway",
+                cfg.shutdown_grace
+            );
+            batches.abort_all();
         }
     }
     info!("stopped");
+}
+
+/// After a batch: tell the schedule how each cluster ended, and refresh metrics and status.
+async fn after_batch(
+    shared: &Shared,
+    providers: &Providers,
+    d: &DesiredState,
+    rev: &str,
+    batch: &Batch,
+    sched: &mut schedule::Schedule,
+    outcomes: &mut std::collections::BTreeMap<ClusterId, String>,
+) {
+    let (ids, report, took) = batch;
+    shared.metrics.reconcile_seconds.observe(took.as_secs_f64());
+    let now = std::time::Instant::now();
+    for id in ids {
+        let r = report.clusters.iter().find(|r| &r.id == id);
+        let ok = r.is_none_or(|r| !r.outcome.is_failure());
+        sched.on(
+            schedule::Event::Finished {
+                cluster: id.clone(),
+                ok,
+            },
+            now,
+        );
+        outcomes.insert(
+            id.clone(),
+            r.map_or_else(|| "unchanged".into(), |r| r.outcome.to_string()),
+        );
+    }
+    let failed = report.failed();
+    for c in &report.clusters {
+        let result = match &c.outcome {
+            ClusterOutcome::Converged => "ok",
+            ClusterOutcome::Held(_) => "held",
+            ClusterOutcome::Refused(_) | ClusterOutcome::Locked(_) | ClusterOutcome::Foreign(_) => {
+                "refused"
+            }
+            ClusterOutcome::Failed { .. } => "failed",
+        };
+        shared
+            .metrics
+            .actuations
+            .get_or_create(&crate::server::metrics::ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        shared.metrics.steps.inc_by(c.steps as u64);
+    }
+    // What the clusters look like now, for status and for the next plan's count.
+    let observed = observe(d, providers).await;
+    let policy = shared
+        .store
+        .policy(crate::clock::now(), None)
+        .unwrap_or_else(|_| crate::plan::Policy::at(crate::clock::now()));
+    let after = plan(d, &observed, &policy, rev, &Selection::default());
+    let healed = report
+        .clusters
+        .iter()
+        .filter(|c| c.drift && c.outcome == ClusterOutcome::Converged)
+        .count();
+    if healed > 0 {
+        info!(clusters = healed, "drift healed");
+        shared.metrics.drift_healed.inc_by(healed as u64);
+    }
+    shared.metrics.plan_changes.set(
+        i64::try_from(
+            after
+                .clusters
+                .iter()
+                .filter(|c| {
+                    !matches!(
+                        c.action,
+                        crate::plan::Action::Orphan | crate::plan::Action::Held
+                    )
+                })
+                .count(),
+        )
+        .unwrap_or(0),
+    );
+    let unhappy = after
+        .clusters
+        .iter()
+        .filter(|c| {
+            c.blocked
+                .iter()
+                .any(|b| matches!(b, crate::plan::Block::Unhappy { .. }))
+        })
+        .count();
+    shared
+        .metrics
+        .unhappy
+        .set(i64::try_from(unhappy).unwrap_or(0));
+    shared
+        .metrics
+        .suspends
+        .set(i64::try_from(policy.suspends.len()).unwrap_or(0));
+    shared.metrics.revision.clear();
+    shared
+        .metrics
+        .revision
+        .get_or_create(&crate::server::metrics::RevisionLabel {
+            revision: rev.to_string(),
+        })
+        .set(1);
+    shared
+        .metrics
+        .last_sync
+        .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    shared.metrics.last_sync_success.set(i64::from(!failed));
+    if sched.failing() > 0 {
+        warn!(
+            failing = sched.failing(),
+            "clusters failing, each retried on its own backoff"
+        );
+    }
+    shared.update_status(|st| {
+        st.revision = Some(rev.to_string());
+        st.last_sync = Some(crate::clock::now());
+        st.ready = st.ready || !failed;
+        st.last_result = if failed { "failed".into() } else { "ok".into() };
+        if failed {
+            st.last_error = report
+                .clusters
+                .iter()
+                .find(|c| c.outcome.is_failure())
+                .map(|c| format!("{}: {}", c.id, c.outcome));
+        } else if st.diagnostics.is_empty() {
+            st.last_error = None;
+        }
+        st.clusters = d
+            .clusters
+            .values()
+            .map(|c| ClusterStatus {
+                cluster: c.id.to_string(),
+                desired_version: c.version.clone(),
+                server_groups: observed
+                    .clusters
+                    .get(&c.id)
+                    .map(|l| l.server_groups.iter().map(|g| json!({"name": g.name, "version": g.version, "enabled": g.enabled, "weight": g.weight, "healthy": g.healthy(), "instances": g.instances.len()})).collect())
+                    .unwrap_or_default(),
+                outcome: outcomes.get(&c.id).cloned().unwrap_or_else(|| "unchanged".into()),
+                controls: crate::plan::describe(
+                    c,
+                    &d.environments.get(&c.id.environment).map(|e| e.flapping).unwrap_or_default(),
+                    &policy,
+                ),
+                failures: sched.entry(&c.id).map_or(0, |e| e.failures),
+            })
+            .collect();
+    });
 }
 
 /// What stays in force after a failed fetch or an invalid revision, for the status.

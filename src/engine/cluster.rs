@@ -41,6 +41,43 @@ pub(super) struct Run<'a> {
 }
 
 impl Engine {
+    /// Records what the delivery controls count: a rollout that converged is a version live
+    /// and healthy here; one that failed counts against the flapping guard.
+    fn remember(&self, cp: &ClusterPlan, outcome: &ClusterOutcome) {
+        let Some(d) = cp
+            .desired
+            .as_ref()
+            .filter(|_| cp.action != Action::RollBack)
+        else {
+            return;
+        };
+        let now = self.now();
+        let written = match outcome {
+            ClusterOutcome::Converged if !cp.steps.is_empty() => {
+                self.store.record_deployed(&crate::plan::Deployed {
+                    cluster: d.id.clone(),
+                    app: d.app.clone(),
+                    artifact: d.artifact(),
+                    spec_hash: d.spec_hash.clone(),
+                    rest: d.retarget.rest.clone(),
+                    at: now,
+                })
+            }
+            ClusterOutcome::Failed { error, .. } => {
+                self.store.record_failure(&crate::plan::Failure {
+                    cluster: d.id.clone(),
+                    hash: d.hash.clone(),
+                    at: now,
+                    error: error.clone(),
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
+            tracing::warn!("cannot record: {}", crate::report::chain(&e));
+        }
+    }
+
     /// Runs one cluster's steps under its lock, checking suspends and the guard before each.
     pub async fn run_cluster(
         &self,
@@ -118,6 +155,7 @@ impl Engine {
         for problem in lock.release().await {
             progress.note(id, &problem);
         }
+        self.remember(cp, &outcome);
         progress.done(id, &outcome.to_string(), !outcome.is_failure());
         report(outcome, steps)
     }
@@ -197,8 +235,50 @@ impl Run<'_> {
         if let Some(b) = crate::plan::suspended(&suspends, self.id(), &self.cp.app, now).first() {
             return Ok(Some(b.to_string()));
         }
+        if let Some(why) = self.controlled_away(now)? {
+            return Ok(Some(why));
+        }
         if self.lock.lost() {
             return Err("lost the cluster lock".into());
+        }
+        Ok(None)
+    }
+
+    /// Why a pin or a veto made since the plan was made sends the cluster elsewhere, if one
+    /// does: the rollout stops at this step boundary and the next plan goes there.
+    fn controlled_away(&self, now: jiff::Timestamp) -> Result<Option<String>, String> {
+        let Some(d) = self
+            .cp
+            .desired
+            .as_ref()
+            .filter(|_| self.cp.action != Action::RollBack)
+        else {
+            return Ok(None);
+        };
+        let store = &self.engine.store;
+        let chain = |e: crate::store::StoreError| crate::report::chain(&e);
+        let env = &d.id.environment;
+        if let Some(p) = store.pins().map_err(chain)?.into_iter().find(|p| {
+            &p.environment == env
+                && p.app == d.app
+                && p.in_force(now)
+                && p.artifact.version != d.version
+        }) {
+            return Ok(Some(format!(
+                "pinned to {} by {}: {}",
+                p.artifact.version, p.who, p.reason
+            )));
+        }
+        if let Some(v) = store
+            .vetoes()
+            .map_err(chain)?
+            .into_iter()
+            .find(|v| v.covers(&d.app, &d.version, env))
+        {
+            return Ok(Some(format!(
+                "{} is vetoed by {}: {}",
+                v.version, v.who, v.reason
+            )));
         }
         Ok(None)
     }

@@ -1,15 +1,15 @@
 //! Running plans: rounds of concurrent clusters, each step guarded and recorded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use tokio::sync::Semaphore;
 
 use super::Progress;
-use crate::model::{ClusterId, DesiredState};
+use crate::model::{ClusterId, DesiredState, ObservedState};
 use crate::observe::{Providers, observe};
-use crate::plan::{Block, Plan, Selection, plan};
+use crate::plan::{Block, Plan, Policy, Selection, plan};
 use crate::provider::TargetRef;
 use crate::store::{HistoryEntry, Owner, Store};
 
@@ -113,6 +113,82 @@ impl Engine {
         crate::clock::now()
     }
 
+    /// Keeps what the delivery controls need from an observation: each cluster the plan
+    /// leaves as it is, serving its desired version healthy, is recorded live and healthy
+    /// (where a veto goes back to); when groups were disabled (for `destroyDisabledAfter`).
+    fn note(
+        &self,
+        desired: &DesiredState,
+        observed: &ObservedState,
+        policy: &Policy,
+        pl: &Plan,
+        sel: &Selection,
+    ) {
+        let now = self.now();
+        let warn = |e: crate::store::StoreError| {
+            tracing::warn!("cannot record: {}", crate::report::chain(&e));
+        };
+        let moving: BTreeSet<&ClusterId> = pl.clusters.iter().map(|c| &c.id).collect();
+        for d in desired.clusters.values() {
+            if !sel.includes_cluster(&d.id, &d.app) {
+                continue;
+            }
+            let Some(live) = observed.clusters.get(&d.id) else {
+                continue;
+            };
+            if d.strategy.destroy_disabled_after().is_some() {
+                let disabled: Vec<String> = live
+                    .server_groups
+                    .iter()
+                    .filter(|g| !g.enabled)
+                    .map(|g| g.name.to_string())
+                    .collect();
+                let known = live
+                    .server_groups
+                    .iter()
+                    .filter(|g| !g.enabled)
+                    .all(|g| policy.disabled_since.contains_key(g.name.as_str()));
+                let stale = policy.disabled_since.keys().any(|k| {
+                    live.server_groups
+                        .iter()
+                        .any(|g| g.enabled && g.name.as_str() == k)
+                });
+                if !known || stale {
+                    self.store
+                        .note_disabled(&d.id.to_string(), &disabled, now)
+                        .unwrap_or_else(warn);
+                }
+            }
+            if moving.contains(&d.id) {
+                continue;
+            }
+            let healthy = live.server_groups.iter().any(|g| {
+                g.enabled
+                    && g.spec_hash == d.spec_hash
+                    && g.capacity > 0
+                    && g.healthy() == g.capacity
+            });
+            let newest = policy.deployed.iter().rev().find(|r| r.cluster == d.id);
+            let same = newest.is_some_and(|r| {
+                r.spec_hash == d.spec_hash
+                    && r.artifact == d.artifact()
+                    && r.rest == d.retarget.rest
+            });
+            if healthy && !same {
+                self.store
+                    .record_deployed(&crate::plan::Deployed {
+                        cluster: d.id.clone(),
+                        app: d.app.clone(),
+                        artifact: d.artifact(),
+                        spec_hash: d.spec_hash.clone(),
+                        rest: d.retarget.rest.clone(),
+                        at: now,
+                    })
+                    .unwrap_or_else(warn);
+            }
+        }
+    }
+
     pub(super) fn record(
         &self,
         cluster: &ClusterId,
@@ -148,6 +224,9 @@ impl Engine {
     ) -> ApplyReport {
         let mut results: BTreeMap<ClusterId, ClusterReport> = BTreeMap::new();
         let single = fixed.is_some();
+        if let Err(e) = self.store.lapse_pins(self.now()) {
+            tracing::warn!("cannot lapse pins: {}", crate::report::chain(&e));
+        }
         let mut fixed = fixed;
         for _ in 0..ROUNDS {
             let pl = match fixed.take() {
@@ -174,7 +253,9 @@ impl Engine {
                             break;
                         }
                     };
-                    plan(desired, &observed, &policy, revision, sel)
+                    let pl = plan(desired, &observed, &policy, revision, sel);
+                    self.note(desired, &observed, &policy, &pl, sel);
+                    pl
                 }
             };
             let mut runnable = Vec::new();

@@ -15,7 +15,7 @@ use crate::spec::{
 };
 
 /// A short content hash (first 16 hex digits of SHA-256).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SpecHash(String);
 
@@ -156,6 +156,35 @@ pub struct DesiredCluster {
     pub hash: SpecHash,
     /// The spec file and line that declares the cluster.
     pub source: SourceRef,
+    /// What moving the cluster to another artifact needs (a pin, a veto's way back); made by
+    /// the compiler, never serialized.
+    #[serde(skip)]
+    pub retarget: Retarget,
+}
+
+/// The artifact a cluster runs: what a pin or a veto's way back swaps, the rest of the spec
+/// staying as Git has it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// The version.
+    pub version: String,
+    /// The container image, on Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The machine image, on EC2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ami: Option<String>,
+}
+
+/// The part of a cluster's immutable spec that is not its artifact, hashed (secrets sealed),
+/// and the EC2 user data before `{version}` is filled in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Retarget {
+    /// Hash of the immutable part without the artifact.
+    pub rest: SpecHash,
+    /// The user data as written, `{version}` not yet replaced.
+    pub user_data: Option<String>,
 }
 
 /// What an EC2 instance of a cluster runs: the launch template's content.
@@ -224,6 +253,15 @@ pub struct DesiredEnvironment {
     pub windows: Vec<Window>,
     /// Whether each version needs approval.
     pub approval: Approval,
+    /// Who may approve (users and `group:NAME`s); anyone when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The flapping guard's limits.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::model::desired::default_flapping"
+    )]
+    pub flapping: crate::spec::Flapping,
     /// Whether orphans are destroyed.
     pub prune: bool,
     /// Suspended in the spec.
@@ -231,6 +269,11 @@ pub struct DesiredEnvironment {
     /// Where its analyses find metrics.
     #[serde(default, skip_serializing_if = "crate::model::desired::no_sources")]
     pub analysis: crate::spec::AnalysisSources,
+}
+
+/// Whether the flapping guard has its default limits (left out of the JSON).
+fn default_flapping(f: &crate::spec::Flapping) -> bool {
+    *f == crate::spec::Flapping::default()
 }
 
 /// Whether an environment names no metrics source (left out of its JSON).
@@ -315,6 +358,15 @@ impl DesiredCluster {
     /// The cluster's name.
     pub fn name(&self) -> &ClusterName {
         &self.id.name
+    }
+
+    /// The artifact it runs.
+    pub fn artifact(&self) -> Artifact {
+        Artifact {
+            version: self.version.clone(),
+            image: self.image.clone(),
+            ami: self.ec2.as_ref().map(|e| e.ami.clone()),
+        }
     }
 }
 
@@ -480,6 +532,8 @@ mod tests {
             targets: Vec::new(),
             windows: Vec::new(),
             approval: crate::spec::Approval::None,
+            approvers: Vec::new(),
+            flapping: Default::default(),
             prune: false,
             suspended: false,
             analysis: Default::default(),

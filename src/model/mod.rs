@@ -5,9 +5,9 @@ mod ids;
 mod observed;
 
 pub use desired::{
-    CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Ec2Instance, Health,
-    HttpCheck, MASK, Route, SourceRef, SpecHash, SpecKey, Target, WorkloadSpec, has_credentials,
-    promotion_rank, secret_env,
+    Artifact, CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Ec2Instance, Health,
+    HttpCheck, MASK, Retarget, Route, SourceRef, SpecHash, SpecKey, Target, WorkloadSpec,
+    has_credentials, promotion_rank, secret_env,
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
 pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};

@@ -91,7 +91,11 @@ pub fn blocks(
                     .collect(),
             });
         }
-        let new_version = matches!(cp.action, Action::Create | Action::RollOut);
+        out.extend(super::unhappy(d, &env.flapping, policy));
+        // A pin or a veto's way back is itself a person's decision: no approval or promotion
+        // holds it.
+        let new_version =
+            matches!(cp.action, Action::Create | Action::RollOut) && cp.control.is_none();
         if new_version {
             out.extend(analysis_verdict(d, policy));
         }
@@ -103,6 +107,7 @@ pub fn blocks(
             if !approved {
                 out.push(Block::AwaitingApproval {
                     version: d.version.clone(),
+                    approvers: env.approvers.clone(),
                 });
             }
         }

@@ -6,6 +6,7 @@
 
 mod blocks;
 mod cleanup;
+mod controls;
 mod drift;
 mod guard;
 mod planner;
@@ -19,10 +20,12 @@ mod window;
 use serde::{Deserialize, Serialize};
 
 pub use blocks::suspended;
+pub use controls::{Controlled, controlled, describe, unhappy};
 pub use guard::{Sim, SimGroup, check_invariant, guard_step};
 pub use planner::{Selection, plan};
 pub use policy::{
-    AnalysisVerdict, Approval, Lock, PendingRollback, Policy, Scope, Stores, Suspend,
+    AnalysisVerdict, Approval, Deployed, Failure, Lock, PendingRollback, Pin, Policy, Scope,
+    Stores, Suspend, Veto,
 };
 pub use sequence::{newest_first, newest_sequence, next_sequence};
 pub use window::in_window;
@@ -57,6 +60,8 @@ pub enum Action {
     Unobserved,
     /// A rollback was interrupted: finish it.
     RollBack,
+    /// Held where it is by a pin or a veto, though Git asks for another version.
+    Held,
 }
 
 impl Action {
@@ -70,6 +75,7 @@ impl Action {
             Self::Orphan => "?",
             Self::Unobserved => "!",
             Self::RollBack => "<<",
+            Self::Held => "=",
         }
     }
 
@@ -85,6 +91,7 @@ impl Action {
             Self::Orphan => "orphan",
             Self::Unobserved => "not observed",
             Self::RollBack => "finish rollback",
+            Self::Held => "held",
         }
     }
 }
@@ -131,6 +138,9 @@ pub enum Block {
     AwaitingApproval {
         /// The version.
         version: String,
+        /// Who may approve it (users and `group:NAME`s); anyone when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvers: Vec<String>,
     },
     /// An upstream environment does not run this version healthy yet.
     Promotion {
@@ -169,6 +179,42 @@ pub enum Block {
         /// Why.
         why: String,
     },
+    /// Pinned: held at a version whatever Git asks for.
+    Pinned {
+        /// The pinned version.
+        version: String,
+        /// The version Git asks for.
+        wanted: String,
+        /// Who pinned it.
+        who: String,
+        /// Why.
+        reason: String,
+        /// When the pin lapses, if ever.
+        until: Option<jiff::Timestamp>,
+    },
+    /// The version it would move to is vetoed.
+    Vetoed {
+        /// The vetoed version.
+        version: String,
+        /// Who vetoed it.
+        who: String,
+        /// Why.
+        reason: String,
+        /// The version it stays at, the last live and healthy here; `None` when none was
+        /// recorded, and it is held as it is.
+        stays_at: Option<String>,
+    },
+    /// The flapping guard: its rollouts of this desired state keep failing.
+    Unhappy {
+        /// Failed rollouts within the window.
+        attempts: u32,
+        /// When it is tried again (unless its desired state changes or someone retries).
+        until: jiff::Timestamp,
+        /// The last error.
+        error: String,
+        /// The command that tries again at once.
+        retry: String,
+    },
     /// Another state store made the cluster: this one may be a deleted store made anew.
     ForeignStore {
         /// The store that made it.
@@ -204,9 +250,14 @@ impl std::fmt::Display for Block {
             Self::OutsideWindow { windows } => {
                 write!(f, "outside the deployment windows: {}", windows.join("; "))
             }
-            Self::AwaitingApproval { version } => {
+            Self::AwaitingApproval { version, approvers } if approvers.is_empty() => {
                 write!(f, "awaiting approval of {version} (keelson approve)")
             }
+            Self::AwaitingApproval { version, approvers } => write!(
+                f,
+                "awaiting approval of {version} by {} (keelson approve)",
+                approvers.join(" or ")
+            ),
             Self::Promotion {
                 waiting_on,
                 version,
@@ -234,6 +285,42 @@ impl std::fmt::Display for Block {
             } => write!(
                 f,
                 "the canary analysis of {version} {why}; it is not rolled out again until its spec changes or someone runs `keelson retry {cluster}`"
+            ),
+            Self::Pinned {
+                version,
+                wanted,
+                who,
+                reason,
+                until,
+            } => {
+                write!(f, "pinned to {version} by {who}: {reason}")?;
+                if let Some(u) = until {
+                    write!(f, " (until {u})")?;
+                }
+                write!(f, "; Git asks for {wanted}")
+            }
+            Self::Vetoed {
+                version,
+                who,
+                reason,
+                stays_at,
+            } => {
+                write!(f, "{version} is vetoed by {who}: {reason}; ")?;
+                match stays_at {
+                    Some(v) => write!(f, "it stays at {v}, the last version live and healthy here"),
+                    None => f.write_str(
+                        "no other version was recorded live and healthy here, so it is held as it is (the traffic guard never leaves it without traffic); a new version in Git or `keelson unveto` moves it",
+                    ),
+                }
+            }
+            Self::Unhappy {
+                attempts,
+                until,
+                error,
+                retry,
+            } => write!(
+                f,
+                "unhappy: {attempts} failed rollouts of this desired state; left alone until {until} unless it changes or someone runs `{retry}`; last error: {error}"
             ),
             Self::ForeignStore {
                 theirs,
@@ -330,6 +417,72 @@ pub struct ClusterPlan {
     pub blocked: Vec<Block>,
     /// The desired cluster the steps build (absent for orphans), so a saved plan is complete.
     pub desired: Option<std::sync::Arc<DesiredCluster>>,
+    /// A pin or veto that changed the version Git asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<Control>,
+}
+
+/// How a pin or a veto changed the version a cluster moves to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Control {
+    /// Pinned to another version than Git's.
+    Pinned {
+        /// The pinned version, deployed.
+        version: String,
+        /// The version Git asks for.
+        wanted: String,
+        /// Who pinned it.
+        who: String,
+        /// Why.
+        reason: String,
+        /// When the pin lapses, if ever.
+        until: Option<jiff::Timestamp>,
+    },
+    /// The version asked for is vetoed: back to the last one live and healthy here.
+    Vetoed {
+        /// The vetoed version.
+        version: String,
+        /// Who vetoed it.
+        who: String,
+        /// Why.
+        reason: String,
+        /// The version deployed instead.
+        back_to: String,
+    },
+}
+
+impl std::fmt::Display for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pinned {
+                version,
+                wanted,
+                who,
+                reason,
+                until,
+            } => {
+                write!(f, "pinned to {version} by {who}: {reason}")?;
+                if let Some(u) = until {
+                    write!(f, " (until {u})")?;
+                }
+                write!(f, "; Git asks for {wanted}")
+            }
+            Self::Vetoed {
+                version,
+                who,
+                reason,
+                back_to,
+            } => write!(
+                f,
+                "{version} is vetoed by {who}: {reason}; back to {back_to}, the last version live and healthy here"
+            ),
+        }
+    }
 }
 
 impl ClusterPlan {
@@ -384,14 +537,31 @@ pub struct Plan {
     pub clusters: Vec<ClusterPlan>,
     /// Counts.
     pub summary: Summary,
+    /// Disabled server groups kept for now and when `destroyDisabledAfter` destroys them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduled: Vec<ScheduledCleanup>,
+}
+
+/// A disabled server group kept for a fast rollback until a set time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledCleanup {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The server group.
+    pub group: crate::model::ServerGroupName,
+    /// Since when it is disabled (as first seen).
+    pub since: jiff::Timestamp,
+    /// When it is destroyed.
+    pub at: jiff::Timestamp,
 }
 
 impl Plan {
-    /// Whether the plan changes anything (orphans reported only do not count).
+    /// Whether the plan changes anything (orphans reported and held clusters do not count).
     pub fn has_changes(&self) -> bool {
         self.clusters
             .iter()
-            .any(|c| !matches!(c.action, Action::Orphan | Action::Unobserved))
+            .any(|c| !matches!(c.action, Action::Orphan | Action::Unobserved | Action::Held))
     }
 
     /// The plan's operations and gates per cluster, for comparing two plans of the same

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use super::strategy::{self, Position};
 use super::walk::{Rollout, Walk};
 use super::{
-    Action, Block, Change, ClusterPlan, PLAN_FORMAT, PendingRollback, Plan, PlannedStep, Policy,
-    Sim, Summary, blocks, cleanup, drift, newest_first, newest_sequence, next_sequence, resize,
+    Action, Block, Change, ClusterPlan, Control, PLAN_FORMAT, PendingRollback, Plan, PlannedStep,
+    Policy, Sim, Summary, blocks, cleanup, drift, newest_first, newest_sequence, next_sequence,
+    resize,
 };
 use crate::actuation::{Op, Step, TrafficPrecision, rollback_of};
 use crate::model::{
-    DesiredCluster, DesiredState, ObservedCluster, ObservedState, Sequence, ServerGroup,
+    ClusterId, DesiredCluster, DesiredState, ObservedCluster, ObservedState, Sequence, ServerGroup,
     ServerGroupName,
 };
 use crate::spec::{AppName, Duration, EnvName, Strategy};
@@ -29,9 +30,25 @@ pub struct Selection {
     pub environments: Vec<EnvName>,
     /// Only these applications.
     pub apps: Vec<AppName>,
+    /// Only these clusters (the daemon reconciles each on its own schedule).
+    pub clusters: Vec<ClusterId>,
 }
 
 impl Selection {
+    /// Only these clusters.
+    pub fn clusters(clusters: Vec<ClusterId>) -> Self {
+        Self {
+            clusters,
+            ..Self::default()
+        }
+    }
+
+    /// Whether this cluster (of `app`) is selected.
+    pub fn includes_cluster(&self, id: &ClusterId, app: &AppName) -> bool {
+        self.includes(&id.environment, app)
+            && (self.clusters.is_empty() || self.clusters.contains(id))
+    }
+
     /// Whether a cluster of `app` in `env` is selected.
     pub fn includes(&self, env: &EnvName, app: &AppName) -> bool {
         (self.environments.is_empty() || self.environments.contains(env))
@@ -52,7 +69,7 @@ pub fn plan(
     let selected: Vec<&Arc<DesiredCluster>> = desired
         .clusters
         .values()
-        .filter(|d| selection.includes(&d.id.environment, &d.app))
+        .filter(|d| selection.includes_cluster(&d.id, &d.app))
         .collect();
     let planned: Vec<Option<ClusterPlan>> = crate::par::map_chunks(&selected, |chunk| {
         chunk
@@ -64,7 +81,7 @@ pub fn plan(
     let mut clusters: Vec<ClusterPlan> = planned.into_iter().flatten().collect();
     for live in observed.clusters.values() {
         if desired.clusters.contains_key(&live.id)
-            || !selection.includes(&live.id.environment, &live.app)
+            || !selection.includes_cluster(&live.id, &live.app)
         {
             continue;
         }
@@ -80,6 +97,7 @@ pub fn plan(
         |c: &ClusterPlan| crate::model::promotion_rank(&environments, c.id.environment.as_str());
     clusters.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.id.cmp(&b.id)));
     let summary = summarize(&clusters, unchanged);
+    let scheduled = scheduled(&selected, observed, policy, &clusters);
     Plan {
         format_version: PLAN_FORMAT,
         revision: revision.to_string(),
@@ -88,7 +106,51 @@ pub fn plan(
         environments,
         clusters,
         summary,
+        scheduled,
     }
+}
+
+/// The disabled groups `destroyDisabledAfter` will destroy later (not in this plan's steps).
+fn scheduled(
+    selected: &[&Arc<DesiredCluster>],
+    observed: &ObservedState,
+    policy: &Policy,
+    planned: &[ClusterPlan],
+) -> Vec<super::ScheduledCleanup> {
+    let mut out = Vec::new();
+    for d in selected {
+        if d.strategy.destroy_disabled_after().is_none() {
+            continue;
+        }
+        let Some(live) = observed.clusters.get(&d.id) else {
+            continue;
+        };
+        let destroyed_now = |g: &ServerGroupName| {
+            planned.iter().filter(|c| c.id == d.id).any(|c| {
+                c.steps
+                    .iter()
+                    .any(|s| matches!(&s.step, Step::Op(Op::Destroy { group, .. }) if group == g))
+            })
+        };
+        for g in live.server_groups.iter().filter(|g| !g.enabled) {
+            if destroyed_now(&g.name) {
+                continue;
+            }
+            if let Some(at) = cleanup::deadline(d, &g.name, policy) {
+                out.push(super::ScheduledCleanup {
+                    cluster: d.id.clone(),
+                    group: g.name.clone(),
+                    since: policy
+                        .disabled_since
+                        .get(g.name.as_str())
+                        .copied()
+                        .unwrap_or(policy.now),
+                    at,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// One desired cluster's plan; `None` when it is as desired.
@@ -116,17 +178,93 @@ fn plan_one(
                 reason: reason.clone(),
             }],
             desired: Some(Arc::clone(d)),
+            control: None,
         });
     }
     let env = desired.environments.get(&d.id.environment);
     let live = observed.clusters.get(&d.id);
-    let mut cp = match policy.rollbacks.iter().find(|r| r.cluster == d.id) {
-        Some(pending) => finish_rollback(pending, &d.app, Some(d.strategy.kind())),
-        None => plan_cluster(d, live, observed.precision(d.target.provider))?,
+    // Pins and vetoes decide which version Git's cluster moves to.
+    let controlled = super::controls::controlled(d, policy);
+    let d = &controlled.cluster;
+    let expired = |g: &ServerGroupName| cleanup::expired(d, g, policy);
+    let planned = match policy.rollbacks.iter().find(|r| r.cluster == d.id) {
+        Some(pending) => Some(finish_rollback(pending, &d.app, Some(d.strategy.kind()))),
+        None => plan_cluster(d, live, observed.precision(d.target.provider), &expired),
+    };
+    let mut cp = match planned {
+        Some(cp) => cp,
+        // As desired, but not as Git asks: say what holds it.
+        None => held(d, &controlled)?,
     };
     cp.desired = Some(Arc::clone(d));
+    if let Some(c) = &controlled.control {
+        cp.reason = if cp.reason.is_empty() {
+            c.to_string()
+        } else {
+            format!("{c}; {}", cp.reason)
+        };
+    }
+    cp.control.clone_from(&controlled.control);
     cp.blocked = blocks::blocks(d, env, &cp, desired, observed, policy);
+    cp.blocked.extend(controlled.block.clone());
+    if cp.action == Action::Held {
+        cp.blocked
+            .retain(|b| matches!(b, Block::Pinned { .. } | Block::Vetoed { .. }));
+    }
     Some(cp)
+}
+
+/// The plan of a cluster that is as desired only because a pin or a veto holds it away from
+/// Git's version; `None` when nothing holds it.
+fn held(d: &Arc<DesiredCluster>, c: &super::controls::Controlled) -> Option<ClusterPlan> {
+    let block = match (&c.control, &c.block) {
+        (_, Some(b)) => b.clone(),
+        (
+            Some(Control::Pinned {
+                version,
+                wanted,
+                who,
+                reason,
+                until,
+            }),
+            None,
+        ) => Block::Pinned {
+            version: version.clone(),
+            wanted: wanted.clone(),
+            who: who.clone(),
+            reason: reason.clone(),
+            until: *until,
+        },
+        (
+            Some(Control::Vetoed {
+                version,
+                who,
+                reason,
+                back_to,
+            }),
+            None,
+        ) => Block::Vetoed {
+            version: version.clone(),
+            who: who.clone(),
+            reason: reason.clone(),
+            stays_at: Some(back_to.clone()),
+        },
+        (None, None) => return None,
+    };
+    Some(ClusterPlan {
+        id: d.id.clone(),
+        app: d.app.clone(),
+        action: Action::Held,
+        drift: false,
+        strategy: Some(d.strategy.kind()),
+        reason: String::new(),
+        changes: Vec::new(),
+        done: Vec::new(),
+        steps: Vec::new(),
+        blocked: vec![block],
+        desired: None,
+        control: None,
+    })
 }
 
 fn summarize(clusters: &[ClusterPlan], unchanged: usize) -> Summary {
@@ -141,7 +279,7 @@ fn summarize(clusters: &[ClusterPlan], unchanged: usize) -> Summary {
             Action::Resize => s.resize += 1,
             Action::Restore => s.restore += 1,
             Action::RollBack => s.roll_back += 1,
-            Action::Cleanup | Action::Prune => {}
+            Action::Cleanup | Action::Prune | Action::Held => {}
             Action::Orphan => s.orphans += 1,
             Action::Unobserved => s.unobserved += 1,
         }
@@ -224,9 +362,10 @@ fn plan_cluster(
     d: &DesiredCluster,
     live: Option<&ObservedCluster>,
     precision: TrafficPrecision,
+    expired: &dyn Fn(&ServerGroupName) -> bool,
 ) -> Option<ClusterPlan> {
     let groups: &[ServerGroup] = live.map_or(&[], |l| l.server_groups.as_slice());
-    if converged(d, groups) {
+    if converged(d, groups) && !groups.iter().any(|g| !g.enabled && expired(&g.name)) {
         return None;
     }
     let mut cp = ClusterPlan {
@@ -242,6 +381,7 @@ fn plan_cluster(
         blocked: Vec::new(),
         // Set by the caller once there is something to do.
         desired: None,
+        control: None,
     };
     let p = position(d, live, precision);
     if groups.is_empty() {
@@ -418,11 +558,14 @@ fn plan_cluster(
         all.push((serving_name.clone(), serving_seq));
     }
     let keep = d.strategy.keep_disabled();
-    let destroyed = cleanup::cleanup(&mut w, &all, serving_seq, keep);
+    let destroyed = cleanup::cleanup(&mut w, &all, serving_seq, keep, expired);
     if destroyed > 0 && matching.is_some() {
-        reasons.push(format!(
-            "{destroyed} server group(s) beyond keepDisabled {keep}"
-        ));
+        reasons.push(match d.strategy.destroy_disabled_after() {
+            Some(after) => format!(
+                "{destroyed} server group(s) beyond keepDisabled {keep} or disabled longer than {after}"
+            ),
+            None => format!("{destroyed} server group(s) beyond keepDisabled {keep}"),
+        });
     }
     if destroyed > 0 {
         action = action.or(Some(Action::Cleanup));
@@ -501,6 +644,7 @@ fn finish_rollback(
             .collect(),
         blocked: Vec::new(),
         desired: None,
+        control: None,
     }
 }
 
@@ -546,6 +690,7 @@ fn orphan(live: &ObservedCluster, prune: bool, policy: &Policy) -> ClusterPlan {
         steps: planned(w.finish(), ORPHAN_HEALTH_TIMEOUT),
         blocked,
         desired: None,
+        control: None,
     }
 }
 
@@ -556,7 +701,7 @@ mod tests {
     use crate::spec::Strategy;
 
     fn plan_of(d: &DesiredCluster, l: &ObservedCluster) -> Option<ClusterPlan> {
-        plan_cluster(d, Some(l), TrafficPrecision::Exact)
+        plan_cluster(d, Some(l), TrafficPrecision::Exact, &|_| false)
     }
 
     fn texts(cp: &ClusterPlan) -> Vec<String> {
@@ -565,7 +710,14 @@ mod tests {
 
     #[test]
     fn a_converged_cluster_has_no_plan_either_way() {
-        let d = desired("1.0.0", 3, Strategy::RedBlack { keep_disabled: 1 });
+        let d = desired(
+            "1.0.0",
+            3,
+            Strategy::RedBlack {
+                keep_disabled: 1,
+                destroy_disabled_after: None,
+            },
+        );
         let l = live(
             &d,
             vec![group(0, "0.9.0", 3, 3, 0), group(1, "1.0.0", 3, 3, 100)],
@@ -579,7 +731,14 @@ mod tests {
 
     #[test]
     fn a_new_version_rolls_out_and_cleans_up_beyond_keep_disabled() {
-        let d = desired("2.0.0", 2, Strategy::RedBlack { keep_disabled: 1 });
+        let d = desired(
+            "2.0.0",
+            2,
+            Strategy::RedBlack {
+                keep_disabled: 1,
+                destroy_disabled_after: None,
+            },
+        );
         let l = live(
             &d,
             vec![group(0, "0.9.0", 2, 2, 0), group(1, "1.0.0", 2, 2, 100)],
@@ -612,7 +771,14 @@ mod tests {
 
     #[test]
     fn drift_is_healed_resized_and_restored() {
-        let d = desired("1.0.0", 3, Strategy::RedBlack { keep_disabled: 1 });
+        let d = desired(
+            "1.0.0",
+            3,
+            Strategy::RedBlack {
+                keep_disabled: 1,
+                destroy_disabled_after: None,
+            },
+        );
         let mut g = group(0, "1.0.0", 3, 3, 100);
         g.instances.truncate(1);
         let cp = plan_of(&d, &live(&d, vec![g])).unwrap_or_else(|| unreachable!());
@@ -626,7 +792,14 @@ mod tests {
             ]
         );
         let cp = plan_of(
-            &desired("1.0.0", 5, Strategy::RedBlack { keep_disabled: 1 }),
+            &desired(
+                "1.0.0",
+                5,
+                Strategy::RedBlack {
+                    keep_disabled: 1,
+                    destroy_disabled_after: None,
+                },
+            ),
             &live(&d, vec![group(0, "1.0.0", 3, 3, 100)]),
         )
         .unwrap_or_else(|| unreachable!());
@@ -652,7 +825,14 @@ mod tests {
 
     #[test]
     fn a_spec_reverted_to_a_kept_group_puts_it_back_without_a_new_one() {
-        let d = desired("1.0.0", 2, Strategy::RedBlack { keep_disabled: 1 });
+        let d = desired(
+            "1.0.0",
+            2,
+            Strategy::RedBlack {
+                keep_disabled: 1,
+                destroy_disabled_after: None,
+            },
+        );
         let l = live(
             &d,
             vec![group(0, "1.0.0", 2, 2, 0), group(1, "2.0.0", 2, 2, 100)],
@@ -673,11 +853,12 @@ mod tests {
                     pause: None,
                 }],
                 keep_disabled: 1,
+                destroy_disabled_after: None,
                 analysis: None,
             },
         );
         let l = live(&d, vec![group(0, "1.0.0", 4, 4, 100)]);
-        let cp = plan_cluster(&d, Some(&l), TrafficPrecision::Instances)
+        let cp = plan_cluster(&d, Some(&l), TrafficPrecision::Instances, &|_| false)
             .unwrap_or_else(|| unreachable!());
         assert_eq!(
             cp.steps[2].description,

@@ -155,6 +155,93 @@ pub struct AnalysisVerdict {
     pub why: String,
 }
 
+/// An environment held at a version whatever Git says (`keelson pin`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    /// The environment.
+    pub environment: EnvName,
+    /// The application.
+    pub app: AppName,
+    /// The artifact it is held at.
+    pub artifact: crate::model::Artifact,
+    /// Who pinned it.
+    pub who: String,
+    /// Why.
+    pub reason: String,
+    /// When it lapses by itself, if ever.
+    pub until: Option<jiff::Timestamp>,
+    /// When it was made.
+    pub at: jiff::Timestamp,
+}
+
+impl Pin {
+    /// Whether it holds at `now`.
+    pub fn in_force(&self, now: jiff::Timestamp) -> bool {
+        self.until.is_none_or(|u| u > now)
+    }
+}
+
+/// A version marked bad (`keelson veto`): never deployed where it is vetoed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Veto {
+    /// The application.
+    pub app: AppName,
+    /// The version.
+    pub version: String,
+    /// Where: one environment, or every one.
+    pub environment: Option<EnvName>,
+    /// Who vetoed it.
+    pub who: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: jiff::Timestamp,
+}
+
+impl Veto {
+    /// Whether it covers `version` of `app` in `env`.
+    pub fn covers(&self, app: &AppName, version: &str, env: &EnvName) -> bool {
+        &self.app == app
+            && self.version == version
+            && self.environment.as_ref().is_none_or(|e| e == env)
+    }
+}
+
+/// A version that was live and healthy on a cluster, as recorded when it converged: where a
+/// veto rolls back to, and what a pin deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployed {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The application.
+    pub app: AppName,
+    /// What ran.
+    pub artifact: crate::model::Artifact,
+    /// Its spec hash then.
+    pub spec_hash: crate::model::SpecHash,
+    /// The rest of the spec's hash then (see [`crate::model::Retarget`]).
+    pub rest: crate::model::SpecHash,
+    /// When it was live and healthy (last seen so).
+    pub at: jiff::Timestamp,
+}
+
+/// A failed rollout of a cluster's desired state, counted by the flapping guard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The desired cluster's hash that failed.
+    pub hash: crate::model::SpecHash,
+    /// When.
+    pub at: jiff::Timestamp,
+    /// What failed.
+    pub error: String,
+}
+
 /// The state store the plan is made with, and the stores whose clusters it took over.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stores {
@@ -197,6 +284,21 @@ pub struct Policy {
     pub verdicts: Vec<AnalysisVerdict>,
     /// The store the plan is made with.
     pub stores: Stores,
+    /// Pins in force.
+    #[serde(default)]
+    pub pins: Vec<Pin>,
+    /// Vetoed versions.
+    #[serde(default)]
+    pub vetoes: Vec<Veto>,
+    /// Versions recorded live and healthy, oldest first.
+    #[serde(default)]
+    pub deployed: Vec<Deployed>,
+    /// Recent failed rollouts, oldest first.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    /// When each disabled server group was first seen disabled, by name.
+    #[serde(default)]
+    pub disabled_since: std::collections::BTreeMap<String, jiff::Timestamp>,
 }
 
 impl Policy {
@@ -210,6 +312,11 @@ impl Policy {
             rollbacks: Vec::new(),
             verdicts: Vec::new(),
             stores: Stores::default(),
+            pins: Vec::new(),
+            vetoes: Vec::new(),
+            deployed: Vec::new(),
+            failures: Vec::new(),
+            disabled_since: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -63,8 +63,13 @@ pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> 
         }
         out.push('\n');
     }
+    let (icon, word) = if c.action == Action::Held {
+        ("📌", "held")
+    } else {
+        ("⛔", "blocked")
+    };
     for b in &c.blocked {
-        let _ = writeln!(out, "> ⛔ **blocked**: {}\n", md::quoted(&b.to_string()));
+        let _ = writeln!(out, "> {icon} **{word}**: {}\n", md::quoted(&b.to_string()));
     }
     out.push_str("</details>\n\n");
     out
@@ -131,6 +136,20 @@ pub fn markdown(plan: &Plan) -> String {
         md::code(plan.observed_fingerprint.as_str()),
         summary_line(plan)
     );
+    if !plan.scheduled.is_empty() {
+        out.push_str("Kept for a fast rollback, then destroyed (`destroyDisabledAfter`):\n\n");
+        for s in &plan.scheduled {
+            let _ = writeln!(
+                out,
+                "- {} of {}: disabled since {}, destroyed at {}",
+                md::code(s.group.as_str()),
+                md::code(&s.cluster.to_string()),
+                s.since,
+                s.at
+            );
+        }
+        out.push('\n');
+    }
     let envs = by_environment(plan);
     if envs.is_empty() {
         return out;

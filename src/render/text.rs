@@ -11,7 +11,7 @@ fn paint(style: Style, action: Action, t: &str) -> String {
         Action::RollOut => style.roll(t),
         Action::Resize | Action::Restore | Action::RollBack => style.change(t),
         Action::Cleanup | Action::Prune => style.remove(t),
-        Action::Orphan | Action::Unobserved => style.warn(t),
+        Action::Orphan | Action::Unobserved | Action::Held => style.warn(t),
     }
 }
 
@@ -103,8 +103,13 @@ fn cluster(out: &mut String, c: &ClusterPlan, style: Style) {
             let _ = writeln!(out, "      {}: {text}", step_range(first, last));
         }
     }
+    let label = if c.action == Action::Held {
+        "! held:"
+    } else {
+        "! blocked:"
+    };
     for b in &c.blocked {
-        let _ = writeln!(out, "    {} {b}", style.warn("! blocked:"));
+        let _ = writeln!(out, "    {} {b}", style.warn(label));
     }
     out.push('\n');
 }
@@ -119,6 +124,20 @@ pub fn text(plan: &Plan, style: Style) -> String {
     );
     for c in &plan.clusters {
         cluster(&mut out, c, style);
+    }
+    if !plan.scheduled.is_empty() {
+        let _ = writeln!(
+            out,
+            "Kept for a fast rollback, then destroyed (destroyDisabledAfter):"
+        );
+        for s in &plan.scheduled {
+            let _ = writeln!(
+                out,
+                "    {} of {}: disabled since {}, destroyed at {}",
+                s.group, s.cluster, s.since, s.at
+            );
+        }
+        out.push('\n');
     }
     let _ = writeln!(out, "{}", style.bold(&summary_line(plan)));
     out

@@ -301,6 +301,8 @@ fn warnings(plan: &Plan) -> Option<String> {
                 | Block::AwaitingApproval { .. }
                 | Block::AnalysisHeld { .. } => "⏳",
                 Block::Promotion { .. } => "⏭️",
+                Block::Pinned { .. } => "📌",
+                Block::Vetoed { .. } | Block::Unhappy { .. } => "⛔",
                 Block::GuardRefused { .. }
                 | Block::TargetUnavailable { .. }
                 | Block::ForeignStore { .. }

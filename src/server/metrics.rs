@@ -42,6 +42,8 @@ pub struct Metrics {
     pub steps: Counter,
     /// Suspends in force.
     pub suspends: Gauge,
+    /// Clusters the flapping guard leaves alone for now.
+    pub unhappy: Gauge,
     /// Drift restored.
     pub drift_healed: Counter,
 }
@@ -59,6 +61,7 @@ impl Default for Metrics {
             actuations: Family::default(),
             steps: Counter::default(),
             suspends: Gauge::default(),
+            unhappy: Gauge::default(),
             drift_healed: Counter::default(),
         };
         registry.register(
@@ -93,6 +96,11 @@ impl Default for Metrics {
         );
         registry.register("actuation_steps", "Steps executed", m.steps.clone());
         registry.register("suspends", "Suspends in force", m.suspends.clone());
+        registry.register(
+            "unhappy_clusters",
+            "Clusters whose rollouts keep failing, left alone by the flapping guard until their cooldown ends",
+            m.unhappy.clone(),
+        );
         registry.register(
             "drift_healed",
             "Clusters restored from drift",

@@ -61,6 +61,11 @@ pub struct ClusterStatus {
     pub server_groups: Vec<serde_json::Value>,
     /// The last reconcile's outcome for it.
     pub outcome: String,
+    /// Pins, vetoes and the flapping guard, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub controls: Vec<String>,
+    /// Failed reconciles in a row (each cluster backs off on its own).
+    pub failures: u32,
 }
 
 /// State shared by the server and the reconcile loop.
@@ -76,8 +81,11 @@ pub struct Shared {
     pub trigger: tokio::sync::Notify,
     /// Locks, suspends, history.
     pub store: Arc<dyn Store>,
-    /// Bearer token for mutations; without one they are refused.
+    /// Bearer token for mutations, acting as `api token`; without it (and without tokens in
+    /// `identities`) they are refused.
     pub api_token: Option<String>,
+    /// Tokens of named users and their groups (approvals check them).
+    pub identities: crate::identity::Identities,
     /// Secret for `X-Hub-Signature-256`; without one webhooks are refused.
     pub webhook_secret: Option<String>,
     /// Where `pull_request` events go to be planned and commented on; `None` without a forge
@@ -201,17 +209,32 @@ impl Shared {
     }
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(token) = &shared.api_token else {
-        return false;
-    };
+/// Who the bearer token says acts: a user of the identities file, or `api token` for the
+/// daemon's own token; `None` without a token it knows. Every comparison is constant-time.
+fn identify(shared: &Shared, headers: &HeaderMap) -> Option<crate::identity::Identity> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    given.as_bytes().ct_eq(token.as_bytes()).into()
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    if given.is_empty() {
+        return None;
+    }
+    if let Some(who) = shared.identities.by_token(given) {
+        return Some(who);
+    }
+    let token = shared.api_token.as_ref()?;
+    bool::from(given.as_bytes().ct_eq(token.as_bytes())).then(|| crate::identity::Identity {
+        name: API_IDENTITY.into(),
+        groups: Vec::new(),
+    })
 }
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    identify(shared, headers).is_some()
+}
+
+/// Who acts with the daemon's own API token.
+const API_IDENTITY: &str = "api token";
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, body.into()).into_response()
@@ -325,8 +348,8 @@ fn scoped(
 }
 
 /// Who acts through the API: the token's identity, never what the client says.
-fn api_identity() -> String {
-    "api token".into()
+fn api_identity(s: &Shared, headers: &HeaderMap) -> String {
+    identify(s, headers).map_or_else(|| API_IDENTITY.into(), |i| i.name)
 }
 
 async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -356,7 +379,7 @@ async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     match s.store.suspend(
         &Suspend {
             scope: sc.clone(),
-            who: api_identity(),
+            who: api_identity(&s, &headers),
             reason,
             until,
         },
@@ -378,7 +401,7 @@ async fn resume(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Err(r) => return *r,
     };
     let now = crate::clock::now();
-    match s.store.resume(&sc, &api_identity(), now) {
+    match s.store.resume(&sc, &api_identity(&s, &headers), now) {
         Ok(n) => {
             s.metrics.suspends.set(
                 i64::try_from(s.store.suspends(now).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
@@ -396,6 +419,172 @@ async fn sync(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     }
     s.trigger.notify_one();
     text(StatusCode::ACCEPTED, "sync requested\n")
+}
+
+/// The body of a delivery control (`pin`, `unpin`, `veto`, `unveto`, `approve`, `reject`,
+/// `retry`); each takes the fields it needs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlBody {
+    app: String,
+    env: Option<String>,
+    version: Option<String>,
+    reason: Option<String>,
+    until: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// A delivery control through the API, as the token's identity; the same checks as the
+/// command line's (`crate::controls`), serialised by the store.
+async fn control(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(which): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(who) = identify(&s, &headers) else {
+        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    };
+    let b: ControlBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("not a {which} body: {e}\n"),
+            );
+        }
+    };
+    let Some(desired) = s.desired.read().ok().and_then(|d| d.clone()) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid revision yet: nothing to check the names against\n",
+        );
+    };
+    let now = crate::clock::now();
+    let done = run_control(&s, &which, &b, &desired, &who, now);
+    match done {
+        Ok(d) => {
+            tracing::info!(control = %which, who = %who.name, app = %b.app, "{}", d.message);
+            s.trigger.notify_one();
+            Json(serde_json::json!({"message": d.message, "warning": d.warning})).into_response()
+        }
+        Err(ControlFailure::Bad(why)) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+        Err(ControlFailure::Control(e)) => {
+            let status = match &e {
+                crate::controls::ControlError::Forbidden { .. } => StatusCode::FORBIDDEN,
+                crate::controls::ControlError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                crate::controls::ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+            text(status, format!("{}{hint}\n", crate::report::chain(&e)))
+        }
+        Err(ControlFailure::Unknown) => text(
+            StatusCode::NOT_FOUND,
+            format!("no control `{which}`: pin, unpin, veto, unveto, approve, reject, retry\n"),
+        ),
+    }
+}
+
+/// Why a control through the API did not run.
+enum ControlFailure {
+    Bad(String),
+    Control(crate::controls::ControlError),
+    Unknown,
+}
+
+impl From<crate::controls::ControlError> for ControlFailure {
+    fn from(e: crate::controls::ControlError) -> Self {
+        Self::Control(e)
+    }
+}
+
+fn run_control(
+    s: &Shared,
+    which: &str,
+    b: &ControlBody,
+    desired: &crate::model::DesiredState,
+    who: &crate::identity::Identity,
+    now: jiff::Timestamp,
+) -> Result<crate::controls::Done, ControlFailure> {
+    use crate::controls;
+    let store = s.store.as_ref();
+    let app = AppName::new(b.app.clone()).map_err(|e| ControlFailure::Bad(e.to_string()))?;
+    let env = b
+        .env
+        .clone()
+        .map(EnvName::new)
+        .transpose()
+        .map_err(|e| ControlFailure::Bad(e.to_string()))?;
+    let need_env = || {
+        env.clone()
+            .ok_or_else(|| ControlFailure::Bad(format!("{which} needs env")))
+    };
+    let need = |v: &Option<String>, what: &str| {
+        v.clone()
+            .filter(|x| !x.trim().is_empty())
+            .ok_or_else(|| ControlFailure::Bad(format!("{which} needs {what}")))
+    };
+    Ok(match which {
+        "pin" => {
+            let until = b
+                .until
+                .as_deref()
+                .map(crate::controls::parse_until)
+                .transpose()
+                .map_err(ControlFailure::Bad)?;
+            let req = controls::PinRequest {
+                app,
+                env: need_env()?,
+                version: need(&b.version, "version")?,
+                reason: need(&b.reason, "a reason")?,
+                until,
+                force: b.force,
+            };
+            controls::pin(store, desired, who, &req, now)?
+        }
+        "unpin" => controls::unpin(store, who, &app, &need_env()?, now)?,
+        "veto" => {
+            let req = controls::VetoRequest {
+                app,
+                version: need(&b.version, "version")?,
+                env,
+                reason: need(&b.reason, "a reason")?,
+            };
+            controls::veto(store, desired, who, &req, now)?
+        }
+        "unveto" => controls::unveto(
+            store,
+            who,
+            &app,
+            &need(&b.version, "version")?,
+            env.as_ref(),
+            now,
+        )?,
+        "approve" => controls::approve(
+            store,
+            desired,
+            who,
+            &app,
+            &need_env()?,
+            b.version.as_deref(),
+            now,
+        )?,
+        "reject" => {
+            controls::reject(
+                store,
+                desired,
+                who,
+                &app,
+                &need_env()?,
+                &need(&b.reason, "a reason")?,
+                now,
+            )?
+            .0
+        }
+        "retry" => controls::retry(store, desired, who, &app, &need_env()?, now)?,
+        _ => return Err(ControlFailure::Unknown),
+    })
 }
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` over the raw body, in constant time.
@@ -477,6 +666,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/suspend", post(suspend))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/sync", post(sync))
+        .route("/api/v1/{control}", post(control))
         .route(
             "/webhooks/github",
             post(github).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),

@@ -135,9 +135,87 @@ pub struct Constraints {
     /// Deployment windows; none means any time.
     #[serde(default)]
     pub windows: Vec<Window>,
-    /// Whether a person must approve each version.
+    /// Whether a person must approve each version, and who may.
     #[serde(default)]
-    pub approval: Approval,
+    pub approval: ApprovalRule,
+    /// When to stop retrying a cluster whose rollout keeps failing.
+    #[serde(default)]
+    pub flapping: Flapping,
+}
+
+/// `approval: required`, or `{required: true, approvers: [alice, "group:release-managers"]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ApprovalRule {
+    /// `none` or `required`.
+    Plain(Approval),
+    /// Required or not, and by whom.
+    Detailed {
+        /// Whether a person must approve each version.
+        required: bool,
+        /// Users and `group:NAME`s who may approve; anyone when empty.
+        #[serde(default)]
+        approvers: Vec<String>,
+    },
+}
+
+impl Default for ApprovalRule {
+    fn default() -> Self {
+        Self::Plain(Approval::None)
+    }
+}
+
+impl ApprovalRule {
+    /// Whether each version needs approval.
+    pub fn approval(&self) -> Approval {
+        match self {
+            Self::Plain(a) => *a,
+            Self::Detailed { required: true, .. } => Approval::Required,
+            Self::Detailed { .. } => Approval::None,
+        }
+    }
+
+    /// Who may approve (users and `group:NAME`s); empty: anyone.
+    pub fn approvers(&self) -> &[String] {
+        match self {
+            Self::Plain(_) => &[],
+            Self::Detailed { approvers, .. } => approvers,
+        }
+    }
+}
+
+/// The flapping guard: after `maxAttempts` failed rollouts of the same desired state within
+/// `window`, a cluster is left alone for `cooldown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Flapping {
+    /// Failed rollouts that make a cluster unhappy.
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Over how long they count.
+    #[serde(default = "half_hour")]
+    pub window: super::Duration,
+    /// How long an unhappy cluster is left alone.
+    #[serde(default = "half_hour")]
+    pub cooldown: super::Duration,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn half_hour() -> super::Duration {
+    super::Duration::from_secs(30 * 60)
+}
+
+impl Default for Flapping {
+    fn default() -> Self {
+        Self {
+            max_attempts: three(),
+            window: half_hour(),
+            cooldown: half_hour(),
+        }
+    }
 }
 
 /// Whether manual judgment is needed.

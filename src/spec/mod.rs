@@ -21,8 +21,8 @@ pub use application::{
 };
 pub use duration::{Duration, DurationError};
 pub use environment::{
-    Approval, Constraints, Ec2Target, EnvDefaults, Environment, EnvironmentSpec, KubernetesTarget,
-    Metadata, ProviderKind, TargetSpec, Weekday, Window,
+    Approval, ApprovalRule, Constraints, Ec2Target, EnvDefaults, Environment, EnvironmentSpec,
+    Flapping, KubernetesTarget, Metadata, ProviderKind, TargetSpec, Weekday, Window,
 };
 pub use names::{AppName, EnvName, Name, NameError, TargetName};
 pub use strategy::{CanaryStep, MaxUnavailable, Percent, Strategy, StrategyKind};

@@ -107,6 +107,10 @@ pub enum Strategy {
         /// Older disabled server groups kept for fast rollback.
         #[serde(default = "one")]
         keep_disabled: u32,
+        /// Destroy a disabled server group once it has been disabled this long (the time is
+        /// recorded in the store); `keepDisabled` still caps how many are kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destroy_disabled_after: Option<Duration>,
     },
     /// Red-black in steps: grow the new group and shrink the old by percent of capacity.
     RollingRedBlack {
@@ -115,6 +119,10 @@ pub enum Strategy {
         /// Older disabled server groups kept for fast rollback.
         #[serde(default = "one")]
         keep_disabled: u32,
+        /// Destroy a disabled server group once it has been disabled this long (the time is
+        /// recorded in the store); `keepDisabled` still caps how many are kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destroy_disabled_after: Option<Duration>,
         /// How long to hold each step below 100% (the analysis window).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pause: Option<Duration>,
@@ -137,6 +145,10 @@ pub enum Strategy {
         /// Older disabled server groups kept for fast rollback.
         #[serde(default = "one")]
         keep_disabled: u32,
+        /// Destroy a disabled server group once it has been disabled this long (the time is
+        /// recorded in the store); `keepDisabled` still caps how many are kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destroy_disabled_after: Option<Duration>,
         /// Judge the new group against the one it replaces during each pause.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         analysis: Option<Box<Analysis>>,
@@ -147,7 +159,10 @@ pub enum Strategy {
 
 impl Default for Strategy {
     fn default() -> Self {
-        Self::RedBlack { keep_disabled: 1 }
+        Self::RedBlack {
+            keep_disabled: 1,
+            destroy_disabled_after: None,
+        }
     }
 }
 
@@ -192,10 +207,29 @@ impl Strategy {
         }
     }
 
+    /// How long a disabled server group is kept before it is destroyed, if the strategy says.
+    pub fn destroy_disabled_after(&self) -> Option<Duration> {
+        match self {
+            Self::RedBlack {
+                destroy_disabled_after,
+                ..
+            }
+            | Self::RollingRedBlack {
+                destroy_disabled_after,
+                ..
+            }
+            | Self::Canary {
+                destroy_disabled_after,
+                ..
+            } => *destroy_disabled_after,
+            Self::Highlander {} | Self::RollingUpdate { .. } | Self::None {} => None,
+        }
+    }
+
     /// How many older disabled server groups this strategy keeps after a rollout.
     pub fn keep_disabled(&self) -> u32 {
         match self {
-            Self::RedBlack { keep_disabled }
+            Self::RedBlack { keep_disabled, .. }
             | Self::RollingRedBlack { keep_disabled, .. }
             | Self::Canary { keep_disabled, .. } => *keep_disabled,
             Self::Highlander {} | Self::RollingUpdate { .. } | Self::None {} => 0,

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 pub use analysis::{AnalysisRecord, AnalysisState, AnalysisWindow, NotApplicable};
 pub use sqlite::SqliteStore;
 
-use crate::plan::{Approval, Policy, Scope, Suspend};
+use std::collections::BTreeMap;
+
+use crate::plan::{Approval, Deployed, Failure, Pin, Policy, Scope, Suspend, Veto};
+use crate::spec::{AppName, EnvName};
 
 /// Who acts: host, process and command, plus a token unique to this process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,11 +261,80 @@ pub trait Store: Send + Sync {
     /// The last good revision.
     fn last_good_revision(&self) -> Result<Option<String>, StoreError>;
 
-    /// The planner's policy at `now`: suspends, held locks of others, approvals.
+    /// Pins an environment's application to a version (audited; replaces an earlier pin).
+    fn pin(&self, p: &Pin) -> Result<(), StoreError>;
+    /// Lifts the pin of an application in an environment (audited); returns it.
+    fn unpin(
+        &self,
+        environment: &EnvName,
+        app: &AppName,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Pin>, StoreError>;
+    /// Every pin, lapsed or not.
+    fn pins(&self) -> Result<Vec<Pin>, StoreError>;
+    /// Forgets pins lapsed at `now`, saying so in the history; returns them.
+    fn lapse_pins(&self, now: jiff::Timestamp) -> Result<Vec<Pin>, StoreError>;
+    /// Marks a version bad (audited).
+    fn veto(&self, v: &Veto) -> Result<(), StoreError>;
+    /// Lifts a veto of a version, in one environment or everywhere it was vetoed for every
+    /// environment (audited); returns how many were lifted.
+    fn unveto(
+        &self,
+        app: &AppName,
+        version: &str,
+        environment: Option<&EnvName>,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<usize, StoreError>;
+    /// Every veto.
+    fn vetoes(&self) -> Result<Vec<Veto>, StoreError>;
+    /// Records a version live and healthy on a cluster (a new record only when it differs
+    /// from the cluster's newest).
+    fn record_deployed(&self, d: &Deployed) -> Result<(), StoreError>;
+    /// What was recorded live and healthy, oldest first.
+    fn deployed(&self) -> Result<Vec<Deployed>, StoreError>;
+    /// Records a failed rollout, for the flapping guard.
+    fn record_failure(&self, f: &Failure) -> Result<(), StoreError>;
+    /// Failed rollouts since `since`, oldest first.
+    fn failures(&self, since: jiff::Timestamp) -> Result<Vec<Failure>, StoreError>;
+    /// Forgets a cluster's failed rollouts (`keelson retry`, audited).
+    fn clear_failures(
+        &self,
+        cluster: &str,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<usize, StoreError>;
+    /// Notes which groups of a cluster are disabled now: a group newly disabled gets `now`, one
+    /// no longer disabled is forgotten.
+    fn note_disabled(
+        &self,
+        cluster: &str,
+        disabled: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<(), StoreError>;
+    /// When each disabled group was first seen disabled, by name.
+    fn disabled_since(&self) -> Result<BTreeMap<String, jiff::Timestamp>, StoreError>;
+
+    /// The planner's policy at `now`: suspends, held locks of others, approvals, pins,
+    /// vetoes and what the controls need.
     fn policy(&self, now: jiff::Timestamp, me: Option<&Owner>) -> Result<Policy, StoreError> {
         let mut p = Policy::at(now);
         p.suspends = self.suspends(now)?;
         p.approvals = self.approvals()?;
+        p.pins = self
+            .pins()?
+            .into_iter()
+            .filter(|x| x.in_force(now))
+            .collect();
+        p.vetoes = self.vetoes()?;
+        p.deployed = self.deployed()?;
+        // The longest flapping window anyone sensible sets is a day.
+        p.failures = self.failures(
+            now.checked_sub(jiff::SignedDuration::from_hours(24))
+                .unwrap_or(now),
+        )?;
+        p.disabled_since = self.disabled_since()?;
         let ident = self.identity()?;
         p.stores = crate::plan::Stores {
             ours: ident.id,

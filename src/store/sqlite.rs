@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use std::collections::BTreeMap;
+
 use super::{HistoryEntry, LockInfo, LockOutcome, Owner, Store, StoreError};
-use crate::plan::{Approval, Scope, Suspend};
+use crate::plan::{Approval, Deployed, Failure, Pin, Scope, Suspend, Veto};
+use crate::spec::{AppName, EnvName};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -75,7 +78,43 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX analyses_cluster ON analyses (cluster, seq);",
+    // 6: delivery controls: pins, vetoes, what was live and healthy, failed rollouts and when
+    // groups were disabled.
+    "CREATE TABLE pins (
+        environment TEXT NOT NULL,
+        app TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (environment, app)
+    );
+    CREATE TABLE vetoes (
+        app TEXT NOT NULL,
+        version TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (app, version, environment)
+    );
+    CREATE TABLE deployed (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX deployed_cluster ON deployed (cluster, seq);
+    CREATE TABLE failures (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        at TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX failures_cluster ON failures (cluster, seq);
+    CREATE TABLE disabled (
+        server_group TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        since TEXT NOT NULL
+    );",
 ];
+
+/// Records kept per cluster of what was live and healthy: enough to go back a long way.
+const DEPLOYED_KEPT: i64 = 20;
 
 /// The SQLite store.
 #[derive(Debug)]
@@ -209,6 +248,23 @@ impl SqliteStore {
             what: "a query failed".into(),
             source: Some(Box::new(e)),
         }
+    }
+
+    /// Rows of one JSON `body` column, read back.
+    fn bodies<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>, StoreError> {
+        let bodies: Vec<String> = self.with(|c| {
+            let mut st = c.prepare(sql)?;
+            let rows = st.query_map(params, |r| r.get(0))?;
+            rows.collect()
+        })?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(|e| self.err(e)))
+            .collect()
     }
 
     fn with<T>(
@@ -680,6 +736,323 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .optional()
+        })
+    }
+
+    fn pin(&self, p: &Pin) -> Result<(), StoreError> {
+        let body = serde_json::to_string(p).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO pins (environment, app, body) VALUES (?1, ?2, ?3)",
+                params![p.environment.as_str(), p.app.as_str(), body],
+            )?;
+            audit(
+                &tx,
+                &HistoryEntry {
+                    at: p.at,
+                    cluster: format!("{}/*/{}", p.environment, p.app),
+                    action: "pin".into(),
+                    detail: format!(
+                        "pinned {} to {} in {}: {}{}",
+                        p.app,
+                        p.artifact.version,
+                        p.environment,
+                        p.reason,
+                        p.until.map(|u| format!(" (until {u})")).unwrap_or_default()
+                    ),
+                    who: p.who.clone(),
+                    revision: String::new(),
+                    result: "ok".into(),
+                },
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn unpin(
+        &self,
+        environment: &EnvName,
+        app: &AppName,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Pin>, StoreError> {
+        let body: Option<String> = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let body: Option<String> = tx
+                .query_row(
+                    "DELETE FROM pins WHERE environment = ?1 AND app = ?2 RETURNING body",
+                    params![environment.as_str(), app.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if body.is_some() {
+                audit(
+                    &tx,
+                    &HistoryEntry {
+                        at: now,
+                        cluster: format!("{environment}/*/{app}"),
+                        action: "unpin".into(),
+                        detail: format!("unpinned {app} in {environment}"),
+                        who: who.to_string(),
+                        revision: String::new(),
+                        result: "ok".into(),
+                    },
+                )?;
+            }
+            tx.commit()?;
+            Ok(body)
+        })?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| self.err(e)))
+            .transpose()
+    }
+
+    fn pins(&self) -> Result<Vec<Pin>, StoreError> {
+        self.bodies("SELECT body FROM pins ORDER BY environment, app", [])
+    }
+
+    fn lapse_pins(&self, now: jiff::Timestamp) -> Result<Vec<Pin>, StoreError> {
+        let lapsed: Vec<Pin> = self
+            .pins()?
+            .into_iter()
+            .filter(|p| !p.in_force(now))
+            .collect();
+        if lapsed.is_empty() {
+            return Ok(lapsed);
+        }
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for p in &lapsed {
+                // Only the very pin read: one made again meanwhile stays.
+                let body = serde_json::to_string(p).unwrap_or_default();
+                let n = tx.execute(
+                    "DELETE FROM pins WHERE environment = ?1 AND app = ?2 AND body = ?3",
+                    params![p.environment.as_str(), p.app.as_str(), body],
+                )?;
+                if n > 0 {
+                    audit(
+                        &tx,
+                        &HistoryEntry {
+                            at: now,
+                            cluster: format!("{}/*/{}", p.environment, p.app),
+                            action: "pin-lapsed".into(),
+                            detail: format!(
+                                "the pin of {} to {} in {} by {} lapsed{}",
+                                p.app,
+                                p.artifact.version,
+                                p.environment,
+                                p.who,
+                                p.until.map(|u| format!(" at {u}")).unwrap_or_default()
+                            ),
+                            who: "keelson".into(),
+                            revision: String::new(),
+                            result: "ok".into(),
+                        },
+                    )?;
+                }
+            }
+            tx.commit()
+        })?;
+        Ok(lapsed)
+    }
+
+    fn veto(&self, v: &Veto) -> Result<(), StoreError> {
+        let body = serde_json::to_string(v).map_err(|e| self.err(e))?;
+        let env = v.environment.as_ref().map_or("*", |e| e.as_str());
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO vetoes (app, version, environment, body) VALUES (?1, ?2, ?3, ?4)",
+                params![v.app.as_str(), v.version, env, body],
+            )?;
+            audit(&tx, &HistoryEntry {
+                at: v.at,
+                cluster: format!("{env}/*/{}", v.app),
+                action: "veto".into(),
+                detail: format!(
+                    "vetoed {} {} in {}: {}",
+                    v.app,
+                    v.version,
+                    v.environment.as_ref().map_or("every environment".to_string(), ToString::to_string),
+                    v.reason
+                ),
+                who: v.who.clone(),
+                revision: String::new(),
+                result: "ok".into(),
+            })?;
+            tx.commit()
+        })
+    }
+
+    fn unveto(
+        &self,
+        app: &AppName,
+        version: &str,
+        environment: Option<&EnvName>,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<usize, StoreError> {
+        let env = environment.map_or("*", |e| e.as_str());
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "DELETE FROM vetoes WHERE app = ?1 AND version = ?2 AND environment = ?3",
+                params![app.as_str(), version, env],
+            )?;
+            if n > 0 {
+                audit(
+                    &tx,
+                    &HistoryEntry {
+                        at: now,
+                        cluster: format!("{env}/*/{app}"),
+                        action: "unveto".into(),
+                        detail: format!("lifted the veto of {app} {version}"),
+                        who: who.to_string(),
+                        revision: String::new(),
+                        result: "ok".into(),
+                    },
+                )?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn vetoes(&self) -> Result<Vec<Veto>, StoreError> {
+        self.bodies(
+            "SELECT body FROM vetoes ORDER BY app, version, environment",
+            [],
+        )
+    }
+
+    fn record_deployed(&self, d: &Deployed) -> Result<(), StoreError> {
+        let cluster = d.cluster.to_string();
+        let body = serde_json::to_string(d).map_err(|e| self.err(e))?;
+        let newest: Option<(i64, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT seq, body FROM deployed WHERE cluster = ?1 ORDER BY seq DESC LIMIT 1",
+                params![cluster],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })?;
+        let same = newest.as_ref().and_then(|(seq, b)| {
+            let old: Deployed = serde_json::from_str(b).ok()?;
+            (old.artifact == d.artifact && old.spec_hash == d.spec_hash && old.rest == d.rest)
+                .then_some(*seq)
+        });
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match same {
+                Some(seq) => {
+                    tx.execute(
+                        "UPDATE deployed SET body = ?2 WHERE seq = ?1",
+                        params![seq, body],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO deployed (cluster, body) VALUES (?1, ?2)",
+                        params![cluster, body],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM deployed WHERE cluster = ?1 AND seq NOT IN (SELECT seq FROM deployed WHERE cluster = ?1 ORDER BY seq DESC LIMIT ?2)",
+                        params![cluster, DEPLOYED_KEPT],
+                    )?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn deployed(&self) -> Result<Vec<Deployed>, StoreError> {
+        self.bodies("SELECT body FROM deployed ORDER BY seq", [])
+    }
+
+    fn record_failure(&self, f: &Failure) -> Result<(), StoreError> {
+        let body = serde_json::to_string(f).map_err(|e| self.err(e))?;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO failures (cluster, at, body) VALUES (?1, ?2, ?3)",
+                params![f.cluster.to_string(), f.at.to_string(), body],
+            )?;
+            // Older than any window the guard looks at: forgotten.
+            let old =
+                f.at.checked_sub(jiff::SignedDuration::from_hours(48))
+                    .unwrap_or(f.at);
+            tx.execute(
+                "DELETE FROM failures WHERE at < ?1",
+                params![old.to_string()],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn failures(&self, since: jiff::Timestamp) -> Result<Vec<Failure>, StoreError> {
+        let all: Vec<Failure> = self.bodies("SELECT body FROM failures ORDER BY seq", [])?;
+        Ok(all.into_iter().filter(|f| f.at >= since).collect())
+    }
+
+    fn clear_failures(
+        &self,
+        cluster: &str,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute("DELETE FROM failures WHERE cluster = ?1", params![cluster])?;
+            audit(
+                &tx,
+                &HistoryEntry {
+                    at: now,
+                    cluster: cluster.to_string(),
+                    action: "retry".into(),
+                    detail: format!("{n} failed rollout(s) forgotten: tried again at once"),
+                    who: who.to_string(),
+                    revision: String::new(),
+                    result: "ok".into(),
+                },
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn note_disabled(
+        &self,
+        cluster: &str,
+        disabled: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let known: Vec<String> = {
+                let mut st = tx.prepare("SELECT server_group FROM disabled WHERE cluster = ?1")?;
+                let rows = st.query_map(params![cluster], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for k in known.iter().filter(|k| !disabled.contains(k)) {
+                tx.execute("DELETE FROM disabled WHERE server_group = ?1", params![k])?;
+            }
+            for g in disabled.iter().filter(|g| !known.contains(g)) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO disabled (server_group, cluster, since) VALUES (?1, ?2, ?3)",
+                    params![g, cluster, now.to_string()],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn disabled_since(&self) -> Result<BTreeMap<String, jiff::Timestamp>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT server_group, since FROM disabled")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, ts(&r.get::<_, String>(1)?, 1)?))
+            })?;
+            rows.collect()
         })
     }
 }

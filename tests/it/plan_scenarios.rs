@@ -648,7 +648,7 @@ async fn windows_and_approvals_hold_new_versions() {
         &Selection::default(),
     );
     assert!(
-        matches!(&pl.clusters[0].blocked[..], [keelson::plan::Block::AwaitingApproval { version }] if version == "1.0.0"),
+        matches!(&pl.clusters[0].blocked[..], [keelson::plan::Block::AwaitingApproval { version, .. }] if version == "1.0.0"),
         "{:?}",
         pl.clusters[0].blocked
     );

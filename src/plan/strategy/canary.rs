@@ -43,6 +43,7 @@ mod tests {
                 },
             ],
             keep_disabled: 1,
+            destroy_disabled_after: None,
             analysis: None,
         }
     }

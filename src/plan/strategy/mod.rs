@@ -257,6 +257,10 @@ pub(crate) mod fixture {
                 file: "web.yaml".into(),
                 line: 1,
             },
+            retarget: crate::model::Retarget {
+                rest: SpecHash::from_observed("rest"),
+                user_data: None,
+            },
         })
     }
 

@@ -21,7 +21,10 @@ mod tests {
     use crate::spec::Strategy;
 
     fn red_black() -> Strategy {
-        Strategy::RedBlack { keep_disabled: 1 }
+        Strategy::RedBlack {
+            keep_disabled: 1,
+            destroy_disabled_after: None,
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ mod tests {
         Strategy::RollingRedBlack {
             steps: vec![Percent(25), Percent(50)],
             keep_disabled: 1,
+            destroy_disabled_after: None,
             pause: None,
             analysis: None,
         }

@@ -1,0 +1,525 @@
+//! Per-cluster scheduling for the daemon: each cluster has its own due time and backoff, so one
+//! failing cluster never delays the others, and a revision that changes a cluster's desired
+//! state supersedes its pending retry at once (newest commit wins). Clock-free: `now` is passed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::model::{ClusterId, SpecHash};
+use crate::spec::{AppName, EnvName};
+
+/// How retries back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay after the first failure.
+    pub first: Duration,
+    /// The cap: each further failure doubles the delay up to this.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The starting delay; capped too, so `first > max` cannot exceed `max`.
+    fn start(&self) -> Duration {
+        self.first.min(self.max)
+    }
+
+    /// The delay after `d`: doubled, capped, never overflowing.
+    fn next(&self, d: Duration) -> Duration {
+        d.saturating_mul(2).min(self.max)
+    }
+}
+
+/// What the loop tells the schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new valid revision: every desired cluster with its hash, its app, and for each environment the environments that depend on it directly.
+    Revision {
+        /// Every desired cluster; clusters absent from it are dropped.
+        clusters: Vec<Desired>,
+    },
+    /// Someone asked for a sync, a webhook arrived or the drift timer fired: every cluster not waiting out a failure is due now; `force` makes failing ones due too.
+    Sync {
+        /// Whether failing clusters are due now too, cutting their backoff short.
+        force: bool,
+    },
+    /// A reconcile of `cluster` started.
+    Started {
+        /// The cluster.
+        cluster: ClusterId,
+    },
+    /// A reconcile of `cluster` ended; `ok` false when it failed (it is retried with backoff).
+    Finished {
+        /// The cluster.
+        cluster: ClusterId,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+}
+
+/// One desired cluster as the schedule needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The cluster.
+    pub id: ClusterId,
+    /// Its application: promotion only reaches clusters of the same app.
+    pub app: AppName,
+    /// Its desired state's hash: a change supersedes any pending retry.
+    pub hash: SpecHash,
+    /// Environments whose clusters of the same app wait on this one's environment (dependsOn).
+    pub dependents: Vec<EnvName>,
+}
+
+/// Where one cluster stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its application.
+    pub app: AppName,
+    /// The hash of its latest desired state.
+    pub hash: SpecHash,
+    /// Environments promoted when it finishes ok.
+    pub dependents: Vec<EnvName>,
+    /// When it is next due; `None` when converged (waiting for the next Sync or Revision).
+    pub due: Option<Instant>,
+    /// Whether a reconcile is in flight.
+    pub running: bool,
+    /// Failures in a row since the last success or change of desired state.
+    pub failures: u32,
+    /// The delay the next failure waits.
+    pub delay: Duration,
+    /// The desired state changed mid-reconcile: due again as soon as the step in flight ends.
+    superseded: bool,
+    /// Dropped from the latest revision while running: removed when it finishes.
+    removed: bool,
+}
+
+impl Entry {
+    /// Due at `now`, unless already due earlier.
+    fn due_by(&mut self, now: Instant) {
+        self.due = Some(self.due.map_or(now, |d| d.min(now)));
+    }
+}
+
+/// Every cluster's schedule.
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    backoff: Backoff,
+    clusters: BTreeMap<ClusterId, Entry>,
+}
+
+impl Schedule {
+    /// An empty schedule that retries with `backoff`.
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    /// Applies an event at `now`.
+    pub fn on(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Revision { clusters } => self.revision(clusters, now),
+            Event::Sync { force } => {
+                for e in self.clusters.values_mut().filter(|e| !e.running) {
+                    if force || e.failures == 0 {
+                        e.due_by(now);
+                    }
+                }
+            }
+            Event::Started { cluster } => {
+                if let Some(e) = self.clusters.get_mut(&cluster) {
+                    e.running = true;
+                    e.due = None;
+                }
+            }
+            Event::Finished { cluster, ok } => self.finished(&cluster, ok, now),
+        }
+    }
+
+    fn revision(&mut self, desired: Vec<Desired>, now: Instant) {
+        let start = self.backoff.start();
+        let wanted: BTreeMap<ClusterId, Desired> =
+            desired.into_iter().map(|d| (d.id.clone(), d)).collect();
+        // A running cluster must stay until its Finished arrives, or that event would be lost.
+        self.clusters.retain(|id, e| {
+            let keep = wanted.contains_key(id);
+            e.removed = !keep;
+            keep || e.running
+        });
+        for (id, d) in wanted {
+            let Some(e) = self.clusters.get_mut(&id) else {
+                let entry = Entry {
+                    app: d.app,
+                    hash: d.hash,
+                    dependents: d.dependents,
+                    due: Some(now),
+                    running: false,
+                    failures: 0,
+                    delay: start,
+                    superseded: false,
+                    removed: false,
+                };
+                self.clusters.insert(id, entry);
+                continue;
+            };
+            e.app = d.app;
+            e.dependents = d.dependents;
+            if e.hash == d.hash {
+                continue;
+            }
+            e.hash = d.hash;
+            if e.running {
+                e.superseded = true;
+            } else {
+                // Newest commit wins: a retry of the old state is no longer worth waiting for.
+                e.failures = 0;
+                e.delay = start;
+                e.due_by(now);
+            }
+        }
+    }
+
+    fn finished(&mut self, id: &ClusterId, ok: bool, now: Instant) {
+        let start = self.backoff.start();
+        let Some(e) = self.clusters.get_mut(id) else {
+            return;
+        };
+        if e.removed {
+            self.clusters.remove(id);
+            return;
+        }
+        e.running = false;
+        if e.superseded {
+            // The step in flight applied an old state; apply the new one next, whatever happened.
+            // No promotion either: dependents wait for this environment's new state.
+            e.superseded = false;
+            e.failures = 0;
+            e.delay = start;
+            e.due = Some(now);
+            return;
+        }
+        if !ok {
+            e.failures = e.failures.saturating_add(1);
+            // An unrepresentable instant retries at once rather than never.
+            e.due = Some(now.checked_add(e.delay).unwrap_or(now));
+            e.delay = self.backoff.next(e.delay);
+            return;
+        }
+        e.failures = 0;
+        e.delay = start;
+        e.due = None;
+        let (app, dependents) = (e.app.clone(), e.dependents.clone());
+        if dependents.is_empty() {
+            return;
+        }
+        for (other, o) in self.clusters.iter_mut() {
+            if !o.running && o.app == app && dependents.contains(&other.environment) {
+                o.due_by(now);
+            }
+        }
+    }
+
+    /// Clusters due at `now` and not running, in id order.
+    pub fn due(&self, now: Instant) -> Vec<ClusterId> {
+        self.clusters
+            .iter()
+            .filter(|(_, e)| !e.running && e.due.is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// When the next cluster not running falls due, if any.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.clusters
+            .values()
+            .filter(|e| !e.running)
+            .filter_map(|e| e.due)
+            .min()
+    }
+
+    /// One cluster's entry.
+    pub fn entry(&self, id: &ClusterId) -> Option<&Entry> {
+        self.clusters.get(id)
+    }
+
+    /// Clusters currently failing (failures > 0).
+    pub fn failing(&self) -> usize {
+        self.clusters.values().filter(|e| e.failures > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ClusterName;
+    use crate::spec::TargetName;
+
+    fn id(env: &str, name: &str) -> ClusterId {
+        ClusterId {
+            environment: EnvName::new(env).unwrap(),
+            target: TargetName::new("local").unwrap(),
+            name: ClusterName::parse(name).unwrap(),
+        }
+    }
+
+    fn want(env: &str, name: &str, app: &str, hash: &str, dependents: &[&str]) -> Desired {
+        Desired {
+            id: id(env, name),
+            app: AppName::new(app).unwrap(),
+            hash: SpecHash::from_observed(hash),
+            dependents: dependents
+                .iter()
+                .map(|d| EnvName::new(*d).unwrap())
+                .collect(),
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Runs one reconcile of `c` at `at` and reports it.
+    fn run(s: &mut Schedule, c: &ClusterId, ok: bool, at: Instant) {
+        s.on(Event::Started { cluster: c.clone() }, at);
+        s.on(
+            Event::Finished {
+                cluster: c.clone(),
+                ok,
+            },
+            at,
+        );
+    }
+
+    fn revision(s: &mut Schedule, clusters: Vec<Desired>, at: Instant) {
+        s.on(Event::Revision { clusters }, at);
+    }
+
+    #[test]
+    fn failing_cluster_backs_off_without_delaying_others() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff {
+            first: secs(2),
+            max: secs(10),
+        });
+        let bad = id("dev", "web");
+        let good = id("dev", "api");
+        let clusters = vec![
+            want("dev", "web", "web", "h1", &[]),
+            want("dev", "api", "api", "h1", &[]),
+        ];
+        revision(&mut s, clusters, t0);
+        assert_eq!(s.due(t0), vec![good.clone(), bad.clone()]);
+        run(&mut s, &good, true, t0);
+        let mut t = t0;
+        for expected in [2, 4, 8, 10, 10] {
+            run(&mut s, &bad, false, t);
+            assert_eq!(s.entry(&bad).unwrap().due, Some(t + secs(expected)));
+            // A Sync before the retry is due makes the healthy cluster due, not the failing one.
+            s.on(Event::Sync { force: false }, t + secs(1));
+            assert_eq!(s.due(t + secs(1)), vec![good.clone()]);
+            run(&mut s, &good, true, t + secs(1));
+            assert!(
+                s.due(t + secs(expected) - Duration::from_millis(1))
+                    .is_empty()
+            );
+            t += secs(expected);
+            assert_eq!(s.due(t), vec![bad.clone()]);
+        }
+        assert_eq!(s.entry(&bad).unwrap().failures, 5);
+        assert_eq!(s.failing(), 1);
+    }
+
+    #[test]
+    fn changed_hash_supersedes_backoff_but_same_hash_does_not() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let web = id("dev", "web");
+        revision(&mut s, vec![want("dev", "web", "web", "h1", &[])], t0);
+        run(&mut s, &web, false, t0);
+        run(&mut s, &web, false, t0 + secs(2));
+        let t1 = t0 + secs(3);
+        revision(&mut s, vec![want("dev", "web", "web", "h1", &[])], t1);
+        assert!(s.due(t1).is_empty());
+        assert_eq!(s.entry(&web).unwrap().failures, 2);
+        revision(&mut s, vec![want("dev", "web", "web", "h2", &[])], t1);
+        assert_eq!(s.due(t1), vec![web.clone()]);
+        let e = s.entry(&web).unwrap();
+        assert_eq!((e.failures, e.delay), (0, secs(2)));
+        assert_eq!(s.failing(), 0);
+    }
+
+    #[test]
+    fn running_cluster_with_changed_hash_is_due_right_after_a_failed_finish() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let web = id("dev", "web");
+        revision(&mut s, vec![want("dev", "web", "web", "h1", &[])], t0);
+        s.on(
+            Event::Started {
+                cluster: web.clone(),
+            },
+            t0,
+        );
+        revision(
+            &mut s,
+            vec![want("dev", "web", "web", "h2", &[])],
+            t0 + secs(1),
+        );
+        assert!(
+            s.due(t0 + secs(1)).is_empty(),
+            "running clusters are never due"
+        );
+        let t1 = t0 + secs(5);
+        s.on(
+            Event::Finished {
+                cluster: web.clone(),
+                ok: false,
+            },
+            t1,
+        );
+        assert_eq!(s.due(t1), vec![web.clone()]);
+        let e = s.entry(&web).unwrap();
+        assert_eq!((e.failures, e.superseded), (0, false));
+        assert_eq!(e.hash, SpecHash::from_observed("h2"));
+        // The next failure backs off normally again.
+        run(&mut s, &web, false, t1);
+        assert_eq!(s.entry(&web).unwrap().due, Some(t1 + secs(2)));
+    }
+
+    #[test]
+    fn success_promotes_same_app_dependents_only() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let dev = id("dev", "web");
+        let stg_web = id("staging", "web");
+        let stg_api = id("staging", "api");
+        revision(
+            &mut s,
+            vec![
+                want("dev", "web", "web", "h1", &["staging"]),
+                want("staging", "web", "web", "h1", &[]),
+                want("staging", "api", "api", "h1", &[]),
+            ],
+            t0,
+        );
+        for c in s.due(t0) {
+            run(&mut s, &c, true, t0);
+        }
+        assert!(s.due(t0).is_empty());
+        let t1 = t0 + secs(30);
+        run(&mut s, &dev, true, t1);
+        assert_eq!(s.due(t1), vec![stg_web.clone()]);
+        assert_eq!(s.entry(&stg_api).unwrap().due, None);
+        // A failure promotes nothing.
+        run(&mut s, &stg_web, true, t1);
+        run(&mut s, &dev, false, t1 + secs(1));
+        assert!(s.due(t1 + secs(1)).is_empty());
+    }
+
+    #[test]
+    fn forced_sync_makes_failing_cluster_due() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let web = id("dev", "web");
+        revision(&mut s, vec![want("dev", "web", "web", "h1", &[])], t0);
+        run(&mut s, &web, false, t0);
+        s.on(Event::Sync { force: false }, t0 + secs(1));
+        assert!(s.due(t0 + secs(1)).is_empty());
+        s.on(Event::Sync { force: true }, t0 + secs(1));
+        assert_eq!(s.due(t0 + secs(1)), vec![web]);
+    }
+
+    #[test]
+    fn dropped_cluster_disappears_after_it_finishes() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let web = id("dev", "web");
+        let api = id("dev", "api");
+        let db = id("dev", "db");
+        revision(
+            &mut s,
+            vec![
+                want("dev", "web", "web", "h1", &[]),
+                want("dev", "api", "api", "h1", &[]),
+                want("dev", "db", "db", "h1", &[]),
+            ],
+            t0,
+        );
+        s.on(
+            Event::Started {
+                cluster: api.clone(),
+            },
+            t0,
+        );
+        revision(
+            &mut s,
+            vec![want("dev", "db", "db", "h1", &[])],
+            t0 + secs(1),
+        );
+        assert!(s.entry(&web).is_none());
+        assert!(s.entry(&api).is_some(), "kept until its reconcile ends");
+        s.on(
+            Event::Finished {
+                cluster: api.clone(),
+                ok: false,
+            },
+            t0 + secs(2),
+        );
+        assert!(s.entry(&api).is_none());
+        assert_eq!(s.due(t0 + secs(60)), vec![db]);
+        assert_eq!(s.failing(), 0);
+    }
+
+    #[test]
+    fn next_wake_is_earliest_due_of_idle_clusters() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        assert_eq!(s.next_wake(), None);
+        let (a, b, c) = (id("dev", "a"), id("dev", "b"), id("dev", "c"));
+        let clusters = vec![
+            want("dev", "a", "a", "h1", &[]),
+            want("dev", "b", "b", "h1", &[]),
+            want("dev", "c", "c", "h1", &[]),
+        ];
+        revision(&mut s, clusters, t0);
+        assert_eq!(s.next_wake(), Some(t0));
+        for x in [&a, &b, &c] {
+            s.on(Event::Started { cluster: x.clone() }, t0);
+        }
+        assert_eq!(s.next_wake(), None);
+        s.on(
+            Event::Finished {
+                cluster: b.clone(),
+                ok: false,
+            },
+            t0 + secs(1),
+        );
+        s.on(
+            Event::Finished {
+                cluster: a.clone(),
+                ok: false,
+            },
+            t0 + secs(3),
+        );
+        assert_eq!(s.next_wake(), Some(t0 + secs(3)));
+        s.on(Event::Started { cluster: b.clone() }, t0 + secs(3));
+        assert_eq!(s.next_wake(), Some(t0 + secs(5)));
+        s.on(
+            Event::Finished {
+                cluster: c,
+                ok: true,
+            },
+            t0 + secs(4),
+        );
+        assert_eq!(s.next_wake(), Some(t0 + secs(5)));
+    }
+}
