@@ -463,11 +463,13 @@ pub fn reject(
         held.push(id);
     }
     let env_cfg = desired.environments.get(env);
+    let wanted = &ours[0].version;
     let awaiting = env_cfg.is_some_and(|e| e.approval == crate::spec::Approval::Required)
         && !store
             .approvals()?
             .iter()
-            .any(|a| &a.environment == env && &a.app == app && a.version == ours[0].version);
+            .any(|a| &a.environment == env && &a.app == app && &a.version == wanted)
+        && !store.vetoes()?.iter().any(|v| v.covers(app, wanted, env));
     let version = match (version, awaiting) {
         (Some(v), _) => v,
         (None, true) => ours[0].version.clone(),

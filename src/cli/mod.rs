@@ -94,12 +94,15 @@ pub enum Command {
     /// Put an older healthy server group back in traffic.
     Rollback(RollbackArgs),
     /// Hold an application in an environment at a version, whatever Git says.
+    #[command(disable_version_flag = true)]
     Pin(PinArgs),
     /// Lift a pin: Git's version rolls out again.
     Unpin(UnpinArgs),
     /// Mark a version bad: never deployed where vetoed; where live, rolled back.
+    #[command(disable_version_flag = true)]
     Veto(VetoArgs),
     /// Lift a veto.
+    #[command(disable_version_flag = true)]
     Unveto(UnvetoArgs),
     /// Approve a version where approval is required, or let a held canary go on (CLUSTER).
     // `--version` here names the version approved, not this program's.

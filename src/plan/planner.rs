@@ -197,6 +197,10 @@ fn plan_one(
         None => held(d, &controlled)?,
     };
     cp.desired = Some(Arc::clone(d));
+    if cp.action == Action::Held {
+        // Nothing to do: the hold itself is the whole story.
+        return Some(cp);
+    }
     if let Some(c) = &controlled.control {
         cp.reason = if cp.reason.is_empty() {
             c.to_string()
@@ -207,10 +211,6 @@ fn plan_one(
     cp.control.clone_from(&controlled.control);
     cp.blocked = blocks::blocks(d, env, &cp, desired, observed, policy);
     cp.blocked.extend(controlled.block.clone());
-    if cp.action == Action::Held {
-        cp.blocked
-            .retain(|b| matches!(b, Block::Pinned { .. } | Block::Vetoed { .. }));
-    }
     Some(cp)
 }
 

@@ -33,6 +33,14 @@ pub fn summary_line(plan: &Plan) -> String {
         if s.orphans > 0 {
             let _ = write!(line, " {} orphaned cluster(s) reported.", s.orphans);
         }
+        let held = plan
+            .clusters
+            .iter()
+            .filter(|c| c.action == crate::plan::Action::Held)
+            .count();
+        if held > 0 {
+            let _ = write!(line, " {held} held by a pin or a veto.");
+        }
         return line;
     }
     let mut line = format!(

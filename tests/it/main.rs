@@ -2,6 +2,7 @@
 
 mod analysis;
 mod apply_e2e;
+mod controls;
 mod daemon;
 mod ec2;
 mod git_http;
