@@ -199,14 +199,21 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
             std::sync::Arc::new(crate::engine::LogProgress),
         )
         .await;
+    // A rollback finished from the rejected rollout's journal reports that rollout's
+    // failure; what counts is whether any cluster is left part-way.
+    let store = ctx.store()?;
+    let mut left = false;
     for c in &report.clusters {
         println!("{}: {}", c.id, c.outcome);
+        left |= store.journal(&c.id.to_string())?.is_some()
+            || matches!(
+                c.outcome,
+                crate::engine::ClusterOutcome::Locked(_)
+                    | crate::engine::ClusterOutcome::Refused(_)
+                    | crate::engine::ClusterOutcome::Foreign(_)
+            );
     }
-    Ok(if report.failed() {
-        Exit::Failure
-    } else {
-        Exit::Success
-    })
+    Ok(if left { Exit::Failure } else { Exit::Success })
 }
 
 /// `keelson retry APP --env ENV`.

@@ -292,6 +292,46 @@ async fn without_traffic_an_analysis_holds_never_promotes_and_reject_rolls_back(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_app_env_during_an_analysis_hold_rolls_back_and_vetoes_the_version() {
+    let repo = Repo::new();
+    let strategy = canary("2s", "1s", "", ERRORS);
+    app(&repo, "1.0.0", "", &strategy, "");
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 0, "{out}");
+    app(&repo, "2.0.0", "", &strategy, "");
+    let (code, out) = repo.apply().await;
+    assert!(
+        code == 0 && out.contains("held: canary analysis inconclusive"),
+        "{out}"
+    );
+    assert_eq!(serving(&repo).await, ["web-v000 60", "web-v001 40"]);
+    let (code, out) = repo
+        .run(&[
+            "reject",
+            "web",
+            "--env",
+            "dev",
+            "--reason",
+            "no data, no deal",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Rejected web 2.0.0 in dev"), "{out}");
+    assert_eq!(serving(&repo).await, ["web-v000 100"], "{out}");
+    // Vetoed there: Git still asks for 2.0.0, and it is held at 1.0.0, visibly.
+    let (code, plan) = repo.run(&["plan", "--detailed-exitcode"]).await;
+    assert!(
+        code == 0 && plan.contains("2.0.0 is vetoed by tester: rejected: no data, no deal"),
+        "{plan}"
+    );
+    let (_, history) = repo.run(&["history"]).await;
+    assert!(
+        history.contains("analysis-reject") && history.contains("veto: vetoed web 2.0.0 in dev"),
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_apply_resumes_the_analysis_with_the_measurements_already_taken() {
     let repo = Repo::new();
     let strategy = canary("6s", "1s", "", ERRORS);

@@ -953,3 +953,195 @@ async fn the_daemon_rolls_a_bad_version_back_by_its_own_metrics_with_nobody_watc
         "{history}"
     );
 }
+
+/// An application `name` on `port` at `version`; `fail` makes its instances never healthy.
+fn named_app(name: &str, version: &str, port: u16, fail: bool) -> String {
+    let extra = if fail { ", --fail-health" } else { "" };
+    format!(
+        "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  artifact: {{version: \"{version}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"{extra}]}}\n  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 1s}}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, strategy: {{type: red-black}}, traffic: {{port: {port}}}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_over_the_api_act_as_the_tokens_user() {
+    let mut f = Fixture::new();
+    std::fs::write(
+        f.work.path().join("env.yaml"),
+        format!("{ENV}  constraints:\n    approval: {{required: true, approvers: [\"group:release-managers\"]}}\n"),
+    )
+    .unwrap();
+    let ids = f.state.path().join("identities.yaml");
+    let digest = |t: &str| {
+        keelson::identity::digest(t)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        &ids,
+        format!(
+            "users:\n  - {{name: dave, groups: [release-managers], tokenSha256: {}}}\n  - {{name: carol, groups: [qa-leads], tokenSha256: {}}}\n",
+            digest("dave-token"),
+            digest("carol-token")
+        ),
+    )
+    .unwrap();
+    f.push(&app("1.0.0", f.port, "{type: red-black}"));
+    let ids_env = ids.display().to_string();
+    f.start_with("1h", &[("KEELSON_IDENTITIES", ids_env.as_str())]);
+    // Held for approval: shown in the status.
+    let mut outcome = String::new();
+    for _ in 0..100 {
+        let st = f.status().await;
+        outcome = st["daemon"]["clusters"][0]["outcome"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if outcome.contains("awaiting approval") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        outcome.contains("awaiting approval of 1.0.0 by group:release-managers"),
+        "{outcome}"
+    );
+    let body = r#"{"app": "web", "env": "dev"}"#;
+    let url = f.url("/api/v1/approve");
+    assert_eq!(http(&url, "POST", &[], body).await.0, 401);
+    let (code, said) = http(
+        &url,
+        "POST",
+        &[("authorization", "Bearer carol-token")],
+        body,
+    )
+    .await;
+    assert!(
+        code == 403
+            && said.contains("carol may not approve in dev: only group:release-managers may"),
+        "{code} {said}"
+    );
+    let (code, said) = http(
+        &url,
+        "POST",
+        &[("authorization", "Bearer dave-token")],
+        body,
+    )
+    .await;
+    assert_eq!(code, 200, "{said}");
+    f.wait_version("1.0.0", 20).await;
+    // The command line through the API: the token says who acts.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args([
+            "pin", "web", "1.0.0", "--env", "dev", "--reason", "freeze", "--server",
+        ])
+        .arg(f.url(""))
+        .env("KEELSON_API_TOKEN", "dave-token")
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("Pinned web in dev to 1.0.0"),
+        "{text}"
+    );
+    // Git moves on and approves nothing: the pin holds, and the status says who and why.
+    f.push(&app("2.0.0", f.port, "{type: red-black}"));
+    let mut controls = serde_json::Value::Null;
+    for _ in 0..100 {
+        let st = f.status().await;
+        controls = st["daemon"]["clusters"][0]["controls"].clone();
+        if controls.to_string().contains("Git asks for 2.0.0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        controls
+            .to_string()
+            .contains("pinned to 1.0.0 by dave: freeze"),
+        "{controls}"
+    );
+    f.wait_version("1.0.0", 1).await;
+    let history = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["history", "--state-dir"])
+        .arg(f.state.path())
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.contains("approve: approved web 1.0.0 in dev  [dave]")
+            && history.contains("pin: pinned web to 1.0.0 in dev: freeze  [dave]"),
+        "{history}"
+    );
+    let log = std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        !log.contains("dave-token") && !log.contains("carol-token"),
+        "tokens never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cluster_delays_no_other_and_a_new_commit_supersedes_its_retry() {
+    let mut f = Fixture::new();
+    let bad_port = free_port();
+    let (work, port) = (f.work.path().to_path_buf(), f.port);
+    let write = |web: &str, bad: &str, fail: bool| {
+        std::fs::write(work.join("bad.yaml"), named_app("bad", bad, bad_port, fail)).unwrap();
+        std::fs::write(work.join("web.yaml"), named_app("web", web, port, false)).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "change"]);
+        git(&work, &["push", "-q", "-f", "origin", "main"]);
+    };
+    write("1.0.0", "1.0.0", true);
+    f.start("1h");
+    f.wait_version("1.0.0", 20).await;
+    // In the same seconds, `bad` keeps failing and `web` moves on at once.
+    let pushed = std::time::Instant::now();
+    write("1.1.0", "1.0.0", true);
+    f.wait_version("1.1.0", 10).await;
+    let web_took = pushed.elapsed();
+    // The flapping guard leaves `bad` alone after three failures; the metrics count it.
+    let mut st = serde_json::Value::Null;
+    for _ in 0..300 {
+        st = f.status().await;
+        let bad = st["daemon"]["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["cluster"] == "dev/local/bad")
+            .cloned()
+            .unwrap_or_default();
+        if bad["controls"].to_string().contains("unhappy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        st.to_string().contains("unhappy: 3 failed rollouts"),
+        "{st}"
+    );
+    let (_, metrics) = http(&f.url("/metrics"), "GET", &[], "").await;
+    assert!(metrics.contains("keelson_unhappy_clusters 1"), "{metrics}");
+    // A commit that changes `bad` supersedes its cooldown at once.
+    let pushed = std::time::Instant::now();
+    write("1.1.0", "1.0.1", false);
+    for _ in 0..100 {
+        let (_, body) = http(&format!("http://127.0.0.1:{bad_port}/"), "GET", &[], "").await;
+        if body.contains("\"version\":\"1.0.1\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = http(&format!("http://127.0.0.1:{bad_port}/"), "GET", &[], "").await;
+    assert!(
+        body.contains("\"version\":\"1.0.1\""),
+        "bad never converged: {body}"
+    );
+    assert!(
+        web_took < Duration::from_secs(10) && pushed.elapsed() < Duration::from_secs(10),
+        "web took {web_took:?}, bad's fix {:?}",
+        pushed.elapsed()
+    );
+}
