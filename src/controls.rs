@@ -525,3 +525,27 @@ pub fn retry(
         "{app} in {env} is tried again at the next apply ({forgotten} failed rollout(s) forgotten, {cleared} analysis cleared)."
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_until;
+
+    #[test]
+    fn until_is_a_duration_or_a_time_in_the_future_and_nothing_else() {
+        let now = crate::clock::now();
+        let at = parse_until("4h").unwrap();
+        let from_now = at.duration_since(now).as_secs();
+        assert!(
+            (4 * 3600 - 5..=4 * 3600 + 5).contains(&from_now),
+            "{from_now}"
+        );
+        assert_eq!(
+            parse_until("2999-01-01T00:00:00Z").unwrap(),
+            "2999-01-01T00:00:00Z".parse().unwrap()
+        );
+        let past = parse_until("2001-01-01T00:00:00Z").unwrap_err();
+        assert!(past.contains("already past"), "{past}");
+        let bad = parse_until("tomorrow").unwrap_err();
+        assert!(bad.contains("neither a duration"), "{bad}");
+    }
+}

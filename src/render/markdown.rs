@@ -11,7 +11,7 @@ fn headline(plan: &Plan) -> String {
     let changing = plan
         .clusters
         .iter()
-        .filter(|c| c.action != Action::Orphan)
+        .filter(|c| !matches!(c.action, Action::Orphan | Action::Held))
         .count();
     if changing == 0 {
         "✅ no changes".to_string()
@@ -32,7 +32,13 @@ pub(crate) fn cluster_block(c: &ClusterPlan, note: &str, changes: &[Change]) -> 
         .filter(|_| matches!(c.action, Action::Create | Action::RollOut))
         .map(|s| format!(" by {s}"))
         .unwrap_or_default();
-    let blocked = if c.blocked.is_empty() { "" } else { " ⛔" };
+    let blocked = if c.action == Action::Held {
+        " 📌"
+    } else if c.blocked.is_empty() {
+        ""
+    } else {
+        " ⛔"
+    };
     let _ = writeln!(
         out,
         "<details><summary><code>{} {}</code> {}{}{}{}{note}</summary>\n",

@@ -110,7 +110,7 @@ impl Review {
             Outcome::Planned { plan, .. } => plan
                 .clusters
                 .iter()
-                .filter(|c| !matches!(c.action, Action::Orphan | Action::Unobserved))
+                .filter(|c| !matches!(c.action, Action::Orphan | Action::Unobserved | Action::Held))
                 .count(),
         }
     }

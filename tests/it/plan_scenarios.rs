@@ -748,3 +748,128 @@ async fn a_canary_with_analysis_and_checks_shows_its_criteria_and_what_holds_it(
         );
     }
 }
+
+/// What the store would have recorded live and healthy for `d`'s one cluster at `at`.
+fn deployed_of(d: &DesiredState, at: &str) -> keelson::plan::Deployed {
+    let c = d.clusters.values().next().unwrap();
+    keelson::plan::Deployed {
+        cluster: c.id.clone(),
+        app: c.app.clone(),
+        artifact: c.artifact(),
+        spec_hash: c.spec_hash.clone(),
+        rest: c.retarget.rest.clone(),
+        at: at.parse().unwrap(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pins_vetoes_and_the_flapping_guard_in_plans_and_comments() {
+    let rb = "{type: red-black, keepDisabled: 1, destroyDisabledAfter: 24h}";
+    let v1 = desired(&[app("hello", "1.0.0", 2, rb, 18080)]);
+    let v11 = desired(&[app("hello", "1.1.0", 2, rb, 18080)]);
+    let p = Arc::new(MemoryProvider::new());
+    converge(&v1, &p, &policy()).await;
+    converge(&v11, &p, &policy()).await;
+    let id = v1.clusters.keys().next().cloned().unwrap();
+    let mut pol = policy();
+    pol.deployed = vec![
+        deployed_of(&v1, "2026-11-20T10:00:00Z"),
+        deployed_of(&v11, "2026-11-22T10:00:00Z"),
+    ];
+    pol.disabled_since
+        .insert("hello-v000".into(), "2026-11-23T08:00:00Z".parse().unwrap());
+    let pin = keelson::plan::Pin {
+        environment: id.environment.clone(),
+        app: keelson::spec::AppName::new("hello").unwrap(),
+        artifact: v1.clusters.values().next().unwrap().artifact(),
+        who: "alice".into(),
+        reason: "incident 42".into(),
+        until: Some("2026-11-23T18:00:00Z".parse().unwrap()),
+        at: "2026-11-23T09:00:00Z".parse().unwrap(),
+    };
+    let veto = |version: &str, env: bool| keelson::plan::Veto {
+        app: keelson::spec::AppName::new("hello").unwrap(),
+        version: version.into(),
+        environment: env.then(|| id.environment.clone()),
+        who: "bob".into(),
+        reason: "corrupts carts".into(),
+        at: "2026-11-23T09:30:00Z".parse().unwrap(),
+    };
+    let v12 = desired(&[app("hello", "1.2.0", 2, rb, 18080)]);
+    // Pinned to 1.0.0 while Git asks for 1.2.0: back to the kept group.
+    pol.pins = vec![pin];
+    let pl = plan(
+        &v12,
+        &observed(&v12, &p).await,
+        &pol,
+        "rev",
+        &Selection::default(),
+    );
+    assert_eq!(pl.clusters[0].action, keelson::plan::Action::RollOut);
+    assert_eq!(pl.clusters[0].steps[0].description, "enable hello-v000");
+    snapshot("controls_pinned", &pl);
+    // The live version vetoed: back to the last one recorded live and healthy.
+    pol.pins.clear();
+    pol.vetoes = vec![veto("1.1.0", true)];
+    let pl = plan(
+        &v11,
+        &observed(&v11, &p).await,
+        &pol,
+        "rev",
+        &Selection::default(),
+    );
+    assert!(matches!(
+        pl.clusters[0].control,
+        Some(keelson::plan::Control::Vetoed { ref back_to, .. }) if back_to == "1.0.0"
+    ));
+    snapshot("controls_vetoed", &pl);
+    // Git asks for a version vetoed everywhere: held at the live one, with the cleanup to come;
+    // and the flapping guard on a cluster whose rollouts keep failing.
+    pol.vetoes = vec![veto("1.2.0", false)];
+    let both = desired(&[
+        app("hello", "1.2.0", 2, rb, 18080),
+        app("shop", "2.0.0", 2, rb, 18081),
+    ]);
+    let shop = both
+        .clusters
+        .values()
+        .find(|c| c.app.as_str() == "shop")
+        .unwrap();
+    pol.failures = (0..3)
+        .map(|i| keelson::plan::Failure {
+            cluster: shop.id.clone(),
+            hash: shop.hash.clone(),
+            at: format!("2026-11-23T09:5{i}:00Z").parse().unwrap(),
+            error: "health: 0/2 healthy after 30s".into(),
+        })
+        .collect();
+    let pl = plan(
+        &both,
+        &observed(&both, &p).await,
+        &pol,
+        "rev",
+        &Selection::default(),
+    );
+    assert!(!pl.has_changes() || pl.clusters.iter().any(|c| c.app.as_str() == "shop"));
+    assert_eq!(pl.scheduled.len(), 1);
+    snapshot("controls_held", &pl);
+    // The pull request comment says the same.
+    let review = keelson::review::Review {
+        base: "abc1234".into(),
+        head: "def5678".into(),
+        live: keelson::review::Live::Observed,
+        outcome: keelson::review::planned(
+            Some(&v11),
+            &both,
+            &observed(&both, &p).await,
+            &pol,
+            "def5678",
+            &Selection::default(),
+        ),
+    };
+    let ctx = keelson::review::comment::CommentContext::new("all", policy().now);
+    insta::assert_snapshot!(
+        "controls_pr_comment",
+        keelson::review::comment::parts(&review, &ctx).join("\n----- next part\n")
+    );
+}
