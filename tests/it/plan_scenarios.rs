@@ -853,6 +853,18 @@ async fn pins_vetoes_and_the_flapping_guard_in_plans_and_comments() {
     assert!(!pl.has_changes() || pl.clusters.iter().any(|c| c.app.as_str() == "shop"));
     assert_eq!(pl.scheduled.len(), 1);
     snapshot("controls_held", &pl);
+    // The lines `status` shows for each cluster.
+    let limits = keelson::spec::Flapping::default();
+    let lines: Vec<String> = both
+        .clusters
+        .values()
+        .flat_map(|c| {
+            keelson::plan::describe(c, &limits, &pol)
+                .into_iter()
+                .map(move |l| format!("{}  control: {l}", c.id))
+        })
+        .collect();
+    insta::assert_snapshot!("controls_status_lines", lines.join("\n"));
     // The pull request comment says the same.
     let review = keelson::review::Review {
         base: "abc1234".into(),
