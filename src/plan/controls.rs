@@ -137,7 +137,7 @@ pub fn describe(d: &Arc<DesiredCluster>, limits: &Flapping, policy: &Policy) -> 
     }
     if let Some(Control::Vetoed { back_to, .. }) = &c.control {
         out.push(format!(
-            "going back to {back_to}, the last version live and healthy here"
+            "runs {back_to} instead, the last version live and healthy here"
         ));
     }
     if let Some(b) = c.block {
