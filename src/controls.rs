@@ -187,6 +187,7 @@ pub fn pin(
     now: jiff::Timestamp,
 ) -> Result<Done, ControlError> {
     let ours = clusters(desired, &req.app, &req.env)?;
+    may_decide(desired, who, &req.env, "pin")?;
     if req.until.is_some_and(|u| u <= now) {
         return Err(ControlError::refused(
             "the pin would lapse before it starts",
@@ -212,6 +213,25 @@ pub fn pin(
         None if req.force => {
             // Git's artifact at another version: an image tagged with the version follows it.
             let git = ours[0].artifact();
+            let retaggable = git
+                .image
+                .as_ref()
+                .is_none_or(|i| i.ends_with(&format!(":{}", git.version)));
+            if git.ami.is_some() || !retaggable {
+                return Err(ControlError::refused(
+                    format!(
+                        "{} {} never ran here, and its {} cannot be derived from Git's",
+                        req.app,
+                        req.version,
+                        if git.ami.is_some() {
+                            "machine image"
+                        } else {
+                            "container image"
+                        }
+                    ),
+                    "pin a version that ran here, or put it in Git",
+                ));
+            }
             warning = Some(format!(
                 "{} {} never ran here and Git does not name it: pinned anyway (--force); its image is Git's with the version's tag",
                 req.app, req.version
@@ -258,6 +278,36 @@ pub fn pin(
             req.until.map(|u| format!(" until {u}")).unwrap_or_default()
         ),
         warning,
+    })
+}
+
+/// Whether `who` may decide what runs in `env` (approve, reject, pin): anyone, unless the
+/// environment lists approvers.
+fn may_decide(
+    desired: &DesiredState,
+    who: &Identity,
+    env: &EnvName,
+    what: &str,
+) -> Result<(), ControlError> {
+    let approvers = desired
+        .environments
+        .get(env)
+        .map(|e| e.approvers.clone())
+        .unwrap_or_default();
+    if who.may_approve(&approvers) {
+        return Ok(());
+    }
+    Err(ControlError::Forbidden {
+        what: format!(
+            "{} may not {what} in {env}: only {} may{}",
+            who.name,
+            approvers.join(", "),
+            if who.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} is in {})", who.name, who.groups.join(", "))
+            }
+        ),
     })
 }
 
@@ -366,25 +416,7 @@ pub fn approve(
     now: jiff::Timestamp,
 ) -> Result<Done, ControlError> {
     let ours = clusters(desired, app, env)?;
-    let approvers = desired
-        .environments
-        .get(env)
-        .map(|e| e.approvers.clone())
-        .unwrap_or_default();
-    if !who.may_approve(&approvers) {
-        return Err(ControlError::Forbidden {
-            what: format!(
-                "{} may not approve in {env}: only {} may{}",
-                who.name,
-                approvers.join(", "),
-                if who.groups.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} is in {})", who.name, who.groups.join(", "))
-                }
-            ),
-        });
-    }
+    may_decide(desired, who, env, "approve")?;
     let version = version.map_or_else(|| ours[0].version.clone(), str::to_string);
     store.approve(
         &Approval {
@@ -413,20 +445,7 @@ pub fn reject(
     now: jiff::Timestamp,
 ) -> Result<(Done, Vec<String>), ControlError> {
     let ours = clusters(desired, app, env)?;
-    let approvers = desired
-        .environments
-        .get(env)
-        .map(|e| e.approvers.clone())
-        .unwrap_or_default();
-    if !who.may_approve(&approvers) {
-        return Err(ControlError::Forbidden {
-            what: format!(
-                "{} may not reject in {env}: only {} may",
-                who.name,
-                approvers.join(", ")
-            ),
-        });
-    }
+    may_decide(desired, who, env, "reject")?;
     let error = format!("rejected by {}: {reason}", who.name);
     let mut held = Vec::new();
     let mut version = None;

@@ -105,6 +105,7 @@ impl Context {
             owner: crate::store::Owner::this_process(command, crate::clock::now()),
             parallelism: 1,
             stop: Default::default(),
+            events: Default::default(),
         })
     }
 
@@ -183,6 +184,7 @@ pub fn selection(envs: &[String], apps: &[String]) -> Result<Selection, CliError
             .map(|a| super::error::name("application", a, AppName::new))
             .collect::<Result<_, _>>()?,
         clusters: Vec::new(),
+        orphans: false,
     })
 }
 

@@ -30,6 +30,34 @@ fn newest(store: &dyn Store, selector: &str) -> Result<AnalysisRecord, CliError>
     }
 }
 
+/// Refuses a decision on `cluster`'s analysis by someone its environment does not list as an
+/// approver (when it lists any).
+fn may_decide(ctx: &Context, cluster: &str) -> Result<(), CliError> {
+    let Some(id) = crate::store::parse_cluster(cluster) else {
+        return Ok(());
+    };
+    let Ok((d, _)) = ctx.desired() else {
+        return Ok(());
+    };
+    let approvers = d
+        .environments
+        .get(&id.environment)
+        .map(|e| e.approvers.clone())
+        .unwrap_or_default();
+    let me = super::delivery::identities()?.named(&who());
+    if me.may_approve(&approvers) {
+        return Ok(());
+    }
+    Err(CliError::argument(
+        format!(
+            "{} may not decide on {cluster}: only {} may",
+            me.name,
+            approvers.join(", ")
+        ),
+        "ask one of them",
+    ))
+}
+
 /// Saves a decision and audits it.
 fn decide(
     store: &dyn Store,
@@ -63,6 +91,7 @@ pub fn approve(location: &Location, selector: &str) -> Result<Exit, CliError> {
     let ctx = Context::of(location);
     let store = ctx.store()?;
     let mut r = newest(store.as_ref(), selector)?;
+    may_decide(&ctx, &r.cluster)?;
     r.approve(&who(), crate::clock::now()).map_err(refused)?;
     decide(
         store.as_ref(),
@@ -102,6 +131,7 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
     let ctx = Context::of(&args.actor.location);
     let store = ctx.store()?;
     let mut r = newest(store.as_ref(), &args.cluster)?;
+    may_decide(&ctx, &r.cluster)?;
     let who = who();
     r.reject(&who, &args.reason, crate::clock::now())
         .map_err(refused)?;

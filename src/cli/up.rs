@@ -151,6 +151,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         owner: Owner::this_process("keelson up", crate::clock::now()),
         parallelism: args.parallelism,
         stop: Default::default(),
+        events: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::engine::{ClusterOutcome, Engine, Progress};
+use crate::engine::{ClusterOutcome, ClusterReport, Engine, Progress};
 use crate::model::{ClusterId, DesiredState};
 use crate::observe::{Providers, observe};
 use crate::plan::{Selection, plan};
@@ -158,17 +158,24 @@ pub async fn run(
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
     let mut sched = schedule::Schedule::new(schedule::Backoff::default());
     let mut batches: tokio::task::JoinSet<Batch> = tokio::task::JoinSet::new();
+    // Which clusters each batch runs, to free them if its task dies.
+    let mut running: std::collections::HashMap<tokio::task::Id, Vec<ClusterId>> =
+        Default::default();
+    // Each cluster's report, as soon as it ends: the schedule frees it at once.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<ClusterReport>();
     let mut outcomes: std::collections::BTreeMap<ClusterId, String> = Default::default();
+    let mut fetch_now = true;
     shared.update_status(|st| {
         st.source = source.describe();
     });
     loop {
         let wake = sched.next_wake().map(tokio::time::Instant::from_std);
-        let mut finished: Option<Batch> = None;
+        let mut finished: Option<(Vec<ClusterId>, Option<Batch>)> = None;
         tokio::select! {
             () = &mut shutdown => break,
-            _ = poll.tick() => {}
+            _ = poll.tick() => fetch_now = true,
             () = shared.trigger.notified() => {
+                fetch_now = true;
                 sched.on(schedule::Event::Sync { force: true }, std::time::Instant::now());
             }
             () = tokio::time::sleep_until(drift_at) => {
@@ -176,22 +183,53 @@ pub async fn run(
                 drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
             }
             () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
-            Some(done) = batches.join_next(), if !batches.is_empty() => {
-                finished = done.ok();
+            Some(r) = done_rx.recv() => {
+                reported(&shared, &r, &mut sched, &mut outcomes);
+                continue;
+            }
+            Some(done) = batches.join_next_with_id(), if !batches.is_empty() => {
+                finished = Some(match done {
+                    Ok((id, b)) => (running.remove(&id).unwrap_or_default(), Some(b)),
+                    Err(e) => {
+                        warn!("a reconcile task ended abnormally: {e}");
+                        (running.remove(&e.id()).unwrap_or_default(), None)
+                    }
+                });
             }
         }
-        if let Some(batch) = finished {
+        if let Some((ids, batch)) = finished {
+            // Reports still queued first, then whatever the batch never reported.
+            while let Ok(r) = done_rx.try_recv() {
+                reported(&shared, &r, &mut sched, &mut outcomes);
+            }
+            let now = std::time::Instant::now();
+            for id in ids {
+                if sched.entry(&id).is_some_and(|e| e.running) {
+                    sched.on(
+                        schedule::Event::Finished {
+                            cluster: id,
+                            ok: batch.is_some(),
+                        },
+                        now,
+                    );
+                }
+            }
+            if let (Some(batch), Some((d, rev))) = (batch, &desired) {
+                after_batch(&shared, &providers, d, rev, &batch, &sched, &outcomes).await;
+            }
+            continue;
+        }
+        if !std::mem::take(&mut fetch_now) {
             if let Some((d, rev)) = &desired {
-                after_batch(
-                    &shared,
-                    &providers,
+                start_due(
+                    &engine,
                     d,
                     rev,
-                    &batch,
                     &mut sched,
-                    &mut outcomes,
-                )
-                .await;
+                    &mut batches,
+                    &mut running,
+                    &done_tx,
+                );
             }
             continue;
         }
@@ -266,35 +304,15 @@ pub async fn run(
             }
         }
         let Some((d, rev)) = &desired else { continue };
-        let now = std::time::Instant::now();
-        let due = sched.due(now);
-        if due.is_empty() {
-            continue;
-        }
-        for id in &due {
-            sched.on(
-                schedule::Event::Started {
-                    cluster: id.clone(),
-                },
-                now,
-            );
-        }
-        // Reconciled in a task, so the loop goes on (other clusters, new commits) and a
-        // shutdown can stop it at the next step boundary.
-        let (e, d2, r2) = (engine.clone(), d.clone(), rev.clone());
-        batches.spawn(async move {
-            let started = std::time::Instant::now();
-            let report = e
-                .apply(
-                    &d2,
-                    &r2,
-                    &Selection::clusters(due.clone()),
-                    None,
-                    Arc::new(TracingProgress),
-                )
-                .await;
-            (due, report, started.elapsed())
-        });
+        start_due(
+            &engine,
+            d,
+            rev,
+            &mut sched,
+            &mut batches,
+            &mut running,
+            &done_tx,
+        );
     }
     if !batches.is_empty() {
         info!("shutting down: stopping at the next step boundary");
@@ -314,53 +332,113 @@ pub async fn run(
     info!("stopped");
 }
 
-/// After a batch: tell the schedule how each cluster ended, and refresh metrics and status.
+/// Starts a batch of the clusters due now, if any.
+fn start_due(
+    engine: &Arc<Engine>,
+    d: &Arc<DesiredState>,
+    rev: &str,
+    sched: &mut schedule::Schedule,
+    batches: &mut tokio::task::JoinSet<Batch>,
+    running: &mut std::collections::HashMap<tokio::task::Id, Vec<ClusterId>>,
+    done: &tokio::sync::mpsc::UnboundedSender<ClusterReport>,
+) {
+    let now = std::time::Instant::now();
+    let due = sched.due(now);
+    if due.is_empty() {
+        return;
+    }
+    for id in &due {
+        sched.on(
+            schedule::Event::Started {
+                cluster: id.clone(),
+            },
+            now,
+        );
+    }
+    // Reconciled in a task, so the loop goes on (other clusters, new commits) and a shutdown
+    // can stop it at the next step boundary; each cluster is reported as soon as it ends.
+    let (e, d2, r2, tx, ids) = (
+        engine.clone(),
+        d.clone(),
+        rev.to_string(),
+        done.clone(),
+        due.clone(),
+    );
+    let handle = batches.spawn(async move {
+        let started = std::time::Instant::now();
+        let report = e
+            .apply_reporting(
+                &d2,
+                &r2,
+                &Selection::clusters(ids.clone()),
+                None,
+                Arc::new(TracingProgress),
+                Some(tx),
+            )
+            .await;
+        (ids, report, started.elapsed())
+    });
+    running.insert(handle.id(), due);
+}
+
+/// One cluster's reconcile ended: free it in the schedule (backing off if it failed) and
+/// count it.
+fn reported(
+    shared: &Shared,
+    r: &ClusterReport,
+    sched: &mut schedule::Schedule,
+    outcomes: &mut std::collections::BTreeMap<ClusterId, String>,
+) {
+    sched.on(
+        schedule::Event::Finished {
+            cluster: r.id.clone(),
+            ok: !r.outcome.is_failure(),
+        },
+        std::time::Instant::now(),
+    );
+    let unchanged = r.steps == 0 && r.outcome == ClusterOutcome::Converged;
+    outcomes.insert(
+        r.id.clone(),
+        if unchanged {
+            "unchanged".into()
+        } else {
+            r.outcome.to_string()
+        },
+    );
+    if unchanged {
+        return;
+    }
+    let result = match &r.outcome {
+        ClusterOutcome::Converged => "ok",
+        ClusterOutcome::Held(_) => "held",
+        ClusterOutcome::Refused(_) | ClusterOutcome::Locked(_) | ClusterOutcome::Foreign(_) => {
+            "refused"
+        }
+        ClusterOutcome::Failed { .. } => "failed",
+    };
+    shared
+        .metrics
+        .actuations
+        .get_or_create(&crate::server::metrics::ResultLabel {
+            result: result.into(),
+        })
+        .inc();
+    shared.metrics.steps.inc_by(r.steps as u64);
+}
+
+/// After a batch: refresh metrics and status.
 async fn after_batch(
     shared: &Shared,
     providers: &Providers,
     d: &DesiredState,
     rev: &str,
     batch: &Batch,
-    sched: &mut schedule::Schedule,
-    outcomes: &mut std::collections::BTreeMap<ClusterId, String>,
+    sched: &schedule::Schedule,
+    outcomes: &std::collections::BTreeMap<ClusterId, String>,
 ) {
-    let (ids, report, took) = batch;
+    let (_, report, took) = batch;
     shared.metrics.reconcile_seconds.observe(took.as_secs_f64());
-    let now = std::time::Instant::now();
-    for id in ids {
-        let r = report.clusters.iter().find(|r| &r.id == id);
-        let ok = r.is_none_or(|r| !r.outcome.is_failure());
-        sched.on(
-            schedule::Event::Finished {
-                cluster: id.clone(),
-                ok,
-            },
-            now,
-        );
-        outcomes.insert(
-            id.clone(),
-            r.map_or_else(|| "unchanged".into(), |r| r.outcome.to_string()),
-        );
-    }
     let failed = report.failed();
-    for c in &report.clusters {
-        let result = match &c.outcome {
-            ClusterOutcome::Converged => "ok",
-            ClusterOutcome::Held(_) => "held",
-            ClusterOutcome::Refused(_) | ClusterOutcome::Locked(_) | ClusterOutcome::Foreign(_) => {
-                "refused"
-            }
-            ClusterOutcome::Failed { .. } => "failed",
-        };
-        shared
-            .metrics
-            .actuations
-            .get_or_create(&crate::server::metrics::ResultLabel {
-                result: result.into(),
-            })
-            .inc();
-        shared.metrics.steps.inc_by(c.steps as u64);
-    }
     // What the clusters look like now, for status and for the next plan's count.
     let observed = observe(d, providers).await;
     let policy = shared

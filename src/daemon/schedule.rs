@@ -99,6 +99,8 @@ pub struct Entry {
     superseded: bool,
     /// Dropped from the latest revision while running: removed when it finishes.
     removed: bool,
+    /// A sync or a promotion came while it ran: due again once it finishes (ok or not).
+    pending: bool,
 }
 
 impl Entry {
@@ -129,9 +131,14 @@ impl Schedule {
         match event {
             Event::Revision { clusters } => self.revision(clusters, now),
             Event::Sync { force } => {
-                for e in self.clusters.values_mut().filter(|e| !e.running) {
+                for e in self.clusters.values_mut() {
                     if force || e.failures == 0 {
-                        e.due_by(now);
+                        if e.running {
+                            // A pin or a veto made during a rollout: look again once it stops.
+                            e.pending = true;
+                        } else {
+                            e.due_by(now);
+                        }
                     }
                 }
             }
@@ -167,6 +174,7 @@ impl Schedule {
                     delay: start,
                     superseded: false,
                     removed: false,
+                    pending: false,
                 };
                 self.clusters.insert(id, entry);
                 continue;
@@ -207,6 +215,7 @@ impl Schedule {
             e.due = Some(now);
             return;
         }
+        let pending = std::mem::take(&mut e.pending);
         if !ok {
             e.failures = e.failures.saturating_add(1);
             // An unrepresentable instant retries at once rather than never.
@@ -216,14 +225,18 @@ impl Schedule {
         }
         e.failures = 0;
         e.delay = start;
-        e.due = None;
+        e.due = pending.then_some(now);
         let (app, dependents) = (e.app.clone(), e.dependents.clone());
         if dependents.is_empty() {
             return;
         }
         for (other, o) in self.clusters.iter_mut() {
-            if !o.running && o.app == app && dependents.contains(&other.environment) {
-                o.due_by(now);
+            if o.app == app && dependents.contains(&other.environment) {
+                if o.running {
+                    o.pending = true;
+                } else {
+                    o.due_by(now);
+                }
             }
         }
     }
@@ -521,5 +534,34 @@ mod tests {
             t0 + secs(4),
         );
         assert_eq!(s.next_wake(), Some(t0 + secs(5)));
+    }
+
+    #[test]
+    fn a_sync_during_a_run_makes_the_cluster_due_when_it_ends() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let web = id("dev", "web");
+        revision(&mut s, vec![want("dev", "web", "web", "h1", &[])], t0);
+        s.on(
+            Event::Started {
+                cluster: web.clone(),
+            },
+            t0,
+        );
+        // A pin arrives mid-rollout: nothing to start now, the cluster is busy.
+        s.on(Event::Sync { force: true }, t0 + secs(1));
+        assert!(s.due(t0 + secs(1)).is_empty());
+        // The rollout stops at its step boundary (held, not failed): looked at again at once.
+        s.on(
+            Event::Finished {
+                cluster: web.clone(),
+                ok: true,
+            },
+            t0 + secs(2),
+        );
+        assert_eq!(s.due(t0 + secs(2)), vec![web.clone()]);
+        // Without a sync in between, a finished cluster waits for the next one.
+        run(&mut s, &web, true, t0 + secs(3));
+        assert!(s.due(t0 + secs(3)).is_empty());
     }
 }

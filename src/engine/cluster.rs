@@ -256,25 +256,32 @@ impl Run<'_> {
             return Ok(None);
         };
         let store = &self.engine.store;
-        let chain = |e: crate::store::StoreError| crate::report::chain(&e);
         let env = &d.id.environment;
-        if let Some(p) = store.pins().map_err(chain)?.into_iter().find(|p| {
+        // Unreadable controls hold the cluster where it stands; they never roll it back.
+        let (pins, vetoes) = match (store.pins(), store.vetoes()) {
+            (Ok(p), Ok(v)) => (p, v),
+            (Err(e), _) | (_, Err(e)) => {
+                return Ok(Some(format!(
+                    "cannot read pins and vetoes: {}",
+                    crate::report::chain(&e)
+                )));
+            }
+        };
+        let vetoed = |version: &str| vetoes.iter().any(|v| v.covers(&d.app, version, env));
+        // A pin to a vetoed version does not hold: the veto wins.
+        if let Some(p) = pins.iter().find(|p| {
             &p.environment == env
                 && p.app == d.app
                 && p.in_force(now)
                 && p.artifact.version != d.version
+                && !vetoed(&p.artifact.version)
         }) {
             return Ok(Some(format!(
                 "pinned to {} by {}: {}",
                 p.artifact.version, p.who, p.reason
             )));
         }
-        if let Some(v) = store
-            .vetoes()
-            .map_err(chain)?
-            .into_iter()
-            .find(|v| v.covers(&d.app, &d.version, env))
-        {
+        if let Some(v) = vetoes.iter().find(|v| v.covers(&d.app, &d.version, env)) {
             return Ok(Some(format!(
                 "{} is vetoed by {}: {}",
                 v.version, v.who, v.reason

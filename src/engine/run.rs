@@ -102,6 +102,8 @@ pub struct Engine {
     pub parallelism: usize,
     /// Set to stop every cluster at its next step boundary (shutdown).
     pub stop: Arc<AtomicBool>,
+    /// Where rollout events go (nowhere until a notifier is set).
+    pub events: Arc<crate::notify::Events>,
 }
 
 fn holds(blocks: &[Block]) -> Vec<String> {
@@ -141,18 +143,15 @@ impl Engine {
                     .server_groups
                     .iter()
                     .filter(|g| !g.enabled)
-                    .map(|g| g.name.to_string())
+                    .map(|g| Policy::disabled_key(&d.id, &g.name))
                     .collect();
-                let known = live
+                let known = disabled
+                    .iter()
+                    .all(|k| policy.disabled_since.contains_key(k));
+                let stale = live
                     .server_groups
                     .iter()
-                    .filter(|g| !g.enabled)
-                    .all(|g| policy.disabled_since.contains_key(g.name.as_str()));
-                let stale = policy.disabled_since.keys().any(|k| {
-                    live.server_groups
-                        .iter()
-                        .any(|g| g.enabled && g.name.as_str() == k)
-                });
+                    .any(|g| g.enabled && policy.disabled_at(&d.id, &g.name).is_some());
                 if !known || stale {
                     self.store
                         .note_disabled(&d.id.to_string(), &disabled, now)
@@ -222,6 +221,27 @@ impl Engine {
         fixed: Option<Plan>,
         progress: Arc<dyn Progress>,
     ) -> ApplyReport {
+        self.apply_reporting(desired, revision, sel, fixed, progress, None)
+            .await
+    }
+
+    /// [`Engine::apply`], sending each selected cluster's report on `each` as soon as it
+    /// ends (the daemon's schedule frees it at once); with `each`, a cluster is run at most
+    /// once (the schedule promotes dependents itself).
+    pub async fn apply_reporting(
+        self: &Arc<Self>,
+        desired: &DesiredState,
+        revision: &str,
+        sel: &Selection,
+        fixed: Option<Plan>,
+        progress: Arc<dyn Progress>,
+        each: Option<tokio::sync::mpsc::UnboundedSender<ClusterReport>>,
+    ) -> ApplyReport {
+        let report = |r: &ClusterReport| {
+            if let Some(tx) = &each {
+                let _ = tx.send(r.clone());
+            }
+        };
         let mut results: BTreeMap<ClusterId, ClusterReport> = BTreeMap::new();
         let single = fixed.is_some();
         if let Err(e) = self.store.lapse_pins(self.now()) {
@@ -255,13 +275,33 @@ impl Engine {
                     };
                     let pl = plan(desired, &observed, &policy, revision, sel);
                     self.note(desired, &observed, &policy, &pl, sel);
+                    if each.is_some() {
+                        // What the plan leaves alone is done with at once.
+                        for c in desired.clusters.values() {
+                            if sel.includes_cluster(&c.id, &c.app)
+                                && !results.contains_key(&c.id)
+                                && !pl.clusters.iter().any(|p| p.id == c.id)
+                            {
+                                let r = ClusterReport {
+                                    id: c.id.clone(),
+                                    outcome: ClusterOutcome::Converged,
+                                    steps: 0,
+                                    drift: false,
+                                };
+                                report(&r);
+                                results.insert(c.id.clone(), r);
+                            }
+                        }
+                    }
                     pl
                 }
             };
             let mut runnable = Vec::new();
             for cp in pl.clusters {
                 if results.get(&cp.id).is_some_and(|r| {
-                    r.outcome.is_failure() || r.outcome == ClusterOutcome::Converged
+                    each.is_some()
+                        || r.outcome.is_failure()
+                        || r.outcome == ClusterOutcome::Converged
                 }) {
                     continue;
                 }
@@ -293,15 +333,14 @@ impl Engine {
                 };
                 match outcome {
                     Some(o) => {
-                        results.insert(
-                            cp.id.clone(),
-                            ClusterReport {
-                                id: cp.id.clone(),
-                                outcome: o,
-                                steps: 0,
-                                drift: false,
-                            },
-                        );
+                        let r = ClusterReport {
+                            id: cp.id.clone(),
+                            outcome: o,
+                            steps: 0,
+                            drift: false,
+                        };
+                        report(&r);
+                        results.insert(cp.id.clone(), r);
                     }
                     None => runnable.push(cp),
                 }
@@ -355,6 +394,7 @@ impl Engine {
             while let Some(done) = tasks.join_next().await {
                 if let Ok(r) = done {
                     progressed |= r.outcome == ClusterOutcome::Converged;
+                    report(&r);
                     results.insert(r.id.clone(), r);
                 }
             }

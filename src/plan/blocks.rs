@@ -92,13 +92,18 @@ pub fn blocks(
             });
         }
         out.extend(super::unhappy(d, &env.flapping, policy));
-        // A pin or a veto's way back is itself a person's decision: no approval or promotion
-        // holds it.
-        let new_version =
-            matches!(cp.action, Action::Create | Action::RollOut) && cp.control.is_none();
-        if new_version {
+        // Going back (a pin or a veto) to a version that was live and healthy here is not a
+        // new version: no approval or promotion holds it. Anything else is.
+        let back = cp.control.is_some()
+            && policy
+                .deployed
+                .iter()
+                .any(|r| r.cluster == d.id && r.artifact == d.artifact());
+        let rolls = matches!(cp.action, Action::Create | Action::RollOut);
+        if rolls {
             out.extend(analysis_verdict(d, policy));
         }
+        let new_version = rolls && !back;
         if new_version && env.approval == crate::spec::Approval::Required {
             let approved = policy
                 .approvals

@@ -57,11 +57,7 @@ pub fn deadline(
 ) -> Option<jiff::Timestamp> {
     let after =
         jiff::SignedDuration::try_from(d.strategy.destroy_disabled_after()?.to_std()).ok()?;
-    let since = policy
-        .disabled_since
-        .get(group.as_str())
-        .copied()
-        .unwrap_or(policy.now);
+    let since = policy.disabled_at(&d.id, group).unwrap_or(policy.now);
     since.checked_add(after).ok()
 }
 

@@ -32,13 +32,16 @@ pub struct Selection {
     pub apps: Vec<AppName>,
     /// Only these clusters (the daemon reconciles each on its own schedule).
     pub clusters: Vec<ClusterId>,
+    /// With `clusters`: orphans (no spec, so never scheduled) are planned too.
+    pub orphans: bool,
 }
 
 impl Selection {
-    /// Only these clusters.
+    /// Only these clusters, and the orphans.
     pub fn clusters(clusters: Vec<ClusterId>) -> Self {
         Self {
             clusters,
+            orphans: true,
             ..Self::default()
         }
     }
@@ -81,7 +84,8 @@ pub fn plan(
     let mut clusters: Vec<ClusterPlan> = planned.into_iter().flatten().collect();
     for live in observed.clusters.values() {
         if desired.clusters.contains_key(&live.id)
-            || !selection.includes_cluster(&live.id, &live.app)
+            || !(selection.includes_cluster(&live.id, &live.app)
+                || selection.orphans && selection.includes(&live.id.environment, &live.app))
         {
             continue;
         }
@@ -140,11 +144,7 @@ fn scheduled(
                 out.push(super::ScheduledCleanup {
                     cluster: d.id.clone(),
                     group: g.name.clone(),
-                    since: policy
-                        .disabled_since
-                        .get(g.name.as_str())
-                        .copied()
-                        .unwrap_or(policy.now),
+                    since: policy.disabled_at(&d.id, &g.name).unwrap_or(policy.now),
                     at,
                 });
             }

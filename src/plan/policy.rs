@@ -296,12 +296,29 @@ pub struct Policy {
     /// Recent failed rollouts, oldest first.
     #[serde(default)]
     pub failures: Vec<Failure>,
-    /// When each disabled server group was first seen disabled, by name.
+    /// When each disabled server group was first seen disabled, by [`Policy::disabled_key`].
     #[serde(default)]
     pub disabled_since: std::collections::BTreeMap<String, jiff::Timestamp>,
 }
 
 impl Policy {
+    /// The key of a server group in `disabled_since`: group names repeat across
+    /// environments and targets, so the cluster is part of it.
+    pub fn disabled_key(cluster: &ClusterId, group: &crate::model::ServerGroupName) -> String {
+        format!("{cluster}/{group}")
+    }
+
+    /// When a server group of a cluster was first seen disabled, if recorded.
+    pub fn disabled_at(
+        &self,
+        cluster: &ClusterId,
+        group: &crate::model::ServerGroupName,
+    ) -> Option<jiff::Timestamp> {
+        self.disabled_since
+            .get(&Self::disabled_key(cluster, group))
+            .copied()
+    }
+
     /// A policy with nothing held at time `now`.
     pub fn at(now: jiff::Timestamp) -> Self {
         Self {

@@ -305,15 +305,15 @@ pub trait Store: Send + Sync {
         who: &str,
         now: jiff::Timestamp,
     ) -> Result<usize, StoreError>;
-    /// Notes which groups of a cluster are disabled now: a group newly disabled gets `now`, one
-    /// no longer disabled is forgotten.
+    /// Notes which groups of a cluster are disabled now (by [`Policy::disabled_key`]): a group
+    /// newly disabled gets `now`, one no longer disabled is forgotten.
     fn note_disabled(
         &self,
         cluster: &str,
         disabled: &[String],
         now: jiff::Timestamp,
     ) -> Result<(), StoreError>;
-    /// When each disabled group was first seen disabled, by name.
+    /// When each disabled group was first seen disabled, by [`Policy::disabled_key`].
     fn disabled_since(&self) -> Result<BTreeMap<String, jiff::Timestamp>, StoreError>;
 
     /// The planner's policy at `now`: suspends, held locks of others, approvals, pins,
@@ -329,9 +329,9 @@ pub trait Store: Send + Sync {
             .collect();
         p.vetoes = self.vetoes()?;
         p.deployed = self.deployed()?;
-        // The longest flapping window anyone sensible sets is a day.
+        // The flapping guard's window and cooldown are at most a week each (the schema says).
         p.failures = self.failures(
-            now.checked_sub(jiff::SignedDuration::from_hours(24))
+            now.checked_sub(jiff::SignedDuration::from_hours(7 * 24))
                 .unwrap_or(now),
         )?;
         p.disabled_since = self.disabled_since()?;

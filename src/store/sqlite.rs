@@ -114,7 +114,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Records kept per cluster of what was live and healthy: enough to go back a long way.
-const DEPLOYED_KEPT: i64 = 20;
+const DEPLOYED_KEPT: i64 = 5;
 
 /// The SQLite store.
 #[derive(Debug)]
@@ -970,7 +970,15 @@ impl Store for SqliteStore {
     }
 
     fn record_failure(&self, f: &Failure) -> Result<(), StoreError> {
-        let body = serde_json::to_string(f).map_err(|e| self.err(e))?;
+        // Shown in plans, PR comments and the status: no credentials in URLs, and short.
+        let f = Failure {
+            error: crate::report::scrub_urls(&f.error)
+                .chars()
+                .take(500)
+                .collect(),
+            ..f.clone()
+        };
+        let body = serde_json::to_string(&f).map_err(|e| self.err(e))?;
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -979,7 +987,7 @@ impl Store for SqliteStore {
             )?;
             // Older than any window the guard looks at: forgotten.
             let old =
-                f.at.checked_sub(jiff::SignedDuration::from_hours(48))
+                f.at.checked_sub(jiff::SignedDuration::from_hours(8 * 24))
                     .unwrap_or(f.at);
             tx.execute(
                 "DELETE FROM failures WHERE at < ?1",

@@ -373,7 +373,11 @@ async fn disabled_groups_are_destroyed_once_disabled_longer_than_destroy_disable
         .note_disabled("dev/local/web", &[], two_hours_ago)
         .unwrap();
     store
-        .note_disabled("dev/local/web", &["web-v000".into()], two_hours_ago)
+        .note_disabled(
+            "dev/local/web",
+            &["dev/local/web/web-v000".into()],
+            two_hours_ago,
+        )
         .unwrap();
     drop(store);
     let (code, plan) = repo.run(&["plan", "--detailed-exitcode"]).await;

@@ -776,8 +776,10 @@ async fn pins_vetoes_and_the_flapping_guard_in_plans_and_comments() {
         deployed_of(&v1, "2026-11-20T10:00:00Z"),
         deployed_of(&v11, "2026-11-22T10:00:00Z"),
     ];
-    pol.disabled_since
-        .insert("hello-v000".into(), "2026-11-23T08:00:00Z".parse().unwrap());
+    pol.disabled_since.insert(
+        "dev/local/hello/hello-v000".into(),
+        "2026-11-23T08:00:00Z".parse().unwrap(),
+    );
     let pin = keelson::plan::Pin {
         environment: id.environment.clone(),
         app: keelson::spec::AppName::new("hello").unwrap(),
