@@ -181,6 +181,7 @@ async fn main() {
         owner: Owner::this_process("bench", keelson::clock::now()),
         parallelism: 1,
         stop: Default::default(),
+        events: Default::default(),
     };
     let target = keelson::provider::TargetRef {
         environment: c.id.environment.clone(),
@@ -215,6 +216,7 @@ async fn main() {
         owner: Owner::this_process("bench", keelson::clock::now()),
         parallelism: 4,
         stop: Default::default(),
+        events: Default::default(),
     });
     let d2 = desired(&[app("bench", "2.0.0", 3, port, "{type: red-black}")]);
     let timeline = Arc::new(Timeline(Mutex::new(Vec::new())));

@@ -20,6 +20,7 @@ pub mod http_client;
 pub mod identity;
 pub mod load;
 pub mod model;
+pub mod notify;
 pub mod observe;
 pub mod par;
 pub mod pipeline;

@@ -89,6 +89,7 @@ pub fn compile_cached(specs: &Specs, cache: &mut Cache) -> DesiredState {
                 prune: s.prune,
                 suspended: s.suspended,
                 analysis: s.analysis.clone(),
+                notifications: s.notifications.clone(),
             },
         );
     }

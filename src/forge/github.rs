@@ -197,6 +197,30 @@ impl GitHub {
     }
 }
 
+impl GitHub {
+    /// Creates a deployment (`POST /repos/{owner}/{repo}/deployments`); returns its id.
+    pub async fn create_deployment(
+        &self,
+        repo: &RepoSlug,
+        body: &serde_json::Value,
+    ) -> Result<u64, ForgeError> {
+        let url = self.repo_url(repo, "deployments");
+        let resp = self.call(Method::POST, &url, Some(body)).await?;
+        Ok(Self::decode::<Created>(&url, resp).await?.id)
+    }
+
+    /// Adds a status to a deployment (`POST .../deployments/{id}/statuses`).
+    pub async fn create_deployment_status(
+        &self,
+        repo: &RepoSlug,
+        id: u64,
+        body: &serde_json::Value,
+    ) -> Result<(), ForgeError> {
+        let url = self.repo_url(repo, &format!("deployments/{id}/statuses"));
+        self.call(Method::POST, &url, Some(body)).await.map(drop)
+    }
+}
+
 /// The `rel="next"` URL of a `Link` header.
 fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
     let link = headers.get("link")?.to_str().ok()?;

@@ -269,6 +269,9 @@ pub struct DesiredEnvironment {
     /// Where its analyses find metrics.
     #[serde(default, skip_serializing_if = "crate::model::desired::no_sources")]
     pub analysis: crate::spec::AnalysisSources,
+    /// Who is told about rollouts here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<crate::spec::Notification>,
 }
 
 /// Whether the flapping guard has its default limits (left out of the JSON).
@@ -534,6 +537,7 @@ mod tests {
             approval: crate::spec::Approval::None,
             approvers: Vec::new(),
             flapping: Default::default(),
+            notifications: Vec::new(),
             prune: false,
             suspended: false,
             analysis: Default::default(),

@@ -58,6 +58,9 @@ pub struct EnvironmentSpec {
     /// Where canary analyses find metrics.
     #[serde(default)]
     pub analysis: AnalysisSources,
+    /// Who is told about rollouts here.
+    #[serde(default)]
+    pub notifications: Vec<super::Notification>,
 }
 
 /// The provider a target uses.

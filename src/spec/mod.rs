@@ -9,6 +9,7 @@ mod application;
 mod duration;
 mod environment;
 pub mod names;
+mod notification;
 mod strategy;
 
 pub use analysis::{
@@ -25,6 +26,7 @@ pub use environment::{
     Flapping, KubernetesTarget, Metadata, ProviderKind, TargetSpec, Weekday, Window,
 };
 pub use names::{AppName, EnvName, Name, NameError, TargetName};
+pub use notification::{Notification, NotificationKind, SecretSource};
 pub use strategy::{CanaryStep, MaxUnavailable, Percent, Strategy, StrategyKind};
 
 /// The only `apiVersion` this build reads.
