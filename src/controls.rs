@@ -29,6 +29,34 @@ pub fn parse_until(s: &str) -> Result<jiff::Timestamp, String> {
     Ok(at)
 }
 
+/// The event a control that went ahead is announced with (`retry` has none).
+pub fn event_of(
+    control: &str,
+    app: &AppName,
+    env: Option<&EnvName>,
+    version: Option<&str>,
+    who: &Identity,
+    done: &Done,
+    now: jiff::Timestamp,
+) -> Option<crate::notify::Event> {
+    use crate::notify::{Event, EventKind};
+    let kind = match control {
+        "pin" => EventKind::Pinned,
+        "unpin" => EventKind::Unpinned,
+        "veto" => EventKind::Vetoed,
+        "unveto" => EventKind::Unvetoed,
+        "approve" => EventKind::Approved,
+        "reject" => EventKind::Rejected,
+        _ => return None,
+    };
+    Some(
+        Event::new(kind, now, done.message.clone())
+            .in_env(env, Some(app))
+            .versions(None, version.map(str::to_string))
+            .by(&who.name),
+    )
+}
+
 /// Why a control was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

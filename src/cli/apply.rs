@@ -115,12 +115,26 @@ pub async fn run(args: &ApplyArgs, style: Style) -> Result<Exit, CliError> {
         stop: Default::default(),
         events: Default::default(),
     });
+    let notifier = Arc::new(crate::notify::Notifier::start(
+        &desired,
+        &crate::notify::Options::from_env(),
+    ));
+    engine.events.set(notifier.clone());
     let report = engine
         .apply(&desired, &revision, &sel, fixed, progress())
         .await;
     println!();
     for c in &report.clusters {
         println!("{}: {}", c.id, c.outcome);
+    }
+    // The events of this apply are sent before it exits, within a bounded wait.
+    let wait = crate::notify::Options::flush_wait();
+    let late = notifier.flush(wait).await;
+    if late > 0 {
+        eprintln!(
+            "{} {late} notification destination(s) did not take every event within {wait:?}",
+            style.warn("warning:")
+        );
     }
     if report.failed() {
         println!(

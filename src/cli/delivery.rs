@@ -80,11 +80,27 @@ pub async fn act(
     let ctx = Context::of(&actor.location);
     let store = ctx.store()?;
     let (desired, _) = ctx.desired()?;
-    let done = local(store.as_ref(), &desired, &who, crate::clock::now())?;
+    let now = crate::clock::now();
+    let done = local(store.as_ref(), &desired, &who, now)?;
     if let Some(w) = &done.warning {
         eprintln!("warning: {w}");
     }
     println!("{}", done.message);
+    let field = |k: &str| body[k].as_str().map(str::to_string);
+    if let (Some(Ok(app)), env) = (
+        field("app").map(AppName::new),
+        field("env").and_then(|e| EnvName::new(e).ok()),
+    ) && let Some(e) = controls::event_of(
+        endpoint,
+        &app,
+        env.as_ref(),
+        field("version").as_deref(),
+        &who,
+        &done,
+        now,
+    ) {
+        crate::notify::tell(&desired, e).await;
+    }
     Ok(Exit::Success)
 }
 

@@ -144,6 +144,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         pull_requests,
         repository,
         desired: Default::default(),
+        events: Default::default(),
     });
     let engine = Arc::new(Engine {
         store,
@@ -151,7 +152,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         owner: Owner::this_process("keelson up", crate::clock::now()),
         parallelism: args.parallelism,
         stop: Default::default(),
-        events: Default::default(),
+        events: shared.events.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

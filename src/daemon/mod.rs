@@ -253,6 +253,18 @@ pub async fn run(
                         if let Ok(mut known) = shared.desired.write() {
                             *known = Some(d.clone());
                         }
+                        // New destinations: a new notifier; the old one drains in the back.
+                        if shared.events.current().is_none_or(|n| !n.serves(&d)) {
+                            let n = Arc::new(crate::notify::Notifier::start(
+                                &d,
+                                &crate::notify::Options::from_env(),
+                            ));
+                            if let Some(old) = shared.events.set(n) {
+                                tokio::spawn(async move {
+                                    old.flush(Duration::from_secs(30)).await;
+                                });
+                            }
+                        }
                         sched.on(
                             schedule::Event::Revision {
                                 clusters: scheduled(&d),
@@ -278,6 +290,20 @@ pub async fn run(
                             errors = checked.error_count(),
                             "revision is invalid; keeping the last good revision: {first}"
                         );
+                        if shared.events.first_time(&format!("invalid {rev}")) {
+                            shared.events.emit(
+                                crate::notify::Event::new(
+                                    crate::notify::EventKind::RevisionInvalid,
+                                    crate::clock::now(),
+                                    format!(
+                                        "revision {rev} is invalid ({} errors), e.g. {first}; {}",
+                                        checked.error_count(),
+                                        in_force(have_good)
+                                    ),
+                                )
+                                .revision(&rev),
+                            );
+                        }
                         shared.update_status(|st| {
                             st.fetched = Some(rev.clone());
                             st.last_result = "invalid".into();
@@ -506,7 +532,28 @@ async fn after_batch(
             "clusters failing, each retried on its own backoff"
         );
     }
+    let notifications = shared
+        .events
+        .current()
+        .map(|n| n.status())
+        .unwrap_or_default();
+    for n in &notifications {
+        let label = crate::server::metrics::DestinationLabel {
+            destination: format!("{}/{}", n.environment, n.name),
+        };
+        shared
+            .metrics
+            .notifications_sent
+            .get_or_create(&label)
+            .set(i64::try_from(n.sent).unwrap_or(i64::MAX));
+        shared
+            .metrics
+            .notification_dead_letters
+            .get_or_create(&label)
+            .set(i64::try_from(n.dead_letters).unwrap_or(i64::MAX));
+    }
     shared.update_status(|st| {
+        st.notifications = notifications;
         st.revision = Some(rev.to_string());
         st.last_sync = Some(crate::clock::now());
         st.ready = st.ready || !failed;

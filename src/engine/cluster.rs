@@ -9,6 +9,7 @@ use super::lock::{ClusterLock, Refusal};
 use super::{ClusterOutcome, ClusterReport, Engine, Progress};
 use crate::actuation::{Gate, Op, Step, Verdict, rollback_of};
 use crate::model::{ClusterId, DesiredCluster, ObservedCluster};
+use crate::notify::{Event, EventKind};
 use crate::plan::{Action, ClusterPlan, Sim, guard_step};
 use crate::provider::{Provider, ProviderError, ProviderOp, TargetRef};
 use crate::store::{Journal, RollbackProgress};
@@ -41,6 +42,84 @@ pub(super) struct Run<'a> {
 }
 
 impl Engine {
+    /// An event about `cp`'s cluster, with its versions and revision, to the notifier.
+    pub(super) fn emit(&self, cp: &ClusterPlan, revision: &str, kind: EventKind, message: String) {
+        let from = cp
+            .changes
+            .iter()
+            .find(|c| c.field == "version")
+            .and_then(|c| c.from.clone());
+        let to = cp.desired.as_ref().map(|d| d.version.clone());
+        self.events.emit(
+            Event::new(kind, self.now(), message)
+                .on(&cp.id, &cp.app)
+                .versions(from, to)
+                .revision(revision),
+        );
+    }
+
+    /// Tells the notifier how a cluster's run ended.
+    fn announce(&self, cp: &ClusterPlan, revision: &str, outcome: &ClusterOutcome, steps: usize) {
+        let rollout = matches!(cp.action, Action::Create | Action::RollOut);
+        let version = cp
+            .desired
+            .as_ref()
+            .map_or("?", |d| d.version.as_str())
+            .to_string();
+        match outcome {
+            ClusterOutcome::Converged if steps > 0 && cp.action == Action::RollBack => self.emit(
+                cp,
+                revision,
+                EventKind::RolledBack,
+                "an interrupted rollback was finished".into(),
+            ),
+            ClusterOutcome::Converged if steps > 0 && rollout => self.emit(
+                cp,
+                revision,
+                EventKind::RolloutSucceeded,
+                format!("{version} is live and healthy"),
+            ),
+            ClusterOutcome::Converged if steps > 0 && cp.drift => self.emit(
+                cp,
+                revision,
+                EventKind::DriftHealed,
+                format!("drift put right: {}", cp.reason),
+            ),
+            ClusterOutcome::Held(why)
+                if why
+                    .iter()
+                    .any(|w| w.contains("canary analysis inconclusive")) =>
+            {
+                self.emit(
+                    cp,
+                    revision,
+                    EventKind::AnalysisInconclusive,
+                    why.join("; "),
+                );
+            }
+            ClusterOutcome::Failed { error, rollback } => {
+                if error.contains("canary analysis failed") {
+                    self.emit(cp, revision, EventKind::AnalysisFailed, error.clone());
+                }
+                self.emit(
+                    cp,
+                    revision,
+                    EventKind::RolloutFailed,
+                    format!("{version} failed: {error}"),
+                );
+                if !rollback.contains("failed") {
+                    self.emit(
+                        cp,
+                        revision,
+                        EventKind::RolledBack,
+                        format!("rolled back: {rollback}"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Records what the delivery controls count: a rollout that converged is a version live
     /// and healthy here; one that failed counts against the flapping guard.
     fn remember(&self, cp: &ClusterPlan, outcome: &ClusterOutcome) {
@@ -138,6 +217,19 @@ impl Engine {
         if let Some(prev) = &lock.took_over {
             progress.note(id, &format!("took over the expired lock of {prev}"));
         }
+        let rollout = matches!(cp.action, Action::Create | Action::RollOut);
+        if rollout {
+            self.emit(
+                cp,
+                revision,
+                EventKind::RolloutStarted,
+                format!(
+                    "rolling out {} by {}",
+                    cp.desired.as_ref().map_or("?", |d| d.version.as_str()),
+                    cp.strategy.map_or("its strategy", |s| s.as_str())
+                ),
+            );
+        }
         let run = Run {
             engine: self,
             cp,
@@ -156,6 +248,7 @@ impl Engine {
             progress.note(id, &problem);
         }
         self.remember(cp, &outcome);
+        self.announce(cp, revision, &outcome, steps);
         progress.done(id, &outcome.to_string(), !outcome.is_failure());
         report(outcome, steps)
     }
@@ -325,6 +418,12 @@ impl Run<'_> {
                         self.journal(&journal);
                     }
                     self.record("step", &ps.description, "ok");
+                    self.engine.emit(
+                        self.cp,
+                        self.revision,
+                        EventKind::StepCompleted,
+                        format!("{at}: {}", ps.description),
+                    );
                 }
                 Stepped::Held(why) => {
                     self.record("step", &ps.description, "held");

@@ -320,6 +320,23 @@ impl Engine {
                     Block::ForeignStore { .. } => Some(b.to_string()),
                     _ => None,
                 });
+                for b in &cp.blocked {
+                    let (kind, key) = match b {
+                        Block::AwaitingApproval { version, .. } => (
+                            crate::notify::EventKind::ApprovalNeeded,
+                            format!("approval {} {version}", cp.id),
+                        ),
+                        Block::Unhappy { until, .. } => (
+                            crate::notify::EventKind::ClusterUnhappy,
+                            format!("unhappy {} {until}", cp.id),
+                        ),
+                        _ => continue,
+                    };
+                    // Told once, not at every reconcile that finds it still waiting.
+                    if self.events.first_time(&key) {
+                        self.emit(&cp, revision, kind, b.to_string());
+                    }
+                }
                 let outcome = if let Some(why) = foreign {
                     Some(ClusterOutcome::Foreign(why))
                 } else if let Some(by) = locked {

@@ -209,6 +209,19 @@ impl GitHub {
         Ok(Self::decode::<Created>(&url, resp).await?.id)
     }
 
+    /// The newest deployments to a GitHub environment, newest first (one page).
+    pub async fn deployments(
+        &self,
+        repo: &RepoSlug,
+        environment: &str,
+    ) -> Result<Vec<u64>, ForgeError> {
+        let env: String = url::form_urlencoded::byte_serialize(environment.as_bytes()).collect();
+        let url = self.repo_url(repo, &format!("deployments?environment={env}&per_page=10"));
+        let resp = self.call(Method::GET, &url, None).await?;
+        let found: Vec<Created> = Self::decode(&url, resp).await?;
+        Ok(found.into_iter().map(|c| c.id).collect())
+    }
+
     /// Adds a status to a deployment (`POST .../deployments/{id}/statuses`).
     pub async fn create_deployment_status(
         &self,

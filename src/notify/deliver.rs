@@ -24,6 +24,29 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+impl Options {
+    /// The defaults, with the first backoff from `KEELSON_NOTIFY_BACKOFF` (e.g. `100ms`).
+    pub fn from_env() -> Self {
+        let mut o = Self::default();
+        if let Some(d) = std::env::var("KEELSON_NOTIFY_BACKOFF")
+            .ok()
+            .and_then(|v| v.parse::<crate::spec::Duration>().ok())
+        {
+            o.backoff = d.to_std();
+        }
+        o
+    }
+
+    /// How long a command waits at exit for its events to go out: `KEELSON_NOTIFY_WAIT`, or
+    /// 10 s.
+    pub fn flush_wait() -> Duration {
+        std::env::var("KEELSON_NOTIFY_WAIT")
+            .ok()
+            .and_then(|v| v.parse::<crate::spec::Duration>().ok())
+            .map_or(Duration::from_secs(10), |d| d.to_std())
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -228,6 +251,10 @@ async fn deploy(
         EventKind::RolloutFailed | EventKind::RolledBack => "failure",
         _ => return Ok(()),
     };
+    if e.kind == EventKind::RolledBack && current(d).is_none() {
+        // Its failure is already on the deployment.
+        return Ok(());
+    }
     let id = match current(d) {
         Some(id) if e.kind != EventKind::RolloutStarted => id,
         _ => {
@@ -243,7 +270,18 @@ async fn deploy(
         .await
         .map_err(err)?;
     if state == "success" {
-        if let Some(old) = d.live.insert(env.clone(), id).filter(|old| *old != id) {
+        // The one it replaces: remembered, or (a new process) the newest other deployment
+        // GitHub lists for this environment.
+        let old = match d.live.insert(env.clone(), id) {
+            Some(old) => Some(old),
+            None => gh
+                .deployments(repo, &env)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .find(|other| *other != id),
+        };
+        if let Some(old) = old.filter(|old| *old != id) {
             gh.create_deployment_status(repo, old, &payload::github_status("inactive", e, url))
                 .await
                 .map_err(err)?;

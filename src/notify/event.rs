@@ -241,3 +241,27 @@ impl Event {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_names_exactly_these_events() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/environment.schema.json")).unwrap();
+        let names: Vec<&str> = schema["properties"]["spec"]["properties"]["notifications"]["items"]
+            ["properties"]["events"]["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, ours);
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+}

@@ -278,11 +278,36 @@ impl Notifier {
     }
 }
 
+/// Sends one event to `desired`'s destinations and waits (at most the flush wait) for it to
+/// go: for commands that act once and exit.
+pub async fn tell(desired: &DesiredState, e: Event) {
+    let n = Notifier::start(desired, &Options::from_env());
+    n.emit(&e);
+    n.flush(Options::flush_wait()).await;
+}
+
 /// The notifier in force, swapped when the destinations change; emitting with none is a no-op.
 #[derive(Default)]
-pub struct Events(RwLock<Option<Arc<Notifier>>>);
+pub struct Events(
+    RwLock<Option<Arc<Notifier>>>,
+    Mutex<std::collections::HashSet<String>>,
+);
 
 impl Events {
+    /// Whether `key` is new (then remembered): events about a lasting state (an approval
+    /// awaited, a cluster unhappy) are told once, not at every reconcile.
+    pub fn first_time(&self, key: &str) -> bool {
+        self.1
+            .lock()
+            .map(|mut seen| {
+                if seen.len() > 100_000 {
+                    seen.clear();
+                }
+                seen.insert(key.to_string())
+            })
+            .unwrap_or(false)
+    }
+
     /// Puts `n` in force; returns the one it replaces.
     pub fn set(&self, n: Arc<Notifier>) -> Option<Arc<Notifier>> {
         self.0.write().ok().and_then(|mut g| g.replace(n))

@@ -23,6 +23,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// A notification destination label: `environment/name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// The environment declaring it and its name.
+    pub destination: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +51,10 @@ pub struct Metrics {
     pub suspends: Gauge,
     /// Clusters the flapping guard leaves alone for now.
     pub unhappy: Gauge,
+    /// Notifications delivered, per destination.
+    pub notifications_sent: Family<DestinationLabel, Gauge>,
+    /// Notifications given up on or dropped, per destination.
+    pub notification_dead_letters: Family<DestinationLabel, Gauge>,
     /// Drift restored.
     pub drift_healed: Counter,
 }
@@ -62,6 +73,8 @@ impl Default for Metrics {
             steps: Counter::default(),
             suspends: Gauge::default(),
             unhappy: Gauge::default(),
+            notifications_sent: Family::default(),
+            notification_dead_letters: Family::default(),
             drift_healed: Counter::default(),
         };
         registry.register(
@@ -96,6 +109,16 @@ impl Default for Metrics {
         );
         registry.register("actuation_steps", "Steps executed", m.steps.clone());
         registry.register("suspends", "Suspends in force", m.suspends.clone());
+        registry.register(
+            "notifications_sent",
+            "Notifications delivered, per destination (environment/name)",
+            m.notifications_sent.clone(),
+        );
+        registry.register(
+            "notification_dead_letters",
+            "Notifications given up on after their retries, refused by the receiver, or dropped with the queue full, per destination",
+            m.notification_dead_letters.clone(),
+        );
         registry.register(
             "unhappy_clusters",
             "Clusters whose rollouts keep failing, left alone by the flapping guard until their cooldown ends",

@@ -48,6 +48,8 @@ pub struct DaemonStatus {
     pub diagnostics: Vec<crate::diag::Diagnostic>,
     /// Per cluster, as last reconciled.
     pub clusters: Vec<ClusterStatus>,
+    /// Each notification destination: sent, retried, dead letters (never its secrets).
+    pub notifications: Vec<crate::notify::DestinationStatus>,
 }
 
 /// One cluster in the status.
@@ -95,6 +97,8 @@ pub struct Shared {
     pub repository: Option<crate::forge::RepoSlug>,
     /// The desired state in force, to check what API calls name.
     pub desired: std::sync::RwLock<Option<Arc<crate::model::DesiredState>>>,
+    /// Where events go (the engine's notifier).
+    pub events: Arc<crate::notify::Events>,
 }
 
 /// A pull request to plan and comment on, from a `pull_request` webhook.
@@ -347,6 +351,22 @@ fn scoped(
     Ok((sc, b))
 }
 
+/// A suspend or resume as an event: in its environment, or (wider) to every destination.
+fn scope_event(
+    kind: crate::notify::EventKind,
+    sc: &Scope,
+    message: String,
+    who: &str,
+    now: jiff::Timestamp,
+) -> crate::notify::Event {
+    let e = crate::notify::Event::new(kind, now, message).by(who);
+    match sc {
+        Scope::Environment(env) => e.in_env(Some(env), None),
+        Scope::Application(app) => e.in_env(None, Some(app)),
+        Scope::Global | Scope::Cluster(_) => e,
+    }
+}
+
 /// Who acts through the API: the token's identity, never what the client says.
 fn api_identity(s: &Shared, headers: &HeaderMap) -> String {
     identify(s, headers).map_or_else(|| API_IDENTITY.into(), |i| i.name)
@@ -376,16 +396,24 @@ async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
         ))
         .ok()
     });
+    let who = api_identity(&s, &headers);
     match s.store.suspend(
         &Suspend {
             scope: sc.clone(),
-            who: api_identity(&s, &headers),
-            reason,
+            who: who.clone(),
+            reason: reason.clone(),
             until,
         },
         now,
     ) {
         Ok(()) => {
+            s.events.emit(scope_event(
+                crate::notify::EventKind::Suspended,
+                &sc,
+                format!("suspended {sc}: {reason}"),
+                &who,
+                now,
+            ));
             s.metrics.suspends.set(
                 i64::try_from(s.store.suspends(now).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
             );
@@ -401,8 +429,18 @@ async fn resume(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Err(r) => return *r,
     };
     let now = crate::clock::now();
-    match s.store.resume(&sc, &api_identity(&s, &headers), now) {
+    let who = api_identity(&s, &headers);
+    match s.store.resume(&sc, &who, now) {
         Ok(n) => {
+            if n > 0 {
+                s.events.emit(scope_event(
+                    crate::notify::EventKind::Resumed,
+                    &sc,
+                    format!("resumed {sc}"),
+                    &who,
+                    now,
+                ));
+            }
             s.metrics.suspends.set(
                 i64::try_from(s.store.suspends(now).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
             );
@@ -466,6 +504,20 @@ async fn control(
     match done {
         Ok(d) => {
             tracing::info!(control = %which, who = %who.name, app = %b.app, "{}", d.message);
+            if let (Ok(app), env) = (
+                AppName::new(b.app.clone()),
+                b.env.clone().and_then(|e| EnvName::new(e).ok()),
+            ) && let Some(e) = crate::controls::event_of(
+                &which,
+                &app,
+                env.as_ref(),
+                b.version.as_deref(),
+                &who,
+                &d,
+                now,
+            ) {
+                s.events.emit(e);
+            }
             s.trigger.notify_one();
             Json(serde_json::json!({"message": d.message, "warning": d.warning})).into_response()
         }

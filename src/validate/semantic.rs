@@ -151,6 +151,32 @@ fn check_environment(
             );
         }
     }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in spec.notifications.iter().enumerate() {
+        let p = format!("/spec/notifications/{i}");
+        if let Some(first) = names.insert(n.name.as_str(), i) {
+            out.push(
+                err(
+                    doc,
+                    "notification",
+                    &format!("{p}/name"),
+                    format!(
+                        "notification `{}` is already defined at spec.notifications[{first}]",
+                        n.name
+                    ),
+                )
+                .hint("give each destination its own name"),
+            );
+        }
+        if let Some(api) = &n.api_url
+            && let Err(why) = crate::notify::url_allowed(api)
+        {
+            out.push(
+                err(doc, "notification", &format!("{p}/apiUrl"), why)
+                    .hint("use the forge's https:// address"),
+            );
+        }
+    }
     let mut targets: HashMap<&str, usize> = HashMap::new();
     for (i, t) in spec.targets.iter().enumerate() {
         let p = format!("/spec/targets/{i}");

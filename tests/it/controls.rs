@@ -9,7 +9,7 @@ use crate::local_target::Load;
 
 /// The one application `web` on `repo`'s port, at `version`, with `strategy` and extra
 /// demo-app arguments.
-fn web(repo: &Repo, version: &str, strategy: &str, extra: &str) {
+pub(crate) fn web(repo: &Repo, version: &str, strategy: &str, extra: &str) {
     let text = format!(
         "apiVersion: keelson/v1
 kind: Application

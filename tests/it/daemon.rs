@@ -1145,3 +1145,172 @@ async fn a_failing_cluster_delays_no_other_and_a_new_commit_supersedes_its_retry
         pushed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_notifies_approval_prompts_rollouts_and_rollbacks() {
+    let hook = crate::notify::Receiver::start(0, false).await;
+    let slack = crate::notify::Receiver::start(0, false).await;
+    let gh = crate::github_stub::GitHubStub::start("gh-token-9").await;
+    let dead = free_port();
+    let mut f = Fixture::new();
+    std::fs::write(
+        f.work.path().join("env.yaml"),
+        format!(
+            "{ENV}  constraints: {{approval: required}}\n  notifications:\n    - {{name: audit, type: webhook, urlFrom: {{env: HOOK_URL}}, secretFrom: {{env: HOOK_KEY}}}}\n    - {{name: gone, type: webhook, urlFrom: {{env: DEAD_URL}}, events: [approval-needed]}}\n    - {{name: team, type: slack, urlFrom: {{env: SLACK_URL}}, events: [approval-needed, rollout-succeeded, rolled-back]}}\n    - {{name: gh, type: github-deployments, repository: acme/deploy, tokenFrom: {{env: GH_TOKEN}}, apiUrl: \"{}\"}}\n",
+            gh.url()
+        ),
+    )
+    .unwrap();
+    let slack_url = slack.url();
+    f.push(&named_app("web", "1.0.0", f.port, false));
+    let (hook_url, dead_url) = (hook.url(), format!("http://127.0.0.1:{dead}/"));
+    f.start_with(
+        "1h",
+        &[
+            ("HOOK_URL", hook_url.as_str()),
+            ("HOOK_KEY", "daemon-key"),
+            ("DEAD_URL", dead_url.as_str()),
+            ("SLACK_URL", slack_url.as_str()),
+            ("GH_TOKEN", "gh-token-9"),
+            ("KEELSON_NOTIFY_BACKOFF", "20ms"),
+        ],
+    );
+    let kinds = |hook: &crate::notify::Receiver| -> Vec<String> {
+        hook.got()
+            .iter()
+            .map(|r| r.json()["kind"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let wait_for = async |kind: &str| {
+        for _ in 0..200 {
+            if kinds(&hook).iter().any(|k| k == kind) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {kind} event: {:?}", kinds(&hook));
+    };
+    wait_for("approval-needed").await;
+    let (code, said) = http(
+        &f.url("/api/v1/approve"),
+        "POST",
+        &[("authorization", "Bearer s3cret-token")],
+        r#"{"app": "web", "env": "dev"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{said}");
+    wait_for("rollout-succeeded").await;
+    f.wait_version("1.0.0", 10).await;
+    // A version that never becomes healthy: prompted, failed, rolled back, told.
+    f.push(&named_app("web", "2.0.0", f.port, true));
+    for _ in 0..200 {
+        if kinds(&hook)
+            .iter()
+            .filter(|k| *k == "approval-needed")
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, said) = http(
+        &f.url("/api/v1/approve"),
+        "POST",
+        &[("authorization", "Bearer s3cret-token")],
+        r#"{"app": "web", "env": "dev", "version": "2.0.0"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{said}");
+    wait_for("rolled-back").await;
+    let got = kinds(&hook);
+    let pos = |k: &str| got.iter().position(|g| g == k).unwrap();
+    assert!(
+        pos("approval-needed") < pos("approved")
+            && pos("approved") < pos("rollout-started")
+            && pos("rollout-succeeded") < pos("rollout-failed")
+            && pos("rollout-failed") < pos("rolled-back"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().filter(|k| *k == "approval-needed").count() == 2,
+        "one prompt per version, not one per reconcile: {got:?}"
+    );
+    for r in hook.got() {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"daemon-key").unwrap();
+        mac.update(&r.body);
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            r.header("x-keelson-signature"),
+            format!("sha256={expected}")
+        );
+    }
+    // Slack got the prompts, the success and the rollback; GitHub a deployment per version.
+    let slack_texts: Vec<String> = slack
+        .got()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    let starts = |k: &str| slack_texts.iter().filter(|t| t.starts_with(k)).count();
+    assert_eq!(
+        (
+            starts("approval-needed"),
+            starts("rollout-succeeded"),
+            starts("rolled-back")
+        ),
+        (2, 1, 1),
+        "{slack_texts:?}"
+    );
+    for _ in 0..50 {
+        if gh.state.lock().unwrap().deployment_statuses.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let st = gh.state.lock().unwrap();
+        let states: Vec<&str> = st
+            .deployment_statuses
+            .iter()
+            .map(|(_, s)| s["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["in_progress", "success", "in_progress", "failure"]);
+    }
+    // The receiver that is gone: dead letters in the metrics and the status, no URL shown.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http(&f.url("/metrics"), "GET", &[], "").await.1;
+        if metrics.contains("keelson_notification_dead_letters{destination=\"dev/gone\"} 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        metrics.contains("keelson_notification_dead_letters{destination=\"dev/gone\"} 2"),
+        "{metrics}"
+    );
+    let status = f.status().await;
+    let gone = status["daemon"]["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "gone")
+        .cloned()
+        .unwrap();
+    assert_eq!(gone["dead_letters"], 2, "{gone}");
+    let text = status.to_string();
+    assert!(
+        !text.contains("url-secret-7") && !text.contains("daemon-key"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(f.state.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        !log.contains("url-secret-7") && !log.contains("daemon-key"),
+        "secrets never logged"
+    );
+}

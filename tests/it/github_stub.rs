@@ -2,6 +2,10 @@
 //! comments (list with `Link` pagination, create, edit, delete) and commit statuses. It checks
 //! the bearer token, refuses bodies over 65,536 characters with 422 as GitHub does, records
 //! every request, and can be told to fail the next requests (502, 403 with `Retry-After`).
+//! Deployments and deployment statuses are checked against GitHub's documented fields: `ref`
+//! required, `required_contexts` an array, `environment` a string; a status's `state` one of
+//! error, failure, inactive, in_progress, queued, pending, success, on a deployment that
+//! exists (404 otherwise). Unlike GitHub, `ref` is not resolved against the repository.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -41,6 +45,10 @@ pub struct Fault {
 pub struct StubState {
     pub comments: Vec<StubComment>,
     pub statuses: Vec<(String, Value)>,
+    /// Deployments made: id and request body.
+    pub deployments: Vec<(u64, Value)>,
+    /// Deployment statuses: deployment id and request body.
+    pub deployment_statuses: Vec<(u64, Value)>,
     pub seen: Vec<Seen>,
     pub faults: VecDeque<Fault>,
     pub next_id: u64,
@@ -314,6 +322,87 @@ fn serve(
             } else {
                 StatusCode::NO_CONTENT.into_response()
             }
+        }
+        ("GET", ["repos", _, _, "deployments"]) => {
+            let env = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("environment="))
+                .unwrap_or("")
+                .to_string();
+            let ids: Vec<Value> = st
+                .deployments
+                .iter()
+                .rev()
+                .filter(|(_, d)| env.is_empty() || d["environment"] == env.as_str())
+                .map(|(id, d)| json!({"id": id, "environment": d["environment"]}))
+                .collect();
+            axum::Json(Value::Array(ids)).into_response()
+        }
+        ("POST", ["repos", _, _, "deployments"]) => {
+            let Some(v) = json_body() else {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request.");
+            };
+            if v.get("ref")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid request.\n\n\"ref\" wasn't supplied.",
+                );
+            }
+            if v.get("required_contexts").is_some_and(|c| !c.is_array())
+                || v.get("environment").is_some_and(|e| !e.is_string())
+                || v.get("auto_merge").is_some_and(|a| !a.is_boolean())
+            {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request.");
+            }
+            st.next_id += 1;
+            let id = st.next_id;
+            st.deployments.push((id, v.clone()));
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"id": id, "ref": v["ref"], "environment": v["environment"]})),
+            )
+                .into_response()
+        }
+        ("POST", ["repos", _, _, "deployments", id, "statuses"]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            if !st.deployments.iter().any(|(d, _)| *d == id) {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            }
+            let Some(v) = json_body() else {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request.");
+            };
+            let state = v.get("state").and_then(Value::as_str).unwrap_or("");
+            if ![
+                "error",
+                "failure",
+                "inactive",
+                "in_progress",
+                "queued",
+                "pending",
+                "success",
+            ]
+            .contains(&state)
+            {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Validation Failed: state is not included in the list",
+                );
+            }
+            if v.get("environment_url").is_some_and(|u| !u.is_string()) {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request.");
+            }
+            st.next_id += 1;
+            st.deployment_statuses.push((id, v.clone()));
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"id": st.next_id, "state": state})),
+            )
+                .into_response()
         }
         ("POST", ["repos", _, _, "statuses", sha]) => {
             let Some(v) = json_body() else {

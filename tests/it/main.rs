@@ -13,6 +13,7 @@ mod kube_stub;
 mod kubernetes;
 mod local_target;
 mod moto;
+mod notify;
 mod plan_scenarios;
 mod pr_comment;
 mod properties;
