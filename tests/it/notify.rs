@@ -326,3 +326,39 @@ async fn rollouts_become_github_deployments_with_statuses() {
             .all(|(_, s)| s["environment_url"] == "https://dev.example.com")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_tells_of_approval_prompts_and_rollbacks() {
+    let hook = Receiver::start(0, false).await;
+    let mut repo = Repo::new();
+    std::fs::write(
+        repo.path().join("env.yaml"),
+        "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n  constraints: {approval: required}\n  notifications:\n    - {name: audit, type: webhook, urlFrom: {env: HOOK_URL}, events: [approval-needed, approved, rollout-failed, rolled-back]}\n",
+    )
+    .unwrap();
+    repo.env.push(("HOOK_URL".to_string(), hook.url()));
+    let rb = "{type: red-black}";
+    crate::controls::web(&repo, "1.0.0", rb, "");
+    let (code, out) = repo.apply().await;
+    assert!(code == 0 && out.contains("awaiting approval"), "{out}");
+    let (code, _) = repo.run(&["approve", "--env", "dev", "--app", "web"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(repo.apply().await.0, 0);
+    crate::controls::web(&repo, "2.0.0", rb, ", --fail-health");
+    let (code, _) = repo
+        .run(&["approve", "--env", "dev", "--app", "web", "--version", "2.0.0"])
+        .await;
+    assert_eq!(code, 0);
+    let (code, out) = repo.apply().await;
+    assert!(code == 1 && out.contains("rolled back"), "{out}");
+    let kinds: Vec<String> = hook
+        .got()
+        .iter()
+        .map(|r| r.json()["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["approval-needed", "approved", "approved", "rollout-failed", "rolled-back"],
+        "the prompt, both approvals (from the command line), the failure and its rollback"
+    );
+}
