@@ -181,6 +181,7 @@ async fn main() {
         owner: Owner::this_process("bench", keelson::clock::now()),
         parallelism: 1,
         stop: Default::default(),
+        slots: Default::default(),
         events: Default::default(),
     };
     let target = keelson::provider::TargetRef {
@@ -216,6 +217,7 @@ async fn main() {
         owner: Owner::this_process("bench", keelson::clock::now()),
         parallelism: 4,
         stop: Default::default(),
+        slots: Default::default(),
         events: Default::default(),
     });
     let d2 = desired(&[app("bench", "2.0.0", 3, port, "{type: red-black}")]);

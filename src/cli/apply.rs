@@ -113,6 +113,7 @@ pub async fn run(args: &ApplyArgs, style: Style) -> Result<Exit, CliError> {
         owner,
         parallelism: args.parallelism,
         stop: Default::default(),
+        slots: Default::default(),
         events: Default::default(),
     });
     let notifier = Arc::new(crate::notify::Notifier::start(

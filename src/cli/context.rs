@@ -105,6 +105,7 @@ impl Context {
             owner: crate::store::Owner::this_process(command, crate::clock::now()),
             parallelism: 1,
             stop: Default::default(),
+            slots: Default::default(),
             events: Default::default(),
         })
     }

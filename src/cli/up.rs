@@ -152,6 +152,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         owner: Owner::this_process("keelson up", crate::clock::now()),
         parallelism: args.parallelism,
         stop: Default::default(),
+        slots: Default::default(),
         events: shared.events.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)

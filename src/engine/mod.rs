@@ -12,4 +12,4 @@ mod run;
 pub use cluster::resolve;
 pub use lock::{ClusterLock, LOCK_TTL, Refusal};
 pub use progress::{LogProgress, Progress};
-pub use run::{ApplyReport, ClusterOutcome, ClusterReport, Engine};
+pub use run::{ApplyReport, ClusterOutcome, ClusterReport, Engine, Slots};

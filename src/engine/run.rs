@@ -102,8 +102,37 @@ pub struct Engine {
     pub parallelism: usize,
     /// Set to stop every cluster at its next step boundary (shutdown).
     pub stop: Arc<AtomicBool>,
+    /// Clusters moved at once, shared by every apply of this engine.
+    pub slots: Slots,
     /// Where rollout events go (nowhere until a notifier is set).
     pub events: Arc<crate::notify::Events>,
+}
+
+/// How many clusters move at once: in all, and per provider (a rate-limited cloud API takes
+/// fewer). Made on first use and shared by every apply of an engine, so batches the daemon
+/// runs side by side share them too.
+#[derive(Debug, Default)]
+pub struct Slots {
+    all: std::sync::OnceLock<Arc<Semaphore>>,
+    per_provider: std::sync::Mutex<BTreeMap<crate::spec::ProviderKind, Arc<Semaphore>>>,
+}
+
+impl Slots {
+    fn all(&self, parallelism: usize) -> Arc<Semaphore> {
+        self.all
+            .get_or_init(|| Arc::new(Semaphore::new(parallelism.clamp(1, Semaphore::MAX_PERMITS))))
+            .clone()
+    }
+
+    fn provider(&self, kind: crate::spec::ProviderKind, batch: usize) -> Arc<Semaphore> {
+        match self.per_provider.lock() {
+            Ok(mut m) => m
+                .entry(kind)
+                .or_insert_with(|| Arc::new(Semaphore::new(batch)))
+                .clone(),
+            Err(_) => Arc::new(Semaphore::new(batch)),
+        }
+    }
 }
 
 fn holds(blocks: &[Block]) -> Vec<String> {
@@ -365,11 +394,8 @@ impl Engine {
             if runnable.is_empty() {
                 break;
             }
-            let sem = Arc::new(Semaphore::new(self.parallelism.max(1)));
-            // A provider that takes fewer clusters at once (a rate-limited cloud API) gets its
-            // own, smaller share.
-            let mut per_provider: BTreeMap<crate::spec::ProviderKind, Arc<Semaphore>> =
-                BTreeMap::new();
+            // Shared by every apply of this engine (the daemon runs batches side by side).
+            let sem = self.slots.all(self.parallelism);
             let mut tasks = tokio::task::JoinSet::new();
             for cp in runnable {
                 let Some(target) = desired
@@ -390,10 +416,7 @@ impl Engine {
                     .get(kind)
                     .map_or(usize::MAX, |p| p.capabilities().batch)
                     .clamp(1, Semaphore::MAX_PERMITS);
-                let mine = per_provider
-                    .entry(kind)
-                    .or_insert_with(|| Arc::new(Semaphore::new(batch)))
-                    .clone();
+                let mine = self.slots.provider(kind, batch);
                 let (me, sem, progress, revision) = (
                     self.clone(),
                     sem.clone(),

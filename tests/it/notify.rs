@@ -346,7 +346,15 @@ async fn apply_tells_of_approval_prompts_and_rollbacks() {
     assert_eq!(repo.apply().await.0, 0);
     crate::controls::web(&repo, "2.0.0", rb, ", --fail-health");
     let (code, _) = repo
-        .run(&["approve", "--env", "dev", "--app", "web", "--version", "2.0.0"])
+        .run(&[
+            "approve",
+            "--env",
+            "dev",
+            "--app",
+            "web",
+            "--version",
+            "2.0.0",
+        ])
         .await;
     assert_eq!(code, 0);
     let (code, out) = repo.apply().await;
@@ -358,7 +366,13 @@ async fn apply_tells_of_approval_prompts_and_rollbacks() {
         .collect();
     assert_eq!(
         kinds,
-        ["approval-needed", "approved", "approved", "rollout-failed", "rolled-back"],
+        [
+            "approval-needed",
+            "approved",
+            "approved",
+            "rollout-failed",
+            "rolled-back"
+        ],
         "the prompt, both approvals (from the command line), the failure and its rollback"
     );
 }

@@ -143,6 +143,7 @@ impl Rig {
             owner: Owner::this_process("keelson test", keelson::clock::now()),
             parallelism: 1,
             stop: Default::default(),
+            slots: Default::default(),
             events: Default::default(),
         });
         Self {
