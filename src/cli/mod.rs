@@ -116,6 +116,10 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// Stop everything Keelson runs on the local target (or one application's clusters).
     Down(DownArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell), from these definitions.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), from these definitions.
+    Man,
     /// A small HTTP service for examples and tests, with flags to misbehave on purpose.
     DemoApp(DemoAppArgs),
     /// Run the local target's agent in the foreground (started on demand by other commands).
@@ -541,6 +545,14 @@ pub struct PinArgs {
     pub actor: ActorArgs,
 }
 
+/// Arguments of `keelson completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// Arguments of `keelson unpin`.
 #[derive(Debug, clap::Args)]
 pub struct UnpinArgs {
@@ -693,6 +705,8 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             | Command::Status(_)
             | Command::History(_)
             | Command::Locks(_)
+            | Command::Completions(_)
+            | Command::Man
     ) {
         // SAFETY: setting a signal's disposition to its default has no preconditions.
         unsafe {
@@ -736,6 +750,30 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             Command::Adopt(args) => control::adopt(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,
+            Command::Completions(args) => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(args.shell, &mut cmd, "keelson", &mut std::io::stdout());
+                Ok(Exit::Success)
+            }
+            Command::Man => {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                let mut out = Vec::new();
+                clap_mangen::Man::new(cmd)
+                    .render(&mut out)
+                    .map_err(|source| CliError::File {
+                        action: "write",
+                        path: "stdout".into(),
+                        source,
+                    })?;
+                std::io::Write::write_all(&mut std::io::stdout(), &out).map_err(|source| {
+                    CliError::File {
+                        action: "write",
+                        path: "stdout".into(),
+                        source,
+                    }
+                })?;
+                Ok(Exit::Success)
+            }
             Command::LocalAgent(args) => local::local_agent(&args).await,
         }
     });

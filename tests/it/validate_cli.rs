@@ -169,3 +169,38 @@ fn help_reads_well() {
     let (_, out) = run(&["validate", "--help"], &root());
     insta::assert_snapshot!("help_validate", out);
 }
+
+/// Completions and the man page come from the same definitions as `--help`: every command is
+/// in them, and bash accepts the script.
+#[test]
+fn completions_and_the_man_page_know_every_command() {
+    let root = crate::support::root();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let (code, out) = run(&["completions", shell], &root);
+        assert_eq!(code, 0, "{out}");
+        for cmd in ["apply", "pin", "veto", "reject", "up"] {
+            assert!(out.contains(cmd), "{shell} lacks {cmd}");
+        }
+    }
+    let script = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keelson.bash");
+    fs::write(&file, &script.stdout).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let (code, man) = run(&["man"], &root);
+    assert_eq!(code, 0);
+    assert!(
+        man.contains(".TH keelson 1")
+            && man.contains("keelson\\-pin")
+            && man.contains("keelson\\-completions"),
+        "{man}"
+    );
+}
