@@ -23,6 +23,10 @@ dpkg -s pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 [ -x /usr/bin/prometheus ] || need="$need prometheus"
 # curl: the verification checks in the tests call the cluster with it.
 command -v curl >/dev/null || need="$need curl"
+# Chromium and Node.js for the dashboard's browser tests (Playwright drives Debian's Chromium).
+[ -x /usr/bin/chromium ] || need="$need chromium"
+command -v node >/dev/null || need="$need nodejs"
+command -v npm >/dev/null || need="$need npm"
 if [ -n "$need" ]; then
   # Install without starting services: openssh-server would otherwise start a system sshd.
   no_start=""
@@ -42,6 +46,14 @@ if ! target/moto-venv/bin/moto_server --help >/dev/null 2>&1; then
   target/moto-venv/bin/pip install -q --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 target/moto-venv/bin/python -c 'import moto; print("moto", moto.__version__)'
+
+step "playwright-core (drives Chromium in the dashboard tests)"
+# Pinned, under target/: the tests run node with target/node/node_modules.
+if [ ! -d target/node/node_modules/playwright-core ]; then
+  mkdir -p target/node
+  npm install --silent --no-audit --no-fund --prefix target/node playwright-core@1.64.1
+fi
+node -e 'console.log("playwright-core", require(process.argv[1] + "/package.json").version)' "$PWD/target/node/node_modules/playwright-core"
 
 step "format"
 cargo fmt --all -- --check

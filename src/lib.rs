@@ -12,6 +12,7 @@ pub mod clock;
 pub mod compile;
 pub mod controls;
 pub mod daemon;
+pub mod dashboard;
 pub mod demo;
 pub mod diag;
 pub mod engine;

@@ -13,6 +13,7 @@ mod plan;
 pub(crate) mod review;
 mod rollback;
 mod status;
+mod ui;
 mod up;
 mod validate;
 
@@ -116,6 +117,8 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// Stop everything Keelson runs on the local target (or one application's clusters).
     Down(DownArgs),
+    /// The dashboard in a browser, for this repository's local state (`keelson up` serves it too).
+    Ui(UiArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell), from these definitions.
     Completions(CompletionsArgs),
     /// Print the manual page (roff), from these definitions.
@@ -545,6 +548,20 @@ pub struct PinArgs {
     pub actor: ActorArgs,
 }
 
+/// Arguments of `keelson ui`.
+#[derive(Debug, clap::Args)]
+pub struct UiArgs {
+    /// The config repository and the state directory.
+    #[command(flatten)]
+    pub location: Location,
+    /// Where to serve it (loopback by default: the pages are read-only and unauthenticated).
+    #[arg(long, default_value = "127.0.0.1:7879")]
+    pub listen: String,
+    /// How often to observe the targets again.
+    #[arg(long, default_value = "1s")]
+    pub interval: crate::spec::Duration,
+}
+
 /// Arguments of `keelson completions`.
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
@@ -750,6 +767,7 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             Command::Adopt(args) => control::adopt(&args).await,
             Command::Down(args) => local::down(&args).await,
             Command::DemoApp(args) => local::demo_app(&args).await,
+            Command::Ui(args) => ui::ui(&args).await,
             Command::Completions(args) => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(args.shell, &mut cmd, "keelson", &mut std::io::stdout());

@@ -145,6 +145,8 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         repository,
         desired: Default::default(),
         events: Default::default(),
+        board: Arc::new(crate::dashboard::Board::new(Some(store.clone()))),
+        refresh: tokio::sync::Notify::new(),
     });
     let engine = Arc::new(Engine {
         store,

@@ -80,14 +80,16 @@ pub struct LoopConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Logs steps with tracing.
-struct TracingProgress;
+/// Logs steps with tracing, and asks for a fresh look for the dashboard at each.
+struct TracingProgress(Arc<Shared>);
 
 impl Progress for TracingProgress {
     fn step(&self, cluster: &ClusterId, index: usize, total: usize, description: &str) {
         info!(cluster = %cluster, step = index + 1, of = total, "{description}");
+        self.0.refresh.notify_one();
     }
     fn done(&self, cluster: &ClusterId, outcome: &str, ok: bool) {
+        self.0.refresh.notify_one();
         if ok {
             info!(cluster = %cluster, "{outcome}");
         } else {
@@ -120,6 +122,14 @@ fn scheduled(d: &DesiredState) -> Vec<schedule::Desired> {
                 .collect(),
         })
         .collect()
+}
+
+/// The batches in flight, the clusters each runs (to free them if its task dies), and where
+/// each cluster reports as soon as it ends (the schedule frees it at once).
+struct Batches {
+    set: tokio::task::JoinSet<Batch>,
+    running: std::collections::HashMap<tokio::task::Id, Vec<ClusterId>>,
+    done: tokio::sync::mpsc::UnboundedSender<ClusterReport>,
 }
 
 /// A reconcile of some clusters, running.
@@ -157,12 +167,12 @@ pub async fn run(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
     let mut sched = schedule::Schedule::new(schedule::Backoff::default());
-    let mut batches: tokio::task::JoinSet<Batch> = tokio::task::JoinSet::new();
-    // Which clusters each batch runs, to free them if its task dies.
-    let mut running: std::collections::HashMap<tokio::task::Id, Vec<ClusterId>> =
-        Default::default();
-    // Each cluster's report, as soon as it ends: the schedule frees it at once.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<ClusterReport>();
+    let mut batches = Batches {
+        set: tokio::task::JoinSet::new(),
+        running: Default::default(),
+        done: done_tx,
+    };
     let mut outcomes: std::collections::BTreeMap<ClusterId, String> = Default::default();
     let mut fetch_now = true;
     shared.update_status(|st| {
@@ -183,16 +193,22 @@ pub async fn run(
                 drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
             }
             () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
+            () = shared.refresh.notified() => {
+                if let Some((d, rev)) = &desired {
+                    publish(&shared, &providers, d, rev).await;
+                }
+                continue;
+            }
             Some(r) = done_rx.recv() => {
                 reported(&shared, &r, &mut sched, &mut outcomes);
                 continue;
             }
-            Some(done) = batches.join_next_with_id(), if !batches.is_empty() => {
+            Some(done) = batches.set.join_next_with_id(), if !batches.set.is_empty() => {
                 finished = Some(match done {
-                    Ok((id, b)) => (running.remove(&id).unwrap_or_default(), Some(b)),
+                    Ok((id, b)) => (batches.running.remove(&id).unwrap_or_default(), Some(b)),
                     Err(e) => {
                         warn!("a reconcile task ended abnormally: {e}");
-                        (running.remove(&e.id()).unwrap_or_default(), None)
+                        (batches.running.remove(&e.id()).unwrap_or_default(), None)
                     }
                 });
             }
@@ -216,20 +232,13 @@ pub async fn run(
             }
             if let (Some(batch), Some((d, rev))) = (batch, &desired) {
                 after_batch(&shared, &providers, d, rev, &batch, &sched, &outcomes).await;
+                publish(&shared, &providers, d, rev).await;
             }
             continue;
         }
         if !std::mem::take(&mut fetch_now) {
             if let Some((d, rev)) = &desired {
-                start_due(
-                    &engine,
-                    d,
-                    rev,
-                    &mut sched,
-                    &mut batches,
-                    &mut running,
-                    &done_tx,
-                );
+                start_due(&engine, d, rev, &mut sched, &mut batches, &shared);
             }
             continue;
         }
@@ -272,6 +281,7 @@ pub async fn run(
                             std::time::Instant::now(),
                         );
                         desired = Some((d, rev.clone()));
+                        shared.board.set_invalid(None);
                         shared.update_status(|st| {
                             st.fetched = Some(rev.clone());
                             st.diagnostics.clear();
@@ -290,6 +300,7 @@ pub async fn run(
                             errors = checked.error_count(),
                             "revision is invalid; keeping the last good revision: {first}"
                         );
+                        shared.board.set_invalid(Some(first.clone()));
                         if shared.events.first_time(&format!("invalid {rev}")) {
                             shared.events.emit(
                                 crate::notify::Event::new(
@@ -330,21 +341,13 @@ pub async fn run(
             }
         }
         let Some((d, rev)) = &desired else { continue };
-        start_due(
-            &engine,
-            d,
-            rev,
-            &mut sched,
-            &mut batches,
-            &mut running,
-            &done_tx,
-        );
+        start_due(&engine, d, rev, &mut sched, &mut batches, &shared);
     }
-    if !batches.is_empty() {
+    if !batches.set.is_empty() {
         info!("shutting down: stopping at the next step boundary");
         engine.stop.store(true, Ordering::Release);
         let drained = tokio::time::timeout(cfg.shutdown_grace, async {
-            while batches.join_next().await.is_some() {}
+            while batches.set.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
@@ -352,7 +355,7 @@ pub async fn run(
                 "steps did not stop within {:?}; exiting anyway",
                 cfg.shutdown_grace
             );
-            batches.abort_all();
+            batches.set.abort_all();
         }
     }
     info!("stopped");
@@ -364,9 +367,8 @@ fn start_due(
     d: &Arc<DesiredState>,
     rev: &str,
     sched: &mut schedule::Schedule,
-    batches: &mut tokio::task::JoinSet<Batch>,
-    running: &mut std::collections::HashMap<tokio::task::Id, Vec<ClusterId>>,
-    done: &tokio::sync::mpsc::UnboundedSender<ClusterReport>,
+    batches: &mut Batches,
+    shared: &Arc<Shared>,
 ) {
     let now = std::time::Instant::now();
     let due = sched.due(now);
@@ -383,14 +385,15 @@ fn start_due(
     }
     // Reconciled in a task, so the loop goes on (other clusters, new commits) and a shutdown
     // can stop it at the next step boundary; each cluster is reported as soon as it ends.
-    let (e, d2, r2, tx, ids) = (
+    let (e, d2, r2, tx, ids, sh) = (
         engine.clone(),
         d.clone(),
         rev.to_string(),
-        done.clone(),
+        batches.done.clone(),
         due.clone(),
+        shared.clone(),
     );
-    let handle = batches.spawn(async move {
+    let handle = batches.set.spawn(async move {
         let started = std::time::Instant::now();
         let report = e
             .apply_reporting(
@@ -398,13 +401,13 @@ fn start_due(
                 &r2,
                 &Selection::clusters(ids.clone()),
                 None,
-                Arc::new(TracingProgress),
+                Arc::new(TracingProgress(sh)),
                 Some(tx),
             )
             .await;
         (ids, report, started.elapsed())
     });
-    running.insert(handle.id(), due);
+    batches.running.insert(handle.id(), due);
 }
 
 /// One cluster's reconcile ended: free it in the schedule (backing off if it failed) and
@@ -450,6 +453,23 @@ fn reported(
         })
         .inc();
     shared.metrics.steps.inc_by(r.steps as u64);
+}
+
+/// Observes and plans again and publishes it for the dashboard (a step began or ended).
+async fn publish(shared: &Shared, providers: &Providers, d: &Arc<DesiredState>, rev: &str) {
+    let observed = observe(d, providers).await;
+    let policy = shared
+        .store
+        .policy(crate::clock::now(), None)
+        .unwrap_or_else(|_| crate::plan::Policy::at(crate::clock::now()));
+    let plan = plan(d, &observed, &policy, rev, &Selection::default());
+    let invalid = shared.board.current().and_then(|s| s.invalid.clone());
+    shared.board.publish(crate::dashboard::Snapshot {
+        desired: d.clone(),
+        observed,
+        plan,
+        invalid,
+    });
 }
 
 /// After a batch: refresh metrics and status.

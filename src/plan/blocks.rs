@@ -179,8 +179,11 @@ fn promotion_waiting(
             !upstream.is_empty()
                 && !upstream.iter().any(|u| {
                     observed.clusters.get(&u.id).is_some_and(|l| {
+                        // All of its traffic: a canary still under way upstream has not
+                        // passed there yet.
                         l.server_groups.iter().any(|g| {
                             g.serving()
+                                && g.weight == 100
                                 && g.version == d.version
                                 && g.healthy() >= u.capacity.desired.min(1)
                         })

@@ -99,6 +99,10 @@ pub struct Shared {
     pub desired: std::sync::RwLock<Option<Arc<crate::model::DesiredState>>>,
     /// Where events go (the engine's notifier).
     pub events: Arc<crate::notify::Events>,
+    /// What the dashboard shows.
+    pub board: Arc<crate::dashboard::Board>,
+    /// Asks the loop to observe again for the dashboard (a step began or ended).
+    pub refresh: tokio::sync::Notify,
 }
 
 /// A pull request to plan and comment on, from a `pull_request` webhook.
@@ -723,7 +727,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/webhooks/github",
             post(github).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
         )
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(crate::dashboard::router(shared.board.clone()))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod analysis;
 mod apply_e2e;
 mod controls;
 mod daemon;
+mod dashboard;
 mod ec2;
 mod git_http;
 mod git_ssh;

@@ -1,0 +1,248 @@
+//! The dashboard: what is live where, what is moving and why not, in a browser. Served by the
+//! daemon (`keelson up`) and by `keelson ui` from the snapshots they publish; read-only, open
+//! like `/api/v1/status`. Pages are server-rendered and complete without JavaScript; Server-Sent
+//! Events push the overview cells (and a cluster's groups) that changed, never the page.
+
+pub mod render;
+pub mod view;
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use crate::model::{DesiredState, ObservedState};
+use crate::plan::Plan;
+use crate::store::Store;
+
+/// What the pages are rendered from: one consistent view.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The desired state in force.
+    pub desired: Arc<DesiredState>,
+    /// The live state.
+    pub observed: ObservedState,
+    /// The plan against it.
+    pub plan: Plan,
+    /// When the newest revision is invalid: its first error, with file and line.
+    pub invalid: Option<String>,
+}
+
+impl Snapshot {
+    /// The overview's content.
+    pub fn overview(&self) -> view::Overview {
+        view::overview(
+            &self.desired,
+            &self.observed,
+            &self.plan,
+            self.invalid.clone(),
+        )
+    }
+}
+
+/// Where the newest snapshot is published; pages and event streams read it.
+pub struct Board {
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl Board {
+    /// An empty board; `store` gives cluster pages their history and analyses.
+    pub fn new(store: Option<Arc<dyn Store>>) -> Self {
+        Self {
+            snapshot: RwLock::new(None),
+            changed: tokio::sync::watch::channel(0).0,
+            store,
+        }
+    }
+
+    /// Publishes a new snapshot and wakes every event stream.
+    pub fn publish(&self, s: Snapshot) {
+        if let Ok(mut g) = self.snapshot.write() {
+            *g = Some(Arc::new(s));
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Marks the newest revision invalid (or valid again) without a new observation.
+    pub fn set_invalid(&self, invalid: Option<String>) {
+        let Some(mut s) = self.current().map(|s| (*s).clone()) else {
+            return;
+        };
+        if s.invalid != invalid {
+            s.invalid = invalid;
+            self.publish(s);
+        }
+    }
+
+    /// The newest snapshot.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.read().ok().and_then(|g| g.clone())
+    }
+}
+
+fn html_page(status: StatusCode, body: String) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+async fn overview(State(b): State<Arc<Board>>, Query(f): Query<render::Filter>) -> Response {
+    match b.current() {
+        Some(s) => html_page(StatusCode::OK, render::overview(&s.overview(), &f)),
+        None => html_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            render::not_found(
+                "No valid revision observed yet; this page fills in after the first sync.",
+            ),
+        ),
+    }
+}
+
+/// The parts of a cluster page, by its id.
+fn cluster_page(b: &Board, s: &Snapshot, id: &str) -> Option<String> {
+    let cid = crate::store::parse_cluster(id)?;
+    if !s.desired.clusters.contains_key(&cid) && !s.observed.clusters.contains_key(&cid) {
+        return None;
+    }
+    let history = b
+        .store
+        .as_ref()
+        .and_then(|st| st.history(Some(id), 20).ok())
+        .unwrap_or_default();
+    let analysis = b
+        .store
+        .as_ref()
+        .and_then(|st| st.latest_analysis(id).ok().flatten());
+    Some(render::cluster(
+        id,
+        s.observed.clusters.get(&cid),
+        s.plan.clusters.iter().find(|c| c.id == cid),
+        analysis.as_ref(),
+        &history,
+    ))
+}
+
+async fn cluster(
+    State(b): State<Arc<Board>>,
+    Path((env, target, name)): Path<(String, String, String)>,
+) -> Response {
+    let id = format!("{env}/{target}/{name}");
+    match b.current().and_then(|s| cluster_page(&b, &s, &id)) {
+        Some(page) => html_page(StatusCode::OK, page),
+        None => html_page(
+            StatusCode::NOT_FOUND,
+            render::not_found(&format!("No cluster {id} in the specs or on the targets.")),
+        ),
+    }
+}
+
+/// `?cluster=ID` adds that cluster's groups to the stream.
+#[derive(Debug, serde::Deserialize)]
+struct Follow {
+    cluster: Option<String>,
+}
+
+/// The server groups of a cluster as the cluster page shows them.
+fn groups_html(s: &Snapshot, id: &str) -> String {
+    let live = crate::store::parse_cluster(id).and_then(|c| s.observed.clusters.get(&c));
+    let page = render::cluster(id, live, None, None, &[]);
+    // The groups' box only: what the live script swaps in.
+    let start = page.find("<div class=\"groups\"");
+    let inner = start.and_then(|i| {
+        let open = page[i..].find('>')? + i + 1;
+        let close = page[open..].find("</div></section>")? + open;
+        Some(page[open..close].to_string())
+    });
+    inner.unwrap_or_default()
+}
+
+async fn events(State(b): State<Arc<Board>>, Query(f): Query<Follow>) -> impl IntoResponse {
+    struct Conn {
+        board: Arc<Board>,
+        rx: tokio::sync::watch::Receiver<u64>,
+        last: Option<view::Overview>,
+        groups: Option<String>,
+        follow: Option<String>,
+    }
+    // The page may be older than this stream: the first message brings every cell as it is
+    // now, later ones only what changed.
+    let conn = Conn {
+        rx: b.changed.subscribe(),
+        last: None,
+        groups: None,
+        follow: f.cluster,
+        board: b,
+    };
+    let stream = futures::stream::unfold(conn, |mut c| async move {
+        loop {
+            if c.last.is_some() || c.board.current().is_none() {
+                c.rx.changed().await.ok()?;
+            }
+            let s = c.board.current()?;
+            let mut out = Vec::new();
+            let now = s.overview();
+            let cells = match &c.last {
+                Some(before) => view::changed(before, &now),
+                None => now
+                    .rows
+                    .iter()
+                    .flat_map(|r| r.cells.iter().flatten().cloned())
+                    .collect(),
+            };
+            c.last = Some(now);
+            if !cells.is_empty() {
+                out.push(
+                    SseEvent::default()
+                        .event("cells")
+                        .data(render::update(&cells)),
+                );
+            }
+            if let Some(id) = &c.follow {
+                let g = groups_html(&s, id);
+                if c.groups.as_ref() != Some(&g) {
+                    let msg = serde_json::json!({"cluster": id, "html": g});
+                    out.push(SseEvent::default().event("groups").data(msg.to_string()));
+                    c.groups = Some(g);
+                }
+            }
+            if !out.is_empty() {
+                let items: Vec<Result<SseEvent, std::convert::Infallible>> =
+                    out.into_iter().map(Ok).collect();
+                return Some((futures::stream::iter(items), c));
+            }
+        }
+    });
+    let flat = futures::StreamExt::flatten(stream);
+    Sse::new(flat).keep_alive(KeepAlive::default())
+}
+
+async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        render::CSS,
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        render::JS,
+    )
+        .into_response()
+}
+
+/// The dashboard's routes: `/`, `/clusters/{env}/{target}/{name}`, `/events`, `/assets/*`.
+pub fn router(board: Arc<Board>) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/clusters/{env}/{target}/{name}", get(cluster))
+        .route("/events", get(events))
+        .route("/assets/style.css", get(css))
+        .route("/assets/live.js", get(js))
+        .with_state(board)
+}

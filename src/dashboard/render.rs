@@ -1,0 +1,266 @@
+//! The dashboard's pages, server-rendered HTML (maud): usable with JavaScript off; the small
+//! embedded script only applies live updates.
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::view::{Cell, Overview, State};
+use crate::model::{ObservedCluster, ServerGroup};
+use crate::plan::ClusterPlan;
+use crate::store::{AnalysisRecord, HistoryEntry};
+
+/// The stylesheet, embedded.
+pub const CSS: &str = include_str!("assets/style.css");
+/// The live-update script, embedded.
+pub const JS: &str = include_str!("assets/live.js");
+
+/// What the overview is filtered by (query parameters `app`, `env`, `state`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Filter {
+    /// Applications whose name contains this.
+    #[serde(default)]
+    pub app: String,
+    /// One environment.
+    #[serde(default)]
+    pub env: String,
+    /// One state.
+    #[serde(default)]
+    pub state: String,
+}
+
+fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Keelson" }
+                link rel="stylesheet" href="/assets/style.css";
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header {
+                    nav aria-label="Site" {
+                        a.brand href="/" { "Keelson" }
+                    }
+                }
+                main id="main" { (body) }
+                script src="/assets/live.js" defer {}
+            }
+        }
+    }
+}
+
+fn cell_markup(c: &Cell) -> Markup {
+    html! {
+        div.cell.(c.state.as_str()) data-cluster=(c.cluster) {
+            a href=(c.href) { (c.cluster) }
+            div.state { span.badge { (c.state.as_str()) } }
+            div.live {
+                span.label { "live " } span.v { @if c.live.is_empty() { "none" } @else { (c.live) } }
+            }
+            @if c.live != c.wanted {
+                div.wanted { span.label { "Git " } (c.wanted) }
+            }
+            div.health { (c.healthy) "/" (c.instances) " healthy" }
+            div.why { (c.why) }
+        }
+    }
+}
+
+/// The overview page.
+pub fn overview(o: &Overview, f: &Filter) -> String {
+    let envs: Vec<(usize, &String)> = o
+        .environments
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| f.env.is_empty() || **e == f.env)
+        .collect();
+    let shown = |c: &Cell| f.state.is_empty() || c.state.as_str() == f.state;
+    let body = html! {
+        h1 { "What is live where" }
+        p.revision {
+            "Revision " code { (o.revision) }
+            @if let Some(bad) = &o.invalid {
+                " · " strong.invalid role="alert" { "newest revision invalid: " (bad) }
+            }
+        }
+        form.filters method="get" action="/" role="search" aria-label="Filter" {
+            label { "Application " input type="search" name="app" value=(f.app); }
+            label { "Environment "
+                select name="env" {
+                    option value="" { "all" }
+                    @for e in &o.environments { option value=(e) selected[*e == f.env] { (e) } }
+                }
+            }
+            label { "State "
+                select name="state" {
+                    option value="" { "all" }
+                    @for s in State::ALL { option value=(s.as_str()) selected[s.as_str() == f.state] { (s.as_str()) } }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        table.overview {
+            caption.sr { "Applications by environment, in promotion order" }
+            thead { tr {
+                th scope="col" { "Application" }
+                @for (_, e) in &envs { th scope="col" { (e) } }
+            } }
+            tbody {
+                @for r in o.rows.iter().filter(|r| f.app.is_empty() || r.app.contains(&f.app)) {
+                    @if envs.iter().any(|(i, _)| r.cells[*i].iter().any(&shown)) {
+                        tr {
+                            th scope="row" { (r.app) }
+                            @for (i, _) in &envs {
+                                td { @for c in r.cells[*i].iter().filter(|c| shown(c)) { (cell_markup(c)) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Overview", body).into_string()
+}
+
+fn group_markup(g: &ServerGroup) -> Markup {
+    let traffic = if g.enabled {
+        format!("{}%", g.weight)
+    } else {
+        "disabled".into()
+    };
+    html! {
+        section.group.enabled[g.enabled] aria-label=(g.name) {
+            h3 { (g.name) }
+            dl {
+                dt { "Version" } dd { (g.version) }
+                dt { "Capacity" } dd { (g.capacity) }
+                dt { "Healthy" } dd.health { (g.healthy()) "/" (g.instances.len()) }
+                dt { "Traffic" } dd.traffic { (traffic) }
+            }
+        }
+    }
+}
+
+/// A small chart of one metric's measurements: canary and baseline against the threshold.
+fn chart(r: &AnalysisRecord) -> Markup {
+    let points: Vec<(f64, f64, Option<f64>)> = r
+        .measurements
+        .iter()
+        .filter_map(|m| {
+            let v = serde_json::to_value(m).ok()?;
+            let canary = v["canary"].as_f64().or_else(|| v["value"].as_f64())?;
+            Some((
+                canary,
+                v["baseline"].as_f64().unwrap_or(f64::NAN),
+                v["threshold"].as_f64(),
+            ))
+        })
+        .collect();
+    let (w, h) = (240.0, 60.0);
+    let max = points
+        .iter()
+        .flat_map(|(c, b, t)| [*c, *b, t.unwrap_or(0.0)])
+        .filter(|x| x.is_finite())
+        .fold(1e-9_f64, f64::max);
+    let x = |i: usize| {
+        if points.len() < 2 {
+            w / 2.0
+        } else {
+            i as f64 * w / (points.len() - 1) as f64
+        }
+    };
+    let y = |v: f64| h - v / max * h;
+    let line = |pick: fn(&(f64, f64, Option<f64>)) -> f64| {
+        points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| pick(p).is_finite())
+            .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(pick(p))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let threshold = points.iter().find_map(|p| p.2);
+    html! {
+        svg.chart role="img" aria-label=(format!("{} measurements of {}: canary against baseline", points.len(), r.cluster)) viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) {
+            @if let Some(t) = threshold {
+                line.threshold x1="0" x2=(w) y1=(format!("{:.1}", y(t))) y2=(format!("{:.1}", y(t))) {}
+            }
+            polyline.baseline points=(line(|p| p.1)) {}
+            polyline.canary points=(line(|p| p.0)) {}
+        }
+    }
+}
+
+/// A cluster's page: its server groups side by side, its plan, its analysis and its history.
+pub fn cluster(
+    id: &str,
+    live: Option<&ObservedCluster>,
+    plan: Option<&ClusterPlan>,
+    analysis: Option<&AnalysisRecord>,
+    history: &[HistoryEntry],
+) -> String {
+    let body = html! {
+        nav aria-label="Breadcrumb" { a href="/" { "Overview" } " / " span { (id) } }
+        h1 { (id) }
+        section aria-labelledby="groups" {
+            h2 id="groups" { "Server groups" }
+            div.groups data-cluster=(id) {
+                @match live {
+                    Some(l) if !l.server_groups.is_empty() => { @for g in &l.server_groups { (group_markup(g)) } }
+                    _ => { p { "No server groups." } }
+                }
+            }
+        }
+        section aria-labelledby="plan" {
+            h2 id="plan" { "Plan" }
+            @match plan {
+                None => p { "As desired: nothing to do." },
+                Some(p) => {
+                    p { strong { (p.action.word()) } " · " (p.reason) }
+                    @if !p.steps.is_empty() {
+                        ol.steps { @for s in &p.steps { li { (s.description) } } }
+                    }
+                    @for b in &p.blocked { p.blocked { "Held: " (b.to_string()) } }
+                }
+            }
+        }
+        @if let Some(a) = analysis {
+            section aria-labelledby="analysis" {
+                h2 id="analysis" { "Canary analysis" }
+                p { (a.version) " " (a.state.outcome()) }
+                (chart(a))
+            }
+        }
+        section aria-labelledby="history" {
+            h2 id="history" { "History" }
+            @if history.is_empty() { p { "Nothing yet." } }
+            @else {
+                table.history {
+                    thead { tr { th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "Who" } th scope="col" { "Revision" } th scope="col" { "Outcome" } } }
+                    tbody {
+                        @for e in history.iter().rev() {
+                            tr { td { (e.at.strftime("%Y-%m-%d %H:%M:%S")) } td { (e.action) ": " (e.detail) } td { (e.who) } td { code { (e.revision.chars().take(12).collect::<String>()) } } td { (e.result) } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(id, body).into_string()
+}
+
+/// A page for a cluster the specs do not declare.
+pub fn not_found(what: &str) -> String {
+    page(
+        "Not found",
+        html! { h1 { "Not found" } p { (what) } p { a href="/" { "Back to the overview" } } },
+    )
+    .into_string()
+}
+
+/// Cells as the live script applies them: JSON, escaped for an SSE `data:` line.
+pub fn update(cells: &[Cell]) -> String {
+    serde_json::to_string(cells).unwrap_or_else(|_| "[]".into())
+}

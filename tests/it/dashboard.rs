@@ -1,0 +1,265 @@
+//! The dashboard: HTML goldens of the server-rendered pages, and a real headless Chromium
+//! (Playwright, `tests/browser/dashboard.mjs`) against a real `keelson up` on the local target.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keelson::dashboard::{Snapshot, render, view};
+use keelson::plan::{Selection, plan};
+use keelson::provider::memory::MemoryProvider;
+
+use crate::local_target::free_port;
+use crate::plan_scenarios::{app, converge, desired, policy, providers};
+
+#[tokio::test(start_paused = true)]
+async fn the_pages_as_html() {
+    let rb = "{type: red-black}";
+    let p = Arc::new(MemoryProvider::new());
+    converge(
+        &desired(&[
+            app("hello", "1.0.0", 2, rb, 18080),
+            app("shop", "3.1.0", 1, rb, 18081),
+        ]),
+        &p,
+        &policy(),
+    )
+    .await;
+    // hello moves on; shop is suspended.
+    let d = desired(&[
+        app("hello", "1.1.0", 2, rb, 18080),
+        app("shop", "3.2.0", 1, rb, 18081),
+    ]);
+    let mut pol = policy();
+    pol.suspends.push(keelson::plan::Suspend {
+        scope: keelson::plan::Scope::Application(keelson::spec::AppName::new("shop").unwrap()),
+        who: "alice".into(),
+        reason: "incident <42>".into(),
+        until: None,
+    });
+    let observed = keelson::observe::observe(&d, &providers(&p)).await;
+    let pl = plan(&d, &observed, &pol, "rev-1", &Selection::default());
+    let s = Snapshot {
+        desired: Arc::new(d),
+        observed,
+        plan: pl,
+        invalid: Some("apps/shop.yaml:7:5: error: unknown field `replicas`".into()),
+    };
+    let o = s.overview();
+    assert_eq!(o.environments, ["dev", "prod"]);
+    let states: Vec<(String, view::State)> = o
+        .rows
+        .iter()
+        .flat_map(|r| r.cells.iter().flatten())
+        .map(|c| (c.cluster.clone(), c.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("dev/local/hello".to_string(), view::State::RollingOut),
+            ("dev/local/shop".to_string(), view::State::Held)
+        ]
+    );
+    let page = render::overview(&o, &render::Filter::default());
+    assert!(page.contains("incident &lt;42&gt;"), "escaped");
+    insta::assert_snapshot!("dashboard_overview", page.replace("><", ">\n<"));
+    let filtered = render::overview(
+        &o,
+        &render::Filter {
+            state: "held".into(),
+            ..Default::default()
+        },
+    );
+    assert!(filtered.contains("dev/local/shop") && !filtered.contains("dev/local/hello"));
+    let id = "dev/local/hello";
+    let cid = keelson::store::parse_cluster(id).unwrap();
+    let history = vec![keelson::store::HistoryEntry {
+        at: "2026-11-23T10:00:00Z".parse().unwrap(),
+        cluster: id.into(),
+        action: "step".into(),
+        detail: "enable hello-v000".into(),
+        who: "host pid 1 (keelson apply)".into(),
+        revision: "rev-0".into(),
+        result: "ok".into(),
+    }];
+    let page = render::cluster(
+        id,
+        s.observed.clusters.get(&cid),
+        s.plan.clusters.iter().find(|c| c.id == cid),
+        None,
+        &history,
+    );
+    insta::assert_snapshot!("dashboard_cluster", page.replace("><", ">\n<"));
+    // A live update is the cells that changed, not the page.
+    let mut after = o.clone();
+    after.rows[0].cells[0][0].live = "1.1.0 25%, 1.0.0 75%".into();
+    let changed = view::changed(&o, &after);
+    assert_eq!(changed.len(), 1);
+    assert!(render::update(&changed).len() < 600);
+}
+
+/// The dev and prod environments, and two applications.
+fn specs(dir: &std::path::Path, web: &str, api: &str, ports: (u16, u16, u16)) {
+    std::fs::write(
+        dir.join("envs.yaml"),
+        "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n---\napiVersion: keelson/v1\nkind: Environment\nmetadata: {name: prod}\nspec:\n  dependsOn: [dev]\n  targets: [{name: local, provider: local}]\n",
+    )
+    .unwrap();
+    let health = "health: {http: {path: /healthz, interval: 200ms, timeout: 500ms}, timeout: 10s}";
+    std::fs::write(
+        dir.join("web.yaml"),
+        format!(
+            "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: web}}\nspec:\n  artifact: {{version: \"{web}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}\n  {health}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, strategy: {{type: canary, steps: [{{weight: 25, pause: 10s}}]}}, traffic: {{port: {}}}}}\n    - {{environment: prod, target: local, capacity: {{desired: 1}}, strategy: {{type: red-black}}, traffic: {{port: {}}}}}\n",
+            ports.0, ports.1
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("api.yaml"),
+        format!(
+            "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: api}}\nspec:\n  artifact: {{version: \"{api}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}\n  {health}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, strategy: {{type: red-black}}, traffic: {{port: {}}}}}\n",
+            ports.2
+        ),
+    )
+    .unwrap();
+}
+
+/// Runs one browser check; panics with its output when it fails.
+async fn browser(check: &str, base: &str, args: &[&str]) {
+    let root = crate::support::root();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/dashboard.mjs"))
+        .arg(check)
+        .arg(base)
+        .arg(&shots)
+        .args(args)
+        .env(
+            "PLAYWRIGHT_CORE",
+            root.join("target/node/node_modules/playwright-core"),
+        )
+        .output()
+        .await
+        .expect("node runs (scripts/test.sh installs it)");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "browser check {check}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let client = keelson::http_client::client();
+    let req = hyper::Request::builder()
+        .uri(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let b = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&b).into_owned())
+        }
+        _ => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_against_the_daemon() {
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port(), free_port());
+    let api = free_port();
+    specs(work.path(), "1.0.0", "1.0.0", ports);
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["up", "--repo"])
+        .arg(work.path())
+        .args([
+            "--watch-files",
+            "--interval",
+            "300ms",
+            "--drift-interval",
+            "1h",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{api}"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("KEELSON_API_TOKEN", "ui-token")
+        .env("KEELSON_LOCAL_METRICS", "off")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(state.path().join("daemon.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    // Converged everywhere: web reaches prod once dev runs it.
+    let mut page = String::new();
+    for _ in 0..300 {
+        page = get(&format!("{base}/")).await.1;
+        if page.matches("cell converged").count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(page.matches("cell converged").count(), 3, "{page}");
+    browser("overview", &base, &["dev,prod", "api,web"]).await;
+    browser("nojs", &base, &["dev,prod", "api,web"]).await;
+    browser("keyboard", &base, &[]).await;
+    browser("cluster", &base, &["dev/local/web", "web-v000"]).await;
+    // A version bump: the canary's weight shows without a reload.
+    let live = browser("live", &base, &["dev/local/web", "25%"]);
+    let bump = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        specs(work.path(), "2.0.0", "1.0.0", ports);
+    };
+    tokio::join!(live, bump);
+    // Promotion waits for the whole of dev: prod still runs 1.0.0 while dev's canary is at 25%.
+    let page = get(&format!("{base}/")).await.1;
+    let prod = page
+        .split("data-cluster=\"prod/local/web\"")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        page.contains("2.0.0 25%") && prod.contains("<span class=\"v\">1.0.0</span>"),
+        "{page}"
+    );
+    // A suspend shows as held, with its reason.
+    let client = keelson::http_client::client();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("{base}/api/v1/suspend"))
+        .header("authorization", "Bearer ui-token")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"app": "api", "reason": "incident 9"}"#,
+        )))
+        .unwrap();
+    assert!(client.request(req).await.unwrap().status().is_success());
+    specs(work.path(), "2.0.0", "1.1.0", ports);
+    browser("held", &base, &["dev/local/api", "incident 9"]).await;
+    // An invalid revision names its file and line.
+    std::fs::write(
+        work.path().join("bad.yaml"),
+        "apiVersion: keelson/v1\nkind: Application\nmetadata: {name: bad}\nspec:\n  replicas: 3\n",
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if get(&format!("{base}/")).await.1.contains("bad.yaml:") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser("invalid", &base, &["bad.yaml:"]).await;
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
+    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .arg("down")
+        .arg("--state-dir")
+        .arg(state.path())
+        .output();
+}
