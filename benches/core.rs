@@ -142,6 +142,29 @@ fn main() {
         keelson::render::json(&plan(&d_changed, &live, &policy, "bench", &sel))
     });
     println!("plan + render JSON, 5% changed: best {best:?}, median {median:?}");
+    // The dashboard's overview of 2,000 apps x 3 envs, from a plan already made (what the
+    // daemon holds): its view model and HTML.
+    let p = plan(&d_changed, &live, &policy, "bench", &sel);
+    let filter = keelson::dashboard::render::Filter::default();
+    let page = keelson::dashboard::render::overview(
+        &keelson::dashboard::view::overview(&d_changed, &live, &p, None),
+        &filter,
+    );
+    let (best, median) = time(11, || {
+        let o = keelson::dashboard::view::overview(&d_changed, &live, &p, None);
+        keelson::dashboard::render::overview(&o, &filter).len()
+    });
+    let mut accept = axum::http::HeaderMap::new();
+    accept.insert("accept-encoding", "gzip".parse().expect("header"));
+    let zipped = keelson::dashboard::gzip(&accept, &page).map_or(page.len(), |z| z.len());
+    let (zbest, _) = time(5, || {
+        keelson::dashboard::gzip(&accept, &page).map(|z| z.len())
+    });
+    println!(
+        "dashboard overview, 2,000 apps x 3 envs: best {best:?}, median {median:?}; {} KiB of HTML, {} KiB gzipped (gzip {zbest:?})",
+        page.len() / 1024,
+        zipped / 1024
+    );
     // The daemon's path: a cache warm from the last revision, one file changed, then plan.
     let mut cache = keelson::pipeline::Cache::default();
     let base_sources = keelson::source::read_dir(&base).expect("reads");

@@ -89,6 +89,8 @@ spec:
       provider: ec2
       ec2:
         region: us-east-1
+        subnets: [subnet-0a1b2c3d]
+        listenerArn: arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/shop/50dc6c495c0c9188/f2f7dc8efc522ab2
   constraints:
     approval: none
   defaults:

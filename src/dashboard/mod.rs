@@ -10,9 +10,9 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::model::{DesiredState, ObservedState};
@@ -86,14 +86,54 @@ impl Board {
     }
 }
 
-fn html_page(status: StatusCode, body: String) -> Response {
-    (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+/// Gzip, when the client takes it and the page is worth it.
+pub fn gzip(headers: &HeaderMap, body: &str) -> Option<Vec<u8>> {
+    let takes = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    if !takes || body.len() < 4096 {
+        return None;
+    }
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut z, body.as_bytes()).ok()?;
+    z.finish().ok()
 }
 
-async fn overview(State(b): State<Arc<Board>>, Query(f): Query<render::Filter>) -> Response {
+fn html_page(headers: &HeaderMap, status: StatusCode, body: String) -> Response {
+    let mut resp = match gzip(headers, &body) {
+        Some(z) => (status, [(header::CONTENT_ENCODING, "gzip")], z).into_response(),
+        None => (status, body).into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::VARY,
+        header::HeaderValue::from_static("accept-encoding"),
+    );
+    resp
+}
+
+async fn overview(
+    State(b): State<Arc<Board>>,
+    headers: HeaderMap,
+    Query(f): Query<render::Filter>,
+) -> Response {
     match b.current() {
-        Some(s) => html_page(StatusCode::OK, render::overview(&s.overview(), &f)),
+        Some(s) => html_page(
+            &headers,
+            StatusCode::OK,
+            render::overview(&s.overview(), &f),
+        ),
         None => html_page(
+            &headers,
             StatusCode::SERVICE_UNAVAILABLE,
             render::not_found(
                 "No valid revision observed yet; this page fills in after the first sync.",
@@ -128,12 +168,14 @@ fn cluster_page(b: &Board, s: &Snapshot, id: &str) -> Option<String> {
 
 async fn cluster(
     State(b): State<Arc<Board>>,
+    headers: HeaderMap,
     Path((env, target, name)): Path<(String, String, String)>,
 ) -> Response {
     let id = format!("{env}/{target}/{name}");
     match b.current().and_then(|s| cluster_page(&b, &s, &id)) {
-        Some(page) => html_page(StatusCode::OK, page),
+        Some(page) => html_page(&headers, StatusCode::OK, page),
         None => html_page(
+            &headers,
             StatusCode::NOT_FOUND,
             render::not_found(&format!("No cluster {id} in the specs or on the targets.")),
         ),

@@ -51,19 +51,18 @@ fn page(title: &str, body: Markup) -> Markup {
     }
 }
 
+/// One cell, kept small: the overview of 6,000 clusters must stay under a megabyte. The live
+/// script finds a cell by its link.
 fn cell_markup(c: &Cell) -> Markup {
+    let name = c.cluster.rsplit('/').next().unwrap_or(&c.cluster);
     html! {
-        div.cell.(c.state.as_str()) data-cluster=(c.cluster) {
-            a href=(c.href) { (c.cluster) }
-            div.state { span.badge { (c.state.as_str()) } }
-            div.live {
-                span.label { "live " } span.v { @if c.live.is_empty() { "none" } @else { (c.live) } }
-            }
-            @if c.live != c.wanted {
-                div.wanted { span.label { "Git " } (c.wanted) }
-            }
-            div.health { (c.healthy) "/" (c.instances) " healthy" }
-            div.why { (c.why) }
+        div class={ "cell " (c.state.as_str()) } {
+            a href=(c.href) { (name) } " "
+            b { (c.state.as_str()) } " "
+            span.v { @if c.live.is_empty() { "none" } @else { (c.live) } }
+            @if c.live != c.wanted { " " span.git { "Git " (c.wanted) } }
+            " " span.h { (c.healthy) "/" (c.instances) " healthy" }
+            @if !c.why.is_empty() { div.why { (c.why) } }
         }
     }
 }
@@ -143,52 +142,41 @@ fn group_markup(g: &ServerGroup) -> Markup {
     }
 }
 
-/// A small chart of one metric's measurements: canary and baseline against the threshold.
-fn chart(r: &AnalysisRecord) -> Markup {
-    let points: Vec<(f64, f64, Option<f64>)> = r
+/// One measurement of a metric: the canary's value and the baseline's, where there are.
+type Point = (Option<f64>, Option<f64>);
+
+/// A small chart per metric: the canary's value (solid) against the baseline's (dashed), one
+/// point per measurement.
+fn charts(r: &AnalysisRecord) -> Markup {
+    let mut names: Vec<&str> = r
         .measurements
         .iter()
-        .filter_map(|m| {
-            let v = serde_json::to_value(m).ok()?;
-            let canary = v["canary"].as_f64().or_else(|| v["value"].as_f64())?;
-            Some((
-                canary,
-                v["baseline"].as_f64().unwrap_or(f64::NAN),
-                v["threshold"].as_f64(),
-            ))
-        })
+        .flat_map(|m| m.metrics.iter().map(|x| x.name.as_str()))
         .collect();
-    let (w, h) = (240.0, 60.0);
-    let max = points
-        .iter()
-        .flat_map(|(c, b, t)| [*c, *b, t.unwrap_or(0.0)])
-        .filter(|x| x.is_finite())
-        .fold(1e-9_f64, f64::max);
-    let x = |i: usize| {
-        if points.len() < 2 {
-            w / 2.0
-        } else {
-            i as f64 * w / (points.len() - 1) as f64
-        }
-    };
-    let y = |v: f64| h - v / max * h;
-    let line = |pick: fn(&(f64, f64, Option<f64>)) -> f64| {
-        points
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| pick(p).is_finite())
-            .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(pick(p))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let threshold = points.iter().find_map(|p| p.2);
+    names.sort_unstable();
+    names.dedup();
+    let (w, h) = (240.0_f64, 60.0_f64);
     html! {
-        svg.chart role="img" aria-label=(format!("{} measurements of {}: canary against baseline", points.len(), r.cluster)) viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) {
-            @if let Some(t) = threshold {
-                line.threshold x1="0" x2=(w) y1=(format!("{:.1}", y(t))) y2=(format!("{:.1}", y(t))) {}
+        @for name in names {
+            @let points: Vec<Point> = r.measurements.iter().filter_map(|m| {
+                let x = m.metrics.iter().find(|x| x.name == name)?;
+                Some((x.canary.value(), x.baseline.as_ref().and_then(|b| b.value())))
+            }).collect();
+            @let max = points.iter().flat_map(|(c, b)| [*c, *b]).flatten().fold(1e-9_f64, f64::max);
+            @let line = |pick: fn(&Point) -> Option<f64>| -> String {
+                let n = points.len().max(2) - 1;
+                points.iter().enumerate().filter_map(|(i, p)| {
+                    let v = pick(p)?;
+                    Some(format!("{:.1},{:.1}", i as f64 * w / n as f64, h - v / max * h))
+                }).collect::<Vec<_>>().join(" ")
+            };
+            figure.chart {
+                svg role="img" aria-label=(format!("{name}: canary (solid) against baseline (dashed), {} measurements", points.len())) viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) {
+                    polyline.baseline points=(line(|p| p.1)) {}
+                    polyline.canary points=(line(|p| p.0)) {}
+                }
+                figcaption { (name) }
             }
-            polyline.baseline points=(line(|p| p.1)) {}
-            polyline.canary points=(line(|p| p.0)) {}
         }
     }
 }
@@ -230,7 +218,7 @@ pub fn cluster(
             section aria-labelledby="analysis" {
                 h2 id="analysis" { "Canary analysis" }
                 p { (a.version) " " (a.state.outcome()) }
-                (chart(a))
+                (charts(a))
             }
         }
         section aria-labelledby="history" {

@@ -16,7 +16,7 @@ try {
   const page = await context.newPage();
   let navigations = 0;
   page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations++; });
-  const cell = (c) => `.cell[data-cluster="${c}"]`;
+  const cell = (c) => `.cell:has(> a[href="/clusters/${c}"])`;
   if (check === "overview" || check === "nojs") {
     await page.goto(base + "/");
     const envs = await page.$$eval("table.overview thead th[scope=col]", (ths) => ths.slice(1).map((t) => t.textContent));
@@ -31,7 +31,7 @@ try {
     const [cluster, text] = args;
     await page.goto(base + "/");
     await page.waitForFunction(([sel, t]) => {
-      const v = document.querySelector(sel + " .live .v");
+      const v = document.querySelector(sel + " .v");
       return v && v.textContent.includes(t);
     }, [cell(cluster), text], { timeout: 60000 });
     if (navigations !== 1) fail(`the page reloaded (${navigations} navigations)`);

@@ -222,7 +222,7 @@ async fn in_a_browser_against_the_daemon() {
     // Promotion waits for the whole of dev: prod still runs 1.0.0 while dev's canary is at 25%.
     let page = get(&format!("{base}/")).await.1;
     let prod = page
-        .split("data-cluster=\"prod/local/web\"")
+        .split("href=\"/clusters/prod/local/web\"")
         .nth(1)
         .unwrap_or_default();
     assert!(

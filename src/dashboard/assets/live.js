@@ -14,12 +14,22 @@
     var cells;
     try { cells = JSON.parse(e.data); } catch (err) { return; }
     cells.forEach(function (c) {
-      document.querySelectorAll('.cell[data-cluster="' + c.cluster + '"]').forEach(function (el) {
+      document.querySelectorAll('.cell > a[href="' + c.href + '"]').forEach(function (a) {
+        var el = a.parentNode;
         el.className = "cell " + c.state;
-        text(el, ".badge", c.state);
-        text(el, ".live .v", c.live === "" ? "none" : c.live);
-        text(el, ".health", c.healthy + "/" + c.instances + " healthy");
-        text(el, ".why", c.why);
+        text(el, "b", c.state);
+        text(el, ".v", c.live === "" ? "none" : c.live);
+        text(el, ".h", c.healthy + "/" + c.instances + " healthy");
+        var git = el.querySelector(".git");
+        if (c.live !== c.wanted) {
+          if (!git) { git = document.createElement("span"); git.className = "git"; el.insertBefore(git, el.querySelector(".h")); }
+          git.textContent = "Git " + c.wanted + " ";
+        } else if (git) { git.remove(); }
+        var why = el.querySelector(".why");
+        if (c.why) {
+          if (!why) { why = document.createElement("div"); why.className = "why"; el.appendChild(why); }
+          why.textContent = c.why;
+        } else if (why) { why.remove(); }
       });
     });
   });
