@@ -142,6 +142,10 @@ fn main() {
         keelson::render::json(&plan(&d_changed, &live, &policy, "bench", &sel))
     });
     println!("plan + render JSON, 5% changed: best {best:?}, median {median:?}");
+    println!(
+        "peak RSS so far (both repositories loaded and planned): {:.1} MiB",
+        peak_rss_mib()
+    );
     // The dashboard's overview of 2,000 apps x 3 envs, from a plan already made (what the
     // daemon holds): its view model and HTML.
     let p = plan(&d_changed, &live, &policy, "bench", &sel);

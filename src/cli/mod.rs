@@ -117,7 +117,7 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// Stop everything Keelson runs on the local target (or one application's clusters).
     Down(DownArgs),
-    /// The dashboard in a browser, for this repository's local state (`keelson up` serves it too).
+    /// The dashboard in a browser for the local state (keelson up serves it too).
     Ui(UiArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell), from these definitions.
     Completions(CompletionsArgs),

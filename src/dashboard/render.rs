@@ -104,13 +104,13 @@ pub fn overview(o: &Overview, f: &Filter) -> String {
             caption.sr { "Applications by environment, in promotion order" }
             thead { tr {
                 th scope="col" { "Application" }
-                @for (_, e) in &envs { th scope="col" { (e) } }
+                @for (_, e) in &envs { th scope="col" { a href={ "/?env=" (e) } { (e) } } }
             } }
             tbody {
                 @for r in o.rows.iter().filter(|r| f.app.is_empty() || r.app.contains(&f.app)) {
                     @if envs.iter().any(|(i, _)| r.cells[*i].iter().any(&shown)) {
                         tr {
-                            th scope="row" { (r.app) }
+                            th scope="row" { a href={ "/?app=" (r.app) } { (r.app) } }
                             @for (i, _) in &envs {
                                 td { @for c in r.cells[*i].iter().filter(|c| shown(c)) { (cell_markup(c)) } }
                             }

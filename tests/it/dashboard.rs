@@ -263,3 +263,41 @@ async fn in_a_browser_against_the_daemon() {
         .arg(state.path())
         .output();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelson_ui_serves_the_local_state() {
+    let repo = crate::apply_e2e::Repo::new();
+    crate::controls::web(&repo, "1.0.0", "{type: red-black}", "");
+    assert_eq!(repo.apply().await.0, 0);
+    let port = free_port();
+    let _ui = repo
+        .command(&[
+            "ui",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--interval",
+            "200ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = get(&format!("{base}/?env=dev")).await.1;
+        if page.contains("cell converged") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        page.contains("<a href=\"/clusters/dev/local/web\">web</a>")
+            && page.contains("<span class=\"v\">1.0.0</span>"),
+        "{page}"
+    );
+    let (code, cluster) = get(&format!("{base}/clusters/dev/local/web")).await;
+    assert!(code == 200 && cluster.contains("web-v000"), "{cluster}");
+    let (code, _) = get(&format!("{base}/clusters/dev/local/nope")).await;
+    assert_eq!(code, 404);
+}
