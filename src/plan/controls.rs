@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Block, Control, Policy};
+use super::{Block, Control, PinHold, Policy};
 use crate::model::{Artifact, DesiredCluster, SpecHash};
 use crate::spec::Flapping;
 
@@ -20,6 +20,17 @@ pub struct Controlled {
     pub block: Option<Block>,
 }
 
+/// A pin as the plan shows it, against the version Git asks for.
+fn hold(p: &crate::plan::Pin, wanted: &str) -> PinHold {
+    PinHold {
+        version: p.artifact.version.clone(),
+        wanted: wanted.to_string(),
+        who: p.who.clone(),
+        reason: p.reason.clone(),
+        until: p.until,
+    }
+}
+
 /// Applies the pins and vetoes in `policy` to a desired cluster.
 pub fn controlled(d: &Arc<DesiredCluster>, policy: &Policy) -> Controlled {
     let env = &d.id.environment;
@@ -31,13 +42,7 @@ pub fn controlled(d: &Arc<DesiredCluster>, policy: &Policy) -> Controlled {
     let mut control = None;
     if let Some(p) = pin.filter(|p| p.artifact.version != d.version) {
         artifact = p.artifact.clone();
-        control = Some(Control::Pinned {
-            version: p.artifact.version.clone(),
-            wanted: d.version.clone(),
-            who: p.who.clone(),
-            reason: p.reason.clone(),
-            until: p.until,
-        });
+        control = Some(Control::Pinned(hold(p, &d.version)));
     }
     let mut block = None;
     if let Some(v) = policy
@@ -119,13 +124,7 @@ pub fn describe(d: &Arc<DesiredCluster>, limits: &Flapping, policy: &Policy) -> 
         .iter()
         .find(|p| p.environment == d.id.environment && p.app == d.app && p.in_force(policy.now))
     {
-        out.push(format!(
-            "pinned to {} by {}: {}{}",
-            p.artifact.version,
-            p.who,
-            p.reason,
-            p.until.map(|u| format!(" (until {u})")).unwrap_or_default()
-        ));
+        out.push(hold(p, &d.version).to_string());
     }
     for v in policy.vetoes.iter().filter(|v| {
         v.app == d.app
@@ -230,7 +229,7 @@ mod tests {
         assert_eq!(c.cluster.version, "1.0.0");
         assert_eq!(c.cluster.spec_hash.as_str(), "h-1.0.0");
         assert_ne!(c.cluster.hash, d.hash);
-        assert!(matches!(c.control, Some(Control::Pinned { ref wanted, .. }) if wanted == "2.0.0"));
+        assert!(matches!(c.control, Some(Control::Pinned(ref p)) if p.wanted == "2.0.0"));
         // Lapsed: Git's version again.
         p.now = at(200);
         let c = controlled(&d, &p);

@@ -180,18 +180,7 @@ pub enum Block {
         why: String,
     },
     /// Pinned: held at a version whatever Git asks for.
-    Pinned {
-        /// The pinned version.
-        version: String,
-        /// The version Git asks for.
-        wanted: String,
-        /// Who pinned it.
-        who: String,
-        /// Why.
-        reason: String,
-        /// When the pin lapses, if ever.
-        until: Option<jiff::Timestamp>,
-    },
+    Pinned(PinHold),
     /// The version it would move to is vetoed.
     Vetoed {
         /// The vetoed version.
@@ -286,19 +275,7 @@ impl std::fmt::Display for Block {
                 f,
                 "the canary analysis of {version} {why}; it is not rolled out again until its spec changes or someone runs `keelson retry {cluster}`"
             ),
-            Self::Pinned {
-                version,
-                wanted,
-                who,
-                reason,
-                until,
-            } => {
-                write!(f, "pinned to {version} by {who}: {reason}")?;
-                if let Some(u) = until {
-                    write!(f, " (until {u})")?;
-                }
-                write!(f, "; Git asks for {wanted}")
-            }
+            Self::Pinned(p) => p.fmt(f),
             Self::Vetoed {
                 version,
                 who,
@@ -422,6 +399,39 @@ pub struct ClusterPlan {
     pub control: Option<Control>,
 }
 
+/// A pin that holds a cluster at a version, and what Git asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinHold {
+    /// The pinned version.
+    pub version: String,
+    /// The version Git asks for.
+    pub wanted: String,
+    /// Who pinned it.
+    pub who: String,
+    /// Why.
+    pub reason: String,
+    /// When the pin lapses, if ever.
+    pub until: Option<jiff::Timestamp>,
+}
+
+impl std::fmt::Display for PinHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pinned to {} by {}: {}",
+            self.version, self.who, self.reason
+        )?;
+        if let Some(u) = self.until {
+            write!(f, " (until {u})")?;
+        }
+        if self.wanted != self.version {
+            write!(f, "; Git asks for {}", self.wanted)?;
+        }
+        Ok(())
+    }
+}
+
 /// How a pin or a veto changed the version a cluster moves to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(
@@ -431,18 +441,7 @@ pub struct ClusterPlan {
 )]
 pub enum Control {
     /// Pinned to another version than Git's.
-    Pinned {
-        /// The pinned version, deployed.
-        version: String,
-        /// The version Git asks for.
-        wanted: String,
-        /// Who pinned it.
-        who: String,
-        /// Why.
-        reason: String,
-        /// When the pin lapses, if ever.
-        until: Option<jiff::Timestamp>,
-    },
+    Pinned(PinHold),
     /// The version asked for is vetoed: back to the last one live and healthy here.
     Vetoed {
         /// The vetoed version.
@@ -459,19 +458,7 @@ pub enum Control {
 impl std::fmt::Display for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Pinned {
-                version,
-                wanted,
-                who,
-                reason,
-                until,
-            } => {
-                write!(f, "pinned to {version} by {who}: {reason}")?;
-                if let Some(u) = until {
-                    write!(f, " (until {u})")?;
-                }
-                write!(f, "; Git asks for {wanted}")
-            }
+            Self::Pinned(p) => p.fmt(f),
             Self::Vetoed {
                 version,
                 who,

@@ -219,22 +219,7 @@ fn plan_one(
 fn held(d: &Arc<DesiredCluster>, c: &super::controls::Controlled) -> Option<ClusterPlan> {
     let block = match (&c.control, &c.block) {
         (_, Some(b)) => b.clone(),
-        (
-            Some(Control::Pinned {
-                version,
-                wanted,
-                who,
-                reason,
-                until,
-            }),
-            None,
-        ) => Block::Pinned {
-            version: version.clone(),
-            wanted: wanted.clone(),
-            who: who.clone(),
-            reason: reason.clone(),
-            until: *until,
-        },
+        (Some(Control::Pinned(p)), None) => Block::Pinned(p.clone()),
         (
             Some(Control::Vetoed {
                 version,

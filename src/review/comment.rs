@@ -301,7 +301,7 @@ fn warnings(plan: &Plan) -> Option<String> {
                 | Block::AwaitingApproval { .. }
                 | Block::AnalysisHeld { .. } => "⏳",
                 Block::Promotion { .. } => "⏭️",
-                Block::Pinned { .. } => "📌",
+                Block::Pinned(_) => "📌",
                 Block::Vetoed { .. } | Block::Unhappy { .. } => "⛔",
                 Block::GuardRefused { .. }
                 | Block::TargetUnavailable { .. }

@@ -100,16 +100,7 @@ impl Drop for Repo {
             .arg("--repo")
             .arg(self.path())
             .output();
-        if let Ok(b) = std::fs::read(self.state().join("local/agent.json"))
-            && let Some(pid) = serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v["pid"].as_i64())
-        {
-            // SAFETY: only signals the agent this test started.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
+        crate::local_target::stop_all(&self.state());
     }
 }
 

@@ -124,11 +124,7 @@ impl Drop for Fixture {
         if let Some(c) = self.daemon.as_mut() {
             let _ = c.start_kill();
         }
-        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .output();
+        crate::local_target::stop_all(self.state.path());
     }
 }
 

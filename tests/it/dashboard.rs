@@ -169,6 +169,15 @@ async fn get(url: &str) -> (u16, String) {
     }
 }
 
+/// Stops what the daemon ran on the local target, even when the test fails half-way.
+struct StopAll(std::path::PathBuf);
+
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        crate::local_target::stop_all(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_browser_against_the_daemon() {
     let work = tempfile::tempdir().unwrap();
@@ -197,6 +206,7 @@ async fn in_a_browser_against_the_daemon() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let _cleanup = StopAll(state.path().to_path_buf());
     let base = format!("http://127.0.0.1:{api}");
     // Converged everywhere: web reaches prod once dev runs it.
     let mut page = String::new();
@@ -257,11 +267,6 @@ async fn in_a_browser_against_the_daemon() {
     browser("invalid", &base, &["bad.yaml:"]).await;
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
-    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .arg("down")
-        .arg("--state-dir")
-        .arg(state.path())
-        .output();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,16 +52,46 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(self.dir.path())
-            .output();
-        if let Some(pid) = self.agent_pid() {
-            // SAFETY: only signals the agent this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+        stop_all(self.dir.path());
+    }
+}
+
+/// Stops everything a test ran on the local target of state directory `state`: `keelson down`,
+/// then, whatever that managed (a daemon killed mid-step may have had the agent start more),
+/// the agent's remaining children and the agent itself.
+pub fn stop_all(state: &Path) {
+    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .arg("down")
+        .arg("--state-dir")
+        .arg(state)
+        .output();
+    let Some(pid) = std::fs::read(state.join("local/agent.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+    else {
+        return;
+    };
+    let children: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string();
+                    after.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect();
+    for p in children.into_iter().chain([pid]) {
+        // SAFETY: only signals processes this test's agent started, and the agent.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
         }
     }
 }
