@@ -157,11 +157,16 @@ fn cluster_page(b: &Board, s: &Snapshot, id: &str) -> Option<String> {
         .store
         .as_ref()
         .and_then(|st| st.latest_analysis(id).ok().flatten());
+    let spec = s
+        .desired
+        .clusters
+        .get(&cid)
+        .and_then(|c| c.strategy.analysis());
     Some(render::cluster(
         id,
         s.observed.clusters.get(&cid),
         s.plan.clusters.iter().find(|c| c.id == cid),
-        analysis.as_ref(),
+        analysis.as_ref().map(|a| (a, spec)),
         &history,
     ))
 }

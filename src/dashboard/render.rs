@@ -146,8 +146,8 @@ fn group_markup(g: &ServerGroup) -> Markup {
 type Point = (Option<f64>, Option<f64>);
 
 /// A small chart per metric: the canary's value (solid) against the baseline's (dashed), one
-/// point per measurement.
-fn charts(r: &AnalysisRecord) -> Markup {
+/// point per measurement, and the metric's fixed threshold (`max` or `min`) where it has one.
+fn charts(r: &AnalysisRecord, spec: Option<&crate::spec::Analysis>) -> Markup {
     let mut names: Vec<&str> = r
         .measurements
         .iter()
@@ -162,7 +162,11 @@ fn charts(r: &AnalysisRecord) -> Markup {
                 let x = m.metrics.iter().find(|x| x.name == name)?;
                 Some((x.canary.value(), x.baseline.as_ref().and_then(|b| b.value())))
             }).collect();
-            @let max = points.iter().flat_map(|(c, b)| [*c, *b]).flatten().fold(1e-9_f64, f64::max);
+            @let threshold = spec
+                .and_then(|a| a.metrics.iter().find(|m| m.name == name))
+                .and_then(|m| m.max.or(m.min))
+                .map(|t| t.get());
+            @let max = points.iter().flat_map(|(c, b)| [*c, *b]).flatten().chain(threshold).fold(1e-9_f64, f64::max);
             @let line = |pick: fn(&Point) -> Option<f64>| -> String {
                 let n = points.len().max(2) - 1;
                 points.iter().enumerate().filter_map(|(i, p)| {
@@ -171,7 +175,11 @@ fn charts(r: &AnalysisRecord) -> Markup {
                 }).collect::<Vec<_>>().join(" ")
             };
             figure.chart {
-                svg role="img" aria-label=(format!("{name}: canary (solid) against baseline (dashed), {} measurements", points.len())) viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) {
+                svg role="img" aria-label=(format!("{name}: canary (solid) against baseline (dashed), {} measurements{}", points.len(), threshold.map(|t| format!(", threshold {t}")).unwrap_or_default())) viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) {
+                    @if let Some(t) = threshold {
+                        @let y = format!("{:.1}", h - t / max * h);
+                        line.threshold x1="0" x2=(w) y1=(y) y2=(y) {}
+                    }
                     polyline.baseline points=(line(|p| p.1)) {}
                     polyline.canary points=(line(|p| p.0)) {}
                 }
@@ -186,7 +194,7 @@ pub fn cluster(
     id: &str,
     live: Option<&ObservedCluster>,
     plan: Option<&ClusterPlan>,
-    analysis: Option<&AnalysisRecord>,
+    analysis: Option<(&AnalysisRecord, Option<&crate::spec::Analysis>)>,
     history: &[HistoryEntry],
 ) -> String {
     let body = html! {
@@ -214,11 +222,11 @@ pub fn cluster(
                 }
             }
         }
-        @if let Some(a) = analysis {
+        @if let Some((a, spec)) = analysis {
             section aria-labelledby="analysis" {
                 h2 id="analysis" { "Canary analysis" }
                 p { (a.version) " " (a.state.outcome()) }
-                (charts(a))
+                (charts(a, spec))
             }
         }
         section aria-labelledby="history" {
@@ -251,4 +259,76 @@ pub fn not_found(what: &str) -> String {
 /// Cells as the live script applies them: JSON, escaped for an SSE `data:` line.
 pub fn update(cells: &[Cell]) -> String {
     serde_json::to_string(cells).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{Measurement, MetricResult, Outcome, Sample};
+    use crate::model::SpecHash;
+    use crate::store::{AnalysisState, AnalysisWindow};
+
+    #[test]
+    fn a_chart_per_metric_with_its_threshold() {
+        let at: jiff::Timestamp = "2026-11-23T08:00:00Z".parse().unwrap();
+        let m = |v: f64| Measurement {
+            at,
+            step: 10,
+            metrics: vec![MetricResult {
+                name: "errors".into(),
+                canary: Sample::Value(v),
+                baseline: Some(Sample::Value(0.01)),
+                outcome: Outcome::Pass,
+                why: None,
+            }],
+            outcome: Outcome::Pass,
+            score: None,
+        };
+        let r = AnalysisRecord {
+            id: "x".into(),
+            cluster: "prod/local/web".into(),
+            revision: "r".into(),
+            version: "2.0.0".into(),
+            spec_hash: SpecHash::from_observed("h"),
+            hash: SpecHash::from_observed("hh"),
+            canary: "web-v002".into(),
+            baseline: "web-v001".into(),
+            provider: crate::spec::AnalysisProvider::Builtin,
+            started: at,
+            updated: at,
+            state: AnalysisState::Running,
+            windows: vec![AnalysisWindow {
+                step: 10,
+                started: at,
+                expected: 3,
+                approved_by: None,
+                from: 0,
+            }],
+            measurements: vec![m(0.0), m(0.02), m(0.1)],
+            counted_from: 0,
+        };
+        let spec: crate::spec::Analysis = serde_json::from_value(serde_json::json!({
+            "provider": "builtin",
+            "interval": "1s",
+            "metrics": [{"name": "errors", "query": "error-rate", "max": 0.05}],
+        }))
+        .unwrap();
+        let svg = charts(&r, Some(&spec)).into_string();
+        assert!(
+            svg.contains(
+                "errors: canary (solid) against baseline (dashed), 3 measurements, threshold 0.05"
+            ),
+            "{svg}"
+        );
+        // The highest value (0.1) is at the top; the threshold halfway up.
+        assert!(
+            svg.contains(r#"<line class="threshold" x1="0" x2="240" y1="30.0" y2="30.0">"#),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"points="0.0,60.0 120.0,48.0 240.0,0.0""#),
+            "{svg}"
+        );
+        assert!(!charts(&r, None).into_string().contains("threshold"));
+    }
 }
