@@ -151,7 +151,7 @@ fn cluster_page(b: &Board, s: &Snapshot, id: &str) -> Option<String> {
     let history = b
         .store
         .as_ref()
-        .and_then(|st| st.history(Some(id), 20).ok())
+        .and_then(|st| st.history(Some(id), 50).ok())
         .unwrap_or_default();
     let analysis = b
         .store

@@ -189,7 +189,8 @@ fn charts(r: &AnalysisRecord, spec: Option<&crate::spec::Analysis>) -> Markup {
     }
 }
 
-/// A cluster's page: its server groups side by side, its plan, its analysis and its history.
+/// A cluster's page: its server groups side by side, its plan, its analysis, its verification
+/// checks and its history.
 pub fn cluster(
     id: &str,
     live: Option<&ObservedCluster>,
@@ -197,6 +198,12 @@ pub fn cluster(
     analysis: Option<(&AnalysisRecord, Option<&crate::spec::Analysis>)>,
     history: &[HistoryEntry],
 ) -> String {
+    let verified: Vec<&HistoryEntry> = history
+        .iter()
+        .rev()
+        .filter(|e| e.action == "verify")
+        .take(10)
+        .collect();
     let body = html! {
         nav aria-label="Breadcrumb" { a href="/" { "Overview" } " / " span { (id) } }
         h1 { (id) }
@@ -227,6 +234,16 @@ pub fn cluster(
                 h2 id="analysis" { "Canary analysis" }
                 p { (a.version) " " (a.state.outcome()) }
                 (charts(a, spec))
+            }
+        }
+        @if !verified.is_empty() {
+            section aria-labelledby="verify" {
+                h2 id="verify" { "Verification" }
+                ul.verify {
+                    @for e in &verified {
+                        li.(e.result) { (e.at.strftime("%Y-%m-%d %H:%M:%S")) " · " (e.result) ": " (e.detail) }
+                    }
+                }
             }
         }
         section aria-labelledby="history" {

@@ -73,15 +73,19 @@ async fn the_pages_as_html() {
     assert!(filtered.contains("dev/local/shop") && !filtered.contains("dev/local/hello"));
     let id = "dev/local/hello";
     let cid = keelson::store::parse_cluster(id).unwrap();
-    let history = vec![keelson::store::HistoryEntry {
+    let entry = |action: &str, detail: &str, result: &str| keelson::store::HistoryEntry {
         at: "2026-11-23T10:00:00Z".parse().unwrap(),
         cluster: id.into(),
-        action: "step".into(),
-        detail: "enable hello-v000".into(),
+        action: action.into(),
+        detail: detail.into(),
         who: "host pid 1 (keelson apply)".into(),
         revision: "rev-0".into(),
-        result: "ok".into(),
-    }];
+        result: result.into(),
+    };
+    let history = vec![
+        entry("verify", "smoke", "ok"),
+        entry("step", "enable hello-v000", "ok"),
+    ];
     let page = render::cluster(
         id,
         s.observed.clusters.get(&cid),
