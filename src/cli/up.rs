@@ -103,6 +103,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     let store = ctx.store()?;
     let providers = ctx.providers();
     // Pull request comments need a Git source (to fetch heads) and a forge token.
+    let mut forge_client = None;
     let pull_requests = match (
         &source,
         super::review::forge_token(args.forge_token_file.as_ref())?,
@@ -114,13 +115,15 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
                 crate::forge::github::Retry::default(),
             )
             .map_err(CliError::Forge)?;
+            let forge = Arc::new(forge);
+            forge_client = Some(forge.clone());
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             let worker = crate::daemon::pull_request::Worker {
                 source: GitSource {
                     dir: state.join("git-pulls"),
                     ..git.clone()
                 },
-                forge: Arc::new(forge),
+                forge,
                 forge_url: args.forge_url.clone(),
                 providers: providers.clone(),
                 store: store.clone(),
@@ -146,6 +149,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         desired: Default::default(),
         events: Default::default(),
         board: Arc::new(crate::dashboard::Board::new(Some(store.clone()))),
+        forge: forge_client,
         refresh: tokio::sync::Notify::new(),
     });
     let engine = Arc::new(Engine {

@@ -282,6 +282,22 @@ pub async fn run(
                         );
                         desired = Some((d, rev.clone()));
                         shared.board.set_invalid(None);
+                        // Which pull request brought it, for the dashboard; best effort.
+                        if let (Some(forge), Some(repo)) = (&shared.forge, &shared.repository) {
+                            let (forge, repo, board, r) = (
+                                forge.clone(),
+                                repo.clone(),
+                                shared.board.clone(),
+                                rev.clone(),
+                            );
+                            tokio::spawn(async move {
+                                if let Ok(pulls) = forge.pulls_of_commit(&repo, &r).await
+                                    && let Some(p) = pulls.into_iter().next()
+                                {
+                                    board.set_pull(&r, p);
+                                }
+                            });
+                        }
                         shared.update_status(|st| {
                             st.fetched = Some(rev.clone());
                             st.diagnostics.clear();

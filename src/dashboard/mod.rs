@@ -47,6 +47,8 @@ impl Snapshot {
 /// Where the newest snapshot is published; pages and event streams read it.
 pub struct Board {
     snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// The pull request that brought a revision, where the forge said.
+    pull: RwLock<Option<(String, crate::forge::PullRef)>>,
     changed: tokio::sync::watch::Sender<u64>,
     store: Option<Arc<dyn Store>>,
 }
@@ -56,6 +58,7 @@ impl Board {
     pub fn new(store: Option<Arc<dyn Store>>) -> Self {
         Self {
             snapshot: RwLock::new(None),
+            pull: RwLock::new(None),
             changed: tokio::sync::watch::channel(0).0,
             store,
         }
@@ -78,6 +81,23 @@ impl Board {
             s.invalid = invalid;
             self.publish(s);
         }
+    }
+
+    /// Records the pull request that brought `revision`.
+    pub fn set_pull(&self, revision: &str, pull: crate::forge::PullRef) {
+        if let Ok(mut g) = self.pull.write() {
+            *g = Some((revision.to_string(), pull));
+        }
+    }
+
+    /// The pull request that brought `revision`, if known.
+    pub fn pull(&self, revision: &str) -> Option<crate::forge::PullRef> {
+        self.pull
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .filter(|(r, _)| r == revision)
+            .map(|(_, p)| p)
     }
 
     /// The newest snapshot.
@@ -164,6 +184,10 @@ fn cluster_page(b: &Board, s: &Snapshot, id: &str) -> Option<String> {
         .and_then(|c| c.strategy.analysis());
     Some(render::cluster(
         id,
+        &render::Context {
+            revision: &s.plan.revision,
+            pull: b.pull(&s.plan.revision),
+        },
         s.observed.clusters.get(&cid),
         s.plan.clusters.iter().find(|c| c.id == cid),
         analysis.as_ref().map(|a| (a, spec)),
@@ -196,7 +220,11 @@ struct Follow {
 /// The server groups of a cluster as the cluster page shows them.
 fn groups_html(s: &Snapshot, id: &str) -> String {
     let live = crate::store::parse_cluster(id).and_then(|c| s.observed.clusters.get(&c));
-    let page = render::cluster(id, live, None, None, &[]);
+    let ctx = render::Context {
+        revision: &s.plan.revision,
+        pull: None,
+    };
+    let page = render::cluster(id, &ctx, live, None, None, &[]);
     // The groups' box only: what the live script swaps in.
     let start = page.find("<div class=\"groups\"");
     let inner = start.and_then(|i| {

@@ -189,10 +189,20 @@ fn charts(r: &AnalysisRecord, spec: Option<&crate::spec::Analysis>) -> Markup {
     }
 }
 
+/// Where a cluster page's revision came from.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    /// The revision in force.
+    pub revision: &'a str,
+    /// The pull request that brought it, where the forge said.
+    pub pull: Option<crate::forge::PullRef>,
+}
+
 /// A cluster's page: its server groups side by side, its plan, its analysis, its verification
 /// checks and its history.
 pub fn cluster(
     id: &str,
+    ctx: &Context<'_>,
     live: Option<&ObservedCluster>,
     plan: Option<&ClusterPlan>,
     analysis: Option<(&AnalysisRecord, Option<&crate::spec::Analysis>)>,
@@ -207,6 +217,12 @@ pub fn cluster(
     let body = html! {
         nav aria-label="Breadcrumb" { a href="/" { "Overview" } " / " span { (id) } }
         h1 { (id) }
+        p.revision {
+            "Revision " code { (ctx.revision) }
+            @if let Some(pr) = &ctx.pull {
+                ", brought by " a href=(pr.html_url) { "#" (pr.number) " " (pr.title) }
+            }
+        }
         section aria-labelledby="groups" {
             h2 id="groups" { "Server groups" }
             div.groups data-cluster=(id) {

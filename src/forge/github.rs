@@ -209,6 +209,18 @@ impl GitHub {
         Ok(Self::decode::<Created>(&url, resp).await?.id)
     }
 
+    /// The pull requests a commit belongs to (`GET .../commits/{sha}/pulls`), merged ones
+    /// included: which one brought a revision.
+    pub async fn pulls_of_commit(
+        &self,
+        repo: &RepoSlug,
+        sha: &str,
+    ) -> Result<Vec<super::PullRef>, ForgeError> {
+        let url = self.repo_url(repo, &format!("commits/{sha}/pulls"));
+        let resp = self.call(Method::GET, &url, None).await?;
+        Self::decode(&url, resp).await
+    }
+
     /// The newest deployments to a GitHub environment, newest first (one page).
     pub async fn deployments(
         &self,

@@ -175,6 +175,17 @@ impl ForgeError {
     }
 }
 
+/// A pull request, as a link.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullRef {
+    /// Its number.
+    pub number: u64,
+    /// Its title.
+    pub title: String,
+    /// Its page.
+    pub html_url: String,
+}
+
 /// The forge calls Keelson makes.
 #[async_trait]
 pub trait Forge: Send + Sync {

@@ -101,6 +101,8 @@ pub struct Shared {
     pub events: Arc<crate::notify::Events>,
     /// What the dashboard shows.
     pub board: Arc<crate::dashboard::Board>,
+    /// The forge, to find the pull request behind a revision (with a Git source and a token).
+    pub forge: Option<Arc<crate::forge::github::GitHub>>,
     /// Asks the loop to observe again for the dashboard (a step began or ended).
     pub refresh: tokio::sync::Notify,
 }

@@ -1310,3 +1310,42 @@ async fn the_daemon_notifies_approval_prompts_rollouts_and_rollbacks() {
         "secrets never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_names_the_pull_request_behind_the_revision() {
+    const TOKEN: &str = "pr-link-token";
+    let stub = crate::github_stub::GitHubStub::start(TOKEN).await;
+    let mut f = Fixture::new();
+    let head = f.push(&app("1.0.0", f.port, "{type: red-black}"));
+    stub.state
+        .lock()
+        .unwrap()
+        .pulls
+        .push((head, 12, "Bump web to 1.0.0".into()));
+    let forge = stub.url();
+    f.start_with(
+        "1h",
+        &[
+            ("KEELSON_FORGE_URL", &forge),
+            ("KEELSON_FORGE_TOKEN", TOKEN),
+            ("KEELSON_FORGE_REPO", "acme/deploy"),
+        ],
+    );
+    wait_ready(&f).await;
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = http(&f.url("/clusters/dev/local/web"), "GET", &[], "")
+            .await
+            .1;
+        if page.contains("brought by") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        page.contains(
+            "brought by <a href=\"https://github.com/acme/deploy/pull/12\">#12 Bump web to 1.0.0</a>"
+        ),
+        "{page}"
+    );
+}

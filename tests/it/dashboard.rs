@@ -86,8 +86,17 @@ async fn the_pages_as_html() {
         entry("verify", "smoke", "ok"),
         entry("step", "enable hello-v000", "ok"),
     ];
+    let pull = keelson::forge::PullRef {
+        number: 7,
+        title: "Bump hello to 1.1.0".into(),
+        html_url: "https://github.com/acme/deploy/pull/7".into(),
+    };
     let page = render::cluster(
         id,
+        &render::Context {
+            revision: "rev-1",
+            pull: Some(pull),
+        },
         s.observed.clusters.get(&cid),
         s.plan.clusters.iter().find(|c| c.id == cid),
         None,

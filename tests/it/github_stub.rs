@@ -45,6 +45,8 @@ pub struct Fault {
 pub struct StubState {
     pub comments: Vec<StubComment>,
     pub statuses: Vec<(String, Value)>,
+    /// Pull requests by the commits they hold: number and title.
+    pub pulls: Vec<(String, u64, String)>,
     /// Deployments made: id and request body.
     pub deployments: Vec<(u64, Value)>,
     /// Deployment statuses: deployment id and request body.
@@ -322,6 +324,17 @@ fn serve(
             } else {
                 StatusCode::NO_CONTENT.into_response()
             }
+        }
+        ("GET", ["repos", o, r, "commits", sha, "pulls"]) => {
+            let found: Vec<Value> = st
+                .pulls
+                .iter()
+                .filter(|(s, _, _)| s == sha)
+                .map(|(_, n, t)| {
+                    json!({"number": n, "title": t, "html_url": format!("https://github.com/{o}/{r}/pull/{n}"), "state": "closed"})
+                })
+                .collect();
+            axum::Json(Value::Array(found)).into_response()
         }
         ("GET", ["repos", _, _, "deployments"]) => {
             let env = uri
