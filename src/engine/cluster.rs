@@ -437,6 +437,16 @@ impl Run<'_> {
                 }
                 Stepped::Refused(why) => {
                     self.record("step", &ps.description, "refused");
+                    if journal.ran.len() > self.cp.done.len() {
+                        // Part of this rollout ran (traffic may sit on a group that turned
+                        // unhealthy since): undo it, under the same guard, rather than leave
+                        // the cluster where the guard stopped it.
+                        let why = format!(
+                            "{at} `{}` refused by the traffic guard: {why}",
+                            ps.description
+                        );
+                        return self.roll_back(journal, i, why).await;
+                    }
                     self.forget();
                     return (
                         ClusterOutcome::Refused(format!("{at} `{}`: {why}", ps.description)),
