@@ -13,7 +13,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::engine::{ClusterOutcome, ClusterReport, Engine, Progress};
-use crate::model::{ClusterId, DesiredState};
+use crate::model::{ClusterId, DesiredState, ObservedState};
 use crate::observe::{Providers, observe};
 use crate::plan::{Selection, plan};
 use crate::server::{ClusterStatus, Shared};
@@ -232,7 +232,6 @@ pub async fn run(
             }
             if let (Some(batch), Some((d, rev))) = (batch, &desired) {
                 after_batch(&shared, &providers, d, rev, &batch, &sched, &outcomes).await;
-                publish(&shared, &providers, d, rev).await;
             }
             continue;
         }
@@ -471,14 +470,24 @@ fn reported(
     shared.metrics.steps.inc_by(r.steps as u64);
 }
 
-/// Observes and plans again and publishes it for the dashboard (a step began or ended).
-async fn publish(shared: &Shared, providers: &Providers, d: &Arc<DesiredState>, rev: &str) {
+/// Observes and plans against the store's policy: what the status and the dashboard show.
+async fn look(
+    shared: &Shared,
+    providers: &Providers,
+    d: &DesiredState,
+    rev: &str,
+) -> (ObservedState, crate::plan::Policy, crate::plan::Plan) {
     let observed = observe(d, providers).await;
     let policy = shared
         .store
         .policy(crate::clock::now(), None)
         .unwrap_or_else(|_| crate::plan::Policy::at(crate::clock::now()));
     let plan = plan(d, &observed, &policy, rev, &Selection::default());
+    (observed, policy, plan)
+}
+
+/// Puts a look on the dashboard, keeping its note of an invalid newest revision.
+fn show(shared: &Shared, d: &Arc<DesiredState>, observed: ObservedState, plan: crate::plan::Plan) {
     let invalid = shared.board.current().and_then(|s| s.invalid.clone());
     shared.board.publish(crate::dashboard::Snapshot {
         desired: d.clone(),
@@ -488,11 +497,17 @@ async fn publish(shared: &Shared, providers: &Providers, d: &Arc<DesiredState>, 
     });
 }
 
-/// After a batch: refresh metrics and status.
+/// Observes and plans again for the dashboard (a step began or ended).
+async fn publish(shared: &Shared, providers: &Providers, d: &Arc<DesiredState>, rev: &str) {
+    let (observed, _, plan) = look(shared, providers, d, rev).await;
+    show(shared, d, observed, plan);
+}
+
+/// After a batch: refresh metrics, status and the dashboard.
 async fn after_batch(
     shared: &Shared,
     providers: &Providers,
-    d: &DesiredState,
+    d: &Arc<DesiredState>,
     rev: &str,
     batch: &Batch,
     sched: &schedule::Schedule,
@@ -502,12 +517,7 @@ async fn after_batch(
     shared.metrics.reconcile_seconds.observe(took.as_secs_f64());
     let failed = report.failed();
     // What the clusters look like now, for status and for the next plan's count.
-    let observed = observe(d, providers).await;
-    let policy = shared
-        .store
-        .policy(crate::clock::now(), None)
-        .unwrap_or_else(|_| crate::plan::Policy::at(crate::clock::now()));
-    let after = plan(d, &observed, &policy, rev, &Selection::default());
+    let (observed, policy, after) = look(shared, providers, d, rev).await;
     let healed = report
         .clusters
         .iter()
@@ -624,6 +634,7 @@ async fn after_batch(
             })
             .collect();
     });
+    show(shared, d, observed, after);
 }
 
 /// What stays in force after a failed fetch or an invalid revision, for the status.

@@ -125,6 +125,16 @@ fn secrets(n: &Notification) -> Result<Secrets, String> {
     Ok(s)
 }
 
+/// Every environment's destinations, as one comparable text.
+fn config_of(desired: &DesiredState) -> String {
+    desired
+        .environments
+        .values()
+        .map(|e| serde_json::to_string(&e.notifications).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A destination as routed: which environment's events of which kinds go to its queue.
 struct Route {
     environment: EnvName,
@@ -192,29 +202,17 @@ impl Notifier {
                 status.push((st, stats));
             }
         }
-        let config = desired
-            .environments
-            .values()
-            .map(|e| serde_json::to_string(&e.notifications).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
         Self {
             routes: Mutex::new(routes),
             workers: Mutex::new(workers),
             status,
-            config,
+            config: config_of(desired),
         }
     }
 
     /// Whether `desired` declares the same destinations (so this notifier can stay).
     pub fn serves(&self, desired: &DesiredState) -> bool {
-        let config = desired
-            .environments
-            .values()
-            .map(|e| serde_json::to_string(&e.notifications).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
-        config == self.config
+        config_of(desired) == self.config
     }
 
     /// Queues an event for every destination that takes it; never waits. An event without an

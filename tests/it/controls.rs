@@ -7,25 +7,6 @@ use std::time::Duration;
 use crate::apply_e2e::Repo;
 use crate::local_target::Load;
 
-/// The one application `web` on `repo`'s port, at `version`, with `strategy` and extra
-/// demo-app arguments.
-pub(crate) fn web(repo: &Repo, version: &str, strategy: &str, extra: &str) {
-    let text = format!(
-        "apiVersion: keelson/v1
-kind: Application
-metadata: {{name: web}}
-spec:
-  artifact: {{version: \"{version}\"}}
-  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"{extra}]}}
-  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 3s}}
-  clusters:
-    - {{environment: dev, target: local, capacity: {{desired: 2}}, strategy: {strategy}, traffic: {{port: {}}}}}
-",
-        repo.port
-    );
-    std::fs::write(repo.path().join("web.yaml"), text).unwrap();
-}
-
 /// The dev environment with extra `spec` lines.
 fn env(repo: &Repo, extra: &str) {
     let text = format!(
@@ -61,9 +42,9 @@ async fn serving(repo: &Repo) -> String {
 async fn a_pin_stops_a_rollout_at_a_step_returns_to_the_pin_and_lapses() {
     let repo = Repo::new();
     let canary = "{type: canary, steps: [{weight: 25, pause: 2s}, {weight: 50, pause: 2s}]}";
-    web(&repo, "1.0.0", canary, "");
+    repo.app("1.0.0", canary, 2, "");
     assert_eq!(repo.apply().await.0, 0);
-    web(&repo, "2.0.0", canary, "");
+    repo.app("2.0.0", canary, 2, "");
     let load = Load::start(repo.port, 100);
     let apply = repo.command(&["apply", "--auto-approve"]).output();
     let lapses = tokio::time::Instant::now() + Duration::from_millis(1200 + 25_000);
@@ -159,9 +140,9 @@ async fn a_pin_stops_a_rollout_at_a_step_returns_to_the_pin_and_lapses() {
 async fn a_veto_rolls_the_live_version_back_under_load_and_blocks_a_git_bump() {
     let repo = Repo::new();
     let rb = "{type: red-black, keepDisabled: 1}";
-    web(&repo, "1.0.0", rb, "");
+    repo.app("1.0.0", rb, 2, "");
     assert_eq!(repo.apply().await.0, 0);
-    web(&repo, "2.0.0", rb, "");
+    repo.app("2.0.0", rb, 2, "");
     assert_eq!(repo.apply().await.0, 0);
     let load = Load::start(repo.port, 100);
     let (code, out) = repo
@@ -194,7 +175,7 @@ async fn a_veto_rolls_the_live_version_back_under_load_and_blocks_a_git_bump() {
         .run(&["veto", "web", "3.0.0", "--reason", "known bad build"])
         .await;
     assert_eq!(code, 0);
-    web(&repo, "3.0.0", rb, "");
+    repo.app("3.0.0", rb, 2, "");
     let (code, plan) = repo.run(&["plan", "--detailed-exitcode"]).await;
     assert!(
         code == 0
@@ -232,7 +213,7 @@ async fn only_listed_approvers_approve_and_a_rejection_vetoes() {
         &repo,
         "  constraints:\n    approval: {required: true, approvers: [alice, \"group:release-managers\"]}\n",
     );
-    web(&repo, "1.0.0", "{type: highlander}", "");
+    repo.app("1.0.0", "{type: highlander}", 2, "");
     let (code, plan) = repo.run(&["plan"]).await;
     assert!(
         code == 0 && plan.contains("awaiting approval of 1.0.0 by alice or group:release-managers"),
@@ -267,7 +248,7 @@ async fn only_listed_approvers_approve_and_a_rejection_vetoes() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(repo.apply().await.0, 0);
     // The next version waits; bob rejects it: vetoed in dev, not deployed, a visible hold.
-    web(&repo, "2.0.0", "{type: highlander}", "");
+    repo.app("2.0.0", "{type: highlander}", 2, "");
     let (code, out) = repo
         .run(&[
             "reject",
@@ -311,9 +292,9 @@ async fn the_flapping_guard_stops_after_max_attempts_until_a_retry_or_a_new_comm
         "  constraints:\n    flapping: {maxAttempts: 2, window: 10m, cooldown: 1h}\n",
     );
     let rb = "{type: red-black}";
-    web(&repo, "1.0.0", rb, "");
+    repo.app("1.0.0", rb, 2, "");
     assert_eq!(repo.apply().await.0, 0);
-    web(&repo, "2.0.0", rb, ", --fail-health");
+    repo.app("2.0.0", rb, 2, ", --fail-health");
     for attempt in 1..=2 {
         let (code, out) = repo.apply().await;
         assert!(
@@ -343,7 +324,7 @@ async fn the_flapping_guard_stops_after_max_attempts_until_a_retry_or_a_new_comm
     let (code, out) = repo.apply().await;
     assert!(code == 1 && out.contains("rolled back"), "{out}");
     // A new commit changes the desired state: tried at once, and it converges.
-    web(&repo, "2.0.1", rb, "");
+    repo.app("2.0.1", rb, 2, "");
     let (code, out) = repo.apply().await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(serving(&repo).await, "2.0.1");
@@ -353,9 +334,9 @@ async fn the_flapping_guard_stops_after_max_attempts_until_a_retry_or_a_new_comm
 async fn disabled_groups_are_destroyed_once_disabled_longer_than_destroy_disabled_after() {
     let repo = Repo::new();
     let rb = "{type: red-black, keepDisabled: 2, destroyDisabledAfter: 1h}";
-    web(&repo, "1.0.0", rb, "");
+    repo.app("1.0.0", rb, 2, "");
     assert_eq!(repo.apply().await.0, 0);
-    web(&repo, "2.0.0", rb, "");
+    repo.app("2.0.0", rb, 2, "");
     assert_eq!(repo.apply().await.0, 0);
     // Recorded when first seen disabled; the plan says when it goes.
     let (code, plan) = repo.run(&["plan", "--detailed-exitcode"]).await;

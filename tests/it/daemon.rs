@@ -129,7 +129,12 @@ impl Drop for Fixture {
 }
 
 /// One HTTP call; returns status and body ("" and 0 when unreachable).
-async fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub(crate) async fn http(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let client = keelson::http_client::client();
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {

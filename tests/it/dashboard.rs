@@ -164,22 +164,7 @@ async fn browser(check: &str, base: &str, args: &[&str]) {
 }
 
 async fn get(url: &str) -> (u16, String) {
-    let client = keelson::http_client::client();
-    let req = hyper::Request::builder()
-        .uri(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let b = http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            (status, String::from_utf8_lossy(&b).into_owned())
-        }
-        _ => (0, String::new()),
-    }
+    crate::daemon::http(url, "GET", &[], "").await
 }
 
 /// Stops what the daemon ran on the local target, even when the test fails half-way.
@@ -285,7 +270,7 @@ async fn in_a_browser_against_the_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keelson_ui_serves_the_local_state() {
     let repo = crate::apply_e2e::Repo::new();
-    crate::controls::web(&repo, "1.0.0", "{type: red-black}", "");
+    repo.app("1.0.0", "{type: red-black}", 2, "");
     assert_eq!(repo.apply().await.0, 0);
     let port = free_port();
     let _ui = repo

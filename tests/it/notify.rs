@@ -136,10 +136,10 @@ async fn a_canary_rollout_reaches_slack_and_a_signed_webhook_with_retries() {
         ("KEELSON_NOTIFY_BACKOFF".to_string(), "50ms".to_string()),
     ]);
     let canary = "{type: canary, steps: [{weight: 25, pause: 1s}]}";
-    crate::controls::web(&repo, "1.0.0", canary, "");
+    repo.app("1.0.0", canary, 2, "");
     let (code, out) = repo.apply().await;
     assert_eq!(code, 0, "{out}");
-    crate::controls::web(&repo, "2.0.0", canary, "");
+    repo.app("2.0.0", canary, 2, "");
     let (code, out) = repo.apply().await;
     assert_eq!(code, 0, "{out}");
     for secret in ["url-secret-7", "hmac-key-s3cret"] {
@@ -244,7 +244,7 @@ async fn a_hanging_receiver_does_not_slow_the_rollout() {
     let rb = "{type: red-black}";
     // The same rollout without notifications, for the time it takes.
     let plain = Repo::new();
-    crate::controls::web(&plain, "1.0.0", rb, "");
+    plain.app("1.0.0", rb, 2, "");
     let started = Instant::now();
     assert_eq!(plain.apply().await.0, 0);
     let alone = started.elapsed();
@@ -258,7 +258,7 @@ async fn a_hanging_receiver_does_not_slow_the_rollout() {
         ("HOOK_URL".to_string(), hang.url()),
         ("KEELSON_NOTIFY_WAIT".to_string(), "1s".to_string()),
     ]);
-    crate::controls::web(&repo, "1.0.0", rb, "");
+    repo.app("1.0.0", rb, 2, "");
     let started = Instant::now();
     let (code, out) = repo.apply().await;
     let with = started.elapsed();
@@ -286,9 +286,9 @@ async fn rollouts_become_github_deployments_with_statuses() {
     repo.env
         .push(("GH_TOKEN".to_string(), "gh-token-9".to_string()));
     let rb = "{type: red-black}";
-    crate::controls::web(&repo, "1.0.0", rb, "");
+    repo.app("1.0.0", rb, 2, "");
     assert_eq!(repo.apply().await.0, 0);
-    crate::controls::web(&repo, "2.0.0", rb, "");
+    repo.app("2.0.0", rb, 2, "");
     let (code, out) = repo.apply().await;
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("gh-token-9"), "{out}");
@@ -338,13 +338,13 @@ async fn apply_tells_of_approval_prompts_and_rollbacks() {
     .unwrap();
     repo.env.push(("HOOK_URL".to_string(), hook.url()));
     let rb = "{type: red-black}";
-    crate::controls::web(&repo, "1.0.0", rb, "");
+    repo.app("1.0.0", rb, 2, "");
     let (code, out) = repo.apply().await;
     assert!(code == 0 && out.contains("awaiting approval"), "{out}");
     let (code, _) = repo.run(&["approve", "--env", "dev", "--app", "web"]).await;
     assert_eq!(code, 0);
     assert_eq!(repo.apply().await.0, 0);
-    crate::controls::web(&repo, "2.0.0", rb, ", --fail-health");
+    repo.app("2.0.0", rb, 2, ", --fail-health");
     let (code, _) = repo
         .run(&[
             "approve",
