@@ -311,10 +311,12 @@ async fn js() -> Response {
         .into_response()
 }
 
-/// The dashboard's routes: `/`, `/clusters/{env}/{target}/{name}`, `/events`, `/assets/*`.
+/// The dashboard's routes: `/`, `/c/{env}/{target}/{name}` (also under `/clusters/`, the
+/// longer name), `/events`, `/assets/*`.
 pub fn router(board: Arc<Board>) -> Router {
     Router::new()
         .route("/", get(overview))
+        .route("/c/{env}/{target}/{name}", get(cluster))
         .route("/clusters/{env}/{target}/{name}", get(cluster))
         .route("/events", get(events))
         .route("/assets/style.css", get(css))

@@ -16,12 +16,12 @@ try {
   const page = await context.newPage();
   let navigations = 0;
   page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations++; });
-  const cell = (c) => `.cell:has(> a[href="/clusters/${c}"])`;
+  const cell = (c) => `.overview td > p:has(> a[href="/c/${c}"])`;
   if (check === "overview" || check === "nojs") {
     await page.goto(base + "/");
     const envs = await page.$$eval("table.overview thead th[scope=col]", (ths) => ths.slice(1).map((t) => t.textContent));
     if (envs.join(",") !== args[0]) fail(`environments ${envs} != ${args[0]}`);
-    const apps = await page.$$eval("table.overview tbody th[scope=row]", (ths) => ths.map((t) => t.textContent));
+    const apps = await page.$$eval("table.overview tbody th", (ths) => ths.map((t) => t.textContent));
     if (apps.join(",") !== args[1]) fail(`applications ${apps} != ${args[1]}`);
     const landmarks = await page.$$eval("header, nav, main", (els) => els.length);
     if (landmarks < 3) fail("landmarks missing");
@@ -31,7 +31,7 @@ try {
     const [cluster, text] = args;
     await page.goto(base + "/");
     await page.waitForFunction(([sel, t]) => {
-      const v = document.querySelector(sel + " .v");
+      const v = document.querySelector(sel + " i");
       return v && v.textContent.includes(t);
     }, [cell(cluster), text], { timeout: 60000 });
     if (navigations !== 1) fail(`the page reloaded (${navigations} navigations)`);

@@ -210,12 +210,12 @@ async fn in_a_browser_against_the_daemon() {
     let mut page = String::new();
     for _ in 0..300 {
         page = get(&format!("{base}/")).await.1;
-        if page.matches("cell converged").count() == 3 {
+        if page.matches("<p class=\"converged\">").count() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(page.matches("cell converged").count(), 3, "{page}");
+    assert_eq!(page.matches("<p class=\"converged\">").count(), 3, "{page}");
     browser("overview", &base, &["dev,prod", "api,web"]).await;
     browser("nojs", &base, &["dev,prod", "api,web"]).await;
     browser("keyboard", &base, &[]).await;
@@ -230,11 +230,11 @@ async fn in_a_browser_against_the_daemon() {
     // Promotion waits for the whole of dev: prod still runs 1.0.0 while dev's canary is at 25%.
     let page = get(&format!("{base}/")).await.1;
     let prod = page
-        .split("href=\"/clusters/prod/local/web\"")
+        .split("href=\"/c/prod/local/web\"")
         .nth(1)
         .unwrap_or_default();
     assert!(
-        page.contains("2.0.0 25%") && prod.contains("<span class=\"v\">1.0.0</span>"),
+        page.contains("2.0.0 25%") && prod.contains("<i>1.0.0</i>"),
         "{page}"
     );
     // A suspend shows as held, with its reason.
@@ -289,17 +289,16 @@ async fn keelson_ui_serves_the_local_state() {
     let mut page = String::new();
     for _ in 0..100 {
         page = get(&format!("{base}/?env=dev")).await.1;
-        if page.contains("cell converged") {
+        if page.contains("<p class=\"converged\">") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        page.contains("<a href=\"/clusters/dev/local/web\">web</a>")
-            && page.contains("<span class=\"v\">1.0.0</span>"),
+        page.contains("<a href=\"/c/dev/local/web\">web</a>") && page.contains("<i>1.0.0</i>"),
         "{page}"
     );
-    let (code, cluster) = get(&format!("{base}/clusters/dev/local/web")).await;
+    let (code, cluster) = get(&format!("{base}/c/dev/local/web")).await;
     assert!(code == 200 && cluster.contains("web-v000"), "{cluster}");
     let (code, _) = get(&format!("{base}/clusters/dev/local/nope")).await;
     assert_eq!(code, 404);

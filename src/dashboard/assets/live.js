@@ -14,22 +14,22 @@
     var cells;
     try { cells = JSON.parse(e.data); } catch (err) { return; }
     cells.forEach(function (c) {
-      document.querySelectorAll('.cell > a[href="' + c.href + '"]').forEach(function (a) {
+      document.querySelectorAll('.overview td > p > a[href="' + c.href + '"]').forEach(function (a) {
         var el = a.parentNode;
-        el.className = "cell " + c.state;
+        el.className = c.state;
         text(el, "b", c.state);
-        text(el, ".v", c.live === "" ? "none" : c.live);
-        text(el, ".h", c.healthy + "/" + c.instances + " healthy");
+        text(el, "i", c.live === "" ? "none" : c.live);
+        text(el, "small", c.healthy + "/" + c.instances + " healthy");
         var git = el.querySelector(".git");
         if (c.live !== c.wanted) {
-          if (!git) { git = document.createElement("span"); git.className = "git"; el.insertBefore(git, el.querySelector(".h")); }
+          if (!git) { git = document.createElement("span"); git.className = "git"; el.insertBefore(git, el.querySelector("small")); }
           git.textContent = "Git " + c.wanted + " ";
         } else if (git) { git.remove(); }
         var why = el.querySelector(".why");
         if (c.why) {
-          if (!why) { why = document.createElement("div"); why.className = "why"; el.appendChild(why); }
+          if (!why) { el.appendChild(document.createElement("br")); why = document.createElement("span"); why.className = "why"; el.appendChild(why); }
           why.textContent = c.why;
-        } else if (why) { why.remove(); }
+        } else if (why) { why.previousSibling.remove(); why.remove(); }
       });
     });
   });
