@@ -12,7 +12,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
-step "system packages (git, OpenSSL headers for git2's https, sshd, Prometheus, curl)"
+step "system packages (git, OpenSSL headers for git2's https, sshd, Prometheus, curl, Chromium, Node.js, PostgreSQL)"
 need=""
 command -v git >/dev/null || need="$need git"
 dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
@@ -27,6 +27,9 @@ command -v curl >/dev/null || need="$need curl"
 [ -x /usr/bin/chromium ] || need="$need chromium"
 command -v node >/dev/null || need="$need nodejs"
 command -v npm >/dev/null || need="$need npm"
+# PostgreSQL for the shared store and the replica tests (they run their own throwaway servers,
+# as the postgres user: initdb refuses root).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 if [ -n "$need" ]; then
   # Install without starting services: openssh-server would otherwise start a system sshd.
   no_start=""
@@ -38,6 +41,7 @@ if [ -n "$need" ]; then
   if [ -n "$no_start" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 git --version
+ls /usr/lib/postgresql/*/bin/postgres
 
 step "moto (the AWS emulator the EC2 tests start)"
 # Pinned, in a virtualenv under target/: the tests start target/moto-venv/bin/moto_server.

@@ -17,7 +17,7 @@ use crate::provider::kubernetes::KubernetesProvider;
 use crate::provider::local::LocalProvider;
 use crate::source::{SourceSet, read_dir};
 use crate::spec::{AppName, EnvName, ProviderKind};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgStore, SqliteStore, Store};
 
 /// Where a verb works and what it works with.
 pub struct Context {
@@ -25,8 +25,26 @@ pub struct Context {
     pub repo: PathBuf,
     /// The state directory.
     pub state: PathBuf,
+    /// A shared store's URL (`--store`); SQLite in `state` without one.
+    pub store_url: Option<String>,
     store: OnceLock<Arc<dyn Store>>,
     providers: OnceLock<Providers>,
+}
+
+/// The shared store's password: from the file KEELSON_STORE_PASSWORD_FILE names, else
+/// KEELSON_STORE_PASSWORD, else none (the URL's, or the server trusts this client).
+fn store_password() -> Result<Option<String>, CliError> {
+    if let Some(path) = std::env::var_os("KEELSON_STORE_PASSWORD_FILE") {
+        let path = PathBuf::from(path);
+        return std::fs::read_to_string(&path)
+            .map(|p| Some(p.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|source| CliError::File {
+                action: "read the store password",
+                path,
+                source,
+            });
+    }
+    Ok(std::env::var("KEELSON_STORE_PASSWORD").ok())
 }
 
 /// The state directory: `--state-dir`, else `<repo>/.keelson`.
@@ -40,6 +58,7 @@ impl Context {
         Self {
             repo,
             state,
+            store_url: None,
             store: OnceLock::new(),
             providers: OnceLock::new(),
         }
@@ -51,6 +70,13 @@ impl Context {
             location.repo.clone(),
             state_dir(&location.repo, location.state_dir.as_ref()),
         )
+        .with_store(location.store.clone())
+    }
+
+    /// The same context on a shared store (`None`: SQLite in the state directory).
+    pub fn with_store(mut self, url: Option<String>) -> Self {
+        self.store_url = url.filter(|u| !u.is_empty());
+        self
     }
 
     /// The state store, opened on first use.
@@ -58,7 +84,20 @@ impl Context {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
-        let opened: Arc<dyn Store> = Arc::new(SqliteStore::open(&self.state)?);
+        let opened: Arc<dyn Store> = match &self.store_url {
+            None => Arc::new(SqliteStore::open(&self.state)?),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Arc::new(PgStore::open(url, store_password()?.as_deref())?)
+            }
+            Some(_) => {
+                return Err(CliError::Argument {
+                    what: "--store takes a postgres:// URL".into(),
+                    hint: Some(
+                        "write postgres://USER@HOST:PORT/DATABASE, or leave --store out for SQLite in the state directory".into(),
+                    ),
+                });
+            }
+        };
         Ok(self.store.get_or_init(|| opened).clone())
     }
 
@@ -67,6 +106,7 @@ impl Context {
     pub fn reading_store(&self) -> Result<Arc<dyn Store>, CliError> {
         match self.store() {
             Ok(s) => Ok(s),
+            Err(e) if self.store_url.is_some() => Err(e),
             Err(e) => match SqliteStore::open_read_only(&self.state) {
                 Ok(s) => {
                     let s: Arc<dyn Store> = Arc::new(s);

@@ -240,6 +240,10 @@ pub struct Location {
     /// Where Keelson keeps its state (default: <repo>/.keelson).
     #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
     pub state_dir: Option<PathBuf>,
+    /// A shared state store, `postgres://USER@HOST:PORT/DATABASE` (default: SQLite in the state
+    /// directory); its password in KEELSON_STORE_PASSWORD_FILE or KEELSON_STORE_PASSWORD.
+    #[arg(long, env = "KEELSON_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 /// Arguments of `keelson apply`.
@@ -308,6 +312,14 @@ pub struct UpArgs {
     /// Where Keelson keeps its state (default: <repo>/.keelson, or ./.keelson for a URL).
     #[arg(long, env = "KEELSON_STATE_DIR", hide_env_values = true)]
     pub state_dir: Option<PathBuf>,
+    /// A shared state store for several replicas, `postgres://USER@HOST:PORT/DATABASE`
+    /// (default: SQLite in the state directory); its password in KEELSON_STORE_PASSWORD_FILE
+    /// or KEELSON_STORE_PASSWORD.
+    #[arg(long, env = "KEELSON_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// This replica's name in locks, history and status (default: host and process id).
+    #[arg(long, env = "KEELSON_REPLICA")]
+    pub replica: Option<String>,
     /// Clusters moved at once.
     #[arg(long, default_value_t = 4)]
     pub parallelism: usize,

@@ -99,7 +99,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
             "webhooks are accepted for any repository (set --forge-repo to restrict)"
         ),
     }
-    let ctx = Context::new(PathBuf::from(&args.repo), state.clone());
+    let ctx = Context::new(PathBuf::from(&args.repo), state.clone()).with_store(args.store.clone());
     let store = ctx.store()?;
     let providers = ctx.providers();
     // Pull request comments need a Git source (to fetch heads) and a forge token.

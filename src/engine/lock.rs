@@ -57,7 +57,7 @@ impl ClusterLock {
                     l.owner, l.reason, l.expires_at
                 )));
             }
-            Ok(LockOutcome::Acquired { took_over }) => took_over.map(|l| l.owner.to_string()),
+            Ok(LockOutcome::Acquired { took_over, .. }) => took_over.map(|l| l.owner.to_string()),
             Err(e) => return Err(Refusal::Failed(crate::report::chain(&e))),
         };
         // The target's own lock (a Kubernetes Lease) guards against instances with other stores.

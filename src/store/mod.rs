@@ -3,11 +3,14 @@
 //! over for several replicas.
 
 mod analysis;
+pub mod audit;
+mod postgres;
 mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
 pub use analysis::{AnalysisRecord, AnalysisState, AnalysisWindow, NotApplicable};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::collections::BTreeMap;
@@ -71,6 +74,8 @@ pub struct LockInfo {
     pub acquired_at: jiff::Timestamp,
     /// Until when, unless renewed.
     pub expires_at: jiff::Timestamp,
+    /// The fencing epoch: it grows every time the lock changes hands.
+    pub epoch: u64,
 }
 
 /// The outcome of trying to take a lock.
@@ -80,6 +85,8 @@ pub enum LockOutcome {
     Acquired {
         /// The previous holder, if taken over.
         took_over: Option<LockInfo>,
+        /// The fencing epoch of this holding.
+        epoch: u64,
     },
     /// Someone else holds it.
     Held(LockInfo),
@@ -104,9 +111,48 @@ pub struct HistoryEntry {
     pub result: String,
 }
 
+/// What a write made while holding a cluster's lock carries: a write whose epoch is older than
+/// the lock's is refused, so a holder that lost its lock (paused, cut off) cannot write late.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The cluster (`env/target/name`).
+    pub cluster: String,
+    /// The epoch the lock was taken with.
+    pub epoch: u64,
+}
+
+/// The writes a cluster's run makes, fenced by its lock's epoch.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// A history entry.
+    History(&'a HistoryEntry),
+    /// The rollout's journal.
+    Journal(&'a Journal),
+    /// The rollout's journal, cleared.
+    ClearJournal,
+    /// An analysis and its measurements.
+    Analysis(&'a AnalysisRecord),
+    /// A version live and healthy.
+    Deployed(&'a Deployed),
+    /// A failed rollout.
+    Failure(&'a Failure),
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A write carried an epoch older than the cluster lock's: another holder took over.
+    #[error(
+        "`{cluster}` changed hands: this write carries epoch {epoch}, the lock is at {current}; stop acting on it"
+    )]
+    Fenced {
+        /// The cluster.
+        cluster: String,
+        /// The writer's epoch.
+        epoch: u64,
+        /// The lock's.
+        current: u64,
+    },
     /// The database failed.
     #[error("state store `{path}`: {what}")]
     Db {
@@ -315,6 +361,28 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// When each disabled group was first seen disabled, by [`Policy::disabled_key`].
     fn disabled_since(&self) -> Result<BTreeMap<String, jiff::Timestamp>, StoreError>;
+
+    /// Makes `write` only while no lock of `fence.cluster` newer than `fence.epoch` exists:
+    /// [`StoreError::Fenced`] otherwise.
+    fn fenced(&self, fence: &Fence, write: Write<'_>) -> Result<(), StoreError>;
+
+    /// Says `replica` is alive for `ttl`; answers how many replicas are.
+    fn heartbeat(&self, replica: &str, ttl: std::time::Duration) -> Result<usize, StoreError>;
+
+    /// Whether the store answers (a replica that cannot reach it is not ready).
+    fn ping(&self) -> Result<(), StoreError>;
+
+    /// Makes a write without a fence (what [`Store::fenced`] does once the fence holds).
+    fn write(&self, write: Write<'_>, cluster: &str) -> Result<(), StoreError> {
+        match write {
+            Write::History(e) => self.record(e),
+            Write::Journal(j) => self.put_journal(j),
+            Write::ClearJournal => self.clear_journal(cluster),
+            Write::Analysis(r) => self.put_analysis(r),
+            Write::Deployed(d) => self.record_deployed(d),
+            Write::Failure(f) => self.record_failure(f),
+        }
+    }
 
     /// The planner's policy at `now`: suspends, held locks of others, approvals, pins,
     /// vetoes and what the controls need.

@@ -111,6 +111,11 @@ const MIGRATIONS: &[&str] = &[
         cluster TEXT NOT NULL,
         since TEXT NOT NULL
     );",
+    // 7: fencing epochs, kept apart from the locks (which are deleted when released) so that
+    // they only grow; replicas seen alive.
+    "ALTER TABLE locks ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE lock_epochs (cluster TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
+    CREATE TABLE replicas (name TEXT PRIMARY KEY, seen_until TEXT NOT NULL);",
 ];
 
 /// Records kept per cluster of what was live and healthy: enough to go back a long way.
@@ -293,6 +298,7 @@ fn read_lock(row: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
         reason: row.get(2)?,
         acquired_at: ts(&row.get::<_, String>(3)?, 3)?,
         expires_at: ts(&row.get::<_, String>(4)?, 4)?,
+        epoch: row.get::<_, i64>(5)?.try_into().unwrap_or(0),
     })
 }
 
@@ -329,32 +335,35 @@ impl Store for SqliteStore {
         let owner_json = serde_json::to_string(owner).map_err(|e| self.err(e))?;
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = tx.query_row("SELECT cluster, owner, reason, acquired_at, expires_at FROM locks WHERE cluster = ?1", [cluster], read_lock).optional()?;
+            let current = tx.query_row("SELECT cluster, owner, reason, acquired_at, expires_at, epoch FROM locks WHERE cluster = ?1", [cluster], read_lock).optional()?;
             let mut took_over = None;
+            let mut epoch = None;
             if let Some(l) = current {
                 let mine = l.owner.token == owner.token;
                 if !mine && l.expires_at > now && !owner_dead_here(&l.owner, owner) {
                     return Ok(LockOutcome::Held(l));
                 }
-                if !mine {
-                    audit(&tx, &HistoryEntry {
-                        at: now,
-                        cluster: cluster.to_string(),
-                        action: "lock-takeover".into(),
-                        detail: format!("took over the lock of {} ({}), {}", l.owner, l.reason, if l.expires_at <= now { "expired" } else { "whose process is gone" }),
-                        who: owner.to_string(),
-                        revision: String::new(),
-                        result: "ok".into(),
-                    })?;
+                if mine {
+                    epoch = Some(l.epoch);
+                } else {
+                    audit(&tx, &super::audit::lock_takeover(cluster, &l, l.expires_at <= now, &owner.to_string(), now))?;
                     took_over = Some(l);
                 }
             }
+            let epoch: u64 = match epoch {
+                Some(e) => e,
+                None => tx.query_row(
+                    "INSERT INTO lock_epochs (cluster, epoch) VALUES (?1, 1) ON CONFLICT (cluster) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                    [cluster],
+                    |r| r.get::<_, i64>(0),
+                )?.try_into().unwrap_or(0),
+            };
             tx.execute(
-                "INSERT OR REPLACE INTO locks (cluster, owner, reason, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![cluster, owner_json, reason, now.to_string(), ttl_end(now, ttl).to_string()],
+                "INSERT OR REPLACE INTO locks (cluster, owner, reason, acquired_at, expires_at, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![cluster, owner_json, reason, now.to_string(), ttl_end(now, ttl).to_string(), i64::try_from(epoch).unwrap_or(i64::MAX)],
             )?;
             tx.commit()?;
-            Ok(LockOutcome::Acquired { took_over })
+            Ok(LockOutcome::Acquired { took_over, epoch })
         })
     }
 
@@ -393,18 +402,10 @@ impl Store for SqliteStore {
     ) -> Result<Option<LockInfo>, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = tx.query_row("SELECT cluster, owner, reason, acquired_at, expires_at FROM locks WHERE cluster = ?1", [cluster], read_lock).optional()?;
+            let current = tx.query_row("SELECT cluster, owner, reason, acquired_at, expires_at, epoch FROM locks WHERE cluster = ?1", [cluster], read_lock).optional()?;
             if let Some(l) = &current {
                 tx.execute("DELETE FROM locks WHERE cluster = ?1", [cluster])?;
-                audit(&tx, &HistoryEntry {
-                    at: now,
-                    cluster: cluster.to_string(),
-                    action: "lock-release".into(),
-                    detail: format!("forced release of the lock of {} ({})", l.owner, l.reason),
-                    who: who.to_string(),
-                    revision: String::new(),
-                    result: "ok".into(),
-                })?;
+                audit(&tx, &super::audit::lock_release(cluster, l, who, now))?;
             }
             tx.commit()?;
             Ok(current)
@@ -413,7 +414,7 @@ impl Store for SqliteStore {
 
     fn locks(&self) -> Result<Vec<LockInfo>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare("SELECT cluster, owner, reason, acquired_at, expires_at FROM locks ORDER BY cluster")?;
+            let mut st = c.prepare("SELECT cluster, owner, reason, acquired_at, expires_at, epoch FROM locks ORDER BY cluster")?;
             let rows = st.query_map([], read_lock)?;
             rows.collect()
         })
@@ -427,15 +428,7 @@ impl Store for SqliteStore {
                 "INSERT INTO suspends (scope, who, reason, created_at, until) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![scope, s.who, s.reason, now.to_string(), s.until.map(|u| u.to_string())],
             )?;
-            audit(&tx, &HistoryEntry {
-                at: now,
-                cluster: "*".into(),
-                action: "suspend".into(),
-                detail: format!("suspended {}: {}{}", s.scope, s.reason, s.until.map(|u| format!(" until {u}")).unwrap_or_default()),
-                who: s.who.clone(),
-                revision: String::new(),
-                result: "ok".into(),
-            })?;
+            audit(&tx, &super::audit::suspend(s, now))?;
             tx.commit()
         })
     }
@@ -448,18 +441,7 @@ impl Store for SqliteStore {
                 "UPDATE suspends SET resumed_at = ?2 WHERE scope = ?1 AND resumed_at IS NULL",
                 params![scope_json, now.to_string()],
             )?;
-            audit(
-                &tx,
-                &HistoryEntry {
-                    at: now,
-                    cluster: "*".into(),
-                    action: "resume".into(),
-                    detail: format!("resumed {scope} ({n} suspend(s) lifted)"),
-                    who: who.to_string(),
-                    revision: String::new(),
-                    result: "ok".into(),
-                },
-            )?;
+            audit(&tx, &super::audit::resume(scope, n, who, now))?;
             tx.commit()?;
             Ok(n)
         })
@@ -496,15 +478,7 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO approvals (environment, app, version, who, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![a.environment.as_str(), a.app.as_str(), a.version, who, now.to_string()],
             )?;
-            audit(&tx, &HistoryEntry {
-                at: now,
-                cluster: format!("{}/*/{}", a.environment, a.app),
-                action: "approve".into(),
-                detail: format!("approved {} {} in {}", a.app, a.version, a.environment),
-                who: who.to_string(),
-                revision: String::new(),
-                result: "ok".into(),
-            })?;
+            audit(&tx, &super::audit::approve(a, who, now))?;
             tx.commit()
         })
     }
@@ -684,15 +658,7 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO adopted (store_id, who, reason, at) VALUES (?1, ?2, ?3, ?4)",
                 params![store_id, who, reason, now.to_string()],
             )?;
-            audit(&tx, &HistoryEntry {
-                at: now,
-                cluster: cluster.to_string(),
-                action: "adopt".into(),
-                detail: format!("took over the clusters of state store {store_id}: {reason}"),
-                who: who.to_string(),
-                revision: String::new(),
-                result: "ok".into(),
-            })?;
+            audit(&tx, &super::audit::adopt(store_id, cluster, who, reason, now))?;
             tx.commit()
         })
     }
@@ -747,25 +713,7 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO pins (environment, app, body) VALUES (?1, ?2, ?3)",
                 params![p.environment.as_str(), p.app.as_str(), body],
             )?;
-            audit(
-                &tx,
-                &HistoryEntry {
-                    at: p.at,
-                    cluster: format!("{}/*/{}", p.environment, p.app),
-                    action: "pin".into(),
-                    detail: format!(
-                        "pinned {} to {} in {}: {}{}",
-                        p.app,
-                        p.artifact.version,
-                        p.environment,
-                        p.reason,
-                        p.until.map(|u| format!(" (until {u})")).unwrap_or_default()
-                    ),
-                    who: p.who.clone(),
-                    revision: String::new(),
-                    result: "ok".into(),
-                },
-            )?;
+            audit(&tx, &super::audit::pin(p))?;
             tx.commit()
         })
     }
@@ -787,18 +735,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if body.is_some() {
-                audit(
-                    &tx,
-                    &HistoryEntry {
-                        at: now,
-                        cluster: format!("{environment}/*/{app}"),
-                        action: "unpin".into(),
-                        detail: format!("unpinned {app} in {environment}"),
-                        who: who.to_string(),
-                        revision: String::new(),
-                        result: "ok".into(),
-                    },
-                )?;
+                audit(&tx, &super::audit::unpin(environment, app, who, now))?;
             }
             tx.commit()?;
             Ok(body)
@@ -830,25 +767,7 @@ impl Store for SqliteStore {
                     params![p.environment.as_str(), p.app.as_str(), body],
                 )?;
                 if n > 0 {
-                    audit(
-                        &tx,
-                        &HistoryEntry {
-                            at: now,
-                            cluster: format!("{}/*/{}", p.environment, p.app),
-                            action: "pin-lapsed".into(),
-                            detail: format!(
-                                "the pin of {} to {} in {} by {} lapsed{}",
-                                p.app,
-                                p.artifact.version,
-                                p.environment,
-                                p.who,
-                                p.until.map(|u| format!(" at {u}")).unwrap_or_default()
-                            ),
-                            who: "keelson".into(),
-                            revision: String::new(),
-                            result: "ok".into(),
-                        },
-                    )?;
+                    audit(&tx, &super::audit::pin_lapsed(p, now))?;
                 }
             }
             tx.commit()
@@ -865,21 +784,7 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO vetoes (app, version, environment, body) VALUES (?1, ?2, ?3, ?4)",
                 params![v.app.as_str(), v.version, env, body],
             )?;
-            audit(&tx, &HistoryEntry {
-                at: v.at,
-                cluster: format!("{env}/*/{}", v.app),
-                action: "veto".into(),
-                detail: format!(
-                    "vetoed {} {} in {}: {}",
-                    v.app,
-                    v.version,
-                    v.environment.as_ref().map_or("every environment".to_string(), ToString::to_string),
-                    v.reason
-                ),
-                who: v.who.clone(),
-                revision: String::new(),
-                result: "ok".into(),
-            })?;
+            audit(&tx, &super::audit::veto(v))?;
             tx.commit()
         })
     }
@@ -900,18 +805,7 @@ impl Store for SqliteStore {
                 params![app.as_str(), version, env],
             )?;
             if n > 0 {
-                audit(
-                    &tx,
-                    &HistoryEntry {
-                        at: now,
-                        cluster: format!("{env}/*/{app}"),
-                        action: "unveto".into(),
-                        detail: format!("lifted the veto of {app} {version}"),
-                        who: who.to_string(),
-                        revision: String::new(),
-                        result: "ok".into(),
-                    },
-                )?;
+                audit(&tx, &super::audit::unveto(app, version, env, who, now))?;
             }
             tx.commit()?;
             Ok(n)
@@ -1011,18 +905,7 @@ impl Store for SqliteStore {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute("DELETE FROM failures WHERE cluster = ?1", params![cluster])?;
-            audit(
-                &tx,
-                &HistoryEntry {
-                    at: now,
-                    cluster: cluster.to_string(),
-                    action: "retry".into(),
-                    detail: format!("{n} failed rollout(s) forgotten: tried again at once"),
-                    who: who.to_string(),
-                    revision: String::new(),
-                    result: "ok".into(),
-                },
-            )?;
+            audit(&tx, &super::audit::retry(cluster, n, who, now))?;
             tx.commit()?;
             Ok(n)
         })
@@ -1052,6 +935,46 @@ impl Store for SqliteStore {
             }
             tx.commit()
         })
+    }
+
+    fn fenced(&self, fence: &super::Fence, write: super::Write<'_>) -> Result<(), StoreError> {
+        // One process writes an SQLite store at a time per cluster (its lock), so reading the
+        // epoch first is enough here; the server store checks it in the write's transaction.
+        let current: i64 = self.with(|c| {
+            c.query_row(
+                "SELECT coalesce((SELECT epoch FROM lock_epochs WHERE cluster = ?1), 0)",
+                [&fence.cluster],
+                |r| r.get(0),
+            )
+        })?;
+        let current = u64::try_from(current).unwrap_or(0);
+        if current > fence.epoch {
+            return Err(StoreError::Fenced {
+                cluster: fence.cluster.clone(),
+                epoch: fence.epoch,
+                current,
+            });
+        }
+        self.write(write, &fence.cluster)
+    }
+
+    fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<usize, StoreError> {
+        let now = crate::clock::now();
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO replicas (name, seen_until) VALUES (?1, ?2)",
+                params![replica, ttl_end(now, ttl).to_string()],
+            )?;
+            // Compared as times: RFC 3339 text with and without fractions does not sort.
+            let mut st = c.prepare("SELECT seen_until FROM replicas")?;
+            let rows = st.query_map([], |r| ts(&r.get::<_, String>(0)?, 0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map(|seen| seen.iter().filter(|s| **s > now).count().max(1))
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
 
     fn disabled_since(&self) -> Result<BTreeMap<String, jiff::Timestamp>, StoreError> {
@@ -1094,7 +1017,10 @@ mod tests {
         assert!(matches!(
             s.acquire_lock("dev/local/x", &me, "apply", Duration::from_secs(60), now)
                 .unwrap(),
-            LockOutcome::Acquired { took_over: None }
+            LockOutcome::Acquired {
+                took_over: None,
+                ..
+            }
         ));
         assert!(matches!(
             s.acquire_lock("dev/local/x", &other, "apply", Duration::from_secs(60), now)
@@ -1112,7 +1038,9 @@ mod tests {
             )
             .unwrap()
         {
-            LockOutcome::Acquired { took_over: Some(l) } => assert_eq!(l.owner.token, "a"),
+            LockOutcome::Acquired {
+                took_over: Some(l), ..
+            } => assert_eq!(l.owner.token, "a"),
             o => panic!("{o:?}"),
         }
         assert!(

@@ -1,0 +1,162 @@
+//! A throwaway PostgreSQL server (Debian's package), started by the tests that need one on a
+//! free port, with password authentication over TCP. `initdb` refuses root, so as root it runs
+//! as the `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The password of the `postgres` role in these servers.
+pub const PASSWORD: &str = "pg-s3cret-for-tests";
+
+/// A running server; stopped (immediately) when dropped.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// The TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/test.sh installs Debian's postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("an initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `cmd` as the user that owns the data directory.
+fn as_owner(bin: &Path, tool: &str) -> Command {
+    if root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+fn check(c: &mut Command, what: &str) {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Postgres {
+    /// Makes a cluster in a fresh directory and starts it.
+    pub fn start() -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("keelson-pg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, PASSWORD).unwrap();
+        if root() {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        check(
+            as_owner(&bin, "initdb")
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ])
+                .arg(format!("--pwfile={}", pw.display()))
+                .arg("-D")
+                .arg(dir.path().join("data")),
+            "initdb",
+        );
+        let port = crate::local_target::free_port();
+        let pg = Self { dir, bin, port };
+        pg.up();
+        pg
+    }
+
+    fn ctl(&self, args: &[&str]) -> Command {
+        let mut c = as_owner(&self.bin, "pg_ctl");
+        c.arg("-D").arg(self.dir.path().join("data")).args(args);
+        c
+    }
+
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log");
+        check(
+            &mut self.ctl(&["-w", "-o", &opts, "-l", &log.to_string_lossy(), "start"]),
+            "pg_ctl start",
+        );
+    }
+
+    /// Stops the server at once (connections are cut).
+    pub fn down(&self) {
+        check(&mut self.ctl(&["-w", "-m", "fast", "stop"]), "pg_ctl stop");
+    }
+
+    /// Makes a database and answers its URL (without the password).
+    pub fn database(&self, name: &str) -> String {
+        check(
+            as_owner(&self.bin, "psql")
+                .args(["-h"])
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-qc"])
+                .arg(format!("CREATE DATABASE {name}")),
+            "create the database",
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs one query in `db` and answers its rows, `|`-separated.
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let out = as_owner(&self.bin, "psql")
+            .args(["-h"])
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-Atc",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["-w", "-m", "immediate", "stop"]).output();
+    }
+}
