@@ -155,7 +155,13 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     let engine = Arc::new(Engine {
         store,
         providers: providers.clone(),
-        owner: Owner::this_process("keelson up", crate::clock::now()),
+        // A replica's name goes into its locks and history, so status says who holds what.
+        owner: Owner::this_process(
+            &args.replica.as_ref().map_or("keelson up".to_string(), |r| {
+                format!("keelson up --replica {r}")
+            }),
+            crate::clock::now(),
+        ),
         parallelism: args.parallelism,
         stop: Default::default(),
         slots: Default::default(),

@@ -19,12 +19,7 @@ const SLICE: Duration = Duration::from_millis(100);
 impl Run<'_> {
     /// Saves an analysis; a store that cannot keep it is said, not hidden.
     fn save(&self, r: &AnalysisRecord) {
-        if let Err(e) = self.engine.store.put_analysis(r) {
-            self.progress.note(
-                self.id(),
-                &format!("cannot save the analysis: {}", crate::report::chain(&e)),
-            );
-        }
+        self.write(crate::store::Write::Analysis(r), "save the analysis");
     }
 
     /// The cluster's analysis of this spec to go on with (after a crash, or an approval), or a

@@ -12,7 +12,7 @@ use crate::model::{ClusterId, DesiredCluster, ObservedCluster};
 use crate::notify::{Event, EventKind};
 use crate::plan::{Action, ClusterPlan, Sim, guard_step};
 use crate::provider::{Provider, ProviderError, ProviderOp, TargetRef};
-use crate::store::{Journal, RollbackProgress};
+use crate::store::{HistoryEntry, Journal, RollbackProgress, Write};
 
 /// How often a long gate says where it stands.
 const SAY_EVERY: Duration = Duration::from_secs(10);
@@ -122,7 +122,7 @@ impl Engine {
 
     /// Records what the delivery controls count: a rollout that converged is a version live
     /// and healthy here; one that failed counts against the flapping guard.
-    fn remember(&self, cp: &ClusterPlan, outcome: &ClusterOutcome) {
+    fn remember(&self, cp: &ClusterPlan, outcome: &ClusterOutcome, lock: &ClusterLock) {
         let Some(d) = cp
             .desired
             .as_ref()
@@ -132,24 +132,26 @@ impl Engine {
         };
         let now = self.now();
         let written = match outcome {
-            ClusterOutcome::Converged if !cp.steps.is_empty() => {
-                self.store.record_deployed(&crate::plan::Deployed {
+            ClusterOutcome::Converged if !cp.steps.is_empty() => self.store.fenced(
+                &lock.fence(),
+                Write::Deployed(&crate::plan::Deployed {
                     cluster: d.id.clone(),
                     app: d.app.clone(),
                     artifact: d.artifact(),
                     spec_hash: d.spec_hash.clone(),
                     rest: d.retarget.rest.clone(),
                     at: now,
-                })
-            }
-            ClusterOutcome::Failed { error, .. } => {
-                self.store.record_failure(&crate::plan::Failure {
+                }),
+            ),
+            ClusterOutcome::Failed { error, .. } => self.store.fenced(
+                &lock.fence(),
+                Write::Failure(&crate::plan::Failure {
                     cluster: d.id.clone(),
                     hash: d.hash.clone(),
                     at: now,
                     error: error.clone(),
-                })
-            }
+                }),
+            ),
             _ => Ok(()),
         };
         if let Err(e) = written {
@@ -161,6 +163,21 @@ impl Engine {
     pub async fn run_cluster(
         &self,
         cp: &ClusterPlan,
+        target: &TargetRef,
+        revision: &str,
+        progress: &dyn Progress,
+    ) -> ClusterReport {
+        self.run_planned(cp, None, target, revision, progress).await
+    }
+
+    /// [`Engine::run_cluster`] for a plan made on an observation whose [`basis`] was
+    /// `planned_on`: once the lock is taken the cluster is observed again, and if another
+    /// holder changed it meanwhile (another replica, another `apply`) nothing runs; the next
+    /// plan starts from what is there.
+    pub(super) async fn run_planned(
+        &self,
+        cp: &ClusterPlan,
+        planned_on: Option<u64>,
         target: &TargetRef,
         revision: &str,
         progress: &dyn Progress,
@@ -217,6 +234,25 @@ impl Engine {
         if let Some(prev) = &lock.took_over {
             progress.note(id, &format!("took over the expired lock of {prev}"));
         }
+        if let Some(planned_on) = planned_on {
+            let seen = provider
+                .observe(target)
+                .await
+                .map(|all| all.into_iter().find(|c| &c.id == id));
+            let changed = match &seen {
+                Ok(now) => basis(now.as_ref()) != planned_on,
+                Err(_) => false,
+            };
+            if changed {
+                let _ = lock.release().await;
+                return report(
+                    ClusterOutcome::Held(vec![
+                        "the cluster changed after it was planned (another holder acted); it is planned again".into(),
+                    ]),
+                    0,
+                );
+            }
+        }
         let rollout = matches!(cp.action, Action::Create | Action::RollOut);
         if rollout {
             self.emit(
@@ -244,14 +280,33 @@ impl Engine {
         } else {
             run.steps().await
         };
+        self.remember(cp, &outcome, &lock);
         for problem in lock.release().await {
             progress.note(id, &problem);
         }
-        self.remember(cp, &outcome);
         self.announce(cp, revision, &outcome, steps);
         progress.done(id, &outcome.to_string(), !outcome.is_failure());
         report(outcome, steps)
     }
+}
+
+/// What a plan rests on in an observed cluster: its groups' names, versions, specs, capacity,
+/// state and traffic (not instance health, which moves by itself).
+pub(super) fn basis(live: Option<&ObservedCluster>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for g in live.map_or(&[][..], |l| l.server_groups.as_slice()) {
+        (
+            &g.name,
+            &g.version,
+            &g.spec_hash,
+            g.capacity,
+            g.enabled,
+            g.weight,
+        )
+            .hash(&mut h);
+    }
+    h.finish()
 }
 
 impl Run<'_> {
@@ -268,27 +323,44 @@ impl Run<'_> {
             .map_or(crate::spec::Duration::from_secs(60), |d| d.health.timeout)
     }
 
+    /// A history entry of this run, naming who acted and the lock's epoch, written under
+    /// the lock's fence.
     pub(super) fn record(&self, action: &str, detail: &str, result: &str) {
-        self.engine
-            .record(self.id(), action, detail, self.revision, result);
+        let e = HistoryEntry {
+            at: self.engine.now(),
+            cluster: self.id().to_string(),
+            action: action.into(),
+            detail: detail.into(),
+            who: format!("{} epoch {}", self.engine.owner, self.lock.epoch),
+            revision: self.revision.into(),
+            result: result.into(),
+        };
+        self.write(Write::History(&e), "record history");
+    }
+
+    /// A write under the lock's fence; one refused because another holder took the lock
+    /// stops this run at its next check.
+    pub(super) fn write(&self, w: Write<'_>, what: &str) {
+        match self.engine.store.fenced(&self.lock.fence(), w) {
+            Ok(()) => {}
+            Err(e) => {
+                if matches!(e, crate::store::StoreError::Fenced { .. }) {
+                    self.lock.mark_lost();
+                }
+                self.progress.note(
+                    self.id(),
+                    &format!("cannot {what}: {}", crate::report::chain(&e)),
+                );
+            }
+        }
     }
 
     fn journal(&self, j: &Journal) {
-        if let Err(e) = self.engine.store.put_journal(j) {
-            self.progress.note(
-                self.id(),
-                &format!("cannot journal the rollout: {}", crate::report::chain(&e)),
-            );
-        }
+        self.write(Write::Journal(j), "journal the rollout");
     }
 
     fn forget(&self) {
-        if let Err(e) = self.engine.store.clear_journal(&self.id().to_string()) {
-            self.progress.note(
-                self.id(),
-                &format!("cannot clear the journal: {}", crate::report::chain(&e)),
-            );
-        }
+        self.write(Write::ClearJournal, "clear the journal");
     }
 
     pub(super) async fn observe(&self) -> Result<Option<ObservedCluster>, ProviderError> {
@@ -332,7 +404,10 @@ impl Run<'_> {
             return Ok(Some(why));
         }
         if self.lock.lost() {
-            return Err("lost the cluster lock".into());
+            // Not a failure to roll back: another replica may hold the lock and go on.
+            return Ok(Some(
+                "lost the cluster lock (not renewed in time, or taken by another replica)".into(),
+            ));
         }
         Ok(None)
     }
@@ -397,6 +472,13 @@ impl Run<'_> {
         for (i, ps) in self.cp.steps.iter().enumerate() {
             let at = format!("step {}/{total}", i + 1);
             match self.stop_reason() {
+                // Another holder may be acting: nothing more is written or done here.
+                Ok(Some(why)) if self.lock.lost() => {
+                    return (
+                        ClusterOutcome::Held(vec![format!("{why}; stopped before {at}")]),
+                        i,
+                    );
+                }
                 Ok(Some(why)) => {
                     self.record("step", &ps.description, "held");
                     self.forget();

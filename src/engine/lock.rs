@@ -1,16 +1,21 @@
 //! A cluster's lock as one value: the store's lock and the target's own lease, taken together,
 //! renewed while held, released when dropped.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::model::ClusterId;
 use crate::provider::{LeaseOutcome, Provider, TargetRef};
-use crate::store::{LockOutcome, Owner, Store};
+use crate::store::{Fence, LockOutcome, Owner, Store};
 
-/// How long a lock lasts unless renewed; renewed every third of it while held.
-pub const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a lock lasts unless renewed (Kubernetes' leader election default); renewed every
+/// fifth of it while held.
+pub const LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// A holder stops acting once less than this is left on its lock: the renew deadline is the
+/// lock's duration less this, so it stops well before another replica may take over.
+pub const LOCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why a lock was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +36,13 @@ pub struct ClusterLock {
     target: TargetRef,
     id: ClusterId,
     lost: Arc<AtomicBool>,
+    /// Until when the lock surely holds, on this process's monotonic clock: the lock's
+    /// duration counted from before the request that took or renewed it.
+    deadline: Arc<Mutex<Instant>>,
     renewer: tokio::task::JoinHandle<()>,
     released: bool,
+    /// The fencing epoch of this holding: writes made while acting carry it.
+    pub epoch: u64,
     /// A previous holder whose lock had expired or whose process is gone.
     pub took_over: Option<String>,
 }
@@ -49,17 +59,20 @@ impl ClusterLock {
         reason: &str,
     ) -> Result<Self, Refusal> {
         let key = id.to_string();
-        let took_over = match store.acquire_lock(&key, owner, reason, LOCK_TTL, crate::clock::now())
-        {
-            Ok(LockOutcome::Held(l)) => {
-                return Err(Refusal::Held(format!(
-                    "{} ({}) until {}",
-                    l.owner, l.reason, l.expires_at
-                )));
-            }
-            Ok(LockOutcome::Acquired { took_over, .. }) => took_over.map(|l| l.owner.to_string()),
-            Err(e) => return Err(Refusal::Failed(crate::report::chain(&e))),
-        };
+        let asked = Instant::now();
+        let (took_over, epoch) =
+            match store.acquire_lock(&key, owner, reason, LOCK_TTL, crate::clock::now()) {
+                Ok(LockOutcome::Held(l)) => {
+                    return Err(Refusal::Held(format!(
+                        "{} ({}) until {}",
+                        l.owner, l.reason, l.expires_at
+                    )));
+                }
+                Ok(LockOutcome::Acquired { took_over, epoch }) => {
+                    (took_over.map(|l| l.owner.to_string()), epoch)
+                }
+                Err(e) => return Err(Refusal::Failed(crate::report::chain(&e))),
+            };
         // The target's own lock (a Kubernetes Lease) guards against instances with other stores.
         let holder = owner.holder();
         let refused = match provider.acquire_lease(target, id, &holder, LOCK_TTL).await {
@@ -77,13 +90,16 @@ impl ClusterLock {
             return Err(r);
         }
         let lost = Arc::new(AtomicBool::new(false));
+        let deadline = Arc::new(Mutex::new(asked + LOCK_TTL));
         let renewer = {
             let (store, owner, key, lost) =
                 (store.clone(), owner.clone(), key.clone(), lost.clone());
             let (provider, target, id) = (provider.clone(), target.clone(), id.clone());
+            let deadline = deadline.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(LOCK_TTL / 3).await;
+                    tokio::time::sleep(LOCK_TTL / 5).await;
+                    let asked = Instant::now();
                     let leased = matches!(
                         provider.renew_lease(&target, &id, &holder, LOCK_TTL).await,
                         Ok(true)
@@ -97,6 +113,9 @@ impl ClusterLock {
                         lost.store(true, Ordering::Release);
                         return;
                     }
+                    if let Ok(mut d) = deadline.lock() {
+                        *d = asked + LOCK_TTL;
+                    }
                 }
             })
         };
@@ -108,15 +127,40 @@ impl ClusterLock {
             target: target.clone(),
             id: id.clone(),
             lost,
+            deadline,
             renewer,
             released: false,
+            epoch,
             took_over,
         })
     }
 
-    /// Whether the lock or the lease could not be renewed: stop acting.
+    /// Whether to stop acting: the lock or the lease could not be renewed, a write was
+    /// refused for a newer holder, or too little time is left on the lock for one more
+    /// operation (the renewer is late: a paused process, a slow store).
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        if self.lost.load(Ordering::Acquire) {
+            return true;
+        }
+        let left = self
+            .deadline
+            .lock()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        left < LOCK_MARGIN
+    }
+
+    /// Marks the lock lost: a write was refused because another holder took it.
+    pub fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// What writes made while holding this lock carry.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            cluster: self.key.clone(),
+            epoch: self.epoch,
+        }
     }
 
     /// Gives the lease and the lock back; returns what could not be released.

@@ -278,10 +278,15 @@ impl Engine {
         }
         let mut fixed = fixed;
         for _ in 0..ROUNDS {
+            // What each cluster looked like when planned: checked again under its lock.
+            let mut basis: BTreeMap<ClusterId, u64> = BTreeMap::new();
             let pl = match fixed.take() {
                 Some(p) => p,
                 None => {
                     let observed = observe(desired, &self.providers).await;
+                    for c in desired.clusters.keys() {
+                        basis.insert(c.clone(), super::cluster::basis(observed.clusters.get(c)));
+                    }
                     let policy = match self.store.policy(self.now(), Some(&self.owner)) {
                         Ok(p) => p,
                         Err(e) => {
@@ -423,10 +428,11 @@ impl Engine {
                     progress.clone(),
                     revision.to_string(),
                 );
+                let planned_on = basis.get(&cp.id).copied();
                 tasks.spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let _mine = mine.acquire_owned().await;
-                    me.run_cluster(&cp, &target, &revision, progress.as_ref())
+                    me.run_planned(&cp, planned_on, &target, &revision, progress.as_ref())
                         .await
                 });
             }

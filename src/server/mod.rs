@@ -255,6 +255,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    // A replica that cannot reach its store acts on nothing: not ready.
+    if let Err(e) = s.store.ping() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "not ready: the state store does not answer: {}\n",
+                crate::report::chain(&e)
+            ),
+        );
+    }
     let ready = s.status.read().map(|st| st.ready).unwrap_or(false);
     if ready {
         text(StatusCode::OK, "ready\n")

@@ -20,6 +20,7 @@ mod plan_scenarios;
 mod pr_comment;
 mod properties;
 mod proxy_protocol;
+mod replicas;
 mod rollback;
 mod schemas;
 mod security;

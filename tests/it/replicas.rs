@@ -1,0 +1,289 @@
+//! Three `keelson up` replicas on one real PostgreSQL and 60 local-target clusters: the work
+//! is spread, a replica killed mid-canary is taken over and its canary finished with no failed
+//! request, and no cluster ever has two holders at once (checked over the whole history).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::daemon::http;
+use crate::local_target::{Load, free_port};
+use crate::pg::{PASSWORD, Postgres};
+use crate::support::git;
+
+const ENV: &str = "apiVersion: keelson/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  targets: [{name: local, provider: local}]\n";
+const CLUSTERS: usize = 60;
+
+fn app(name: &str, version: &str, port: u16, strategy: &str) -> String {
+    format!(
+        "apiVersion: keelson/v1\nkind: Application\nmetadata: {{name: {name}}}\nspec:\n  artifact: {{version: \"{version}\"}}\n  workload: {{command: [keelson, demo-app, --port, \"{{port}}\"]}}\n  health: {{http: {{path: /healthz, interval: 200ms, timeout: 500ms}}, timeout: 10s}}\n  clusters:\n    - {{environment: dev, target: local, capacity: {{desired: 1}}, strategy: {strategy}, traffic: {{port: {port}}}}}\n"
+    )
+}
+
+struct Replica {
+    name: String,
+    child: tokio::process::Child,
+}
+
+struct Fleet {
+    pg: Postgres,
+    url: String,
+    work: tempfile::TempDir,
+    bare: tempfile::TempDir,
+    state: tempfile::TempDir,
+    ports: Vec<u16>,
+    replicas: Vec<Replica>,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let pg = Postgres::start();
+        let url = pg.database("fleet");
+        let (work, bare) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        git(bare.path(), &["init", "-q", "--bare", "-b", "main"]);
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(
+            work.path(),
+            &["remote", "add", "origin", bare.path().to_str().unwrap()],
+        );
+        std::fs::write(work.path().join("env.yaml"), ENV).unwrap();
+        Self {
+            pg,
+            url,
+            work,
+            bare,
+            state: tempfile::tempdir().unwrap(),
+            ports: (0..CLUSTERS).map(|_| free_port()).collect(),
+            replicas: Vec::new(),
+        }
+    }
+
+    /// Writes every app at `version` (app 0 with `first`'s strategy) and pushes.
+    fn push(&self, version: &str, first: &str) {
+        for (i, port) in self.ports.iter().enumerate() {
+            let strategy = if i == 0 { first } else { "{type: red-black}" };
+            std::fs::write(
+                self.work.path().join(format!("a{i}.yaml")),
+                app(&format!("a{i}"), version, *port, strategy),
+            )
+            .unwrap();
+        }
+        git(self.work.path(), &["add", "-A"]);
+        git(self.work.path(), &["commit", "-q", "-m", version]);
+        git(self.work.path(), &["push", "-q", "-f", "origin", "main"]);
+    }
+
+    fn start(&mut self, name: &str) {
+        let log = std::fs::File::create(self.state.path().join(format!("{name}.log"))).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("up")
+            .args(["--repo", self.bare.path().to_str().unwrap()])
+            .args(["--interval", "300ms", "--drift-interval", "1h"])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(["--store", &self.url, "--replica", name])
+            .env("KEELSON_STORE_PASSWORD", PASSWORD)
+            .env("KEELSON_API_TOKEN", "s3cret-token")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.replicas.push(Replica {
+            name: name.into(),
+            child,
+        });
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| {
+                let log =
+                    std::fs::read_to_string(self.state.path().join(format!("{}.log", r.name)))
+                        .unwrap_or_default();
+                format!(
+                    "--- {}:\n{}",
+                    r.name,
+                    &log[log.len().saturating_sub(2000)..]
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until every cluster answers with `version`.
+    async fn converged(&self, version: &str, secs: u64) {
+        let started = Instant::now();
+        let mut left: BTreeSet<u16> = self.ports.iter().copied().collect();
+        while !left.is_empty() && started.elapsed() < Duration::from_secs(secs) {
+            for port in left.clone() {
+                let (_, body) = http(&format!("http://127.0.0.1:{port}/"), "GET", &[], "").await;
+                if body.contains(&format!("\"version\":\"{version}\"")) {
+                    left.remove(&port);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "{} clusters never served {version}\n{}",
+            left.len(),
+            self.logs()
+        );
+    }
+
+    /// (history id, cluster, replica, epoch) of every step a replica took, in order.
+    fn steps(&self) -> Vec<(u64, String, String, u64)> {
+        self.pg
+            .query(
+                "fleet",
+                "SELECT id, cluster, who FROM history WHERE action IN ('step', 'rollback') ORDER BY id",
+            )
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, '|');
+                let (id, cluster, who) = (f.next()?, f.next()?, f.next()?);
+                let replica = who.split("--replica ").nth(1)?.split(')').next()?.to_string();
+                let epoch = who.rsplit("epoch ").next()?.trim().parse().ok()?;
+                Some((id.parse().ok()?, cluster.to_string(), replica, epoch))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            let _ = r.child.start_kill();
+        }
+        crate::local_target::stop_all(self.state.path());
+    }
+}
+
+/// Every cluster's steps, in the order written, never go back to an older epoch, and each
+/// epoch belongs to one replica: no two holders acted on a cluster at once.
+fn one_holder_at_a_time(steps: &[(u64, String, String, u64)]) {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut holder: BTreeMap<(&str, u64), &str> = BTreeMap::new();
+    for (id, cluster, replica, epoch) in steps {
+        let prev = last.insert(cluster, *epoch).unwrap_or(0);
+        assert!(
+            *epoch >= prev,
+            "history {id}: {cluster} went back from epoch {prev} to {epoch}"
+        );
+        let first = holder.entry((cluster, *epoch)).or_insert(replica);
+        assert_eq!(
+            first, replica,
+            "history {id}: {cluster} epoch {epoch} acted on by two replicas"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_sixty_clusters_and_survive_a_kill_mid_canary() {
+    let mut fleet = Fleet::new();
+    let canary = "{type: canary, steps: [{weight: 25, pause: 3s}, {weight: 50, pause: 3s}, {weight: 75, pause: 3s}]}";
+    fleet.push("1.0.0", canary);
+    for name in ["r0", "r1", "r2"] {
+        fleet.start(name);
+    }
+    fleet.converged("1.0.0", 180).await;
+    // The work is spread: each replica created at least a sixth of the clusters.
+    let steps = fleet.steps();
+    let mut by: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (_, cluster, replica, _) in &steps {
+        by.entry(replica).or_default().insert(cluster);
+    }
+    let spread: BTreeMap<&str, usize> = by.iter().map(|(r, c)| (*r, c.len())).collect();
+    eprintln!("clusters acted on per replica: {spread:?}");
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert!(
+        spread.values().all(|n| *n >= CLUSTERS / 6),
+        "each replica acts on at least a sixth: {spread:?}"
+    );
+    assert_eq!(
+        by.values().flatten().collect::<BTreeSet<_>>().len(),
+        CLUSTERS
+    );
+    // No cluster was created twice: a replica whose plan went stale while another acted
+    // finds that out under the lock and plans again.
+    let twice = fleet.pg.query(
+        "fleet",
+        "SELECT cluster, count(*) FROM history WHERE action = 'step' AND detail LIKE 'create %' GROUP BY cluster HAVING count(*) > 1",
+    );
+    assert!(twice.trim().is_empty(), "created twice: {twice}");
+
+    // A canary on a0 under load; the replica holding it is killed mid-rollout.
+    let load = Load::start(fleet.ports[0], 50);
+    fleet.push("2.0.0", canary);
+    let mut holder = None;
+    for _ in 0..300 {
+        let row = fleet.pg.query(
+            "fleet",
+            "SELECT owner FROM locks WHERE cluster = 'dev/local/a0' AND token <> ''",
+        );
+        let weight = fleet.pg.query(
+            "fleet",
+            "SELECT count(*) FROM history WHERE cluster = 'dev/local/a0' AND detail LIKE '%25%'",
+        );
+        if !row.trim().is_empty() && weight.trim() != "0" {
+            holder = Some(row);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder = holder.unwrap_or_else(|| panic!("a0's canary never started\n{}", fleet.logs()));
+    let owner: serde_json::Value = serde_json::from_str(holder.trim()).unwrap();
+    let victim = owner["command"]
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let pid = owner["pid"].as_i64().unwrap();
+    let killed = Instant::now();
+    // SAFETY: kill has no memory preconditions; pid is the replica's, started by this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // Another replica takes the cluster over and finishes the canary.
+    let mut taken = None;
+    for _ in 0..600 {
+        let by = fleet.pg.query(
+            "fleet",
+            "SELECT who FROM history WHERE cluster = 'dev/local/a0' AND action = 'lock-takeover' ORDER BY id DESC LIMIT 1",
+        );
+        if !by.trim().is_empty() && taken.is_none() {
+            taken = Some((killed.elapsed(), by));
+        }
+        let (_, body) = http(
+            &format!("http://127.0.0.1:{}/", fleet.ports[0]),
+            "GET",
+            &[],
+            "",
+        )
+        .await;
+        let done = fleet.pg.query(
+            "fleet",
+            "SELECT count(*) FROM locks WHERE cluster = 'dev/local/a0' AND token <> ''",
+        );
+        if taken.is_some() && body.contains("\"version\":\"2.0.0\"") && done.trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (took, by) = taken.unwrap_or_else(|| panic!("nobody took a0 over\n{}", fleet.logs()));
+    eprintln!("{victim} killed; a0 taken over after {took:?} by {by}");
+    assert!(!by.contains(&format!("--replica {victim}")), "{by}");
+    assert!(
+        took < Duration::from_secs(15),
+        "taken over after {took:?}, past the 15 s lock"
+    );
+    fleet.converged("2.0.0", 120).await;
+    let (_, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "requests failed across the kill: {failures:?}"
+    );
+    one_holder_at_a_time(&fleet.steps());
+}
