@@ -259,7 +259,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     if let Err(e) = s.store.ping() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
+            format!(
                 "not ready: the state store does not answer: {}\n",
                 crate::report::chain(&e)
             ),
