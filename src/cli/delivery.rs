@@ -227,6 +227,7 @@ pub async fn reject(args: &RejectArgs) -> Result<Exit, CliError> {
                 crate::engine::ClusterOutcome::Locked(_)
                     | crate::engine::ClusterOutcome::Refused(_)
                     | crate::engine::ClusterOutcome::Foreign(_)
+                    | crate::engine::ClusterOutcome::Interrupted(_)
             );
     }
     Ok(if left { Exit::Failure } else { Exit::Success })

@@ -163,6 +163,8 @@ pub async fn run(
             return;
         }
     };
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), engine.clone()));
+    let mut unrecorded: Option<(Option<String>, String)> = None;
     let mut poll = tokio::time::interval(cfg.interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drift_at = tokio::time::Instant::now() + jitter(cfg.drift_interval);
@@ -241,7 +243,19 @@ pub async fn run(
             }
             continue;
         }
+        // A revision this replica could not record (the store was away): recorded now,
+        // unless another replica moved on meanwhile.
+        if let Some((from, to)) = &unrecorded
+            && shared
+                .store
+                .advance_last_good_revision(from.as_deref(), to)
+                .is_ok()
+        {
+            unrecorded = None;
+        }
         // Fetch: cheap when nothing moved (one round trip, same commit, nothing parsed).
+        // What the replicas have in force now, read first: the fetch can only be newer.
+        let fleet_revision = shared.store.last_good_revision().ok().flatten();
         let src = source.clone();
         let last = last_fetched.clone();
         let fetched = tokio::task::spawn_blocking(move || src.fetch(last.as_deref()))
@@ -256,7 +270,19 @@ pub async fn run(
                 match checked.desired {
                     Some(d) => {
                         info!(clusters = d.clusters.len(), "new revision is valid");
-                        let _ = shared.store.set_last_good_revision(&rev);
+                        match shared
+                            .store
+                            .advance_last_good_revision(fleet_revision.as_deref(), &rev)
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                info!("another replica moved the revision in force meanwhile")
+                            }
+                            Err(e) => {
+                                warn!("cannot record the revision: {}", crate::report::chain(&e));
+                                unrecorded = Some((fleet_revision.clone(), rev.clone()));
+                            }
+                        }
                         let d = Arc::new(d);
                         if let Ok(mut known) = shared.desired.write() {
                             *known = Some(d.clone());
@@ -373,7 +399,55 @@ pub async fn run(
             batches.set.abort_all();
         }
     }
+    heartbeat.abort();
     info!("stopped");
+}
+
+/// Says this replica is alive every few seconds, learns how many share the store (so that
+/// each starts its share of what is to move), and counts the locks it holds.
+async fn heartbeat(shared: Arc<Shared>, engine: Arc<Engine>) {
+    let me = &engine.owner;
+    let name = me
+        .command
+        .strip_prefix("keelson up --replica ")
+        .map_or_else(|| format!("{}/{}", me.host, me.pid), str::to_string);
+    let label = crate::server::metrics::ReplicaLabel {
+        replica: name.clone(),
+    };
+    let mut tick = tokio::time::interval(crate::engine::LOCK_TTL / 3);
+    let mut away = false;
+    loop {
+        tick.tick().await;
+        match shared.store.heartbeat(&me.token, crate::engine::LOCK_TTL) {
+            Ok(n) => {
+                // The store is back: what stopped for it (and backs off) is due at once.
+                if std::mem::take(&mut away) {
+                    info!("the state store answers again");
+                    shared.trigger.notify_one();
+                }
+                engine.slots.set_replicas(n);
+                shared
+                    .metrics
+                    .replicas
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => {
+                away = true;
+                tracing::warn!(
+                    "cannot say this replica is alive: {}",
+                    crate::report::chain(&e)
+                );
+            }
+        }
+        if let Ok(locks) = shared.store.locks() {
+            let held = locks.iter().filter(|l| l.owner.token == me.token).count();
+            shared
+                .metrics
+                .locks_held
+                .get_or_create(&label)
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Starts a batch of the clusters due now, if any.
@@ -433,13 +507,19 @@ fn reported(
     sched: &mut schedule::Schedule,
     outcomes: &mut std::collections::BTreeMap<ClusterId, String>,
 ) {
-    sched.on(
-        schedule::Event::Finished {
+    let event = match &r.outcome {
+        // Another holder has it, or this replica lost it: not the cluster's failure, and
+        // the holder may be gone by the time its lock expires.
+        ClusterOutcome::Locked(_) | ClusterOutcome::Interrupted(_) => schedule::Event::Deferred {
             cluster: r.id.clone(),
-            ok: !r.outcome.is_failure(),
+            after: crate::engine::LOCK_TTL / 5,
         },
-        std::time::Instant::now(),
-    );
+        o => schedule::Event::Finished {
+            cluster: r.id.clone(),
+            ok: !o.is_failure(),
+        },
+    };
+    sched.on(event, std::time::Instant::now());
     let unchanged = r.steps == 0 && r.outcome == ClusterOutcome::Converged;
     outcomes.insert(
         r.id.clone(),
@@ -455,9 +535,10 @@ fn reported(
     let result = match &r.outcome {
         ClusterOutcome::Converged => "ok",
         ClusterOutcome::Held(_) => "held",
-        ClusterOutcome::Refused(_) | ClusterOutcome::Locked(_) | ClusterOutcome::Foreign(_) => {
-            "refused"
-        }
+        ClusterOutcome::Refused(_)
+        | ClusterOutcome::Locked(_)
+        | ClusterOutcome::Foreign(_)
+        | ClusterOutcome::Interrupted(_) => "refused",
         ClusterOutcome::Failed { .. } => "failed",
     };
     shared

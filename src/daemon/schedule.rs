@@ -63,6 +63,14 @@ pub enum Event {
         /// Whether it succeeded.
         ok: bool,
     },
+    /// A reconcile of `cluster` did not get to act (another holder had its lock, or this
+    /// replica lost it): due again after `after`, with no failure counted.
+    Deferred {
+        /// The cluster.
+        cluster: ClusterId,
+        /// How long until it is tried again.
+        after: Duration,
+    },
 }
 
 /// One desired cluster as the schedule needs it.
@@ -149,6 +157,23 @@ impl Schedule {
                 }
             }
             Event::Finished { cluster, ok } => self.finished(&cluster, ok, now),
+            Event::Deferred { cluster, after } => {
+                let Some(e) = self.clusters.get_mut(&cluster) else {
+                    return;
+                };
+                if e.removed {
+                    self.clusters.remove(&cluster);
+                    return;
+                }
+                e.running = false;
+                e.pending = false;
+                let at = if std::mem::take(&mut e.superseded) {
+                    now
+                } else {
+                    now.checked_add(after).unwrap_or(now)
+                };
+                e.due_by(at);
+            }
         }
     }
 
@@ -349,6 +374,55 @@ mod tests {
         }
         assert_eq!(s.entry(&bad).unwrap().failures, 5);
         assert_eq!(s.failing(), 1);
+    }
+
+    #[test]
+    fn a_cluster_another_holder_has_is_tried_again_soon_with_no_failure_counted() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Backoff::default());
+        let web = id("dev", "web");
+        revision(&mut s, vec![want("dev", "web", "web", "h1", &[])], t0);
+        for round in 0..5u64 {
+            let at = t0 + secs(3 * round);
+            assert_eq!(s.due(at), vec![web.clone()], "round {round}");
+            s.on(
+                Event::Started {
+                    cluster: web.clone(),
+                },
+                at,
+            );
+            s.on(
+                Event::Deferred {
+                    cluster: web.clone(),
+                    after: secs(3),
+                },
+                at,
+            );
+            assert_eq!(s.entry(&web).unwrap().due, Some(at + secs(3)));
+        }
+        let e = s.entry(&web).unwrap();
+        assert_eq!((e.failures, e.delay), (0, secs(2)), "no backoff grows");
+        assert_eq!(s.failing(), 0);
+        // Superseded while it waited on the lock: due at once.
+        s.on(
+            Event::Started {
+                cluster: web.clone(),
+            },
+            t0 + secs(15),
+        );
+        revision(
+            &mut s,
+            vec![want("dev", "web", "web", "h2", &[])],
+            t0 + secs(15),
+        );
+        s.on(
+            Event::Deferred {
+                cluster: web.clone(),
+                after: secs(3),
+            },
+            t0 + secs(16),
+        );
+        assert_eq!(s.due(t0 + secs(16)), vec![web]);
     }
 
     #[test]

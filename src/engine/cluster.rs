@@ -167,7 +167,8 @@ impl Engine {
         revision: &str,
         progress: &dyn Progress,
     ) -> ClusterReport {
-        self.run_planned(cp, None, target, revision, progress).await
+        self.run_planned(cp, None, None, target, revision, progress)
+            .await
     }
 
     /// [`Engine::run_cluster`] for a plan made on an observation whose [`basis`] was
@@ -178,6 +179,7 @@ impl Engine {
         &self,
         cp: &ClusterPlan,
         planned_on: Option<u64>,
+        quota: Option<&super::run::Quota>,
         target: &TargetRef,
         revision: &str,
         progress: &dyn Progress,
@@ -201,6 +203,30 @@ impl Engine {
                 0,
             );
         };
+        // Beside other replicas, act only on the revision in force: one that woke up behind
+        // (paused, cut off) must not take clusters back to what it last fetched.
+        if self.slots.replicas() > 1
+            && let Ok(Some(in_force)) = self.store.last_good_revision()
+            && in_force != revision
+        {
+            return report(
+                ClusterOutcome::Interrupted(format!(
+                    "this replica is at revision {revision}, the replicas at {in_force}; it acts once it has fetched that"
+                )),
+                0,
+            );
+        }
+        if let Some(q) = quota
+            && !q.take()
+        {
+            return report(
+                ClusterOutcome::Locked(format!(
+                    "another replica: this one started its share ({} of {} clusters to move)",
+                    q.share, q.of
+                )),
+                0,
+            );
+        }
         let reason = self
             .owner
             .command
@@ -218,7 +244,14 @@ impl Engine {
         {
             Ok(l) => l,
             Err(Refusal::Held(by)) => {
-                self.record(id, "apply", "cluster is locked", revision, "refused");
+                if let Some(q) = quota {
+                    q.give_back();
+                }
+                // Beside other replicas a held lock is the normal case, tried again every few
+                // seconds: not worth a history entry each time.
+                if self.slots.replicas() <= 1 {
+                    self.record(id, "apply", "cluster is locked", revision, "refused");
+                }
                 return report(ClusterOutcome::Locked(by), 0);
             }
             Err(Refusal::Failed(why)) => {
@@ -245,10 +278,14 @@ impl Engine {
             };
             if changed {
                 let _ = lock.release().await;
+                if let Some(q) = quota {
+                    q.give_back();
+                }
+                // As if locked: the daemon comes back to it shortly, planned afresh.
                 return report(
-                    ClusterOutcome::Held(vec![
-                        "the cluster changed after it was planned (another holder acted); it is planned again".into(),
-                    ]),
+                    ClusterOutcome::Locked(
+                        "another holder, which changed the cluster after it was planned; it is planned again".into(),
+                    ),
                     0,
                 );
             }
@@ -279,6 +316,11 @@ impl Engine {
             run.finish_rollback().await
         } else {
             run.steps().await
+        };
+        // A run stopped by a lost lock is not held by a person: it is taken up again soon.
+        let outcome = match outcome {
+            ClusterOutcome::Held(why) if lock.lost() => ClusterOutcome::Interrupted(why.join("; ")),
+            o => o,
         };
         self.remember(cp, &outcome, &lock);
         for problem in lock.release().await {
@@ -391,6 +433,20 @@ impl Run<'_> {
         if self.engine.stop.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(Some("shutting down".into()));
         }
+        match self.stop_reason_in_store() {
+            Ok(why) => Ok(why),
+            // Without its store a replica cannot know its lock, suspends or pins: it stops
+            // where it is, rolling nothing back, and goes on from the journal once the store
+            // answers.
+            Err(e) => {
+                self.lock.mark_lost();
+                Ok(Some(format!("the state store does not answer ({e})")))
+            }
+        }
+    }
+
+    /// [`Run::stop_reason`]'s part that reads the store.
+    fn stop_reason_in_store(&self) -> Result<Option<String>, String> {
         let now = self.engine.now();
         let suspends = self
             .engine

@@ -29,6 +29,9 @@ pub enum ClusterOutcome {
     Refused(String),
     /// Another state store made the cluster (see `keelson adopt`).
     Foreign(String),
+    /// Stopped because this process lost the cluster's lock (paused past it, or the store
+    /// went away): why. Taken up again at the next pass, by whoever holds the lock then.
+    Interrupted(String),
     /// A step failed; the cluster was rolled back (or the rollback failed too).
     Failed {
         /// What failed.
@@ -43,7 +46,11 @@ impl ClusterOutcome {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            Self::Locked(_) | Self::Refused(_) | Self::Foreign(_) | Self::Failed { .. }
+            Self::Locked(_)
+                | Self::Refused(_)
+                | Self::Foreign(_)
+                | Self::Interrupted(_)
+                | Self::Failed { .. }
         )
     }
 }
@@ -56,6 +63,7 @@ impl std::fmt::Display for ClusterOutcome {
             Self::Locked(by) => write!(f, "refused: locked by {by}"),
             Self::Refused(why) => write!(f, "refused by the traffic guard: {why}"),
             Self::Foreign(why) => write!(f, "refused: {why}"),
+            Self::Interrupted(why) => write!(f, "interrupted: {why}; taken up again next"),
             Self::Failed { error, rollback } => {
                 write!(f, "failed: {error}\n  rollback: {rollback}")
             }
@@ -115,9 +123,54 @@ pub struct Engine {
 pub struct Slots {
     all: std::sync::OnceLock<Arc<Semaphore>>,
     per_provider: std::sync::Mutex<BTreeMap<crate::spec::ProviderKind, Arc<Semaphore>>>,
+    /// How many replicas share the store (the daemon's heartbeat says; 0 or 1: alone).
+    replicas: std::sync::atomic::AtomicUsize,
+}
+
+/// A replica's share of one pass: of `of` clusters to move, it starts at most `share`, and
+/// leaves the rest to the other replicas (it takes them in a later pass if nobody did).
+#[derive(Debug)]
+pub(super) struct Quota {
+    /// How many this replica may start.
+    pub(super) share: usize,
+    /// Out of how many.
+    pub(super) of: usize,
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+impl Quota {
+    /// Takes one place, if one is left.
+    pub(super) fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t < self.share).then_some(t + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back (the cluster was held by someone else).
+    pub(super) fn give_back(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1));
+    }
 }
 
 impl Slots {
+    /// Says how many replicas share the store now.
+    pub fn set_replicas(&self, n: usize) {
+        self.replicas.store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many replicas share the store (1 when alone).
+    pub fn replicas(&self) -> usize {
+        self.replicas
+            .load(std::sync::atomic::Ordering::Acquire)
+            .max(1)
+    }
+
     fn all(&self, parallelism: usize) -> Arc<Semaphore> {
         self.all
             .get_or_init(|| Arc::new(Semaphore::new(parallelism.clamp(1, Semaphore::MAX_PERMITS))))
@@ -396,6 +449,21 @@ impl Engine {
                     None => runnable.push(cp),
                 }
             }
+            // With other replicas on the store, this one starts its share of what is to move
+            // and begins at its own place in the list, so replicas rarely want one cluster.
+            let replicas = self.slots.replicas();
+            let quota = (replicas > 1 && runnable.len() > 1).then(|| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                self.owner.token.hash(&mut h);
+                let at = usize::try_from(h.finish() % runnable.len() as u64).unwrap_or(0);
+                runnable.rotate_left(at);
+                Arc::new(Quota {
+                    share: runnable.len().div_ceil(replicas),
+                    of: runnable.len(),
+                    taken: Default::default(),
+                })
+            });
             if runnable.is_empty() {
                 break;
             }
@@ -429,11 +497,19 @@ impl Engine {
                     revision.to_string(),
                 );
                 let planned_on = basis.get(&cp.id).copied();
+                let quota = quota.clone();
                 tasks.spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let _mine = mine.acquire_owned().await;
-                    me.run_planned(&cp, planned_on, &target, &revision, progress.as_ref())
-                        .await
+                    me.run_planned(
+                        &cp,
+                        planned_on,
+                        quota.as_deref(),
+                        &target,
+                        &revision,
+                        progress.as_ref(),
+                    )
+                    .await
                 });
             }
             let mut progressed = false;

@@ -57,6 +57,17 @@ pub struct Metrics {
     pub notification_dead_letters: Family<DestinationLabel, Gauge>,
     /// Drift restored.
     pub drift_healed: Counter,
+    /// Replicas sharing the state store, this one included.
+    pub replicas: Gauge,
+    /// Cluster locks this replica holds (clusters it is acting on).
+    pub locks_held: Family<ReplicaLabel, Gauge>,
+}
+
+/// The `replica` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabel {
+    /// The replica's name (`--replica`, else host/pid).
+    pub replica: String,
 }
 
 impl Default for Metrics {
@@ -76,6 +87,8 @@ impl Default for Metrics {
             notifications_sent: Family::default(),
             notification_dead_letters: Family::default(),
             drift_healed: Counter::default(),
+            replicas: Gauge::default(),
+            locks_held: Family::default(),
         };
         registry.register(
             "revision",
@@ -128,6 +141,16 @@ impl Default for Metrics {
             "drift_healed",
             "Clusters restored from drift",
             m.drift_healed.clone(),
+        );
+        registry.register(
+            "replicas",
+            "Replicas sharing the state store, this one included",
+            m.replicas.clone(),
+        );
+        registry.register(
+            "cluster_locks_held",
+            "Cluster locks this replica holds: the clusters it is acting on",
+            m.locks_held.clone(),
         );
         Self { registry, ..m }
     }

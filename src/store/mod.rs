@@ -304,6 +304,10 @@ pub trait Store: Send + Sync {
     fn spec_key(&self) -> Result<crate::model::SpecKey, StoreError>;
     /// Remembers the last revision that validated and was applied.
     fn set_last_good_revision(&self, revision: &str) -> Result<(), StoreError>;
+    /// Moves the last good revision from `from` (what this replica read before it fetched)
+    /// to `to`; false when another replica moved it meanwhile. Replicas act only on the
+    /// revision in force, so one that wakes up behind does not take clusters back.
+    fn advance_last_good_revision(&self, from: Option<&str>, to: &str) -> Result<bool, StoreError>;
     /// The last good revision.
     fn last_good_revision(&self) -> Result<Option<String>, StoreError>;
 

@@ -115,6 +115,12 @@ const DEPLOYED_KEPT: i64 = 5;
 /// a cluster's run past its lock.
 const STATEMENT_TIMEOUT: &str = "5s";
 
+/// How long a statement waits for a row another session holds.
+const LOCK_WAIT: &str = "2s";
+
+/// How long a session may sit in an open transaction doing nothing before the server ends it.
+const IDLE_IN_TRANSACTION: &str = "3s";
+
 /// How long to wait for a connection from the pool or to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -359,7 +365,12 @@ impl PgStore {
         if let Some(p) = password {
             cfg.password(p);
         }
-        cfg.options(format!("-c statement_timeout={STATEMENT_TIMEOUT}"))
+        // A replica paused in the middle of a transaction (SIGSTOP, a VM freeze) would hold
+        // its row locks, and so the cluster's lock row, for ever: the server ends such a
+        // session after a few seconds, and nobody waits long for a row.
+        cfg.options(format!(
+            "-c statement_timeout={STATEMENT_TIMEOUT} -c lock_timeout={LOCK_WAIT} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
+        ))
             .application_name("keelson")
             .connect_timeout(CONNECT_TIMEOUT);
         let shown = shown(&cfg);
@@ -1056,6 +1067,25 @@ impl Store for PgStore {
             &[&revision],
         )
         .map(|_| ())
+    }
+
+    fn advance_last_good_revision(&self, from: Option<&str>, to: &str) -> Result<bool, StoreError> {
+        self.run(
+            "cannot record the last good revision",
+            retrying(|| async move {
+                let c = self.pool.get().await?;
+                let row = c
+                    .query_opt(
+                        "INSERT INTO meta (key, value) VALUES ('last_good_revision', $2)
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+                         WHERE meta.value IS NOT DISTINCT FROM $1 OR meta.value = $2
+                         RETURNING value",
+                        &[&from, &to],
+                    )
+                    .await?;
+                Ok(row.is_some())
+            }),
+        )
     }
 
     fn last_good_revision(&self) -> Result<Option<String>, StoreError> {

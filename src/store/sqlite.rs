@@ -694,6 +694,28 @@ impl Store for SqliteStore {
         })
     }
 
+    fn advance_last_good_revision(&self, from: Option<&str>, to: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'last_good_revision'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let moved = now.as_deref() == from || now.as_deref() == Some(to);
+            if moved {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_good_revision', ?1)",
+                    [to],
+                )?;
+            }
+            tx.commit()?;
+            Ok(moved)
+        })
+    }
+
     fn last_good_revision(&self) -> Result<Option<String>, StoreError> {
         self.with(|c| {
             c.query_row(

@@ -22,6 +22,7 @@ fn app(name: &str, version: &str, port: u16, strategy: &str) -> String {
 
 struct Replica {
     name: String,
+    api: u16,
     child: tokio::process::Child,
 }
 
@@ -36,7 +37,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn new() -> Self {
+    fn new(clusters: usize) -> Self {
         let pg = Postgres::start();
         let url = pg.database("fleet");
         let (work, bare) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -53,7 +54,7 @@ impl Fleet {
             work,
             bare,
             state: tempfile::tempdir().unwrap(),
-            ports: (0..CLUSTERS).map(|_| free_port()).collect(),
+            ports: (0..clusters).map(|_| free_port()).collect(),
             replicas: Vec::new(),
         }
     }
@@ -75,11 +76,12 @@ impl Fleet {
 
     fn start(&mut self, name: &str) {
         let log = std::fs::File::create(self.state.path().join(format!("{name}.log"))).unwrap();
+        let api = free_port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
             .arg("up")
             .args(["--repo", self.bare.path().to_str().unwrap()])
             .args(["--interval", "300ms", "--drift-interval", "1h"])
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--listen", &format!("127.0.0.1:{api}")])
             .arg("--state-dir")
             .arg(self.state.path())
             .args(["--store", &self.url, "--replica", name])
@@ -92,6 +94,7 @@ impl Fleet {
             .unwrap();
         self.replicas.push(Replica {
             name: name.into(),
+            api,
             child,
         });
     }
@@ -125,11 +128,36 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let mut seen = String::new();
+        for port in &left {
+            let i = self.ports.iter().position(|p| p == port).unwrap_or(0);
+            for r in &self.replicas {
+                let (_, st) = http(
+                    &format!("http://127.0.0.1:{}/api/v1/status", r.api),
+                    "GET",
+                    &[],
+                    "",
+                )
+                .await;
+                let st: serde_json::Value = serde_json::from_str(&st).unwrap_or_default();
+                let c = st["daemon"]["clusters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["cluster"] == format!("dev/local/a{i}"))
+                    .cloned()
+                    .unwrap_or_default();
+                seen.push_str(&format!("{} sees a{i}: {c}\n", r.name));
+            }
+        }
         assert!(
             left.is_empty(),
-            "{} clusters never served {version}\n{}",
+            "{seen}{} clusters never served {version}: ports {left:?} of {:?}\n{}\nlocks:\n{}\nlast history:\n{}",
             left.len(),
-            self.logs()
+            self.ports,
+            self.logs(),
+            self.pg.query("fleet", "SELECT cluster, owner, expires_at, epoch, now() FROM locks WHERE token <> ''"),
+            self.pg.query("fleet", "SELECT id, cluster, action, detail, who, result FROM history ORDER BY id DESC LIMIT 40")
         );
     }
 
@@ -149,6 +177,75 @@ impl Fleet {
                 Some((id.parse().ok()?, cluster.to_string(), replica, epoch))
             })
             .collect()
+    }
+
+    /// Each replica's `/readyz` status code.
+    async fn readiness(&self) -> Vec<u16> {
+        let mut codes = Vec::new();
+        for r in &self.replicas {
+            codes.push(
+                http(
+                    &format!("http://127.0.0.1:{}/readyz", r.api),
+                    "GET",
+                    &[],
+                    "",
+                )
+                .await
+                .0,
+            );
+        }
+        codes
+    }
+
+    /// Waits until every replica's `/readyz` answers `code`.
+    async fn all_ready(&self, code: u16, secs: u64) {
+        for _ in 0..secs * 10 {
+            if self.readiness().await.iter().all(|c| *c == code) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "readyz never all {code}: {:?}\n{}",
+            self.readiness().await,
+            self.logs()
+        );
+    }
+
+    fn max_history(&self) -> u64 {
+        self.pg
+            .query("fleet", "SELECT coalesce(max(id), 0) FROM history")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the lock of `cluster` is held and its history has a step matching `like`;
+    /// answers the holder's replica name and pid.
+    async fn holder_once(&self, cluster: &str, like: &str) -> (String, i32) {
+        for _ in 0..300 {
+            let row = self.pg.query(
+                "fleet",
+                &format!("SELECT owner FROM locks WHERE cluster = '{cluster}' AND token <> ''"),
+            );
+            let seen = self.pg.query(
+                "fleet",
+                &format!("SELECT count(*) FROM history WHERE cluster = '{cluster}' AND action = 'step' AND detail LIKE '{like}'"),
+            );
+            if !row.trim().is_empty() && seen.trim() != "0" {
+                let owner: serde_json::Value = serde_json::from_str(row.trim()).unwrap();
+                let name = owner["command"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit(' ')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                return (name, i32::try_from(owner["pid"].as_i64().unwrap()).unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{cluster} never reached {like}\n{}", self.logs());
     }
 }
 
@@ -182,7 +279,7 @@ fn one_holder_at_a_time(steps: &[(u64, String, String, u64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_share_sixty_clusters_and_survive_a_kill_mid_canary() {
-    let mut fleet = Fleet::new();
+    let mut fleet = Fleet::new(CLUSTERS);
     let canary = "{type: canary, steps: [{weight: 25, pause: 3s}, {weight: 50, pause: 3s}, {weight: 75, pause: 3s}]}";
     fleet.push("1.0.0", canary);
     for name in ["r0", "r1", "r2"] {
@@ -285,5 +382,118 @@ async fn three_replicas_share_sixty_clusters_and_survive_a_kill_mid_canary() {
         failures.is_empty(),
         "requests failed across the kill: {failures:?}"
     );
+    one_holder_at_a_time(&fleet.steps());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_replica_loses_its_clusters_and_a_database_restart_pauses_everyone() {
+    let mut fleet = Fleet::new(12);
+    let canary = "{type: canary, steps: [{weight: 25, pause: 40s}, {weight: 50, pause: 1s}]}";
+    fleet.push("1.0.0", canary);
+    for name in ["r0", "r1", "r2"] {
+        fleet.start(name);
+    }
+    fleet.converged("1.0.0", 120).await;
+    // Each replica learns from its heartbeat how many share the store.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http(
+            &format!("http://127.0.0.1:{}/metrics", fleet.replicas[0].api),
+            "GET",
+            &[],
+            "",
+        )
+        .await
+        .1;
+        if metrics.contains("keelson_replicas 3") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains("keelson_replicas 3"), "{metrics}");
+    assert!(
+        metrics.contains("keelson_cluster_locks_held{replica=\"r0\"}"),
+        "{metrics}"
+    );
+    let load = Load::start(fleet.ports[0], 50);
+
+    // SIGSTOP the replica in a0's canary pause, past its lock; change the desired state.
+    fleet.push("2.0.0", canary);
+    let (victim, pid) = fleet.holder_once("dev/local/a0", "%25%").await;
+    // SAFETY: kill has no memory preconditions; pid is a replica this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let mut taken = None;
+    for _ in 0..600 {
+        let by = fleet.pg.query(
+            "fleet",
+            "SELECT who FROM history WHERE cluster = 'dev/local/a0' AND action = 'lock-takeover' ORDER BY id DESC LIMIT 1",
+        );
+        if !by.trim().is_empty() {
+            taken = Some((stopped.elapsed(), by));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (took, by) = taken
+        .unwrap_or_else(|| panic!("nobody took a0 from the paused {victim}\n{}", fleet.logs()));
+    eprintln!("{victim} paused; a0 taken over after {took:?} by {by}");
+    assert!(
+        took >= Duration::from_secs(10),
+        "a paused holder's lock is not taken early: {took:?}"
+    );
+    assert!(!by.contains(&format!("--replica {victim}")), "{by}");
+    fleet.push("3.0.0", "{type: red-black}");
+    fleet.converged("3.0.0", 120).await;
+    let before_wake = fleet.max_history();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // It did nothing on the clusters it lost: no step of its own since it woke, on any
+    // cluster whose lock moved on while it slept.
+    let late = fleet.pg.query(
+        "fleet",
+        &format!(
+            "SELECT id, cluster, detail FROM history WHERE id > {before_wake} AND who LIKE '%--replica {victim})%' AND action IN ('step', 'rollback')"
+        ),
+    );
+    let log = std::fs::read_to_string(fleet.state.path().join(format!("{victim}.log")))
+        .unwrap_or_default();
+    let lines: Vec<&str> = late
+        .lines()
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|c| log.lines().filter(move |x| x.contains(&format!("\"{c}\""))))
+        .collect();
+    assert!(
+        late.trim().is_empty(),
+        "{victim} acted after waking: {late}\n{}\n{}",
+        lines.join("\n"),
+        fleet.pg.query("fleet", &format!("SELECT id, cluster, action, detail, who, result FROM history WHERE cluster IN (SELECT cluster FROM history WHERE id > {before_wake}) ORDER BY id"))
+    );
+    let log = std::fs::read_to_string(fleet.state.path().join(format!("{victim}.log")))
+        .unwrap_or_default();
+    eprintln!(
+        "late writes refused by the fence: {}",
+        log.matches("changed hands").count()
+    );
+    fleet.converged("3.0.0", 5).await;
+
+    // PostgreSQL goes away mid-rollout: every replica reports not ready and acts on
+    // nothing; once it is back they finish, with no step done twice.
+    fleet.push("4.0.0", "{type: canary, steps: [{weight: 50, pause: 4s}]}");
+    let _ = fleet.holder_once("dev/local/a0", "%50%").await;
+    fleet.pg.down();
+    fleet.all_ready(503, 20).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.pg.up();
+    fleet.all_ready(200, 60).await;
+    fleet.converged("4.0.0", 120).await;
+    let twice = fleet.pg.query(
+        "fleet",
+        "SELECT cluster, detail, count(*) FROM history WHERE action = 'step' AND result = 'ok' AND (detail LIKE 'create %' OR detail LIKE 'enable %') GROUP BY cluster, detail HAVING count(*) > 1",
+    );
+    assert!(twice.trim().is_empty(), "steps done twice: {twice}");
+    let (_, failures) = load.finish().await;
+    assert!(failures.is_empty(), "requests to a0 failed: {failures:?}");
     one_holder_at_a_time(&fleet.steps());
 }
