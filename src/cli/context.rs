@@ -224,7 +224,7 @@ pub fn selection(envs: &[String], apps: &[String]) -> Result<Selection, CliError
             .iter()
             .map(|a| super::error::name("application", a, AppName::new))
             .collect::<Result<_, _>>()?,
-        clusters: Vec::new(),
+        clusters: Default::default(),
         orphans: false,
     })
 }

@@ -101,6 +101,13 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     }
     let ctx = Context::new(PathBuf::from(&args.repo), state.clone()).with_store(args.store.clone());
     let store = ctx.store()?;
+    // A replica's name goes into its locks and history, so status says who holds what.
+    let owner = Owner::this_process(
+        &args.replica.as_ref().map_or("keelson up".to_string(), |r| {
+            format!("keelson up --replica {r}")
+        }),
+        crate::clock::now(),
+    );
     let providers = ctx.providers();
     // Pull request comments need a Git source (to fetch heads) and a forge token.
     let mut forge_client = None;
@@ -128,6 +135,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
                 providers: providers.clone(),
                 store: store.clone(),
                 forge_user: args.forge_user.clone(),
+                owner: owner.clone(),
             };
             tokio::spawn(worker.run(rx));
             tracing::info!(forge = %args.forge_url, "pull_request webhooks get plan comments");
@@ -155,13 +163,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     let engine = Arc::new(Engine {
         store,
         providers: providers.clone(),
-        // A replica's name goes into its locks and history, so status says who holds what.
-        owner: Owner::this_process(
-            &args.replica.as_ref().map_or("keelson up".to_string(), |r| {
-                format!("keelson up --replica {r}")
-            }),
-            crate::clock::now(),
-        ),
+        owner,
         parallelism: args.parallelism,
         stop: Default::default(),
         slots: Default::default(),

@@ -30,7 +30,13 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     /// The account Keelson's comments are written by, when given (else the forge says).
     pub forge_user: Option<String>,
+    /// Who comments: beside other replicas, one pull request's comment is written by whoever
+    /// holds its lock (`pr/REPO#N`) in the store, so a webhook delivered twice is posted once.
+    pub owner: crate::store::Owner,
 }
+
+/// How long a replica keeps a pull request to itself while it plans and comments.
+const PR_LOCK: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Worker {
     /// Handles events until the channel closes; a burst for one pull request is planned once,
@@ -54,6 +60,25 @@ impl Worker {
     }
 
     async fn handle(&self, ev: &PullRequestEvent) -> Result<String, String> {
+        let key = format!("pr/{}#{}", ev.repo, ev.number);
+        match self
+            .store
+            .acquire_lock(&key, &self.owner, "comment", PR_LOCK, crate::clock::now())
+        {
+            Ok(crate::store::LockOutcome::Acquired { .. }) => {}
+            Ok(crate::store::LockOutcome::Held(l)) => {
+                return Ok(format!("{} comments on it; left to it", l.owner));
+            }
+            Err(e) => return Err(crate::report::chain(&e)),
+        }
+        let done = self.comment(ev).await;
+        if let Err(e) = self.store.release_lock(&key, &self.owner) {
+            warn!("cannot release {key}: {}", crate::report::chain(&e));
+        }
+        done
+    }
+
+    async fn comment(&self, ev: &PullRequestEvent) -> Result<String, String> {
         let repo: RepoSlug = ev.repo.parse()?;
         let (base, head) = self.fetch(ev).await?;
         let r = review(

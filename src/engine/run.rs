@@ -364,10 +364,12 @@ impl Engine {
                     self.note(desired, &observed, &policy, &pl, sel);
                     if each.is_some() {
                         // What the plan leaves alone is done with at once.
+                        let planned: BTreeSet<&ClusterId> =
+                            pl.clusters.iter().map(|p| &p.id).collect();
                         for c in desired.clusters.values() {
                             if sel.includes_cluster(&c.id, &c.app)
                                 && !results.contains_key(&c.id)
-                                && !pl.clusters.iter().any(|p| p.id == c.id)
+                                && !planned.contains(&c.id)
                             {
                                 let r = ClusterReport {
                                     id: c.id.clone(),

@@ -30,8 +30,9 @@ pub struct Selection {
     pub environments: Vec<EnvName>,
     /// Only these applications.
     pub apps: Vec<AppName>,
-    /// Only these clusters (the daemon reconciles each on its own schedule).
-    pub clusters: Vec<ClusterId>,
+    /// Only these clusters (the daemon reconciles each on its own schedule); a set, for a
+    /// pass over thousands asks it thousands of times.
+    pub clusters: std::collections::BTreeSet<ClusterId>,
     /// With `clusters`: orphans (no spec, so never scheduled) are planned too.
     pub orphans: bool,
 }
@@ -40,7 +41,7 @@ impl Selection {
     /// Only these clusters, and the orphans.
     pub fn clusters(clusters: Vec<ClusterId>) -> Self {
         Self {
-            clusters,
+            clusters: clusters.into_iter().collect(),
             orphans: true,
             ..Self::default()
         }

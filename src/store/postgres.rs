@@ -479,7 +479,10 @@ impl PgStore {
         f: impl Future<Output = Result<T, PgErr>>,
     ) -> Result<T, StoreError> {
         let _entered = self.handle.enter();
-        futures::executor::block_on(f).map_err(|e| match e {
+        // Unconstrained: called from inside a tokio task whose cooperative budget is spent,
+        // tokio's own futures (the pool's semaphore) would answer Pending and wake themselves
+        // for ever, for the task never yields to have its budget reset.
+        futures::executor::block_on(tokio::task::unconstrained(f)).map_err(|e| match e {
             PgErr::Fenced {
                 cluster,
                 epoch,

@@ -1,5 +1,5 @@
-//! A throwaway PostgreSQL server (Debian's package), started by the tests that need one on a
-//! free port, with password authentication over TCP. `initdb` refuses root, so as root it runs
+//! A throwaway PostgreSQL server (Debian's package), started by the tests (and the replicas
+//! benchmark) that need one on a free port, with password authentication over TCP. `initdb` refuses root, so as root it runs
 //! as the `postgres` user.
 
 use std::path::{Path, PathBuf};
@@ -85,7 +85,10 @@ impl Postgres {
                 .arg(dir.path().join("data")),
             "initdb",
         );
-        let port = crate::local_target::free_port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
         let pg = Self { dir, bin, port };
         pg.up();
         pg

@@ -314,8 +314,14 @@ fn records_and_their_limits(s: &dyn Store) {
     assert_eq!(s.last_good_revision().unwrap().as_deref(), Some("def"));
     // Replicas move the revision in force only from what they read before fetching.
     assert!(s.advance_last_good_revision(Some("def"), "g").unwrap());
-    assert!(!s.advance_last_good_revision(Some("def"), "h").unwrap(), "moved on meanwhile");
-    assert!(s.advance_last_good_revision(Some("old"), "g").unwrap(), "already there");
+    assert!(
+        !s.advance_last_good_revision(Some("def"), "h").unwrap(),
+        "moved on meanwhile"
+    );
+    assert!(
+        s.advance_last_good_revision(Some("old"), "g").unwrap(),
+        "already there"
+    );
     assert_eq!(s.last_good_revision().unwrap().as_deref(), Some("g"));
     s.adopt("0123", "*", "alice", "moved", t).unwrap();
     assert_eq!(s.adopted().unwrap(), ["0123"]);
