@@ -255,7 +255,11 @@ pub async fn run(
         }
         // Fetch: cheap when nothing moved (one round trip, same commit, nothing parsed).
         // What the replicas have in force now, read first: the fetch can only be newer.
-        let fleet_revision = shared.store.last_good_revision().ok().flatten();
+        let read = shared.store.last_good_revision();
+        // Unread, it is unknown: nothing is recorded from it, and the next poll reads the same
+        // commit again to record it then.
+        let fleet_read = read.is_ok();
+        let fleet_revision = read.ok().flatten();
         let src = source.clone();
         let last = last_fetched.clone();
         let fetched = tokio::task::spawn_blocking(move || src.fetch(last.as_deref()))
@@ -270,10 +274,15 @@ pub async fn run(
                 match checked.desired {
                     Some(d) => {
                         info!(clusters = d.clusters.len(), "new revision is valid");
-                        match shared
-                            .store
-                            .advance_last_good_revision(fleet_revision.as_deref(), &rev)
-                        {
+                        let recorded = if fleet_read {
+                            shared
+                                .store
+                                .advance_last_good_revision(fleet_revision.as_deref(), &rev)
+                        } else {
+                            last_fetched = None;
+                            Ok(true)
+                        };
+                        match recorded {
                             Ok(true) => {}
                             Ok(false) => {
                                 info!("another replica moved the revision in force meanwhile")

@@ -31,7 +31,8 @@ pub struct Worker {
     /// The account Keelson's comments are written by, when given (else the forge says).
     pub forge_user: Option<String>,
     /// Who comments: beside other replicas, one pull request's comment is written by whoever
-    /// holds its lock (`pr/REPO#N`) in the store, so a webhook delivered twice is posted once.
+    /// holds its lock (`pr/REPO#N@HEAD`) in the store, so a webhook delivered twice is posted
+    /// once.
     pub owner: crate::store::Owner,
 }
 
@@ -60,7 +61,8 @@ impl Worker {
     }
 
     async fn handle(&self, ev: &PullRequestEvent) -> Result<String, String> {
-        let key = format!("pr/{}#{}", ev.repo, ev.number);
+        // Per head: a push that lands during another replica's comment is planned too.
+        let key = format!("pr/{}#{}@{}", ev.repo, ev.number, ev.head_sha);
         match self
             .store
             .acquire_lock(&key, &self.owner, "comment", PR_LOCK, crate::clock::now())

@@ -180,7 +180,14 @@ impl Run<'_> {
         let mut rec =
             match self.analysis_record(d, canary.as_str(), baseline.as_str(), analysis.provider) {
                 Ok(r) => r,
-                Err(why) => return Stepped::Failed(format!("cannot read the analysis: {why}")),
+                // A store that does not answer stops the run where it is, as at every step
+                // boundary: no rollback of a canary that may be healthy.
+                Err(why) => {
+                    self.lock.mark_lost();
+                    return Stepped::Held(format!(
+                        "the state store does not answer (cannot read the analysis: {why})"
+                    ));
+                }
             };
         let expected = analysis.measurements_in(*window);
         match rec.windows.last() {

@@ -205,9 +205,12 @@ impl Engine {
         };
         // Beside other replicas, act only on the revision in force: one that woke up behind
         // (paused, cut off) must not take clusters back to what it last fetched.
+        // (A working directory's `dir:` revision, from `keelson apply`, is not comparable.)
         if self.slots.replicas() > 1
             && let Ok(Some(in_force)) = self.store.last_good_revision()
             && in_force != revision
+            && !in_force.starts_with("dir:")
+            && !revision.starts_with("dir:")
         {
             return report(
                 ClusterOutcome::Interrupted(format!(
@@ -317,9 +320,14 @@ impl Engine {
         } else {
             run.steps().await
         };
-        // A run stopped by a lost lock is not held by a person: it is taken up again soon.
+        // A run stopped by a lost lock is not held by a person, nor a failure of the cluster
+        // (a rollback stopped half-way by it too): it is taken up again soon, by whoever
+        // holds the lock then, and counts nothing against the flapping guard.
         let outcome = match outcome {
             ClusterOutcome::Held(why) if lock.lost() => ClusterOutcome::Interrupted(why.join("; ")),
+            ClusterOutcome::Failed { error, rollback } if lock.lost() => {
+                ClusterOutcome::Interrupted(format!("{error}; rollback: {rollback}"))
+            }
             o => o,
         };
         self.remember(cp, &outcome, &lock);
