@@ -74,6 +74,13 @@ if [ -n "$leaked" ]; then
   pkill -f "$PWD/target/debug/keelson (demo-app|local-agent|up)" || true
   exit 1
 fi
+# PostgreSQL servers the tests started (in /tmp/keelson-pg*) are stopped when they end.
+pg_left=$(pgrep -af "postgres -D /tmp/keelson-pg" || true)
+if [ -n "$pg_left" ]; then
+  echo "the tests left these PostgreSQL servers running:"; echo "$pg_left"
+  pkill -f "postgres -D /tmp/keelson-pg" || true
+  exit 1
+fi
 echo "none"
 
 step "clippy"

@@ -412,8 +412,9 @@ pub async fn run(
     info!("stopped");
 }
 
-/// Says this replica is alive every few seconds, learns how many share the store (so that
-/// each starts its share of what is to move), and counts the locks it holds.
+/// Says this replica is alive every few seconds, learns how many share the store (beside
+/// others, a replica starts at its own place in the list and acts only on the revision in
+/// force), and counts the locks it holds.
 async fn heartbeat(shared: Arc<Shared>, engine: Arc<Engine>) {
     let me = &engine.owner;
     let name = me

@@ -167,8 +167,7 @@ impl Engine {
         revision: &str,
         progress: &dyn Progress,
     ) -> ClusterReport {
-        self.run_planned(cp, None, None, target, revision, progress)
-            .await
+        self.run_planned(cp, None, target, revision, progress).await
     }
 
     /// [`Engine::run_cluster`] for a plan made on an observation whose [`basis`] was
@@ -179,7 +178,6 @@ impl Engine {
         &self,
         cp: &ClusterPlan,
         planned_on: Option<u64>,
-        quota: Option<&super::run::Quota>,
         target: &TargetRef,
         revision: &str,
         progress: &dyn Progress,
@@ -219,17 +217,6 @@ impl Engine {
                 0,
             );
         }
-        if let Some(q) = quota
-            && !q.take()
-        {
-            return report(
-                ClusterOutcome::Locked(format!(
-                    "another replica: this one started its share ({} of {} clusters to move)",
-                    q.share, q.of
-                )),
-                0,
-            );
-        }
         let reason = self
             .owner
             .command
@@ -247,9 +234,6 @@ impl Engine {
         {
             Ok(l) => l,
             Err(Refusal::Held(by)) => {
-                if let Some(q) = quota {
-                    q.give_back();
-                }
                 // Beside other replicas a held lock is the normal case, tried again every few
                 // seconds: not worth a history entry each time.
                 if self.slots.replicas() <= 1 {
@@ -281,9 +265,6 @@ impl Engine {
             };
             if changed {
                 let _ = lock.release().await;
-                if let Some(q) = quota {
-                    q.give_back();
-                }
                 // As if locked: the daemon comes back to it shortly, planned afresh.
                 return report(
                     ClusterOutcome::Locked(

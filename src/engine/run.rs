@@ -127,37 +127,6 @@ pub struct Slots {
     replicas: std::sync::atomic::AtomicUsize,
 }
 
-/// A replica's share of one pass: of `of` clusters to move, it starts at most `share`, and
-/// leaves the rest to the other replicas (it takes them in a later pass if nobody did).
-#[derive(Debug)]
-pub(super) struct Quota {
-    /// How many this replica may start.
-    pub(super) share: usize,
-    /// Out of how many.
-    pub(super) of: usize,
-    taken: std::sync::atomic::AtomicUsize,
-}
-
-impl Quota {
-    /// Takes one place, if one is left.
-    pub(super) fn take(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        self.taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                (t < self.share).then_some(t + 1)
-            })
-            .is_ok()
-    }
-
-    /// Gives a place back (the cluster was held by someone else).
-    pub(super) fn give_back(&self) {
-        use std::sync::atomic::Ordering;
-        let _ = self
-            .taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1));
-    }
-}
-
 impl Slots {
     /// Says how many replicas share the store now.
     pub fn set_replicas(&self, n: usize) {
@@ -451,21 +420,17 @@ impl Engine {
                     None => runnable.push(cp),
                 }
             }
-            // With other replicas on the store, this one starts its share of what is to move
-            // and begins at its own place in the list, so replicas rarely want one cluster.
-            let replicas = self.slots.replicas();
-            let quota = (replicas > 1 && runnable.len() > 1).then(|| {
+            // With other replicas on the store, this one begins at its own place in the list,
+            // so replicas rarely want one cluster at once. (A share per replica, declining the
+            // rest, starved clusters in testing: every replica had declined them. Whoever
+            // takes a lock first acts; the others move on.)
+            if self.slots.replicas() > 1 && runnable.len() > 1 {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 self.owner.token.hash(&mut h);
                 let at = usize::try_from(h.finish() % runnable.len() as u64).unwrap_or(0);
                 runnable.rotate_left(at);
-                Arc::new(Quota {
-                    share: runnable.len().div_ceil(replicas),
-                    of: runnable.len(),
-                    taken: Default::default(),
-                })
-            });
+            }
             if runnable.is_empty() {
                 break;
             }
@@ -499,19 +464,11 @@ impl Engine {
                     revision.to_string(),
                 );
                 let planned_on = basis.get(&cp.id).copied();
-                let quota = quota.clone();
                 tasks.spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let _mine = mine.acquire_owned().await;
-                    me.run_planned(
-                        &cp,
-                        planned_on,
-                        quota.as_deref(),
-                        &target,
-                        &revision,
-                        progress.as_ref(),
-                    )
-                    .await
+                    me.run_planned(&cp, planned_on, &target, &revision, progress.as_ref())
+                        .await
                 });
             }
             let mut progressed = false;
