@@ -314,35 +314,10 @@ async fn three_replicas_share_sixty_clusters_and_survive_a_kill_mid_canary() {
     // A canary on a0 under load; the replica holding it is killed mid-rollout.
     let load = Load::start(fleet.ports[0], 50);
     fleet.push("2.0.0", canary);
-    let mut holder = None;
-    for _ in 0..300 {
-        let row = fleet.pg.query(
-            "fleet",
-            "SELECT owner FROM locks WHERE cluster = 'dev/local/a0' AND token <> ''",
-        );
-        let weight = fleet.pg.query(
-            "fleet",
-            "SELECT count(*) FROM history WHERE cluster = 'dev/local/a0' AND detail LIKE '%25%'",
-        );
-        if !row.trim().is_empty() && weight.trim() != "0" {
-            holder = Some(row);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let holder = holder.unwrap_or_else(|| panic!("a0's canary never started\n{}", fleet.logs()));
-    let owner: serde_json::Value = serde_json::from_str(holder.trim()).unwrap();
-    let victim = owner["command"]
-        .as_str()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    let pid = owner["pid"].as_i64().unwrap();
+    let (victim, pid) = fleet.holder_once("dev/local/a0", "%25%").await;
     let killed = Instant::now();
     // SAFETY: kill has no memory preconditions; pid is the replica's, started by this test.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     // Another replica takes the cluster over and finishes the canary.
     let mut taken = None;
     for _ in 0..600 {
