@@ -12,7 +12,7 @@ use crate::model::{ClusterId, DesiredCluster, ObservedCluster};
 use crate::notify::{Event, EventKind};
 use crate::plan::{Action, ClusterPlan, Sim, guard_step};
 use crate::provider::{Provider, ProviderError, ProviderOp, TargetRef};
-use crate::store::{HistoryEntry, Journal, RollbackProgress, Write};
+use crate::store::{Journal, RollbackProgress, Write};
 
 /// How often a long gate says where it stands.
 const SAY_EVERY: Duration = Duration::from_secs(10);
@@ -254,12 +254,17 @@ impl Engine {
         if let Some(prev) = &lock.took_over {
             progress.note(id, &format!("took over the expired lock of {prev}"));
         }
+        let run = Run {
+            engine: self,
+            cp,
+            provider,
+            target,
+            revision,
+            progress,
+            lock: &lock,
+        };
         if let Some(planned_on) = planned_on {
-            let seen = provider
-                .observe(target)
-                .await
-                .map(|all| all.into_iter().find(|c| &c.id == id));
-            let changed = match &seen {
+            let changed = match &run.observe().await {
                 Ok(now) => basis(now.as_ref()) != planned_on,
                 Err(_) => false,
             };
@@ -287,15 +292,6 @@ impl Engine {
                 ),
             );
         }
-        let run = Run {
-            engine: self,
-            cp,
-            provider,
-            target,
-            revision,
-            progress,
-            lock: &lock,
-        };
         let (outcome, steps) = if cp.action == Action::RollBack {
             run.finish_rollback().await
         } else {
@@ -357,15 +353,10 @@ impl Run<'_> {
     /// A history entry of this run, naming who acted and the lock's epoch, written under
     /// the lock's fence.
     pub(super) fn record(&self, action: &str, detail: &str, result: &str) {
-        let e = HistoryEntry {
-            at: self.engine.now(),
-            cluster: self.id().to_string(),
-            action: action.into(),
-            detail: detail.into(),
-            who: format!("{} epoch {}", self.engine.owner, self.lock.epoch),
-            revision: self.revision.into(),
-            result: result.into(),
-        };
+        let mut e = self
+            .engine
+            .entry(self.id(), action, detail, self.revision, result);
+        e.who = format!("{} epoch {}", e.who, self.lock.epoch);
         self.write(Write::History(&e), "record history");
     }
 

@@ -239,6 +239,26 @@ impl Engine {
         }
     }
 
+    /// A history entry of this engine's, now.
+    pub(super) fn entry(
+        &self,
+        cluster: &ClusterId,
+        action: &str,
+        detail: &str,
+        revision: &str,
+        result: &str,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            at: self.now(),
+            cluster: cluster.to_string(),
+            action: action.into(),
+            detail: detail.into(),
+            who: self.owner.to_string(),
+            revision: revision.into(),
+            result: result.into(),
+        }
+    }
+
     pub(super) fn record(
         &self,
         cluster: &ClusterId,
@@ -247,15 +267,7 @@ impl Engine {
         revision: &str,
         result: &str,
     ) {
-        let e = HistoryEntry {
-            at: self.now(),
-            cluster: cluster.to_string(),
-            action: action.into(),
-            detail: detail.into(),
-            who: self.owner.to_string(),
-            revision: revision.into(),
-            result: result.into(),
-        };
+        let e = self.entry(cluster, action, detail, revision, result);
         if let Err(err) = self.store.record(&e) {
             tracing::warn!("cannot record history: {}", crate::report::chain(&err));
         }

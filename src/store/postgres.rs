@@ -620,26 +620,25 @@ impl Store for PgStore {
             && l.owner.token != owner.token
             && super::owner_gone(&l.owner)
         {
-            let taken = self.exec(
+            let prev_token = l.owner.token.as_str();
+            let taken: Option<i64> = self.run(
                 "cannot take over the lock",
-                "UPDATE locks SET token = $3, owner = $4, reason = $5, acquired_at = now(),
-                     expires_at = now() + make_interval(secs => $6), epoch = epoch + 1
-                 WHERE cluster = $1 AND token = $2",
-                &[
-                    &cluster,
-                    &l.owner.token,
-                    &owner.token,
-                    &owner_json,
-                    &reason,
-                    &secs,
-                ],
+                retrying(|| async move {
+                    let c = self.pool.get().await?;
+                    let row = c
+                        .query_opt(
+                            "UPDATE locks SET token = $3, owner = $4, reason = $5, acquired_at = now(),
+                                 expires_at = now() + make_interval(secs => $6), epoch = epoch + 1
+                             WHERE cluster = $1 AND token = $2
+                             RETURNING epoch",
+                            &[&cluster, &prev_token, &owner.token, &owner_json, &reason, &secs],
+                        )
+                        .await?;
+                    Ok(row.map(|r| r.try_get(0)).transpose()?)
+                }),
             )?;
-            if taken == 1 {
-                let epoch = self
-                    .locks()?
-                    .into_iter()
-                    .find(|x| x.cluster == cluster)
-                    .map_or(0, |x| x.epoch);
+            if let Some(epoch) = taken {
+                let epoch = epoch_of(epoch);
                 self.record(&audit::lock_takeover(
                     cluster,
                     l,
