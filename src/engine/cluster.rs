@@ -241,6 +241,11 @@ impl Engine {
                 }
                 return report(ClusterOutcome::Locked(by), 0);
             }
+            // The store does not answer: nothing was done, and the cluster is taken up again
+            // as soon as it does, with no failure counted.
+            Err(Refusal::Unavailable(why)) => {
+                return report(ClusterOutcome::Interrupted(why), 0);
+            }
             Err(Refusal::Failed(why)) => {
                 return report(
                     ClusterOutcome::Failed {
@@ -461,14 +466,15 @@ impl Run<'_> {
         };
         let store = &self.engine.store;
         let env = &d.id.environment;
-        // Unreadable controls hold the cluster where it stands; they never roll it back.
+        // Unreadable controls hold the cluster where it stands (the store does not answer:
+        // see `stop_reason`); they never roll it back.
         let (pins, vetoes) = match (store.pins(), store.vetoes()) {
             (Ok(p), Ok(v)) => (p, v),
             (Err(e), _) | (_, Err(e)) => {
-                return Ok(Some(format!(
+                return Err(format!(
                     "cannot read pins and vetoes: {}",
                     crate::report::chain(&e)
-                )));
+                ));
             }
         };
         let vetoed = |version: &str| vetoes.iter().any(|v| v.covers(&d.app, version, env));

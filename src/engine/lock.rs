@@ -22,7 +22,9 @@ pub const LOCK_MARGIN: Duration = Duration::from_secs(5);
 pub enum Refusal {
     /// Someone else holds it: who, and until when.
     Held(String),
-    /// The store or the target failed.
+    /// The store did not answer.
+    Unavailable(String),
+    /// The target failed.
     Failed(String),
 }
 
@@ -71,7 +73,12 @@ impl ClusterLock {
                 Ok(LockOutcome::Acquired { took_over, epoch }) => {
                     (took_over.map(|l| l.owner.to_string()), epoch)
                 }
-                Err(e) => return Err(Refusal::Failed(crate::report::chain(&e))),
+                Err(e) => {
+                    return Err(Refusal::Unavailable(format!(
+                        "cannot take the cluster's lock: {}",
+                        crate::report::chain(&e)
+                    )));
+                }
             };
         // The target's own lock (a Kubernetes Lease) guards against instances with other stores.
         let holder = owner.holder();
