@@ -324,19 +324,27 @@ impl Engine {
                     let policy = match self.store.policy(self.now(), Some(&self.owner)) {
                         Ok(p) => p,
                         Err(e) => {
-                            for c in desired.clusters.keys() {
-                                results.insert(
-                                    c.clone(),
-                                    ClusterReport {
-                                        id: c.clone(),
-                                        outcome: ClusterOutcome::Failed {
-                                            error: crate::report::chain(&e),
-                                            rollback: "nothing was done".into(),
-                                        },
-                                        steps: 0,
-                                        drift: false,
-                                    },
-                                );
+                            // Nothing was done: every cluster not yet done with is taken up
+                            // again once the store answers, with no failure counted. Each is
+                            // reported, or the daemon would take it as done and leave it.
+                            let why = format!(
+                                "the state store does not answer ({})",
+                                crate::report::chain(&e)
+                            );
+                            for c in desired.clusters.values() {
+                                if !sel.includes_cluster(&c.id, &c.app)
+                                    || results.contains_key(&c.id)
+                                {
+                                    continue;
+                                }
+                                let r = ClusterReport {
+                                    id: c.id.clone(),
+                                    outcome: ClusterOutcome::Interrupted(why.clone()),
+                                    steps: 0,
+                                    drift: false,
+                                };
+                                report(&r);
+                                results.insert(c.id.clone(), r);
                             }
                             break;
                         }
