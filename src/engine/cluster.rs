@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::lock::{ClusterLock, Refusal};
 use super::{ClusterOutcome, ClusterReport, Engine, Progress};
 use crate::actuation::{Gate, Op, Step, Verdict, rollback_of};
-use crate::model::{ClusterId, DesiredCluster, ObservedCluster};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Stamp};
 use crate::notify::{Event, EventKind};
 use crate::plan::{Action, ClusterPlan, Sim, guard_step};
 use crate::provider::{Provider, ProviderError, ProviderOp, TargetRef};
@@ -39,6 +39,10 @@ pub(super) struct Run<'a> {
     pub(super) revision: &'a str,
     pub(super) progress: &'a dyn Progress,
     pub(super) lock: &'a ClusterLock,
+    /// What this holding writes on the groups it acts on: the store and the lock's epoch.
+    pub(super) stamp: Stamp,
+    /// Why the holding was found lost on the target, where it was.
+    pub(super) superseded: std::sync::OnceLock<String>,
 }
 
 impl Engine {
@@ -259,6 +263,19 @@ impl Engine {
         if let Some(prev) = &lock.took_over {
             progress.note(id, &format!("took over the expired lock of {prev}"));
         }
+        let stamp = match self.store.identity() {
+            Ok(me) => Stamp::new(me.id, lock.epoch),
+            Err(e) => {
+                let _ = lock.release().await;
+                return report(
+                    ClusterOutcome::Interrupted(format!(
+                        "the state store does not answer ({})",
+                        crate::report::chain(&e)
+                    )),
+                    0,
+                );
+            }
+        };
         let run = Run {
             engine: self,
             cp,
@@ -267,6 +284,8 @@ impl Engine {
             revision,
             progress,
             lock: &lock,
+            stamp,
+            superseded: std::sync::OnceLock::new(),
         };
         if let Some(planned_on) = planned_on {
             let changed = match &run.observe().await {
@@ -390,24 +409,42 @@ impl Run<'_> {
         self.write(Write::ClearJournal, "clear the journal");
     }
 
+    /// The cluster as it is now. A newer holder's stamp on it means this holding is lost:
+    /// the run stops at the next check, whatever the observation is for.
     pub(super) async fn observe(&self) -> Result<Option<ObservedCluster>, ProviderError> {
         let id = self.id();
-        self.provider
+        let live = self
+            .provider
             .observe(self.target)
             .await
-            .map(|all| all.into_iter().find(|c| &c.id == id))
+            .map(|all| all.into_iter().find(|c| &c.id == id))?;
+        if let Some(newer) = live.as_ref().and_then(|l| self.stamp.superseded_on(l)) {
+            self.superseded(newer);
+        }
+        Ok(live)
+    }
+
+    /// Another holder has acted on the cluster (its epoch is on the target): this one stops
+    /// where it is, rolling nothing back, and says so once.
+    fn superseded(&self, newer: u64) -> String {
+        let why = self.stamp.superseded_why(newer);
+        if self.superseded.set(why.clone()).is_ok() {
+            tracing::warn!(cluster = %self.id(), "{why}");
+            self.progress.note(self.id(), &why);
+        }
+        self.lock.mark_lost();
+        why
     }
 
     /// The operation with this store's mark on the groups it makes (`keelson.io/store`): a
     /// store made anew later sees clusters it never made.
     fn marked(&self, op: ProviderOp) -> ProviderOp {
-        let Ok(me) = self.engine.store.identity() else {
-            return op;
-        };
         op.map_spec(|d| {
             let mut d = Arc::unwrap_or_clone(d);
-            d.labels
-                .insert(crate::model::labels::STORE.to_string(), me.id.clone());
+            d.labels.insert(
+                crate::model::labels::STORE.to_string(),
+                self.stamp.store.clone(),
+            );
             Ok::<_, std::convert::Infallible>(Arc::new(d))
         })
         .unwrap_or_else(|e| match e {})
@@ -446,9 +483,9 @@ impl Run<'_> {
         }
         if self.lock.lost() {
             // Not a failure to roll back: another replica may hold the lock and go on.
-            return Ok(Some(
-                "lost the cluster lock (not renewed in time, or taken by another replica)".into(),
-            ));
+            return Ok(Some(self.superseded.get().cloned().unwrap_or_else(|| {
+                "lost the cluster lock (not renewed in time, or taken by another replica)".into()
+            })));
         }
         Ok(None)
     }
@@ -610,6 +647,9 @@ impl Run<'_> {
                         ));
                     }
                 };
+                if let Some(newer) = live.as_ref().and_then(|l| self.stamp.superseded_on(l)) {
+                    return Stepped::Held(self.superseded(newer));
+                }
                 let mut sim = Sim::of(live.as_ref());
                 if let Err(why) = guard_step(&mut sim, step, meant_to_stop) {
                     return Stepped::Refused(why);
@@ -618,8 +658,15 @@ impl Run<'_> {
                     Ok(r) => self.marked(r),
                     Err(why) => return Stepped::Failed(why),
                 };
-                match self.provider.apply(self.target, self.id(), &resolved).await {
+                match self
+                    .provider
+                    .apply(self.target, self.id(), &resolved, &self.stamp)
+                    .await
+                {
                     Ok(()) => Stepped::Done,
+                    Err(ProviderError::Superseded { newer, .. }) => {
+                        Stepped::Held(self.superseded(newer))
+                    }
                     Err(e) => Stepped::Failed(format!("`{op}` failed: {}", e.chain())),
                 }
             }

@@ -157,9 +157,10 @@ impl ClusterLock {
         left < LOCK_MARGIN
     }
 
-    /// Marks the lock lost: a write was refused because another holder took it.
-    pub fn mark_lost(&self) {
-        self.lost.store(true, Ordering::Release);
+    /// Marks the lock lost (a write was refused, or the target carries a newer holder's
+    /// stamp); true the first time.
+    pub fn mark_lost(&self) -> bool {
+        !self.lost.swap(true, Ordering::AcqRel)
     }
 
     /// What writes made while holding this lock carry.

@@ -3,6 +3,7 @@
 mod desired;
 mod ids;
 mod observed;
+mod stamp;
 
 pub use desired::{
     Artifact, CapacityRange, DesiredCluster, DesiredEnvironment, DesiredState, Ec2Instance, Health,
@@ -11,6 +12,7 @@ pub use desired::{
 };
 pub use ids::{ClusterId, ClusterName, Sequence, SequenceError, ServerGroupName};
 pub use observed::{Instance, InstanceHealth, ObservedCluster, ObservedState, ServerGroup};
+pub use stamp::Stamp;
 
 /// Label keys that carry identity on every provider; names are never parsed.
 pub mod labels {
@@ -30,4 +32,7 @@ pub mod labels {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     /// The state store that made the server group.
     pub const STORE: &str = "keelson.io/store";
+    /// The fencing stamp of the last holder that acted on the server group
+    /// ([`super::Stamp`]); an annotation on Kubernetes, the tag `keelson:epoch` on EC2.
+    pub const EPOCH: &str = "keelson.io/epoch";
 }

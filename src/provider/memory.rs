@@ -10,7 +10,7 @@ use super::{Provider, ProviderError, ProviderOp, TargetRef};
 use crate::actuation::{Capabilities, Op, SpecRef};
 use crate::model::{
     ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName,
-    SpecHash, labels,
+    SpecHash, Stamp, labels,
 };
 
 /// A provider that keeps clusters in memory; instances are healthy at once unless their
@@ -159,9 +159,17 @@ impl Provider for MemoryProvider {
         _target: &TargetRef,
         id: &ClusterId,
         op: &ProviderOp,
+        stamp: &Stamp,
     ) -> Result<(), ProviderError> {
         self.with_state(|s| {
-            match op {
+            // Stamps compared and written under one lock, as the local agent does.
+            if let Some(newer) = s.clusters.get(id).and_then(|c| stamp.superseded_on(c)) {
+                return Err(ProviderError::Superseded {
+                    stamp: stamp.clone(),
+                    newer,
+                });
+            }
+            let done = match op {
                 Op::Create {
                     sequence,
                     spec,
@@ -280,7 +288,15 @@ impl Provider for MemoryProvider {
                     }
                     Ok(())
                 }
+            };
+            if done.is_ok() {
+                for seq in op.sequences() {
+                    if let Ok(g) = s.group(id, seq) {
+                        g.labels.insert(labels::EPOCH.into(), stamp.value());
+                    }
+                }
             }
+            done
         })
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::actuation::{Capabilities, Op};
 use crate::analysis::counters::TrafficCounters;
-use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence, Stamp};
 use crate::spec::{EnvName, TargetSpec};
 
 /// A target within its environment.
@@ -58,6 +58,15 @@ pub enum ProviderError {
         /// The cause.
         #[source]
         source: Option<Cause>,
+    },
+    /// The target carries a newer holder's stamp than the call's: this holder has lost the
+    /// cluster and must stop (not roll back: the newer holder goes on).
+    #[error("refused: {}", .stamp.superseded_why(*.newer))]
+    Superseded {
+        /// The stamp the call carried.
+        stamp: Stamp,
+        /// The newer epoch found on the target.
+        newer: u64,
     },
     /// The call can never succeed as made.
     #[error("{what}")]
@@ -139,12 +148,15 @@ pub trait Provider: Send + Sync {
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError>;
 
     /// Runs one operation on a cluster of a target; an operation that already took effect
-    /// changes nothing.
+    /// changes nothing. `stamp` is written on the server groups it touches (where the target
+    /// keeps labels, annotations or tags), so a holder that lost the cluster can tell; a
+    /// target that can compare stamps refuses an older one with [`ProviderError::Superseded`].
     async fn apply(
         &self,
         target: &TargetRef,
         cluster: &ClusterId,
         op: &ProviderOp,
+        stamp: &Stamp,
     ) -> Result<(), ProviderError>;
 
     /// Each server group's traffic counters, cumulative, where the target counts them itself

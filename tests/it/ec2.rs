@@ -282,7 +282,26 @@ async fn rollout(strategy: &str, expect_groups: &[&str]) {
             .find(|t| t.key() == Some("keelson:version"))
             .and_then(|t| t.value());
         assert_eq!(version, Some("2.0.0"), "{strategy}: {:?}", i.instance_id());
+        assert!(
+            !i.tags().iter().any(|t| t.key() == Some("keelson:epoch")),
+            "{strategy}: the holder's stamp is not propagated to instances"
+        );
     }
+    // The last holder's stamp is on the group: EPOCH@STORE, of the store that made it.
+    let tag = |k: &str| {
+        g.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (stamp, store) = (tag("keelson:epoch"), tag("keelson:store"));
+    let (epoch, of) = stamp.split_once('@').unwrap_or_default();
+    assert!(
+        epoch.parse::<u64>().is_ok_and(|e| e > 0) && of == store && !store.is_empty(),
+        "{strategy}: stamp {stamp:?}, store {store:?}"
+    );
     if serving == "web-v001" && expect_groups.contains(&"web-v000") {
         let old = world.aws.group("web-v000").await;
         let mut suspended: Vec<&str> = old

@@ -736,6 +736,7 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
     };
     let seq = keelson::model::Sequence::FIRST;
     let group = keelson::model::ServerGroupName::new(v1.name(), seq);
+    let stamp = keelson::model::Stamp::new("test-store", 3);
     let fresh = || keelson::provider::kubernetes::KubernetesProvider::new();
     fresh()
         .apply(
@@ -748,9 +749,18 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
                 capacity: 2,
                 weight: 0,
             },
+            &stamp,
         )
         .await
         .expect("create without a prior observe");
+    // The holder's stamp is written on the ReplicaSet as an annotation, and observed.
+    let stamped = |stub: &KubeStub| {
+        stub.get("replicasets", "shop", "web-v000").unwrap()["metadata"]["annotations"]
+            ["keelson.io/epoch"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(stamped(&stub).as_deref(), Some("3@test-store"));
     fresh()
         .apply(
             &target,
@@ -764,6 +774,7 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
                     share: None,
                 }],
             },
+            &stamp,
         )
         .await
         .expect("traffic without a prior observe");
@@ -789,6 +800,7 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
                 spec: v2.clone(),
                 previous: Some(spec(&v1)),
             },
+            &stamp,
         )
         .await
         .unwrap();
@@ -800,6 +812,14 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
         Some(spec(&v1)),
         "the previous spec is observable"
     );
+    assert_eq!(
+        live[0].server_groups[0]
+            .labels
+            .get(keelson::model::labels::EPOCH)
+            .map(String::as_str),
+        Some("3@test-store"),
+        "the stamp outlives an update in place and is observed"
+    );
     p.apply(
         &target,
         &v1.id,
@@ -809,6 +829,7 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
             to: spec(&v1),
             from: spec(&v2),
         },
+        &stamp,
     )
     .await
     .unwrap();
@@ -827,6 +848,7 @@ async fn a_provider_acts_before_any_observe_and_reverts_in_place() {
                 },
                 from: spec(&v1),
             },
+            &stamp,
         )
         .await
         .unwrap_err();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use keelson::actuation::{Gate, Op, SpecRef, Step, TrafficChange, Verdict};
 use keelson::engine::resolve;
-use keelson::model::{DesiredCluster, DesiredState, ObservedCluster, Sequence};
+use keelson::model::{DesiredCluster, DesiredState, ObservedCluster, Sequence, Stamp};
 use keelson::provider::local::LocalProvider;
 use keelson::provider::{Provider, ProviderError, TargetRef};
 
@@ -225,7 +225,8 @@ async fn step(p: &LocalProvider, c: &DesiredCluster, s: &Step) -> Result<(), Pro
     match s {
         Step::Op(op) => {
             let op = resolve(op, Some(&Arc::new(c.clone()))).map_err(ProviderError::invalid)?;
-            p.apply(&target(c), &c.id, &op).await
+            p.apply(&target(c), &c.id, &op, &Stamp::new("test-store", 1))
+                .await
         }
         Step::Gate(g) => {
             let start = std::time::Instant::now();
@@ -353,6 +354,66 @@ async fn weights_and_traffic_changes_drop_nothing_under_load() {
         &failures[..failures.len().min(5)]
     );
     assert!(after.keys().all(|g| g == "shop-v001"), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_under_an_older_epoch_is_refused_and_changes_nothing() {
+    let local = Local::new();
+    let a = only(&local_app("fence", "1.0.0", 1, free_port(), ""));
+    run(&local.provider, &a, &create_steps(&a, 0, 1, true)).await;
+    let (t, d) = (target(&a), Arc::new(a.clone()));
+    let (group, sequence) = group(&a, 0);
+    let resize = |from, to| {
+        resolve(
+            &Op::Resize {
+                group: group.clone(),
+                sequence,
+                from,
+                to,
+            },
+            Some(&d),
+        )
+        .unwrap()
+    };
+    let seen = || async {
+        let live = local.provider.observe(&t).await.unwrap();
+        let g = &live.iter().find(|c| c.id == a.id).unwrap().server_groups[0];
+        (
+            g.capacity,
+            g.labels.get(keelson::model::labels::EPOCH).cloned(),
+        )
+    };
+    assert_eq!(seen().await, (1, Some("1@test-store".into())));
+    // A newer holder acts: its stamp is on the group.
+    let newer = Stamp::new("test-store", 5);
+    local
+        .provider
+        .apply(&t, &a.id, &resize(1, 2), &newer)
+        .await
+        .unwrap();
+    assert_eq!(seen().await, (2, Some("5@test-store".into())));
+    // The holder it replaced wakes up and tries: refused, and nothing moves.
+    let err = local
+        .provider
+        .apply(&t, &a.id, &resize(2, 1), &Stamp::new("test-store", 4))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Superseded { newer: 5, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "refused: another holder has acted on the cluster (epoch 5 is written on it; this replica holds epoch 4)"
+    );
+    assert_eq!(seen().await, (2, Some("5@test-store".into())));
+    // The same holder goes on.
+    local
+        .provider
+        .apply(&t, &a.id, &resize(2, 1), &newer)
+        .await
+        .unwrap();
+    assert_eq!(seen().await.0, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

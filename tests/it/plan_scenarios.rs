@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keelson::actuation::{Gate, Op, Step, Verdict};
 use keelson::engine::resolve;
-use keelson::model::{DesiredState, ObservedState};
+use keelson::model::{DesiredState, ObservedState, Stamp};
 use keelson::observe::{Providers, observe};
 use keelson::plan::{Lock, Plan, Policy, Scope, Selection, Suspend, plan};
 use keelson::provider::memory::MemoryProvider;
@@ -131,7 +131,9 @@ pub async fn run_step(
     match step {
         Step::Op(op) => {
             let op = resolve(op, c.desired.as_ref()).unwrap();
-            p.apply(target, &c.id, &op).await.unwrap();
+            p.apply(target, &c.id, &op, &Stamp::new("test-store", 1))
+                .await
+                .unwrap();
         }
         // What an analysis or a check measures is not in memory: taken as passed here, judged
         // for real in `analysis.rs`.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use keelson::actuation::{Capabilities, Gate, Op, Step};
 use keelson::engine::{ClusterOutcome, Engine, LogProgress};
-use keelson::model::{ClusterId, DesiredState, ObservedCluster};
+use keelson::model::{ClusterId, DesiredState, ObservedCluster, Stamp};
 use keelson::observe::{Providers, observe};
 use keelson::plan::{Action, ClusterPlan, Plan, Selection, plan};
 use keelson::provider::memory::MemoryProvider;
@@ -24,6 +24,11 @@ use crate::plan_scenarios::desired;
 struct Faulty {
     inner: Arc<dyn Provider>,
     fail_in: Mutex<Option<usize>>,
+    usurp: Mutex<Option<Usurp>>,
+    /// Once another holder acted after an operation, what reaches the target carries its
+    /// stamp: a target that compares no stamps (Kubernetes, EC2), so only the engine's own
+    /// observation can stop the run.
+    lenient: Mutex<Option<Stamp>>,
     log: Mutex<Vec<Op>>,
     violations: Mutex<Vec<String>>,
 }
@@ -33,6 +38,8 @@ impl Faulty {
         Arc::new(Self {
             inner,
             fail_in: Mutex::new(None),
+            usurp: Mutex::new(None),
+            lenient: Mutex::new(None),
             log: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
         })
@@ -41,6 +48,12 @@ impl Faulty {
     /// The `n`th operation from now (0: the next) fails once.
     fn fail_op(&self, n: usize) {
         *self.fail_in.lock().unwrap() = Some(n);
+    }
+
+    /// Another holder of the same store, with a newer epoch, acts on the cluster around the
+    /// `n`th operation from now.
+    fn usurp(&self, u: Usurp) {
+        *self.usurp.lock().unwrap() = Some(u);
     }
 
     fn take_log(&self) -> Vec<Op> {
@@ -76,6 +89,7 @@ impl Provider for Faulty {
         target: &TargetRef,
         cluster: &ClusterId,
         op: &ProviderOp,
+        stamp: &Stamp,
     ) -> Result<(), ProviderError> {
         {
             let mut f = self.fail_in.lock().unwrap();
@@ -91,12 +105,39 @@ impl Provider for Faulty {
                 None => {}
             }
         }
+        let usurp = {
+            let mut u = self.usurp.lock().unwrap();
+            match *u {
+                Some(Usurp::Before(0)) => u.take(),
+                Some(Usurp::Before(n)) => {
+                    *u = Some(Usurp::Before(n - 1));
+                    None
+                }
+                Some(Usurp::After(0)) => None,
+                Some(Usurp::After(n)) => {
+                    *u = Some(Usurp::After(n - 1));
+                    None
+                }
+                None => None,
+            }
+        };
+        if usurp.is_some() {
+            self.act_as_newer(target, cluster, op, stamp).await;
+        }
         let before = self
             .cluster(target, cluster)
             .await
             .is_some_and(|c| c.serving());
-        self.inner.apply(target, cluster, op).await?;
+        let lenient = self.lenient.lock().unwrap().clone();
+        self.inner
+            .apply(target, cluster, op, lenient.as_ref().unwrap_or(stamp))
+            .await?;
         self.log.lock().unwrap().push(op.as_ref_op());
+        if matches!(*self.usurp.lock().unwrap(), Some(Usurp::After(0))) {
+            self.usurp.lock().unwrap().take();
+            let newer = self.act_as_newer(target, cluster, op, stamp).await;
+            *self.lenient.lock().unwrap() = Some(newer);
+        }
         let after = self
             .cluster(target, cluster)
             .await
@@ -108,6 +149,40 @@ impl Provider for Faulty {
             ));
         }
         Ok(())
+    }
+}
+
+/// When another holder acts, counted in operations of the run.
+#[derive(Debug, Clone, Copy)]
+enum Usurp {
+    /// Just before the `n`th: the target refuses that operation.
+    Before(usize),
+    /// Just after the `n`th: the next observation finds it (the target, from then on,
+    /// compares no stamps).
+    After(usize),
+}
+
+impl Faulty {
+    /// A newer holder's harmless operation on the groups `op` touches (a heal: nothing is
+    /// missing), which leaves its stamp there.
+    async fn act_as_newer(
+        &self,
+        target: &TargetRef,
+        cluster: &ClusterId,
+        op: &ProviderOp,
+        stamp: &Stamp,
+    ) -> Stamp {
+        let newer = Stamp::new(stamp.store.clone(), stamp.epoch + 1);
+        for sequence in op.sequences() {
+            let group = keelson::model::ServerGroupName::new(&cluster.name, sequence);
+            let heal = Op::Heal {
+                group,
+                sequence,
+                missing: 0,
+            };
+            let _ = self.inner.apply(target, cluster, &heal, &newer).await;
+        }
+        newer
     }
 }
 
@@ -433,5 +508,32 @@ async fn on_the_local_target_rollbacks_keep_serving_under_load() {
             &failures[..failures.len().min(5)]
         );
         assert!(counts.values().sum::<u64>() > 100, "{name}: load ran");
+    }
+}
+
+/// Another replica of the same store has acted on the cluster (its newer epoch is on the
+/// groups): the run stops where it is, as an interruption, and rolls nothing back, whether the
+/// target refused the operation or the observation before it found the stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_holders_stamp_stops_the_run_where_it_is() {
+    let d1 = desired(&[spec("1.0.0", 2, "{type: red-black}", 18081, "")]);
+    let d2 = desired(&[spec("2.0.0", 2, "{type: red-black}", 18081, "")]);
+    for usurp in [Usurp::After(0), Usurp::Before(1)] {
+        let rig = Rig::new(Arc::new(MemoryProvider::new()));
+        rig.converge(&d1).await;
+        let pl = rig.plan(&d2).await;
+        rig.faulty.usurp(usurp);
+        let outcome = rig.run(&d2, &pl).await;
+        assert!(
+            matches!(&outcome, ClusterOutcome::Interrupted(why) if why.contains("another holder has acted on the cluster (epoch")),
+            "{usurp:?}: {outcome:?}"
+        );
+        // The first operation ran; nothing after it, and nothing was rolled back.
+        let first: Vec<Op> = ops(pl.clusters[0].steps.iter().map(|s| s.step.clone()))
+            .into_iter()
+            .take(1)
+            .collect();
+        assert_eq!(rig.faulty.take_log(), first, "{usurp:?}");
+        assert!(rig.faulty.violations().is_empty());
     }
 }

@@ -33,7 +33,7 @@ use self::names::tags;
 use self::observe::{Previous, Snapshot};
 use super::{Provider, ProviderError, ProviderOp, TargetRef};
 use crate::actuation::{Capabilities, Op, SpecRef, TrafficPrecision};
-use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence, Stamp};
 use crate::spec::Ec2Target;
 
 /// The processes a disabled group has suspended, as Spinnaker's disable does.
@@ -1229,6 +1229,47 @@ impl Ec2Provider {
             })
     }
 
+    /// Tags the Auto Scaling groups an operation touched with the holder's stamp. A group
+    /// taken out of traffic may be gone already, and a destroyed one is: those are left.
+    async fn stamp(
+        &self,
+        c: &Clients,
+        cluster: &ClusterId,
+        op: &ProviderOp,
+        stamp: &Stamp,
+    ) -> Result<(), ProviderError> {
+        let touched: Vec<(Sequence, bool)> = match op {
+            Op::Destroy { .. } => Vec::new(),
+            Op::Traffic { changes } => changes.iter().map(|t| (t.sequence, t.to == 0)).collect(),
+            op => op.sequences().into_iter().map(|s| (s, false)).collect(),
+        };
+        let value = stamp.value();
+        for (seq, may_be_gone) in touched {
+            let name = names::group_name(cluster, seq);
+            let tag = asg::Tag::builder()
+                .resource_id(&name)
+                .resource_type("auto-scaling-group")
+                .key(tags::EPOCH)
+                .value(&value)
+                .propagate_at_launch(false)
+                .build();
+            self.count(1);
+            let r = c.asg.create_or_update_tags().tags(tag).send().await;
+            match r {
+                Ok(_) => {}
+                Err(_) if may_be_gone => {}
+                Err(e) => {
+                    return Err(failed(
+                        "autoscaling:CreateOrUpdateTags",
+                        &format!("stamp {name} with epoch {}", stamp.epoch),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Terminates up to `count` instances of a group that run another spec than the group's,
     /// unhealthy ones first, keeping the desired capacity: Auto Scaling launches their
     /// replacements from the group's launch template version.
@@ -1790,6 +1831,7 @@ impl Provider for Ec2Provider {
         target: &TargetRef,
         cluster: &ClusterId,
         op: &ProviderOp,
+        stamp: &Stamp,
     ) -> Result<(), ProviderError> {
         let t = self.settings(target)?;
         let c = self.clients(t).await;
@@ -1822,6 +1864,10 @@ impl Provider for Ec2Provider {
             } => self.replace(&c, target, cluster, *sequence, *count).await,
             Op::Heal { sequence, .. } => self.heal(&c, target, cluster, *sequence).await,
             Op::Destroy { sequence, .. } => self.destroy(&c, target, cluster, *sequence).await,
+        };
+        let done = match done {
+            Ok(()) => self.stamp(&c, cluster, op, stamp).await,
+            e => e,
         };
         self.forget(target);
         done

@@ -24,6 +24,9 @@ pub mod tags {
     pub const SPEC_HASH: &str = "keelson:spec-hash";
     /// The artifact version.
     pub const VERSION: &str = "keelson:version";
+    /// The fencing stamp of the last holder that acted on the group (`EPOCH@STORE`); not
+    /// propagated.
+    pub const EPOCH: &str = "keelson:epoch";
     /// The launch template version the group launches from (written before it is pointed
     /// there, so an update that stops halfway is finished by its retry).
     pub const TEMPLATE_VERSION: &str = "keelson:template-version";
@@ -190,6 +193,7 @@ mod tests {
             assert_eq!(label_key(&tag_key(l)), l);
         }
         assert_eq!(tag_key(labels::STORE), "keelson:store");
+        assert_eq!(tag_key(labels::EPOCH), tags::EPOCH);
     }
 
     #[test]

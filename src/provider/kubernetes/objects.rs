@@ -279,6 +279,16 @@ pub fn traffic_patch(t: Traffic) -> serde_json::Value {
     })
 }
 
+/// The holder's stamp a ReplicaSet carries (annotation `keelson.io/epoch`), if any.
+pub fn stamp_of(rs: &ReplicaSet) -> Option<&str> {
+    annotation(&rs.metadata, labels::EPOCH)
+}
+
+/// The merge patch that writes a holder's stamp on a ReplicaSet.
+pub fn stamp_patch(value: &str) -> serde_json::Value {
+    serde_json::json!({"metadata": {"annotations": {labels::EPOCH: value}}})
+}
+
 /// The merge patch that puts a pod in or out of traffic.
 pub fn pod_traffic_patch(enabled: bool) -> serde_json::Value {
     serde_json::json!({"metadata": {"labels": {keys::TRAFFIC: traffic_word(enabled)}}})
@@ -534,7 +544,14 @@ pub fn observe(
             enabled,
             weight,
             instances,
-            labels: m.labels.clone().unwrap_or_default(),
+            // The labels, and the holder's stamp, which only an annotation can hold.
+            labels: {
+                let mut l = m.labels.clone().unwrap_or_default();
+                if let Some(v) = stamp_of(rs) {
+                    l.insert(labels::EPOCH.into(), v.to_string());
+                }
+                l
+            },
             previous: previous(rs).map(|p| p.spec),
         });
     }

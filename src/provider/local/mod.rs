@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use super::{Provider, ProviderError, ProviderOp, TargetRef};
 use crate::actuation::{Capabilities, TrafficPrecision};
 use crate::analysis::counters::TrafficCounters;
-use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence};
+use crate::model::{ClusterId, DesiredCluster, ObservedCluster, Sequence, Stamp};
 use crate::spec::AppName;
 use control::ControlError;
 use wire::{ClusterSpec, Reply, Request};
@@ -211,16 +211,25 @@ impl Provider for LocalProvider {
         _target: &TargetRef,
         cluster: &ClusterId,
         op: &ProviderOp,
+        stamp: &Stamp,
     ) -> Result<(), ProviderError> {
         let op = op
             .clone()
             .map_spec(|d| Ok::<_, std::convert::Infallible>(ClusterSpec::from(d.as_ref())))
             .unwrap_or_else(|e| match e {});
-        self.op(&Request::Apply {
-            cluster: cluster.clone(),
-            op: Box::new(op),
-        })
-        .await
-        .map(|_| ())
+        match self
+            .op(&Request::Apply {
+                cluster: cluster.clone(),
+                op: Box::new(op),
+                stamp: Some(stamp.value()),
+            })
+            .await?
+        {
+            Reply::Superseded { newer } => Err(ProviderError::Superseded {
+                stamp: stamp.clone(),
+                newer,
+            }),
+            _ => Ok(()),
+        }
     }
 }

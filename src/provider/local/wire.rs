@@ -82,6 +82,10 @@ pub enum Request {
         cluster: ClusterId,
         /// The operation (boxed: it carries a whole spec).
         op: Box<Op<ClusterSpec>>,
+        /// The caller's fencing stamp (`EPOCH@STORE`): refused if the cluster carries a newer
+        /// one of the same store, written on the groups the operation touches otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stamp: Option<String>,
     },
     /// Each server group's traffic counters in a cluster.
     Traffic {
@@ -115,6 +119,11 @@ pub enum Reply {
     Stopped {
         /// `cluster-vNNN (n instances)` lines.
         stopped: Vec<String>,
+    },
+    /// Refused: a newer holder's stamp is on the cluster.
+    Superseded {
+        /// The newer epoch.
+        newer: u64,
     },
     /// The operation cannot succeed as made.
     Invalid {

@@ -24,7 +24,7 @@ use super::wire::{ClusterSpec, GroupSpec, Reply, Request};
 use crate::actuation::{Op, SpecRef};
 use crate::model::{
     ClusterId, Instance, InstanceHealth, ObservedCluster, Sequence, ServerGroup, ServerGroupName,
-    SpecHash,
+    SpecHash, Stamp, labels,
 };
 use crate::spec::AppName;
 use process::StartError;
@@ -69,6 +69,10 @@ struct GroupState {
     /// The spec before the last update in place, to revert to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     previous: Option<GroupSpec>,
+    /// The stamp of the last holder that acted on it (`EPOCH@STORE`), observed as the label
+    /// `keelson.io/epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -362,7 +366,13 @@ impl Agent {
                         capacity: g.capacity,
                         enabled: g.enabled,
                         weight: if g.enabled { g.weight } else { 0 },
-                        labels: g.spec.labels.clone(),
+                        labels: {
+                            let mut l = g.spec.labels.clone();
+                            if let Some(e) = &g.epoch {
+                                l.insert(labels::EPOCH.into(), e.clone());
+                            }
+                            l
+                        },
                         previous: g.previous.as_ref().map(|p| SpecRef {
                             version: p.version.clone(),
                             spec_hash: p.spec_hash.clone(),
@@ -444,7 +454,9 @@ fn apply_locked(a: &mut Agent, req: Request, to_stop: &mut Vec<Stopping>) -> Rep
         } => Reply::Clusters {
             clusters: a.observe(environment.as_str(), target.as_str()),
         },
-        Request::Apply { cluster, op } => apply_op(a, &cluster, *op, to_stop),
+        Request::Apply { cluster, op, stamp } => {
+            apply_stamped(a, &cluster, *op, stamp.as_deref(), to_stop)
+        }
         Request::Traffic { cluster } => Reply::Traffic {
             groups: a.traffic(&cluster),
         },
@@ -472,6 +484,36 @@ fn apply_locked(a: &mut Agent, req: Request, to_stop: &mut Vec<Stopping>) -> Rep
             Reply::Stopped { stopped }
         }
     }
+}
+
+/// Runs one operation under a holder's stamp: refused if a newer holder of the same store
+/// has acted on the cluster, the stamp written on the groups it touched otherwise. Compared
+/// and written under the agent's lock, so two holders never both act past each other.
+fn apply_stamped(
+    a: &mut Agent,
+    cluster: &ClusterId,
+    op: Op<ClusterSpec>,
+    stamp: Option<&str>,
+    to_stop: &mut Vec<Stopping>,
+) -> Reply {
+    let stamp = stamp.and_then(Stamp::parse);
+    if let Some(s) = &stamp {
+        let groups = a.persisted.clusters.get(&key(cluster)).into_iter();
+        let seen = groups.flat_map(|c| c.groups.values().filter_map(|g| g.epoch.as_deref()));
+        if let Some(newer) = s.superseded_among(seen) {
+            return Reply::Superseded { newer };
+        }
+    }
+    let sequences = op.sequences();
+    let reply = apply_op(a, cluster, op, to_stop);
+    if let (Reply::Ok, Some(s)) = (&reply, &stamp) {
+        for seq in sequences {
+            if let Some(g) = a.group_mut(cluster, seq) {
+                g.epoch = Some(s.value());
+            }
+        }
+    }
+    reply
 }
 
 /// Runs one operation of the contract on a cluster.
@@ -657,6 +699,7 @@ fn create(
             weight,
             instances: Vec::new(),
             previous: None,
+            epoch: None,
         },
     );
     let reply = fill(a, &cluster.id, sequence);
