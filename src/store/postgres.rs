@@ -124,6 +124,13 @@ const IDLE_IN_TRANSACTION: &str = "3s";
 /// How long to wait for a connection from the pool or to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long any one call to the store may take, retries included. The server's own timeouts
+/// do not help when it cannot answer at all (frozen, cut off): then the caller gives up here.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `/readyz`'s ping waits: a probe must answer before its own timeout.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What went wrong inside, before it is worded for the caller.
 #[derive(Debug, thiserror::Error)]
 enum PgErr {
@@ -135,6 +142,8 @@ enum PgErr {
     Json(#[from] serde_json::Error),
     #[error("a stored time does not parse")]
     Time(#[from] jiff::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
     #[error("fenced")]
     Fenced {
         cluster: String,
@@ -372,7 +381,13 @@ impl PgStore {
             "-c statement_timeout={STATEMENT_TIMEOUT} -c lock_timeout={LOCK_WAIT} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
         ))
             .application_name("keelson")
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A server gone without a word (a partition, a frozen host) is noticed by the
+            // kernel on idle and busy connections alike, rather than after hours.
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(ANSWER_TIMEOUT);
         let shown = shown(&cfg);
         let failed =
             |what: &str, e: Option<Box<dyn std::error::Error + Send + Sync>>| StoreError::Db {
@@ -478,11 +493,37 @@ impl PgStore {
         what: &str,
         f: impl Future<Output = Result<T, PgErr>>,
     ) -> Result<T, StoreError> {
-        let _entered = self.handle.enter();
-        // Unconstrained: called from inside a tokio task whose cooperative budget is spent,
-        // tokio's own futures (the pool's semaphore) would answer Pending and wake themselves
-        // for ever, for the task never yields to have its budget reset.
-        futures::executor::block_on(tokio::task::unconstrained(f)).map_err(|e| match e {
+        self.run_within(what, ANSWER_TIMEOUT, f)
+    }
+
+    /// [`PgStore::run`], giving up after `limit`. Called from a worker of a multi-threaded
+    /// runtime (the daemon), the wait hands that worker's other tasks (lock renewals, the
+    /// API, probes) to another thread first.
+    fn run_within<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        f: impl Future<Output = Result<T, PgErr>>,
+    ) -> Result<T, StoreError> {
+        let wait = || {
+            let _entered = self.handle.enter();
+            // Unconstrained: called from inside a tokio task whose cooperative budget is
+            // spent, tokio's own futures (the pool's semaphore) would answer Pending and wake
+            // themselves for ever, for the task never yields to have its budget reset. The
+            // timer is the store runtime's, which runs whatever the caller's does.
+            futures::executor::block_on(tokio::task::unconstrained(async {
+                tokio::time::timeout(limit, f)
+                    .await
+                    .unwrap_or(Err(PgErr::Timeout(limit)))
+            }))
+        };
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        answer.map_err(|e| match e {
             PgErr::Fenced {
                 cluster,
                 epoch,
@@ -1417,7 +1458,7 @@ impl Store for PgStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.run("the store does not answer", async {
+        self.run_within("the store does not answer", PING_TIMEOUT, async {
             let c = self.pool.get().await?;
             c.execute("SELECT 1", &[]).await?;
             Ok(())

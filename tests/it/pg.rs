@@ -119,6 +119,43 @@ impl Postgres {
         check(&mut self.ctl(&["-w", "-m", "fast", "stop"]), "pg_ctl stop");
     }
 
+    /// Freezes the server and every session (SIGSTOP): it accepts connections in the kernel
+    /// and answers nothing, as a host that hangs or a network that drops packets.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Sends `sig` to the postmaster and its children (the sessions and workers).
+    fn signal(&self, sig: i32) {
+        let Ok(pid) = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")) else {
+            return;
+        };
+        let Some(pid) = pid
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let children = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for p in std::iter::once(pid).chain(children.lines().filter_map(|l| l.trim().parse().ok()))
+        {
+            // SAFETY: kill has no memory preconditions; the pids are this test's server's.
+            unsafe {
+                libc::kill(p, sig);
+            }
+        }
+    }
+
     /// Makes a database and answers its URL (without the password).
     pub fn database(&self, name: &str) -> String {
         check(
@@ -160,6 +197,8 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // A server left frozen by a failed test could not stop.
+        self.thaw();
         let _ = self.ctl(&["-w", "-m", "immediate", "stop"]).output();
     }
 }

@@ -478,3 +478,59 @@ async fn a_paused_replica_loses_its_clusters_and_a_database_restart_pauses_every
     assert!(failures.is_empty(), "requests to a0 failed: {failures:?}");
     one_holder_at_a_time(&fleet.steps());
 }
+
+/// A database that answers nothing (a frozen host, a network that drops packets): every store
+/// call gives up within its limit, the replicas report not ready while their API keeps
+/// answering at once, and once the database answers again they finish the rollout, with no
+/// step done twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_database_is_noticed_and_the_replicas_keep_answering() {
+    let mut fleet = Fleet::new(4);
+    fleet.push("1.0.0", "{type: red-black}");
+    for name in ["r0", "r1"] {
+        fleet.start(name);
+    }
+    fleet.converged("1.0.0", 120).await;
+    fleet.all_ready(200, 30).await;
+    fleet.push("2.0.0", "{type: canary, steps: [{weight: 50, pause: 3s}]}");
+    let _ = fleet.holder_once("dev/local/a0", "%50%").await;
+    fleet.pg.freeze();
+    let frozen = Instant::now();
+    fleet.all_ready(503, 30).await;
+    let noticed = frozen.elapsed();
+    assert!(
+        noticed < Duration::from_secs(15),
+        "not ready only after {noticed:?}, longer than a lock lasts"
+    );
+    // While the store's calls wait, the daemons' other work goes on: their API answers now.
+    for _ in 0..5 {
+        for r in &fleet.replicas {
+            let asked = Instant::now();
+            let url = format!("http://127.0.0.1:{}/healthz", r.api);
+            let (code, _) = http(&url, "GET", &[], "").await;
+            let took = asked.elapsed();
+            assert_eq!(
+                code, 200,
+                "{}: /healthz while the database is frozen",
+                r.name
+            );
+            assert!(
+                took < Duration::from_secs(1),
+                "{}: /healthz took {took:?} while the database is frozen",
+                r.name
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let held = frozen.elapsed();
+    fleet.pg.thaw();
+    fleet.all_ready(200, 60).await;
+    fleet.converged("2.0.0", 120).await;
+    eprintln!("a frozen database: not ready after {noticed:?}; frozen for {held:?}");
+    let twice = fleet.pg.query(
+        "fleet",
+        "SELECT cluster, detail, count(*) FROM history WHERE action = 'step' AND result = 'ok' AND (detail LIKE 'create %' OR detail LIKE 'enable %') GROUP BY cluster, detail HAVING count(*) > 1",
+    );
+    assert!(twice.trim().is_empty(), "steps done twice: {twice}");
+    one_holder_at_a_time(&fleet.steps());
+}
