@@ -427,13 +427,27 @@ impl Run<'_> {
     /// Another holder has acted on the cluster (its epoch is on the target): this one stops
     /// where it is, rolling nothing back, and says so once.
     fn superseded(&self, newer: u64) -> String {
-        let why = self.stamp.superseded_why(newer);
-        if self.superseded.set(why.clone()).is_ok() {
-            tracing::warn!(cluster = %self.id(), "{why}");
+        let why = self.superseded.get_or_init(|| {
+            let cluster = self.id().to_string();
+            // An epoch the store never gave out is no holder's: the store was restored from
+            // an older copy. Its epochs go on from there, and the next holding acts.
+            let why = match self.engine.store.raise_epoch(&cluster, newer) {
+                Ok(before) if before < newer => format!(
+                    "epoch {newer} is written on the cluster, but this store has only given out {before} (was it restored from an older copy?); its epochs now go on from {newer}, and the cluster is taken up again"
+                ),
+                Ok(_) => self.stamp.superseded_why(newer),
+                Err(e) => format!(
+                    "{}; the state store does not answer ({})",
+                    self.stamp.superseded_why(newer),
+                    crate::report::chain(&e)
+                ),
+            };
+            tracing::warn!(%cluster, "{why}");
             self.progress.note(self.id(), &why);
-        }
+            why
+        });
         self.lock.mark_lost();
-        why
+        why.clone()
     }
 
     /// The operation with this store's mark on the groups it makes (`keelson.io/store`): a
@@ -587,8 +601,11 @@ impl Run<'_> {
                     );
                 }
                 Stepped::Held(why) => {
-                    self.record("step", &ps.description, "held");
-                    self.forget();
+                    // A lost holding writes nothing more: the journal is the next holder's.
+                    if !self.lock.lost() {
+                        self.record("step", &ps.description, "held");
+                        self.forget();
+                    }
                     return (ClusterOutcome::Held(vec![format!("{why} during {at}")]), i);
                 }
                 Stepped::Undecided(why) => {
@@ -647,8 +664,8 @@ impl Run<'_> {
                         ));
                     }
                 };
-                if let Some(newer) = live.as_ref().and_then(|l| self.stamp.superseded_on(l)) {
-                    return Stepped::Held(self.superseded(newer));
+                if let Some(why) = self.superseded.get() {
+                    return Stepped::Held(why.clone());
                 }
                 let mut sim = Sim::of(live.as_ref());
                 if let Err(why) = guard_step(&mut sim, step, meant_to_stop) {
@@ -695,6 +712,10 @@ impl Run<'_> {
                     },
                 },
             };
+            // Another holder acted meanwhile: whatever the gate says is for it to act on.
+            if let Some(why) = self.superseded.get() {
+                return Stepped::Held(why.clone());
+            }
             match verdict {
                 Verdict::Pass => return Stepped::Done,
                 Verdict::Fail(why) => return Stepped::Failed(why),

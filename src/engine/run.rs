@@ -384,6 +384,17 @@ impl Engine {
                     continue;
                 }
                 if cp.steps.is_empty() {
+                    // Nothing to run: done with, as what the plan leaves alone is.
+                    if each.is_some() {
+                        let r = ClusterReport {
+                            id: cp.id.clone(),
+                            outcome: ClusterOutcome::Converged,
+                            steps: 0,
+                            drift: false,
+                        };
+                        report(&r);
+                        results.insert(cp.id.clone(), r);
+                    }
                     continue;
                 }
                 let locked = cp.blocked.iter().find_map(|b| match b {
@@ -457,6 +468,7 @@ impl Engine {
             // Shared by every apply of this engine (the daemon runs batches side by side).
             let sem = self.slots.all(self.parallelism);
             let mut tasks = tokio::task::JoinSet::new();
+            let mut running: BTreeMap<tokio::task::Id, ClusterId> = BTreeMap::new();
             for cp in runnable {
                 let Some(target) = desired
                     .environments
@@ -464,6 +476,22 @@ impl Engine {
                     .and_then(|e| e.targets.iter().find(|t| t.name == cp.id.target))
                     .cloned()
                 else {
+                    // Compiled desired state names only declared targets: never seen, but
+                    // reported rather than left unanswered.
+                    let r = ClusterReport {
+                        id: cp.id.clone(),
+                        outcome: ClusterOutcome::Failed {
+                            error: format!(
+                                "environment {} declares no target {}",
+                                cp.id.environment, cp.id.target
+                            ),
+                            rollback: "nothing was done".into(),
+                        },
+                        steps: 0,
+                        drift: false,
+                    };
+                    report(&r);
+                    results.insert(cp.id.clone(), r);
                     continue;
                 };
                 let target = TargetRef {
@@ -484,20 +512,36 @@ impl Engine {
                     revision.to_string(),
                 );
                 let planned_on = basis.get(&cp.id).copied();
-                tasks.spawn(async move {
+                let id = cp.id.clone();
+                let task = tasks.spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let _mine = mine.acquire_owned().await;
                     me.run_planned(&cp, planned_on, &target, &revision, progress.as_ref())
                         .await
                 });
+                running.insert(task.id(), id);
             }
             let mut progressed = false;
-            while let Some(done) = tasks.join_next().await {
-                if let Ok(r) = done {
-                    progressed |= r.outcome == ClusterOutcome::Converged;
-                    report(&r);
-                    results.insert(r.id.clone(), r);
-                }
+            while let Some(done) = tasks.join_next_with_id().await {
+                let r = match done {
+                    Ok((_, r)) => r,
+                    // A run that panicked is a failure of its cluster, reported like any other.
+                    Err(e) => match running.remove(&e.id()) {
+                        Some(id) => ClusterReport {
+                            id,
+                            outcome: ClusterOutcome::Failed {
+                                error: format!("the run ended abnormally: {e}"),
+                                rollback: "not attempted".into(),
+                            },
+                            steps: 0,
+                            drift: false,
+                        },
+                        None => continue,
+                    },
+                };
+                progressed |= r.outcome == ClusterOutcome::Converged;
+                report(&r);
+                results.insert(r.id.clone(), r);
             }
             if single || !progressed {
                 break;

@@ -370,6 +370,12 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Fenced`] otherwise.
     fn fenced(&self, fence: &Fence, write: Write<'_>) -> Result<(), StoreError>;
 
+    /// Makes the lock epochs of `cluster` (whose lock the caller holds) continue from at least
+    /// `seen`, an epoch of this store found on the target; answers the epoch before. One the
+    /// store never gave out means it was restored from an older copy: the next holder then
+    /// gets a newer one instead of being stopped by it for ever.
+    fn raise_epoch(&self, cluster: &str, seen: u64) -> Result<u64, StoreError>;
+
     /// Says `replica` is alive for `ttl`; answers how many replicas are.
     fn heartbeat(&self, replica: &str, ttl: std::time::Duration) -> Result<usize, StoreError>;
 

@@ -1457,6 +1457,30 @@ impl Store for PgStore {
         )
     }
 
+    fn raise_epoch(&self, cluster: &str, seen: u64) -> Result<u64, StoreError> {
+        let seen = i64::try_from(seen).unwrap_or(i64::MAX);
+        self.run(
+            "cannot raise the lock's epoch",
+            retrying(|| async move {
+                let c = self.pool.get().await?;
+                // The row is there: the caller holds the lock.
+                let row = c
+                    .query_opt(
+                        "WITH prev AS (SELECT epoch FROM locks WHERE cluster = $1 FOR UPDATE)
+                         UPDATE locks SET epoch = GREATEST(locks.epoch, $2)
+                         FROM prev WHERE locks.cluster = $1
+                         RETURNING prev.epoch",
+                        &[&cluster, &seen],
+                    )
+                    .await?;
+                Ok(match row {
+                    Some(r) => epoch_of(r.try_get(0)?),
+                    None => 0,
+                })
+            }),
+        )
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.run_within("the store does not answer", PING_TIMEOUT, async {
             let c = self.pool.get().await?;

@@ -980,6 +980,25 @@ impl Store for SqliteStore {
         self.write(write, &fence.cluster)
     }
 
+    fn raise_epoch(&self, cluster: &str, seen: u64) -> Result<u64, StoreError> {
+        let seen = i64::try_from(seen).unwrap_or(i64::MAX);
+        let before: i64 = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before = tx.query_row(
+                "SELECT coalesce((SELECT epoch FROM lock_epochs WHERE cluster = ?1), 0)",
+                [cluster],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO lock_epochs (cluster, epoch) VALUES (?1, ?2) ON CONFLICT (cluster) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
+                params![cluster, seen],
+            )?;
+            tx.commit()?;
+            Ok(before)
+        })?;
+        Ok(u64::try_from(before).unwrap_or(0))
+    }
+
     fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<usize, StoreError> {
         let now = crate::clock::now();
         self.with(|c| {

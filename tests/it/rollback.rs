@@ -4,6 +4,7 @@
 //! shows the rollout again, not drift. On the memory provider for every strategy; on the local
 //! target, with real processes under load, for canary, rolling red/black and rolling update.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use keelson::plan::{Action, ClusterPlan, Plan, Selection, plan};
 use keelson::provider::memory::MemoryProvider;
 use keelson::provider::{Provider, ProviderError, ProviderOp, TargetRef};
 use keelson::spec::ProviderKind;
-use keelson::store::{Owner, SqliteStore};
+use keelson::store::{Owner, SqliteStore, Store};
 
 use crate::plan_scenarios::desired;
 
@@ -23,20 +24,22 @@ use crate::plan_scenarios::desired;
 /// checks the traffic guard's promise after each: a cluster that served still serves.
 struct Faulty {
     inner: Arc<dyn Provider>,
+    /// The engine's store, where another holder takes the lock before it acts.
+    store: Arc<dyn Store>,
     fail_in: Mutex<Option<usize>>,
     usurp: Mutex<Option<Usurp>>,
-    /// Once another holder acted after an operation, what reaches the target carries its
-    /// stamp: a target that compares no stamps (Kubernetes, EC2), so only the engine's own
-    /// observation can stop the run.
+    /// Once another holder acted, what reaches the target carries its stamp: a target that
+    /// compares no stamps (Kubernetes, EC2), so only the engine itself can stop the run.
     lenient: Mutex<Option<Stamp>>,
     log: Mutex<Vec<Op>>,
     violations: Mutex<Vec<String>>,
 }
 
 impl Faulty {
-    fn new(inner: Arc<dyn Provider>) -> Arc<Self> {
+    fn new(inner: Arc<dyn Provider>, store: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Self {
             inner,
+            store,
             fail_in: Mutex::new(None),
             usurp: Mutex::new(None),
             lenient: Mutex::new(None),
@@ -81,6 +84,39 @@ impl Provider for Faulty {
     }
 
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
+        let ran = self.log.lock().unwrap().len();
+        let due = {
+            let mut u = self.usurp.lock().unwrap();
+            match *u {
+                Some(Usurp::Observed(n)) if ran > n => u.take(),
+                _ => None,
+            }
+        };
+        if due.is_some() {
+            // The engine's holding, as the store has it: the other holder's is the next.
+            let store = self.store.identity().unwrap().id;
+            for lock in self.store.locks().unwrap() {
+                let Some(c) = self
+                    .inner
+                    .observe(target)
+                    .await?
+                    .into_iter()
+                    .find(|c| c.id.to_string() == lock.cluster)
+                else {
+                    continue;
+                };
+                let groups: Vec<_> = c.server_groups.iter().map(|g| g.sequence).collect();
+                let newer = self
+                    .act_as_newer(
+                        target,
+                        &c.id,
+                        &groups,
+                        &Stamp::new(store.clone(), lock.epoch),
+                    )
+                    .await;
+                *self.lenient.lock().unwrap() = Some(newer);
+            }
+        }
         self.inner.observe(target).await
     }
 
@@ -105,25 +141,6 @@ impl Provider for Faulty {
                 None => {}
             }
         }
-        let usurp = {
-            let mut u = self.usurp.lock().unwrap();
-            match *u {
-                Some(Usurp::Before(0)) => u.take(),
-                Some(Usurp::Before(n)) => {
-                    *u = Some(Usurp::Before(n - 1));
-                    None
-                }
-                Some(Usurp::After(0)) => None,
-                Some(Usurp::After(n)) => {
-                    *u = Some(Usurp::After(n - 1));
-                    None
-                }
-                None => None,
-            }
-        };
-        if usurp.is_some() {
-            self.act_as_newer(target, cluster, op, stamp).await;
-        }
         let before = self
             .cluster(target, cluster)
             .await
@@ -132,10 +149,22 @@ impl Provider for Faulty {
         self.inner
             .apply(target, cluster, op, lenient.as_ref().unwrap_or(stamp))
             .await?;
-        self.log.lock().unwrap().push(op.as_ref_op());
-        if matches!(*self.usurp.lock().unwrap(), Some(Usurp::After(0))) {
-            self.usurp.lock().unwrap().take();
-            let newer = self.act_as_newer(target, cluster, op, stamp).await;
+        let ran = {
+            let mut log = self.log.lock().unwrap();
+            log.push(op.as_ref_op());
+            log.len()
+        };
+        let due = {
+            let mut u = self.usurp.lock().unwrap();
+            match *u {
+                Some(Usurp::AfterOp(n)) if ran > n => u.take(),
+                _ => None,
+            }
+        };
+        if due.is_some() {
+            let newer = self
+                .act_as_newer(target, cluster, &op.sequences(), stamp)
+                .await;
             *self.lenient.lock().unwrap() = Some(newer);
         }
         let after = self
@@ -152,28 +181,32 @@ impl Provider for Faulty {
     }
 }
 
-/// When another holder acts, counted in operations of the run.
+/// When another holder takes the lock and acts, counted in operations of the run (0: the
+/// first).
 #[derive(Debug, Clone, Copy)]
 enum Usurp {
-    /// Just before the `n`th: the target refuses that operation.
-    Before(usize),
-    /// Just after the `n`th: the next observation finds it (the target, from then on,
-    /// compares no stamps).
-    After(usize),
+    /// Right after the `n`th operation: the store refuses the write that records it.
+    AfterOp(usize),
+    /// At the first observation after the `n`th operation: it finds the newer stamp.
+    Observed(usize),
 }
 
 impl Faulty {
-    /// A newer holder's harmless operation on the groups `op` touches (a heal: nothing is
-    /// missing), which leaves its stamp there.
+    /// The holder after `stamp`'s takes the lock, then makes a harmless operation on
+    /// `groups` (a heal: nothing is missing), which leaves its stamp there.
     async fn act_as_newer(
         &self,
         target: &TargetRef,
         cluster: &ClusterId,
-        op: &ProviderOp,
+        groups: &[keelson::model::Sequence],
         stamp: &Stamp,
     ) -> Stamp {
+        // Its lock came with the next epoch; then it acted.
         let newer = Stamp::new(stamp.store.clone(), stamp.epoch + 1);
-        for sequence in op.sequences() {
+        self.store
+            .raise_epoch(&cluster.to_string(), newer.epoch)
+            .unwrap();
+        for &sequence in groups {
             let group = keelson::model::ServerGroupName::new(&cluster.name, sequence);
             let heal = Op::Heal {
                 group,
@@ -211,9 +244,10 @@ struct Rig {
 impl Rig {
     fn new(inner: Arc<dyn Provider>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let faulty = Faulty::new(inner);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let faulty = Faulty::new(inner, store.clone());
         let engine = Arc::new(Engine {
-            store: Arc::new(SqliteStore::open(dir.path()).unwrap()),
+            store,
             providers: Providers::new().with(ProviderKind::Local, faulty.clone()),
             owner: Owner::this_process("keelson test", keelson::clock::now()),
             parallelism: 1,
@@ -511,21 +545,28 @@ async fn on_the_local_target_rollbacks_keep_serving_under_load() {
     }
 }
 
-/// Another replica of the same store has acted on the cluster (its newer epoch is on the
-/// groups): the run stops where it is, as an interruption, and rolls nothing back, whether the
-/// target refused the operation or the observation before it found the stamp.
+/// Another replica of the same store has taken the lock and acted on the cluster (its newer
+/// epoch is in the store and on the groups): the run stops where it is, as an interruption,
+/// and rolls nothing back, whether the store refused its write or its observation found the
+/// stamp on a target that compares none itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_holders_stamp_stops_the_run_where_it_is() {
     let d1 = desired(&[spec("1.0.0", 2, "{type: red-black}", 18081, "")]);
     let d2 = desired(&[spec("2.0.0", 2, "{type: red-black}", 18081, "")]);
-    for usurp in [Usurp::After(0), Usurp::Before(1)] {
+    for (usurp, says) in [
+        (Usurp::AfterOp(0), "lost the cluster lock"),
+        (
+            Usurp::Observed(0),
+            "another holder has acted on the cluster (epoch 3 is written on it; this replica holds epoch 2)",
+        ),
+    ] {
         let rig = Rig::new(Arc::new(MemoryProvider::new()));
         rig.converge(&d1).await;
         let pl = rig.plan(&d2).await;
         rig.faulty.usurp(usurp);
         let outcome = rig.run(&d2, &pl).await;
         assert!(
-            matches!(&outcome, ClusterOutcome::Interrupted(why) if why.contains("another holder has acted on the cluster (epoch")),
+            matches!(&outcome, ClusterOutcome::Interrupted(why) if why.contains(says)),
             "{usurp:?}: {outcome:?}"
         );
         // The first operation ran; nothing after it, and nothing was rolled back.
@@ -535,5 +576,65 @@ async fn a_newer_holders_stamp_stops_the_run_where_it_is() {
             .collect();
         assert_eq!(rig.faulty.take_log(), first, "{usurp:?}");
         assert!(rig.faulty.violations().is_empty());
+        // It cleared no journal: whoever holds the cluster now goes on from it. (After the
+        // store refused its write, the journal does not have the operation that ran just
+        // before; the next plan starts from what is live.)
+        let journals = rig.engine.store.journals().unwrap();
+        let ran = match usurp {
+            Usurp::AfterOp(_) => 0,
+            Usurp::Observed(_) => 1,
+        };
+        assert_eq!(
+            journals.iter().map(|j| j.ran.len()).collect::<Vec<_>>(),
+            [ran],
+            "{usurp:?}: {journals:?}"
+        );
     }
+}
+
+/// A store restored from an older copy: the target carries an epoch of this store that it
+/// never gave out. The run stops there once, the store's epochs go on past it, and the next
+/// run converges, rather than every run being stopped by it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_an_older_copy_stops_once_then_goes_on() {
+    let d1 = desired(&[spec("1.0.0", 2, "{type: red-black}", 18082, "")]);
+    let d2 = desired(&[spec("2.0.0", 2, "{type: red-black}", 18082, "")]);
+    let memory = Arc::new(MemoryProvider::new());
+    let rig = Rig::new(memory.clone());
+    rig.converge(&d1).await;
+    // What the copy's later life did: epoch 1000 on the live group.
+    let store = rig.engine.store.identity().unwrap().id;
+    let c = d1.clusters.values().next().unwrap();
+    let target = TargetRef {
+        environment: c.id.environment.clone(),
+        target: c.target.clone(),
+    };
+    let seq = keelson::model::Sequence::FIRST;
+    let heal = Op::Heal {
+        group: keelson::model::ServerGroupName::new(&c.id.name, seq),
+        sequence: seq,
+        missing: 0,
+    };
+    memory
+        .apply(&target, &c.id, &heal, &Stamp::new(store.clone(), 1000))
+        .await
+        .unwrap();
+    let pl = rig.plan(&d2).await;
+    let outcome = rig.run(&d2, &pl).await;
+    assert!(
+        matches!(&outcome, ClusterOutcome::Interrupted(why) if why.contains("epoch 1000 is written on the cluster, but this store has only given out")),
+        "{outcome:?}"
+    );
+    assert!(rig.faulty.take_log().is_empty(), "nothing ran");
+    rig.converge(&d2).await;
+    let live = memory.observe(&target).await.unwrap();
+    let stamps: BTreeSet<String> = live[0]
+        .server_groups
+        .iter()
+        .filter_map(|g| g.labels.get(keelson::model::labels::EPOCH).cloned())
+        .collect();
+    assert!(
+        stamps.contains(&format!("1001@{store}")),
+        "the next holding goes on past the restored epoch: {stamps:?}"
+    );
 }

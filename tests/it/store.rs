@@ -132,8 +132,30 @@ fn locks_fence_late_writers(s: &dyn Store) {
         panic!("a takes a released lock")
     };
     assert!(e3 > e2, "{e2} then {e3}");
+    // An epoch found on the target that the store never gave out (it was restored from an
+    // older copy): its epochs go on from there; one it did give out changes nothing.
+    assert_eq!(s.raise_epoch(c, e3 + 10).unwrap(), e3);
+    assert_eq!(s.raise_epoch(c, e3).unwrap(), e3 + 10);
+    assert!(
+        s.fenced(
+            &Fence {
+                cluster: c.into(),
+                epoch: e3
+            },
+            Write::ClearJournal
+        )
+        .is_err(),
+        "the holding below the raised epoch is fenced"
+    );
+    s.release_lock(c, &a).unwrap();
+    let LockOutcome::Acquired { epoch: e4, .. } =
+        s.acquire_lock(c, &b, "apply", ttl, now()).unwrap()
+    else {
+        panic!("b takes a released lock")
+    };
+    assert_eq!(e4, e3 + 11, "the next holder goes on from the raised epoch");
     let forced = s.force_release(c, "alice", now()).unwrap().unwrap();
-    assert_eq!(forced.owner.token, "a");
+    assert_eq!(forced.owner.token, "b");
     assert!(s.locks().unwrap().is_empty());
 }
 

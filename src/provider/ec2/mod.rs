@@ -1254,8 +1254,8 @@ impl Ec2Provider {
                 .propagate_at_launch(false)
                 .build();
             self.count(1);
-            let r = c.asg.create_or_update_tags().tags(tag).send().await;
-            match r {
+            let call = c.asg.create_or_update_tags().tags(tag);
+            match patiently(|| call.clone().send()).await {
                 Ok(_) => {}
                 Err(_) if may_be_gone => {}
                 Err(e) => {
@@ -1865,10 +1865,13 @@ impl Provider for Ec2Provider {
             Op::Heal { sequence, .. } => self.heal(&c, target, cluster, *sequence).await,
             Op::Destroy { sequence, .. } => self.destroy(&c, target, cluster, *sequence).await,
         };
-        let done = match done {
-            Ok(()) => self.stamp(&c, cluster, op, stamp).await,
-            e => e,
-        };
+        // The operation took effect: a stamp that could not be written is said, not taken for
+        // the operation's failure (which would undo it).
+        if done.is_ok()
+            && let Err(e) = self.stamp(&c, cluster, op, stamp).await
+        {
+            tracing::warn!(%cluster, "{}", e.chain());
+        }
         self.forget(target);
         done
     }

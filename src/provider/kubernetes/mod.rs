@@ -362,9 +362,14 @@ impl KubernetesProvider {
             let name = ServerGroupName::new(&cluster.name, *seq).to_string();
             let key =
                 kube::runtime::reflector::ObjectRef::<ReplicaSet>::new(&name).within(&ns.name);
-            match ns.replica_sets.get(&key) {
-                Some(rs) if objects::stamp_of(&rs) != Some(value.as_str()) => {}
-                _ => continue,
+            // Written unless the cache shows it there already (a cache behind is no reason to
+            // skip: a ReplicaSet that is gone answers 404, which is fine).
+            if ns
+                .replica_sets
+                .get(&key)
+                .is_some_and(|rs| objects::stamp_of(&rs) == Some(value.as_str()))
+            {
+                continue;
             }
             let patch = Patch::Merge(objects::stamp_patch(&value));
             match retry(|| api.patch(&name, &pp, &patch)).await {
@@ -516,7 +521,12 @@ impl Provider for KubernetesProvider {
         if matches!(op, Op::Destroy { .. }) {
             return Ok(());
         }
-        Self::stamp(&ns, cluster, &op.sequences(), stamp).await
+        // The operation took effect: a stamp that could not be written is said, not taken
+        // for the operation's failure (which would undo it).
+        if let Err(e) = Self::stamp(&ns, cluster, &op.sequences(), stamp).await {
+            tracing::warn!(%cluster, "{}", e.chain());
+        }
+        Ok(())
     }
 
     async fn acquire_lease(

@@ -595,6 +595,9 @@ pub fn current(rs: &ReplicaSet) -> Option<Previous> {
 pub fn swapped(rs: &ReplicaSet, to: &Previous) -> Option<ReplicaSet> {
     let now = current(rs)?;
     let mut annotations = rs.metadata.annotations.clone().unwrap_or_default();
+    // The stamp is written on its own after every operation: applying the one read here
+    // could put an older holder's back over a newer one.
+    annotations.remove(labels::EPOCH);
     annotations.insert(keys::VERSION.into(), to.spec.version.clone());
     annotations.insert(keys::SPEC_HASH.into(), to.spec.spec_hash.to_string());
     annotations.insert(keys::PREVIOUS.into(), serde_json::to_string(&now).ok()?);

@@ -55,6 +55,10 @@ struct ClusterState {
     app: AppName,
     traffic_port: Option<u16>,
     groups: BTreeMap<u16, GroupState>,
+    /// The newest holder's stamp written on the cluster: kept when the group that carried it
+    /// is destroyed, so a run that only destroys still fences an older holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -497,10 +501,11 @@ fn apply_stamped(
     to_stop: &mut Vec<Stopping>,
 ) -> Reply {
     let stamp = stamp.and_then(Stamp::parse);
-    if let Some(s) = &stamp {
-        let groups = a.persisted.clusters.get(&key(cluster)).into_iter();
-        let seen = groups.flat_map(|c| c.groups.values().filter_map(|g| g.epoch.as_deref()));
-        if let Some(newer) = s.superseded_among(seen) {
+    if let Some(s) = &stamp
+        && let Some(c) = a.persisted.clusters.get(&key(cluster))
+    {
+        let groups = c.groups.values().filter_map(|g| g.epoch.as_deref());
+        if let Some(newer) = s.superseded_among(groups.chain(c.epoch.as_deref())) {
             return Reply::Superseded { newer };
         }
     }
@@ -511,6 +516,9 @@ fn apply_stamped(
             if let Some(g) = a.group_mut(cluster, seq) {
                 g.epoch = Some(s.value());
             }
+        }
+        if let Some(c) = a.persisted.clusters.get_mut(&key(cluster)) {
+            c.epoch = Some(s.value());
         }
     }
     reply
@@ -687,6 +695,7 @@ fn create(
             app: cluster.app.clone(),
             traffic_port: cluster.traffic_port,
             groups: BTreeMap::new(),
+            epoch: None,
         });
     c.groups.insert(
         sequence.get(),
