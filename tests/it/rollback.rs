@@ -84,15 +84,7 @@ impl Provider for Faulty {
     }
 
     async fn observe(&self, target: &TargetRef) -> Result<Vec<ObservedCluster>, ProviderError> {
-        let ran = self.log.lock().unwrap().len();
-        let due = {
-            let mut u = self.usurp.lock().unwrap();
-            match *u {
-                Some(Usurp::Observed(n)) if ran > n => u.take(),
-                _ => None,
-            }
-        };
-        if due.is_some() {
+        if self.usurp_due(|u| matches!(u, Usurp::Observed(_))) {
             // The engine's holding, as the store has it: the other holder's is the next.
             let store = self.store.identity().unwrap().id;
             for lock in self.store.locks().unwrap() {
@@ -106,15 +98,8 @@ impl Provider for Faulty {
                     continue;
                 };
                 let groups: Vec<_> = c.server_groups.iter().map(|g| g.sequence).collect();
-                let newer = self
-                    .act_as_newer(
-                        target,
-                        &c.id,
-                        &groups,
-                        &Stamp::new(store.clone(), lock.epoch),
-                    )
-                    .await;
-                *self.lenient.lock().unwrap() = Some(newer);
+                let theirs = Stamp::new(store.clone(), lock.epoch);
+                self.act_as_newer(target, &c.id, &groups, &theirs).await;
             }
         }
         self.inner.observe(target).await
@@ -149,23 +134,10 @@ impl Provider for Faulty {
         self.inner
             .apply(target, cluster, op, lenient.as_ref().unwrap_or(stamp))
             .await?;
-        let ran = {
-            let mut log = self.log.lock().unwrap();
-            log.push(op.as_ref_op());
-            log.len()
-        };
-        let due = {
-            let mut u = self.usurp.lock().unwrap();
-            match *u {
-                Some(Usurp::AfterOp(n)) if ran > n => u.take(),
-                _ => None,
-            }
-        };
-        if due.is_some() {
-            let newer = self
-                .act_as_newer(target, cluster, &op.sequences(), stamp)
+        self.log.lock().unwrap().push(op.as_ref_op());
+        if self.usurp_due(|u| matches!(u, Usurp::AfterOp(_))) {
+            self.act_as_newer(target, cluster, &op.sequences(), stamp)
                 .await;
-            *self.lenient.lock().unwrap() = Some(newer);
         }
         let after = self
             .cluster(target, cluster)
@@ -192,15 +164,31 @@ enum Usurp {
 }
 
 impl Faulty {
+    /// Whether the other holder acts now: a usurp of this kind whose operation has run.
+    fn usurp_due(&self, kind: impl Fn(&Usurp) -> bool) -> bool {
+        let ran = self.log.lock().unwrap().len();
+        let mut u = self.usurp.lock().unwrap();
+        match *u {
+            Some(Usurp::AfterOp(n) | Usurp::Observed(n))
+                if ran > n && u.as_ref().is_some_and(&kind) =>
+            {
+                *u = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The holder after `stamp`'s takes the lock, then makes a harmless operation on
-    /// `groups` (a heal: nothing is missing), which leaves its stamp there.
+    /// `groups` (a heal: nothing is missing), which leaves its stamp there; what reaches the
+    /// target afterwards carries that stamp.
     async fn act_as_newer(
         &self,
         target: &TargetRef,
         cluster: &ClusterId,
         groups: &[keelson::model::Sequence],
         stamp: &Stamp,
-    ) -> Stamp {
+    ) {
         // Its lock came with the next epoch; then it acted.
         let newer = Stamp::new(stamp.store.clone(), stamp.epoch + 1);
         self.store
@@ -215,7 +203,7 @@ impl Faulty {
             };
             let _ = self.inner.apply(target, cluster, &heal, &newer).await;
         }
-        newer
+        *self.lenient.lock().unwrap() = Some(newer);
     }
 }
 

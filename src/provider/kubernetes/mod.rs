@@ -232,24 +232,11 @@ impl KubernetesProvider {
                 }
             }
         }
-        let api = ns.api::<Pod>();
-        let pp = update_params();
         for (names, on) in [(enable, true), (disable, false)] {
-            let patch = Patch::Merge(objects::pod_traffic_patch(on));
+            let patch = objects::pod_traffic_patch(on);
             for name in names {
-                match retry(|| api.patch(&name, &pp, &patch)).await {
-                    Ok(p) => {
-                        ns.settle(
-                            &ns.pods,
-                            &name,
-                            at_version(p.metadata.resource_version.as_deref()),
-                        )
-                        .await;
-                    }
-                    // The pod went away meanwhile; its replacement starts from the template.
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(failed(&format!("label pod {name}"), &e)),
-                }
+                // A pod gone meanwhile is fine: its replacement starts from the template.
+                patch_settled(ns, &ns.pods, &name, &patch, &format!("label pod {name}")).await?;
             }
         }
         Ok(())
@@ -357,7 +344,6 @@ impl KubernetesProvider {
         stamp: &Stamp,
     ) -> Result<(), ProviderError> {
         let value = stamp.value();
-        let (api, pp) = (ns.api::<ReplicaSet>(), update_params());
         for seq in sequences {
             let name = ServerGroupName::new(&cluster.name, *seq).to_string();
             let key =
@@ -371,19 +357,9 @@ impl KubernetesProvider {
             {
                 continue;
             }
-            let patch = Patch::Merge(objects::stamp_patch(&value));
-            match retry(|| api.patch(&name, &pp, &patch)).await {
-                Ok(patched) => {
-                    ns.settle(
-                        &ns.replica_sets,
-                        &name,
-                        at_version(patched.metadata.resource_version.as_deref()),
-                    )
-                    .await;
-                }
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(failed(&format!("stamp ReplicaSet {name}"), &e)),
-            }
+            let patch = objects::stamp_patch(&value);
+            let what = format!("stamp ReplicaSet {name}");
+            patch_settled(ns, &ns.replica_sets, &name, &patch, &what).await?;
         }
         Ok(())
     }
@@ -467,6 +443,35 @@ impl KubernetesProvider {
 }
 
 /// Parameters of writes other than server-side apply, recorded under Keelson's manager.
+/// Merge-patches object `name` and waits until the watch cache shows the result; `false` when
+/// the object is gone (which a caller that only labels or stamps takes as done).
+async fn patch_settled<K>(
+    ns: &Namespace,
+    cache: &kube::runtime::reflector::Store<K>,
+    name: &str,
+    patch: &serde_json::Value,
+    what: &str,
+) -> Result<bool, ProviderError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    let (api, pp) = (ns.api::<K>(), update_params());
+    let patch = Patch::Merge(patch);
+    match retry(|| api.patch(name, &pp, &patch)).await {
+        Ok(patched) => {
+            let version = patched.meta().resource_version.clone();
+            ns.settle(cache, name, at_version(version.as_deref())).await;
+            Ok(true)
+        }
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(failed(what, &e)),
+    }
+}
+
 fn update_params() -> PatchParams {
     PatchParams {
         field_manager: Some(MANAGER.into()),
