@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod compile;
 pub mod controls;
+pub mod credentials;
 pub mod daemon;
 pub mod dashboard;
 pub mod demo;

@@ -145,7 +145,11 @@ pub async fn run(name: &str, argv: &[String], timeout: Duration) -> Result<(), S
     let Some((program, args)) = argv.split_first() else {
         return Err(format!("check `{name}` has no command"));
     };
-    let mut child = match tokio::process::Command::new(program)
+    let mut cmd = tokio::process::Command::new(program);
+    crate::credentials::withhold(|k| {
+        cmd.env_remove(k);
+    });
+    let mut child = match cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

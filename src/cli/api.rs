@@ -17,7 +17,7 @@ pub async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, CliError> {
-    let token = std::env::var("KEELSON_API_TOKEN").unwrap_or_default();
+    let token = std::env::var(crate::credentials::API_TOKEN).unwrap_or_default();
     let client = crate::http_client::client();
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let failed =

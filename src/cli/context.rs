@@ -34,7 +34,7 @@ pub struct Context {
 /// The shared store's password: from the file KEELSON_STORE_PASSWORD_FILE names, else
 /// KEELSON_STORE_PASSWORD, else none (the URL's, or the server trusts this client).
 fn store_password() -> Result<Option<String>, CliError> {
-    if let Some(path) = std::env::var_os("KEELSON_STORE_PASSWORD_FILE") {
+    if let Some(path) = std::env::var_os(crate::credentials::STORE_PASSWORD_FILE) {
         let path = PathBuf::from(path);
         return std::fs::read_to_string(&path)
             .map(|p| Some(p.trim_end_matches(['\n', '\r']).to_string()))
@@ -44,7 +44,7 @@ fn store_password() -> Result<Option<String>, CliError> {
                 source,
             });
     }
-    Ok(std::env::var("KEELSON_STORE_PASSWORD").ok())
+    Ok(std::env::var(crate::credentials::STORE_PASSWORD).ok())
 }
 
 /// The state directory: `--state-dir`, else `<repo>/.keelson`.

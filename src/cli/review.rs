@@ -180,7 +180,7 @@ pub fn forge_token(file: Option<&PathBuf>) -> Result<Option<Token>, CliError> {
         })?;
         return Ok(Some(Token::new(t)));
     }
-    Ok(["KEELSON_FORGE_TOKEN", "GITHUB_TOKEN"]
+    Ok(crate::credentials::FORGE_TOKENS
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
         .map(Token::new))

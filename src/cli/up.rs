@@ -80,7 +80,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
             path: args.path.clone(),
             dir: state.join("git"),
             auth: GitAuth {
-                token: secret("KEELSON_GIT_TOKEN", args.git_token_file.as_ref())?,
+                token: secret(crate::credentials::GIT_TOKEN, args.git_token_file.as_ref())?,
                 ssh_key: args.ssh_key.clone(),
                 known_hosts: args.known_hosts.clone(),
             },
@@ -149,9 +149,12 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         metrics: crate::server::metrics::Metrics::with_analyses(store.clone()),
         trigger: tokio::sync::Notify::new(),
         store: store.clone(),
-        api_token: secret("KEELSON_API_TOKEN", args.api_token_file.as_ref())?,
+        api_token: secret(crate::credentials::API_TOKEN, args.api_token_file.as_ref())?,
         identities: super::delivery::identities()?,
-        webhook_secret: secret("KEELSON_WEBHOOK_SECRET", args.webhook_secret_file.as_ref())?,
+        webhook_secret: secret(
+            crate::credentials::WEBHOOK_SECRET,
+            args.webhook_secret_file.as_ref(),
+        )?,
         pull_requests,
         repository,
         desired: Default::default(),

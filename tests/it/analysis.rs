@@ -375,9 +375,14 @@ async fn a_killed_apply_resumes_the_analysis_with_the_measurements_already_taken
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_verification_rolls_a_red_black_back() {
-    let repo = Repo::new();
+    let mut repo = Repo::new();
+    // Keelson's own credentials are never handed to a check (nor to the agent and its apps).
+    repo.env
+        .push(("KEELSON_GIT_TOKEN".into(), "git-s3cret".into()));
+    repo.env
+        .push(("KEELSON_STORE_PASSWORD".into(), "db-s3cret".into()));
     let red_black = "{type: red-black}";
-    let verify = "  verify:\n    - {name: smoke, command: [curl, -fsS, -o, /dev/null, \"{url}/\"], timeout: 5s}\n";
+    let verify = "  verify:\n    - {name: smoke, command: [curl, -fsS, -o, /dev/null, \"{url}/\"], timeout: 5s}\n    - {name: no-credentials, command: [sh, -c, 'test -z \"$KEELSON_GIT_TOKEN$KEELSON_STORE_PASSWORD\"'], timeout: 5s}\n";
     app(&repo, "1.0.0", "", red_black, verify);
     let (code, out) = repo.apply().await;
     assert_eq!(code, 0, "{out}");

@@ -492,6 +492,36 @@ async fn a_frozen_database_is_noticed_and_the_replicas_keep_answering() {
     }
     fleet.converged("1.0.0", 120).await;
     fleet.all_ready(200, 30).await;
+    // Keelson's credentials stay with Keelson: neither the local agent the replicas started
+    // nor the instances it runs have them in their environment.
+    let agent: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fleet.state.path().join("local/agent.json")).unwrap(),
+    )
+    .unwrap();
+    let agent = agent["pid"].as_i64().unwrap().to_string();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &agent])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = std::iter::once(agent)
+        .chain(
+            String::from_utf8_lossy(&children.stdout)
+                .lines()
+                .map(str::to_string),
+        )
+        .collect();
+    assert!(pids.len() > 4, "the agent and its instances: {pids:?}");
+    for pid in &pids {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let env = String::from_utf8_lossy(&env);
+        assert!(!env.is_empty(), "{pid} has an environment");
+        for secret in [PASSWORD, "s3cret-token"] {
+            assert!(
+                !env.contains(secret),
+                "process {pid} was handed a credential"
+            );
+        }
+    }
     fleet.push("2.0.0", "{type: canary, steps: [{weight: 50, pause: 3s}]}");
     let _ = fleet.holder_once("dev/local/a0", "%50%").await;
     fleet.pg.freeze();

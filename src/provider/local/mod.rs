@@ -85,7 +85,12 @@ impl LocalProvider {
         // directory (it was only slow to answer) the new one exits and the file still leads
         // to the one that runs.
         // Its own process group: the agent must outlive this process and its terminal.
-        let child = std::process::Command::new(&self.agent_exe)
+        let mut cmd = std::process::Command::new(&self.agent_exe);
+        // The agent and the instances it starts are no place for Keelson's credentials.
+        crate::credentials::withhold(|k| {
+            cmd.env_remove(k);
+        });
+        let child = cmd
             .arg("local-agent")
             .arg("--state-dir")
             .arg(&self.dir)
