@@ -30,6 +30,15 @@ pub(super) enum Stepped {
     Failed(String),
 }
 
+/// How a cluster's run was planned, for the checks made once its lock is taken.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Planned {
+    /// The [`basis`] of the observation the plan was made on.
+    pub(super) basis: Option<u64>,
+    /// Beside other replicas: how many clusters are held or free to move (for the share).
+    pub(super) wanting: Option<usize>,
+}
+
 /// What a cluster's run needs besides the engine.
 pub(super) struct Run<'a> {
     pub(super) engine: &'a Engine,
@@ -171,17 +180,17 @@ impl Engine {
         revision: &str,
         progress: &dyn Progress,
     ) -> ClusterReport {
-        self.run_planned(cp, None, target, revision, progress).await
+        self.run_planned(cp, Planned::default(), target, revision, progress)
+            .await
     }
 
-    /// [`Engine::run_cluster`] for a plan made on an observation whose [`basis`] was
-    /// `planned_on`: once the lock is taken the cluster is observed again, and if another
-    /// holder changed it meanwhile (another replica, another `apply`) nothing runs; the next
-    /// plan starts from what is there.
+    /// [`Engine::run_cluster`] for a plan made as `planned` says: once the lock is taken the
+    /// cluster is observed again, and if another holder changed it meanwhile (another
+    /// replica, another `apply`) nothing runs; the next plan starts from what is there.
     pub(super) async fn run_planned(
         &self,
         cp: &ClusterPlan,
-        planned_on: Option<u64>,
+        planned: Planned,
         target: &TargetRef,
         revision: &str,
         progress: &dyn Progress,
@@ -217,6 +226,18 @@ impl Engine {
             return report(
                 ClusterOutcome::Interrupted(format!(
                     "this replica is at revision {revision}, the replicas at {in_force}; it acts once it has fetched that"
+                )),
+                0,
+            );
+        }
+        if let Some(wanting) = planned.wanting
+            && super::run::over_share(self.slots.held(), wanting, self.slots.replicas())
+        {
+            return report(
+                ClusterOutcome::Locked(format!(
+                    "another replica: this one holds its share ({} of {wanting} clusters held or free to move, among {} replicas)",
+                    self.slots.held(),
+                    self.slots.replicas()
                 )),
                 0,
             );
@@ -260,6 +281,7 @@ impl Engine {
                 );
             }
         };
+        let _holding = self.slots.hold();
         if let Some(prev) = &lock.took_over {
             progress.note(id, &format!("took over the expired lock of {prev}"));
         }
@@ -287,7 +309,7 @@ impl Engine {
             stamp,
             superseded: std::sync::OnceLock::new(),
         };
-        if let Some(planned_on) = planned_on {
+        if let Some(planned_on) = planned.basis {
             let changed = match &run.observe().await {
                 Ok(now) => basis(now.as_ref()) != planned_on,
                 Err(_) => false,

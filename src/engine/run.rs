@@ -125,6 +125,26 @@ pub struct Slots {
     per_provider: std::sync::Mutex<BTreeMap<crate::spec::ProviderKind, Arc<Semaphore>>>,
     /// How many replicas share the store (the daemon's heartbeat says; 0 or 1: alone).
     replicas: std::sync::atomic::AtomicUsize,
+    /// Cluster locks this engine holds now.
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one held cluster lock while it lives.
+pub(super) struct Holding(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Whether a replica holding `held` cluster locks declines another, when `wanting` clusters
+/// are held or free to move and `replicas` share them: it holds more than an even split
+/// already (so it ends with one more at most, for the races between replicas). Never all of
+/// them at once: the replica holding least holds no more than an even split of what is held,
+/// which is less than what is held or free, so it takes the free cluster.
+pub(super) fn over_share(held: usize, wanting: usize, replicas: usize) -> bool {
+    replicas > 1 && held > wanting.div_ceil(replicas)
 }
 
 impl Slots {
@@ -138,6 +158,17 @@ impl Slots {
         self.replicas
             .load(std::sync::atomic::Ordering::Acquire)
             .max(1)
+    }
+
+    /// How many cluster locks this engine holds now.
+    pub(super) fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a cluster lock just taken, until the answer is dropped.
+    pub(super) fn hold(&self) -> Holding {
+        self.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Holding(self.held.clone())
     }
 
     fn all(&self, parallelism: usize) -> Arc<Semaphore> {
@@ -452,9 +483,12 @@ impl Engine {
                 }
             }
             // With other replicas on the store, this one begins at its own place in the list,
-            // so replicas rarely want one cluster at once. (A share per replica, declining the
-            // rest, starved clusters in testing: every replica had declined them. Whoever
-            // takes a lock first acts; the others move on.)
+            // so replicas rarely want one cluster at once, and takes no more than its share of
+            // the clusters held or free to move (see `over_share`: never all of them decline).
+            let wanting = (self.slots.replicas() > 1)
+                .then(|| self.store.locks().ok())
+                .flatten()
+                .map(|held| held.len() + runnable.len());
             if self.slots.replicas() > 1 && runnable.len() > 1 {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -516,7 +550,11 @@ impl Engine {
                 let task = tasks.spawn(async move {
                     let _permit = sem.acquire_owned().await;
                     let _mine = mine.acquire_owned().await;
-                    me.run_planned(&cp, planned_on, &target, &revision, progress.as_ref())
+                    let run = super::cluster::Planned {
+                        basis: planned_on,
+                        wanting,
+                    };
+                    me.run_planned(&cp, run, &target, &revision, progress.as_ref())
                         .await
                 });
                 running.insert(task.id(), id);
@@ -552,5 +590,38 @@ impl Engine {
         let mut clusters: Vec<ClusterReport> = results.into_values().collect();
         clusters.sort_by_key(|c| crate::model::promotion_rank(&order, c.id.environment.as_str()));
         ApplyReport { clusters }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::over_share;
+
+    #[test]
+    fn a_replica_declines_past_its_share_and_alone_never() {
+        // 60 clusters to move among three replicas: 20 each, and one more for races (one
+        // holding 20 still takes the 21st).
+        assert!(!over_share(20, 60, 3));
+        assert!(over_share(21, 60, 3));
+        assert!(
+            !over_share(1000, 60, 1),
+            "alone, a replica takes everything"
+        );
+    }
+
+    #[test]
+    fn some_replica_always_takes_a_free_cluster() {
+        // Whatever the holdings, the replica holding least (at most the even split of what is
+        // held, `held / replicas`) is under its share while a cluster is free.
+        for replicas in 2..=6 {
+            for wanting in 1..=60 {
+                for held in 0..wanting {
+                    assert!(
+                        !over_share(held / replicas, wanting, replicas),
+                        "{replicas} replicas, {held} held of {wanting}"
+                    );
+                }
+            }
+        }
     }
 }
