@@ -485,7 +485,7 @@ impl Engine {
             // With other replicas on the store, this one begins at its own place in the list,
             // so replicas rarely want one cluster at once, and takes no more than its share of
             // the clusters held or free to move (see `over_share`: never all of them decline).
-            let wanting = (self.slots.replicas() > 1)
+            let wanting = (self.slots.replicas() > 1 && !runnable.is_empty())
                 .then(|| self.store.locks().ok())
                 .flatten()
                 .map(|held| held.len() + runnable.len());
