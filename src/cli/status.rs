@@ -190,7 +190,12 @@ pub async fn status(args: &StatusArgs, style: Style) -> Result<Exit, CliError> {
             lock: locks
                 .iter()
                 .find(|l| l.cluster == id.to_string() && l.expires_at > now)
-                .map(|l| format!("{} ({}) until {}", l.owner, l.reason, l.expires_at)),
+                .map(|l| {
+                    format!(
+                        "{} ({}) until {}, epoch {}",
+                        l.owner, l.reason, l.expires_at, l.epoch
+                    )
+                }),
             suspended: suspends
                 .iter()
                 .filter(|s| app_name.as_ref().is_some_and(|a| s.scope.covers(id, a)))
