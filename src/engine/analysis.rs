@@ -184,9 +184,9 @@ impl Run<'_> {
                 // boundary: no rollback of a canary that may be healthy.
                 Err(why) => {
                     self.lock.mark_lost();
-                    return Stepped::Held(format!(
-                        "the state store does not answer (cannot read the analysis: {why})"
-                    ));
+                    return Stepped::Held(super::store_silent(format!(
+                        "cannot read the analysis: {why}"
+                    )));
                 }
             };
         let expected = analysis.measurements_in(*window);

@@ -290,10 +290,7 @@ impl Engine {
             Err(e) => {
                 let _ = lock.release().await;
                 return report(
-                    ClusterOutcome::Interrupted(format!(
-                        "the state store does not answer ({})",
-                        crate::report::chain(&e)
-                    )),
+                    ClusterOutcome::Interrupted(super::store_silent(crate::report::chain(&e))),
                     0,
                 );
             }
@@ -459,9 +456,9 @@ impl Run<'_> {
                 ),
                 Ok(_) => self.stamp.superseded_why(newer),
                 Err(e) => format!(
-                    "{}; the state store does not answer ({})",
+                    "{}; {}",
                     self.stamp.superseded_why(newer),
-                    crate::report::chain(&e)
+                    super::store_silent(crate::report::chain(&e))
                 ),
             };
             tracing::warn!(%cluster, "{why}");
@@ -498,7 +495,7 @@ impl Run<'_> {
             // answers.
             Err(e) => {
                 self.lock.mark_lost();
-                Ok(Some(format!("the state store does not answer ({e})")))
+                Ok(Some(super::store_silent(e)))
             }
         }
     }

@@ -13,3 +13,8 @@ pub use cluster::resolve;
 pub use lock::{ClusterLock, LOCK_TTL, Refusal};
 pub use progress::{LogProgress, Progress};
 pub use run::{ApplyReport, ClusterOutcome, ClusterReport, Engine, Slots};
+
+/// Why a run stops when its store does not answer: `what` went wrong reading or writing it.
+fn store_silent(what: impl std::fmt::Display) -> String {
+    format!("the state store does not answer ({what})")
+}

@@ -358,10 +358,7 @@ impl Engine {
                             // Nothing was done: every cluster not yet done with is taken up
                             // again once the store answers, with no failure counted. Each is
                             // reported, or the daemon would take it as done and leave it.
-                            let why = format!(
-                                "the state store does not answer ({})",
-                                crate::report::chain(&e)
-                            );
+                            let why = super::store_silent(crate::report::chain(&e));
                             for c in desired.clusters.values() {
                                 if !sel.includes_cluster(&c.id, &c.app)
                                     || results.contains_key(&c.id)

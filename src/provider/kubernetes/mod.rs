@@ -53,6 +53,112 @@ impl std::fmt::Debug for KubernetesProvider {
 }
 
 impl KubernetesProvider {
+    /// Runs one operation of the contract.
+    async fn act(
+        &self,
+        ns: &Namespace,
+        cluster: &ClusterId,
+        op: &ProviderOp,
+    ) -> Result<(), ProviderError> {
+        match op {
+            Op::Create {
+                sequence,
+                spec,
+                capacity,
+                weight,
+                ..
+            } => {
+                let traffic = Traffic {
+                    enabled: *weight > 0,
+                    weight: *weight,
+                };
+                let rs = objects::replica_set(spec, *sequence, *capacity, traffic)
+                    .map_err(ProviderError::invalid)?;
+                let existing = match Self::replica_set(ns, cluster, *sequence).await {
+                    Ok(rs) => Some(rs),
+                    Err(ProviderError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if existing.is_none() {
+                    Self::apply_replica_set(ns, &rs).await?;
+                }
+                Self::ensure_service(ns, existing.as_ref().unwrap_or(&rs)).await
+            }
+            Op::Resize { sequence, to, .. } => Self::scale(ns, cluster, *sequence, *to).await,
+            Op::Traffic { changes } => {
+                // Weights are recorded first, gainers before losers; pods follow in one pass.
+                for c in changes {
+                    let rs = match Self::replica_set(ns, cluster, c.sequence).await {
+                        Ok(rs) => rs,
+                        // Out of traffic is what a group that is gone already is.
+                        Err(ProviderError::NotFound { .. }) if c.to == 0 => continue,
+                        Err(e) => return Err(e),
+                    };
+                    Self::record_traffic(ns, &rs, c.to).await?;
+                    if c.to > 0 {
+                        Self::ensure_service(ns, &rs).await?;
+                    }
+                }
+                Self::assign_traffic(ns, cluster).await
+            }
+            Op::UpdateInPlace { sequence, spec, .. } => {
+                let live = Self::replica_set(ns, cluster, *sequence).await?;
+                let Some(was) = objects::current(&live) else {
+                    return Err(ProviderError::invalid(format!(
+                        "ReplicaSet {} has no pod template or spec annotations; Keelson did not make it",
+                        ServerGroupName::new(&cluster.name, *sequence)
+                    )));
+                };
+                if was.spec.spec_hash == spec.spec_hash {
+                    return Ok(());
+                }
+                // Only the pod template and annotations change; size and traffic stay as they are.
+                let mut rs = objects::replica_set(
+                    spec,
+                    *sequence,
+                    objects::replicas(&live),
+                    objects::traffic_of(&live),
+                )
+                .map_err(ProviderError::invalid)?;
+                let kept = serde_json::to_string(&was).map_err(|e| {
+                    ProviderError::invalid_by("cannot keep the previous template", e)
+                })?;
+                rs.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(objects::keys::PREVIOUS.into(), kept);
+                Self::apply_replica_set(ns, &rs).await
+            }
+            Op::RevertInPlace { sequence, to, .. } => {
+                let live = Self::replica_set(ns, cluster, *sequence).await?;
+                if objects::current(&live).is_some_and(|c| c.spec.spec_hash == to.spec_hash) {
+                    return Ok(());
+                }
+                let back = objects::previous(&live)
+                    .filter(|p| p.spec.spec_hash == to.spec_hash)
+                    .and_then(|p| objects::swapped(&live, &p))
+                    .ok_or_else(|| {
+                        ProviderError::invalid(format!(
+                            "ReplicaSet {} keeps no previous template of {}; it cannot be reverted in place",
+                            ServerGroupName::new(&cluster.name, *sequence),
+                            to.version
+                        ))
+                    })?;
+                Self::apply_replica_set(ns, &back).await
+            }
+            Op::ReplaceInstances {
+                sequence, count, ..
+            } => Self::replace(ns, cluster, *sequence, *count).await,
+            Op::Heal { sequence, .. } => {
+                // The ReplicaSet controller replaces missing pods itself; what Keelson repairs is
+                // which of them take traffic.
+                Self::replica_set(ns, cluster, *sequence).await?;
+                Self::assign_traffic(ns, cluster).await
+            }
+            Op::Destroy { sequence, .. } => Self::destroy(ns, cluster, *sequence).await,
+        }
+    }
+
     /// A provider with no clients yet.
     pub fn new() -> Self {
         Self::default()
@@ -576,114 +682,6 @@ impl Provider for KubernetesProvider {
         lease::release(&api, cluster, holder)
             .await
             .map_err(|e| failed(&format!("release Lease {}", lease::name(cluster)), &e))
-    }
-}
-
-impl KubernetesProvider {
-    /// Runs one operation of the contract.
-    async fn act(
-        &self,
-        ns: &Namespace,
-        cluster: &ClusterId,
-        op: &ProviderOp,
-    ) -> Result<(), ProviderError> {
-        match op {
-            Op::Create {
-                sequence,
-                spec,
-                capacity,
-                weight,
-                ..
-            } => {
-                let traffic = Traffic {
-                    enabled: *weight > 0,
-                    weight: *weight,
-                };
-                let rs = objects::replica_set(spec, *sequence, *capacity, traffic)
-                    .map_err(ProviderError::invalid)?;
-                let existing = match Self::replica_set(ns, cluster, *sequence).await {
-                    Ok(rs) => Some(rs),
-                    Err(ProviderError::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
-                };
-                if existing.is_none() {
-                    Self::apply_replica_set(ns, &rs).await?;
-                }
-                Self::ensure_service(ns, existing.as_ref().unwrap_or(&rs)).await
-            }
-            Op::Resize { sequence, to, .. } => Self::scale(ns, cluster, *sequence, *to).await,
-            Op::Traffic { changes } => {
-                // Weights are recorded first, gainers before losers; pods follow in one pass.
-                for c in changes {
-                    let rs = match Self::replica_set(ns, cluster, c.sequence).await {
-                        Ok(rs) => rs,
-                        // Out of traffic is what a group that is gone already is.
-                        Err(ProviderError::NotFound { .. }) if c.to == 0 => continue,
-                        Err(e) => return Err(e),
-                    };
-                    Self::record_traffic(ns, &rs, c.to).await?;
-                    if c.to > 0 {
-                        Self::ensure_service(ns, &rs).await?;
-                    }
-                }
-                Self::assign_traffic(ns, cluster).await
-            }
-            Op::UpdateInPlace { sequence, spec, .. } => {
-                let live = Self::replica_set(ns, cluster, *sequence).await?;
-                let Some(was) = objects::current(&live) else {
-                    return Err(ProviderError::invalid(format!(
-                        "ReplicaSet {} has no pod template or spec annotations; Keelson did not make it",
-                        ServerGroupName::new(&cluster.name, *sequence)
-                    )));
-                };
-                if was.spec.spec_hash == spec.spec_hash {
-                    return Ok(());
-                }
-                // Only the pod template and annotations change; size and traffic stay as they are.
-                let mut rs = objects::replica_set(
-                    spec,
-                    *sequence,
-                    objects::replicas(&live),
-                    objects::traffic_of(&live),
-                )
-                .map_err(ProviderError::invalid)?;
-                let kept = serde_json::to_string(&was).map_err(|e| {
-                    ProviderError::invalid_by("cannot keep the previous template", e)
-                })?;
-                rs.metadata
-                    .annotations
-                    .get_or_insert_default()
-                    .insert(objects::keys::PREVIOUS.into(), kept);
-                Self::apply_replica_set(ns, &rs).await
-            }
-            Op::RevertInPlace { sequence, to, .. } => {
-                let live = Self::replica_set(ns, cluster, *sequence).await?;
-                if objects::current(&live).is_some_and(|c| c.spec.spec_hash == to.spec_hash) {
-                    return Ok(());
-                }
-                let back = objects::previous(&live)
-                    .filter(|p| p.spec.spec_hash == to.spec_hash)
-                    .and_then(|p| objects::swapped(&live, &p))
-                    .ok_or_else(|| {
-                        ProviderError::invalid(format!(
-                            "ReplicaSet {} keeps no previous template of {}; it cannot be reverted in place",
-                            ServerGroupName::new(&cluster.name, *sequence),
-                            to.version
-                        ))
-                    })?;
-                Self::apply_replica_set(ns, &back).await
-            }
-            Op::ReplaceInstances {
-                sequence, count, ..
-            } => Self::replace(ns, cluster, *sequence, *count).await,
-            Op::Heal { sequence, .. } => {
-                // The ReplicaSet controller replaces missing pods itself; what Keelson repairs is
-                // which of them take traffic.
-                Self::replica_set(ns, cluster, *sequence).await?;
-                Self::assign_traffic(ns, cluster).await
-            }
-            Op::Destroy { sequence, .. } => Self::destroy(ns, cluster, *sequence).await,
-        }
     }
 }
 
