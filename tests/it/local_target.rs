@@ -15,11 +15,17 @@ use keelson::provider::{Provider, ProviderError, TargetRef};
 use crate::plan_scenarios::desired;
 
 /// A free port for a traffic proxy, below the kernel's ephemeral range (32768 and up), so an
-/// instance port chosen by the kernel meanwhile can never take it.
+/// instance port chosen by the kernel meanwhile can never take it. Never the same twice in
+/// this test process: tests run side by side, and a port handed to one but not yet bound would
+/// look free to another.
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && GIVEN.lock().unwrap().insert(port)
+        {
             return port;
         }
     }
