@@ -151,11 +151,12 @@ fn main() {
     let p = plan(&d_changed, &live, &policy, "bench", &sel);
     let filter = keelson::dashboard::render::Filter::default();
     let page = keelson::dashboard::render::overview(
-        &keelson::dashboard::view::overview(&d_changed, &live, &p, None),
+        &keelson::dashboard::view::overview(&d_changed, &live, &p, &Default::default(), None),
         &filter,
     );
     let (best, median) = time(11, || {
-        let o = keelson::dashboard::view::overview(&d_changed, &live, &p, None);
+        let o =
+            keelson::dashboard::view::overview(&d_changed, &live, &p, &Default::default(), None);
         keelson::dashboard::render::overview(&o, &filter).len()
     });
     let mut accept = axum::http::HeaderMap::new();

@@ -108,7 +108,8 @@ pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
+/// A SHA-256 digest written as 64 hex digits.
+pub fn parse_digest(s: &str) -> Option<[u8; 32]> {
     let s = s.trim();
     if s.len() != 64 {
         return None;
@@ -161,7 +162,7 @@ impl Identities {
                 )
             })?;
             let token = match &u.token_sha256 {
-                Some(h) => Some(hex32(h).ok_or_else(|| {
+                Some(h) => Some(parse_digest(h).ok_or_else(|| {
                     invalid(
                         line,
                         format!(
@@ -199,6 +200,11 @@ impl Identities {
             }
         }
         found
+    }
+
+    /// The digests of every user's token.
+    pub fn digests(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.users.iter().filter_map(|(_, d)| *d)
     }
 
     /// Whether any user has a token: the API then takes tokens from this file.

@@ -306,6 +306,9 @@ pub struct UpArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: String,
+    /// Who may read the dashboard and the status.
+    #[command(flatten)]
+    pub reads: ReadArgs,
     /// Read the working directory instead of Git, and re-plan when a spec file is saved.
     #[arg(long)]
     pub watch_files: bool,
@@ -560,15 +563,27 @@ pub struct PinArgs {
     pub actor: ActorArgs,
 }
 
+/// Who may read the dashboard and the status from another host.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// Open the dashboard and the status to every host that can connect. Without it, a
+    /// connection from another host (or through a proxy) needs an API token.
+    #[arg(long, env = "KEELSON_PUBLIC_READ")]
+    pub public_read: bool,
+}
+
 /// Arguments of `keelson ui`.
 #[derive(Debug, clap::Args)]
 pub struct UiArgs {
     /// The config repository and the state directory.
     #[command(flatten)]
     pub location: Location,
-    /// Where to serve it (loopback by default: the pages are read-only and unauthenticated).
+    /// Where to serve it (loopback by default; from other hosts it needs --public-read).
     #[arg(long, default_value = "127.0.0.1:7879")]
     pub listen: String,
+    /// Who may read it.
+    #[command(flatten)]
+    pub reads: ReadArgs,
     /// How often to observe the targets again.
     #[arg(long, default_value = "1s")]
     pub interval: crate::spec::Duration,

@@ -47,11 +47,16 @@ async fn look(ctx: &Context, board: &Board, last: &mut Option<(Arc<DesiredState>
         Err(_) => crate::plan::Policy::at(now),
     };
     let plan = plan(&d, &observed, &policy, &revision, &Selection::default());
+    let journals = ctx
+        .reading_store()
+        .map(|s| crate::dashboard::journals(s.as_ref()))
+        .unwrap_or_default();
     board.publish(Snapshot {
         desired: d,
         observed,
         plan,
         invalid,
+        journals,
     });
 }
 
@@ -78,14 +83,24 @@ pub async fn ui(args: &UiArgs) -> Result<Exit, CliError> {
         }
     });
     println!("Keelson's dashboard: http://{addr}/ (Ctrl-C stops it)");
-    axum::serve(listener, crate::dashboard::router(board))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|source| CliError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
+    // No tokens here: from another host it is --public-read or nothing.
+    let access = Arc::new(crate::server::access::ReadAccess::new(
+        args.reads.public_read,
+        [],
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let closing = board.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        closing.close();
+        let _ = stop_tx.send(true);
+    });
+    crate::server::serve(
+        listener,
+        crate::dashboard::router(board, access),
+        crate::server::Limits::default(),
+        stop_rx,
+    )
+    .await;
     Ok(Exit::Success)
 }

@@ -143,14 +143,23 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         }
         _ => None,
     };
+    let api_token = secret(crate::credentials::API_TOKEN, args.api_token_file.as_ref())?;
+    let identities = super::delivery::identities()?;
+    let reads = Arc::new(crate::server::access::ReadAccess::new(
+        args.reads.public_read,
+        api_token
+            .iter()
+            .map(|t| crate::identity::digest(t))
+            .chain(identities.digests()),
+    ));
     let shared = Arc::new(Shared {
         status: Default::default(),
         status_json: std::sync::RwLock::new("{}".into()),
         metrics: crate::server::metrics::Metrics::with_analyses(store.clone()),
         trigger: tokio::sync::Notify::new(),
         store: store.clone(),
-        api_token: secret(crate::credentials::API_TOKEN, args.api_token_file.as_ref())?,
-        identities: super::delivery::identities()?,
+        api_token,
+        identities,
         webhook_secret: secret(
             crate::credentials::WEBHOOK_SECRET,
             args.webhook_secret_file.as_ref(),
@@ -162,6 +171,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         board: Arc::new(crate::dashboard::Board::new(Some(store.clone()))),
         forge: forge_client,
         refresh: tokio::sync::Notify::new(),
+        reads,
     });
     let engine = Arc::new(Engine {
         store,
@@ -190,6 +200,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         body: args.client_timeout.to_std(),
         connections: args.max_connections,
     };
+    let board = shared.board.clone();
     let server = tokio::spawn(crate::server::serve(
         listener,
         router(shared.clone()),
@@ -216,6 +227,7 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
         crate::demo::shutdown_signal(),
     )
     .await;
+    board.close();
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(Exit::Success)

@@ -1,6 +1,7 @@
 //! `keelson up`: the GitOps loop. Fetches the branch, applies a revision only if the whole of
 //! it validates, reconciles on new revisions, webhooks and a drift timer, and obeys suspends.
 
+mod pace;
 pub mod pull_request;
 pub mod schedule;
 
@@ -177,11 +178,13 @@ pub async fn run(
     };
     let mut outcomes: std::collections::BTreeMap<ClusterId, String> = Default::default();
     let mut fetch_now = true;
+    let mut pacer = pace::Pacer::new(std::time::Instant::now());
     shared.update_status(|st| {
         st.source = source.describe();
     });
     loop {
         let wake = sched.next_wake().map(tokio::time::Instant::from_std);
+        let looks_due = pacer.due().map(tokio::time::Instant::from_std);
         let mut finished: Option<(Vec<ClusterId>, Option<Batch>)> = None;
         tokio::select! {
             () = &mut shutdown => break,
@@ -196,8 +199,16 @@ pub async fn run(
             }
             () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
             () = shared.refresh.notified() => {
+                if pacer.request(std::time::Instant::now())
+                    && let Some((d, rev)) = &desired
+                {
+                    publish(&shared, &providers, d, rev, &mut pacer).await;
+                }
+                continue;
+            }
+            () = async { match looks_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 if let Some((d, rev)) = &desired {
-                    publish(&shared, &providers, d, rev).await;
+                    publish(&shared, &providers, d, rev, &mut pacer).await;
                 }
                 continue;
             }
@@ -585,13 +596,22 @@ fn show(shared: &Shared, d: &Arc<DesiredState>, observed: ObservedState, plan: c
         observed,
         plan,
         invalid,
+        journals: crate::dashboard::journals(shared.store.as_ref()),
     });
 }
 
-/// Observes and plans again for the dashboard (a step began or ended).
-async fn publish(shared: &Shared, providers: &Providers, d: &Arc<DesiredState>, rev: &str) {
+/// Observes and plans again for the dashboard (a step began or ended), paced.
+async fn publish(
+    shared: &Shared,
+    providers: &Providers,
+    d: &Arc<DesiredState>,
+    rev: &str,
+    pacer: &mut pace::Pacer,
+) {
+    let started = std::time::Instant::now();
     let (observed, _, plan) = look(shared, providers, d, rev).await;
     show(shared, d, observed, plan);
+    pacer.ran(started, started.elapsed());
 }
 
 /// After a batch: refresh metrics, status and the dashboard.

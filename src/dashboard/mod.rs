@@ -1,11 +1,13 @@
 //! The dashboard: what is live where, what is moving and why not, in a browser. Served by the
-//! daemon (`keelson up`) and by `keelson ui` from the snapshots they publish; read-only, open
-//! like `/api/v1/status`. Pages are server-rendered and complete without JavaScript; Server-Sent
-//! Events push the overview cells (and a cluster's groups) that changed, never the page.
+//! daemon (`keelson up`) and by `keelson ui` from the snapshots they publish; read-only, under
+//! the same read rule as `/api/v1/status` (`crate::server::access`). Pages are server-rendered
+//! and complete without JavaScript; Server-Sent Events push the overview cells (and a
+//! cluster's groups) that changed, never the page.
 
 pub mod render;
 pub mod view;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -17,7 +19,8 @@ use axum::routing::get;
 
 use crate::model::{DesiredState, ObservedState};
 use crate::plan::Plan;
-use crate::store::Store;
+use crate::server::access::ReadAccess;
+use crate::store::{Journal, Store};
 
 /// What the pages are rendered from: one consistent view.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct Snapshot {
     pub plan: Plan,
     /// When the newest revision is invalid: its first error, with file and line.
     pub invalid: Option<String>,
+    /// The rollouts under way, by cluster: what ran so far.
+    pub journals: BTreeMap<String, Journal>,
 }
 
 impl Snapshot {
@@ -39,9 +44,20 @@ impl Snapshot {
             &self.desired,
             &self.observed,
             &self.plan,
+            &self.journals,
             self.invalid.clone(),
         )
     }
+}
+
+/// The rollouts under way in `store`, by cluster; none when it cannot say.
+pub fn journals(store: &dyn Store) -> BTreeMap<String, Journal> {
+    store
+        .journals()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|j| (j.cluster.clone(), j))
+        .collect()
 }
 
 /// Where the newest snapshot is published; pages and event streams read it.
@@ -50,6 +66,8 @@ pub struct Board {
     /// The pull request that brought a revision, where the forge said.
     pull: RwLock<Option<(String, crate::forge::PullRef)>>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Set when the server stops: event streams end, so connections can close.
+    closed: std::sync::atomic::AtomicBool,
     store: Option<Arc<dyn Store>>,
 }
 
@@ -60,6 +78,7 @@ impl Board {
             snapshot: RwLock::new(None),
             pull: RwLock::new(None),
             changed: tokio::sync::watch::channel(0).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
             store,
         }
     }
@@ -70,6 +89,16 @@ impl Board {
             *g = Some(Arc::new(s));
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ends every event stream (the server is stopping); pages still answer.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Marks the newest revision invalid (or valid again) without a new observation.
@@ -146,14 +175,38 @@ async fn overview(
     headers: HeaderMap,
     Query(f): Query<render::Filter>,
 ) -> Response {
+    overview_page(&b, &headers, &f)
+}
+
+/// An application's deep link: the overview with its row only.
+async fn application(
+    State(b): State<Arc<Board>>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> Response {
+    let known = b
+        .current()
+        .is_none_or(|s| s.desired.clusters.values().any(|c| c.app.as_str() == app));
+    if !known {
+        return html_page(
+            &headers,
+            StatusCode::NOT_FOUND,
+            render::not_found(&format!("No application {app} in the specs.")),
+        );
+    }
+    let f = render::Filter {
+        app,
+        exact: true,
+        ..Default::default()
+    };
+    overview_page(&b, &headers, &f)
+}
+
+fn overview_page(b: &Board, headers: &HeaderMap, f: &render::Filter) -> Response {
     match b.current() {
-        Some(s) => html_page(
-            &headers,
-            StatusCode::OK,
-            render::overview(&s.overview(), &f),
-        ),
+        Some(s) => html_page(headers, StatusCode::OK, render::overview(&s.overview(), f)),
         None => html_page(
-            &headers,
+            headers,
             StatusCode::SERVICE_UNAVAILABLE,
             render::not_found(
                 "No valid revision observed yet; this page fills in after the first sync.",
@@ -190,6 +243,7 @@ fn cluster_page(b: &Board, s: &Snapshot, id: &str) -> Option<String> {
         },
         s.observed.clusters.get(&cid),
         s.plan.clusters.iter().find(|c| c.id == cid),
+        s.journals.get(id),
         analysis.as_ref().map(|a| (a, spec)),
         &history,
     ))
@@ -224,7 +278,7 @@ fn groups_html(s: &Snapshot, id: &str) -> String {
         revision: &s.plan.revision,
         pull: None,
     };
-    let page = render::cluster(id, &ctx, live, None, None, &[]);
+    let page = render::cluster(id, &ctx, live, None, None, None, &[]);
     // The groups' box only: what the live script swaps in.
     let start = page.find("<div class=\"groups\"");
     let inner = start.and_then(|i| {
@@ -256,6 +310,9 @@ async fn events(State(b): State<Arc<Board>>, Query(f): Query<Follow>) -> impl In
         loop {
             if c.last.is_some() || c.board.current().is_none() {
                 c.rx.changed().await.ok()?;
+            }
+            if c.board.is_closed() {
+                return None;
             }
             let s = c.board.current()?;
             let mut out = Vec::new();
@@ -311,15 +368,85 @@ async fn js() -> Response {
         .into_response()
 }
 
-/// The dashboard's routes: `/`, `/c/{env}/{target}/{name}` (also under `/clusters/`, the
-/// longer name), `/events`, `/assets/*`.
-pub fn router(board: Arc<Board>) -> Router {
-    Router::new()
+/// Where to go after signing in: a path on this server, never another site (and nothing a
+/// header could not carry).
+fn local_path(next: &str) -> &str {
+    let plain = next
+        .bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b'\\');
+    if plain && next.starts_with('/') && !next.starts_with("//") {
+        next
+    } else {
+        "/"
+    }
+}
+
+/// The sign-in form's fields.
+#[derive(serde::Deserialize)]
+struct SignIn {
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn sign_in_form(
+    State(access): State<Arc<ReadAccess>>,
+    headers: HeaderMap,
+    Query(f): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let next = local_path(f.get("next").map_or("/", String::as_str));
+    html_page(
+        &headers,
+        StatusCode::OK,
+        render::sign_in(next, "", access.has_tokens()),
+    )
+}
+
+/// Checks the token and, when it is known, signs the browser in with its digest and sends it
+/// back where it was going.
+async fn sign_in(
+    State(access): State<Arc<ReadAccess>>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<SignIn>,
+) -> Response {
+    let next = local_path(&f.next);
+    let digest = crate::identity::digest(f.token.trim());
+    if f.token.trim().is_empty() || !access.knows(&digest) {
+        return html_page(
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            render::sign_in(next, "That token is not known here.", access.has_tokens()),
+        );
+    }
+    let cookie = crate::server::access::sign_in_cookie(&digest, &headers);
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, next.to_string()),
+            (header::SET_COOKIE, cookie),
+        ],
+    )
+        .into_response()
+}
+
+/// The dashboard's routes: `/`, `/a/{app}`, `/c/{env}/{target}/{name}` (also under
+/// `/clusters/`, the longer name) and `/events` under the read rule; `/sign-in` and `/assets/*` open.
+pub fn router(board: Arc<Board>, access: Arc<ReadAccess>) -> Router {
+    let guarded = Router::new()
         .route("/", get(overview))
+        .route("/a/{app}", get(application))
         .route("/c/{env}/{target}/{name}", get(cluster))
         .route("/clusters/{env}/{target}/{name}", get(cluster))
         .route("/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            access.clone(),
+            crate::server::access::guard,
+        ))
         .route("/assets/style.css", get(css))
         .route("/assets/live.js", get(js))
-        .with_state(board)
+        .with_state(board);
+    let sign = Router::new()
+        .route("/sign-in", get(sign_in_form).post(sign_in))
+        .with_state(access);
+    guarded.merge(sign)
 }

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::view::{Cell, Overview, State};
 use crate::model::{ObservedCluster, ServerGroup};
 use crate::plan::ClusterPlan;
-use crate::store::{AnalysisRecord, HistoryEntry};
+use crate::store::{AnalysisRecord, HistoryEntry, Journal};
 
 /// The stylesheet, embedded.
 pub const CSS: &str = include_str!("assets/style.css");
@@ -25,6 +25,21 @@ pub struct Filter {
     /// One state.
     #[serde(default)]
     pub state: String,
+    /// Only the application named `app` exactly (its deep link, `/a/NAME`).
+    #[serde(skip)]
+    pub exact: bool,
+}
+
+impl Filter {
+    /// Whether the overview shows this application's row.
+    fn shows_app(&self, app: &str) -> bool {
+        self.app.is_empty()
+            || if self.exact {
+                app == self.app
+            } else {
+                app.contains(&self.app)
+            }
+    }
 }
 
 fn page(title: &str, body: Markup) -> Markup {
@@ -107,10 +122,10 @@ pub fn overview(o: &Overview, f: &Filter) -> String {
                 @for (_, e) in &envs { th scope="col" { a href={ "/?env=" (e) } { (e) } } }
             } }
             tbody {
-                @for r in o.rows.iter().filter(|r| f.app.is_empty() || r.app.contains(&f.app)) {
+                @for r in o.rows.iter().filter(|r| f.shows_app(&r.app)) {
                     @if envs.iter().any(|(i, _)| r.cells[*i].iter().any(&shown)) {
                         tr {
-                            th { a href={ "/?app=" (r.app) } { (r.app) } }
+                            th { a href={ "/a/" (r.app) } { (r.app) } }
                             @for (i, _) in &envs {
                                 td { @for c in r.cells[*i].iter().filter(|c| shown(c)) { (cell_markup(c)) } }
                             }
@@ -189,6 +204,14 @@ fn charts(r: &AnalysisRecord, spec: Option<&crate::spec::Analysis>) -> Markup {
     }
 }
 
+/// A revision as people read it: its first 12 characters.
+fn short(revision: &str) -> &str {
+    revision
+        .char_indices()
+        .nth(12)
+        .map_or(revision, |(i, _)| &revision[..i])
+}
+
 /// Where a cluster page's revision came from.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
@@ -205,6 +228,7 @@ pub fn cluster(
     ctx: &Context<'_>,
     live: Option<&ObservedCluster>,
     plan: Option<&ClusterPlan>,
+    journal: Option<&Journal>,
     analysis: Option<(&AnalysisRecord, Option<&crate::spec::Analysis>)>,
     history: &[HistoryEntry],
 ) -> String {
@@ -234,11 +258,27 @@ pub fn cluster(
         }
         section aria-labelledby="plan" {
             h2 id="plan" { "Plan" }
+            @if let Some(j) = journal {
+                p.standing {
+                    strong { "Under way" } " for revision " code { (short(&j.revision)) } " · "
+                    (super::view::standing(j, plan.map_or(&[][..], |p| &p.steps[..])))
+                }
+                @if !j.ran.is_empty() {
+                    h3 { "Done" }
+                    ol.done { @for op in &j.ran { li { (op) } } }
+                }
+                @if let Some(r) = &j.rollback {
+                    h3 { "Rolling back" }
+                    p.why { (r.error) }
+                    ol.rollback { @for (i, s) in r.steps.iter().enumerate() { li.done[i < r.done] { (s) } } }
+                }
+            }
             @match plan {
                 None => p { "As desired: nothing to do." },
                 Some(p) => {
                     p { strong { (p.action.word()) } " · " (p.reason) }
                     @if !p.steps.is_empty() {
+                        @if journal.is_some() { h3 { "Next" } }
                         ol.steps { @for s in &p.steps { li { (s.description) } } }
                     }
                     @for b in &p.blocked { p.blocked { "Held: " (b.to_string()) } }
@@ -270,7 +310,7 @@ pub fn cluster(
                     thead { tr { th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "Who" } th scope="col" { "Revision" } th scope="col" { "Outcome" } } }
                     tbody {
                         @for e in history.iter().rev() {
-                            tr { td { (e.at.strftime("%Y-%m-%d %H:%M:%S")) } td { (e.action) ": " (e.detail) } td { (e.who) } td { code { (e.revision.chars().take(12).collect::<String>()) } } td { (e.result) } }
+                            tr { td { (e.at.strftime("%Y-%m-%d %H:%M:%S")) } td { (e.action) ": " (e.detail) } td { (e.who) } td { code { (short(&e.revision)) } } td { (e.result) } }
                         }
                     }
                 }
@@ -285,6 +325,27 @@ pub fn not_found(what: &str) -> String {
     page(
         "Not found",
         html! { h1 { "Not found" } p { (what) } p { a href="/" { "Back to the overview" } } },
+    )
+    .into_string()
+}
+
+/// The sign-in page: a token opens the dashboard to a browser on another host. `why` says why
+/// it is shown; without tokens there is nothing to sign in with, and it says so.
+pub fn sign_in(next: &str, why: &str, has_tokens: bool) -> String {
+    page(
+        "Sign in",
+        html! {
+            h1 { "Sign in" }
+            @if !why.is_empty() { p.why role="alert" { (why) } }
+            @if has_tokens {
+                form.sign-in method="post" action="/sign-in" {
+                    input type="hidden" name="next" value=(next);
+                    label { "API token " input type="password" name="token" autocomplete="current-password" required; }
+                    button type="submit" { "Sign in" }
+                }
+                p { "The browser keeps a digest of the token for 12 hours; it lets you read, never act." }
+            }
+        },
     )
     .into_string()
 }

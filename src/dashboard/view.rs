@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::model::{DesiredCluster, DesiredState, ObservedState};
-use crate::plan::{Action, Block, Plan};
+use crate::plan::{Action, Block, Plan, PlannedStep};
+use crate::store::Journal;
 
 /// Where a cluster stands, for the overview's colour and filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -98,8 +99,28 @@ pub fn href(cluster: &crate::model::ClusterId) -> String {
     )
 }
 
-/// One cluster's cell.
-pub fn cell(d: &DesiredCluster, observed: &ObservedState, plan: &Plan) -> Cell {
+/// Where a rollout under way stands: what its journal says ran, and what the plan, made from
+/// what is live, has left.
+pub fn standing(journal: &Journal, left: &[PlannedStep]) -> String {
+    match (&journal.rollback, left.first()) {
+        (Some(r), _) => format!("rolling back: {} of {} steps done", r.done, r.steps.len()),
+        (None, Some(next)) => format!(
+            "{} done, {} to go; next: {}",
+            journal.ran.len(),
+            left.len(),
+            next.description
+        ),
+        (None, None) => format!("{} done", journal.ran.len()),
+    }
+}
+
+/// One cluster's cell; `journal` is its rollout under way, if any.
+pub fn cell(
+    d: &DesiredCluster,
+    observed: &ObservedState,
+    plan: &Plan,
+    journal: Option<&Journal>,
+) -> Cell {
     let live = observed.clusters.get(&d.id);
     let serving: Vec<_> = live
         .map(|l| {
@@ -142,7 +163,8 @@ pub fn cell(d: &DesiredCluster, observed: &ObservedState, plan: &Plan) -> Cell {
             if !c.steps.is_empty()
                 && c.blocked.iter().all(|b| matches!(b, Block::Locked { .. })) =>
         {
-            (State::RollingOut, c.reason.clone())
+            let why = journal.map_or_else(|| c.reason.clone(), |j| standing(j, &c.steps));
+            (State::RollingOut, why)
         }
         Some(c) if c.action == Action::Held || !c.blocked.is_empty() => (
             State::Held,
@@ -151,7 +173,10 @@ pub fn cell(d: &DesiredCluster, observed: &ObservedState, plan: &Plan) -> Cell {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         ),
-        Some(c) => (State::RollingOut, c.reason.clone()),
+        Some(c) => (
+            State::RollingOut,
+            journal.map_or_else(|| c.reason.clone(), |j| standing(j, &c.steps)),
+        ),
     };
     Cell {
         cluster: d.id.to_string(),
@@ -165,11 +190,13 @@ pub fn cell(d: &DesiredCluster, observed: &ObservedState, plan: &Plan) -> Cell {
     }
 }
 
-/// The overview: every application against every environment.
+/// The overview: every application against every environment; `journals` are the rollouts
+/// under way, by cluster.
 pub fn overview(
     desired: &DesiredState,
     observed: &ObservedState,
     plan: &Plan,
+    journals: &BTreeMap<String, Journal>,
     invalid: Option<String>,
 ) -> Overview {
     let environments: Vec<String> = desired
@@ -186,7 +213,12 @@ pub fn overview(
             .iter()
             .position(|e| e == d.id.environment.as_str())
         {
-            row[i].push(cell(d, observed, plan));
+            let journal = if journals.is_empty() {
+                None
+            } else {
+                journals.get(&d.id.to_string())
+            };
+            row[i].push(cell(d, observed, plan, journal));
         }
     }
     Overview {
@@ -214,4 +246,48 @@ pub fn changed(before: &Overview, after: &Overview) -> Vec<Cell> {
         .into_values()
         .filter(|c| old.get(&c.cluster) != Some(c))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actuation::{Op, Step};
+
+    fn traffic() -> Op {
+        Op::Traffic {
+            changes: Vec::new(),
+        }
+    }
+
+    fn planned(description: &str) -> PlannedStep {
+        PlannedStep {
+            step: Step::Op(traffic()),
+            description: description.into(),
+            guard: String::new(),
+            rollback: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn where_a_rollout_stands() {
+        let mut j = Journal {
+            cluster: "dev/local/web".into(),
+            revision: "r".into(),
+            health_timeout: "30s".parse().unwrap(),
+            ran: vec![traffic(), traffic()],
+            rollback: None,
+        };
+        let left = [planned("set weights web-v002 25%"), planned("wait")];
+        assert_eq!(
+            standing(&j, &left),
+            "2 done, 2 to go; next: set weights web-v002 25%"
+        );
+        assert_eq!(standing(&j, &[]), "2 done");
+        j.rollback = Some(crate::store::RollbackProgress {
+            error: "unhealthy".into(),
+            steps: vec![Step::Op(traffic()); 3],
+            done: 1,
+        });
+        assert_eq!(standing(&j, &left), "rolling back: 1 of 3 steps done");
+    }
 }

@@ -80,7 +80,7 @@ pub async fn serve(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -92,7 +92,12 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Who connected, for the read rule (`access`): loopback or elsewhere.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let mut stop = stop.clone();
         conns.spawn(async move {
             let _permit = permit;
@@ -111,5 +116,19 @@ pub async fn serve(
         });
         while conns.try_join_next().is_some() {}
     }
-    while conns.join_next().await.is_some() {}
+    // Requests in flight finish; a connection that still holds on after that (a stream no one
+    // ended) is cut rather than holding the shutdown up.
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            "connections still open after {}s: closed",
+            DRAIN.as_secs()
+        );
+        conns.abort_all();
+    }
 }
+
+/// Longest a stopping server waits for its connections.
+const DRAIN: Duration = Duration::from_secs(10);

@@ -1,6 +1,7 @@
 //! The daemon's HTTP API (axum): health, readiness, metrics, status, suspend/resume, sync and
 //! GitHub webhooks.
 
+pub mod access;
 mod listen;
 pub mod metrics;
 
@@ -105,6 +106,8 @@ pub struct Shared {
     pub forge: Option<Arc<crate::forge::github::GitHub>>,
     /// Asks the loop to observe again for the dashboard (a step began or ended).
     pub refresh: tokio::sync::Notify,
+    /// Who may read the dashboard and the status.
+    pub reads: Arc<access::ReadAccess>,
 }
 
 /// A pull request to plan and comment on, from a `pull_request` webhook.
@@ -730,7 +733,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/status", get(status))
+        .route(
+            "/api/v1/status",
+            get(status).route_layer(axum::middleware::from_fn_with_state(
+                shared.reads.clone(),
+                access::guard,
+            )),
+        )
         .route("/api/v1/suspend", post(suspend))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/sync", post(sync))
@@ -740,7 +749,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(github).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
         )
         .with_state(shared.clone())
-        .merge(crate::dashboard::router(shared.board.clone()))
+        .merge(crate::dashboard::router(
+            shared.board.clone(),
+            shared.reads.clone(),
+        ))
 }
 
 #[cfg(test)]

@@ -75,6 +75,14 @@ try {
     const reached = await page.$$eval("a[href], input, select, button", (els) => els.map((e) => e.outerHTML.slice(0, 200)));
     const missed = reached.filter((r) => !seen.has(r));
     if (missed.length) fail(`not reached by keyboard: ${missed.join(" | ")}`);
+  } else if (check === "sign-in") {
+    // From another host: the sign-in form, then the overview with the token.
+    await page.goto(base + "/");
+    await page.screenshot({ path: `${shots}/sign-in.png`, fullPage: true });
+    await page.getByLabel("API token").fill(args[0]);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.waitForSelector("table.overview");
+    if (!page.url().endsWith("/")) fail(`signed in to ${page.url()}`);
   } else {
     fail(`unknown check ${check}`);
   }

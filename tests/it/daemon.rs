@@ -135,6 +135,17 @@ pub(crate) async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_with_headers(url, method, headers, body).await;
+    (status, body)
+}
+
+/// An HTTP call that also returns the answer's headers; status 0 when nothing answered.
+pub(crate) async fn http_with_headers(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, hyper::HeaderMap, String) {
     let client = keelson::http_client::client();
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -148,13 +159,14 @@ pub(crate) async fn http(
     match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
             let b = http_body_util::BodyExt::collect(resp.into_body())
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            (status, String::from_utf8_lossy(&b).into_owned())
+            (status, headers, String::from_utf8_lossy(&b).into_owned())
         }
-        _ => (0, String::new()),
+        _ => (0, hyper::HeaderMap::new(), String::new()),
     }
 }
 

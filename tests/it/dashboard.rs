@@ -37,6 +37,29 @@ async fn the_pages_as_html() {
         reason: "incident <42>".into(),
         until: None,
     });
+    // hello's rollout is under way: its first step ran, and its journal says so.
+    let observed = keelson::observe::observe(&d, &providers(&p)).await;
+    let pl = plan(&d, &observed, &pol, "rev-1", &Selection::default());
+    let hello = pl
+        .clusters
+        .iter()
+        .find(|c| c.id.name.as_str() == "hello")
+        .unwrap();
+    let first = &hello.steps[0].step;
+    crate::plan_scenarios::run_step(
+        &p,
+        &crate::plan_scenarios::target_of(&d, &hello.id),
+        hello,
+        first,
+    )
+    .await;
+    let journal = keelson::store::Journal {
+        cluster: "dev/local/hello".into(),
+        revision: "rev-1".into(),
+        health_timeout: "30s".parse().unwrap(),
+        ran: first.op().into_iter().cloned().collect(),
+        rollback: None,
+    };
     let observed = keelson::observe::observe(&d, &providers(&p)).await;
     let pl = plan(&d, &observed, &pol, "rev-1", &Selection::default());
     let s = Snapshot {
@@ -44,6 +67,7 @@ async fn the_pages_as_html() {
         observed,
         plan: pl,
         invalid: Some("apps/shop.yaml:7:5: error: unknown field `replicas`".into()),
+        journals: [(journal.cluster.clone(), journal.clone())].into(),
     };
     let o = s.overview();
     assert_eq!(o.environments, ["dev", "prod"]);
@@ -71,6 +95,14 @@ async fn the_pages_as_html() {
         },
     );
     assert!(filtered.contains("dev/local/shop") && !filtered.contains("dev/local/hello"));
+    // The search box matches part of a name; an application's deep link only its own.
+    let part = |exact| render::Filter {
+        app: "hell".into(),
+        exact,
+        ..Default::default()
+    };
+    assert!(render::overview(&o, &part(false)).contains("dev/local/hello"));
+    assert!(!render::overview(&o, &part(true)).contains("dev/local/hello"));
     let id = "dev/local/hello";
     let cid = keelson::store::parse_cluster(id).unwrap();
     let entry = |action: &str, detail: &str, result: &str| keelson::store::HistoryEntry {
@@ -99,6 +131,7 @@ async fn the_pages_as_html() {
         },
         s.observed.clusters.get(&cid),
         s.plan.clusters.iter().find(|c| c.id == cid),
+        s.journals.get(id),
         None,
         &history,
     );
@@ -109,6 +142,15 @@ async fn the_pages_as_html() {
     let changed = view::changed(&o, &after);
     assert_eq!(changed.len(), 1);
     assert!(render::update(&changed).len() < 600);
+    // The sign-in page a browser on another host gets.
+    let access = keelson::server::access::ReadAccess::new(false, [keelson::identity::digest("t")]);
+    let page = render::sign_in(
+        "/c/dev/local/hello",
+        keelson::server::access::refusal(&access),
+        true,
+    );
+    insta::assert_snapshot!("dashboard_sign_in", page.replace("><", ">\n<"));
+    assert!(!render::sign_in("/", "", false).contains("<form"));
 }
 
 /// The dev and prod environments, and two applications.
@@ -302,4 +344,154 @@ async fn keelson_ui_serves_the_local_state() {
     assert!(code == 200 && cluster.contains("web-v000"), "{cluster}");
     let (code, _) = get(&format!("{base}/clusters/dev/local/nope")).await;
     assert_eq!(code, 404);
+    // An application's deep link is its row, by its exact name.
+    let (code, page) = get(&format!("{base}/a/web")).await;
+    assert!(
+        code == 200 && page.contains("<a href=\"/a/web\">web</a>"),
+        "{page}"
+    );
+    assert_eq!(get(&format!("{base}/a/we")).await.0, 404);
+}
+
+/// An address of this host that is not loopback: where a connection from another host lands.
+fn outside_address() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // Connecting a UDP socket sends nothing; it only picks the interface a route would use.
+    probe
+        .connect("192.0.2.1:9")
+        .expect("this host has a route off loopback");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no address off loopback: {ip}");
+    ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_another_host_need_a_token_or_a_sign_in() {
+    use crate::daemon::http_with_headers as call;
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port(), free_port());
+    let api = free_port();
+    specs(work.path(), "1.0.0", "1.0.0", ports);
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["up", "--repo"])
+        .arg(work.path())
+        .args(["--watch-files", "--drift-interval", "1h", "--listen"])
+        .arg(format!("0.0.0.0:{api}"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("KEELSON_API_TOKEN", "reader-token")
+        .env("KEELSON_LOCAL_METRICS", "off")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(state.path().join("daemon.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _cleanup = StopAll(state.path().to_path_buf());
+    let here = format!("http://127.0.0.1:{api}");
+    let there = format!("http://{}:{api}", outside_address());
+    let html = ("accept", "text/html");
+    // On this host the pages are open.
+    let mut page = (0, String::new());
+    for _ in 0..300 {
+        page = get(&format!("{here}/")).await;
+        if page.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        page.0 == 200 && page.1.contains("table class=\"overview\""),
+        "{page:?}"
+    );
+    // From another host: a browser gets the sign-in form, a program a 401 saying what to do.
+    let (code, headers, body) = call(&format!("{there}/"), "GET", &[html], "").await;
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.contains("<form class=\"sign-in\"") && !body.contains("overview"),
+        "{body}"
+    );
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"keelson\"");
+    for path in ["/api/v1/status", "/events", "/c/dev/local/web"] {
+        let (code, _, body) = call(&format!("{there}{path}"), "GET", &[], "").await;
+        assert!(
+            code == 401 && body.contains("needs a token"),
+            "{path}: {code} {body}"
+        );
+    }
+    // Probes, scrapers and the assets stay open.
+    for path in ["/healthz", "/metrics", "/assets/style.css", "/sign-in"] {
+        assert_eq!(get(&format!("{there}{path}")).await.0, 200, "{path}");
+    }
+    // A bearer token reads.
+    let bearer = ("authorization", "Bearer reader-token");
+    let (code, _, body) = call(&format!("{there}/api/v1/status"), "GET", &[bearer], "").await;
+    assert!(code == 200 && body.contains("\"daemon\""), "{body}");
+    // A proxy on this host does not make its clients local.
+    let forwarded = ("x-forwarded-for", "203.0.113.9");
+    assert_eq!(
+        call(&format!("{here}/"), "GET", &[forwarded], "").await.0,
+        401
+    );
+    // Signing in: a wrong token is refused, the right one sets a cookie of its digest and goes
+    // back where it was going, on this server only.
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let (code, _, body) = call(
+        &format!("{there}/sign-in"),
+        "POST",
+        &[form],
+        "token=wrong&next=%2F",
+    )
+    .await;
+    assert!(
+        code == 401 && body.contains("That token is not known here."),
+        "{body}"
+    );
+    let (code, headers, _) = call(
+        &format!("{there}/sign-in"),
+        "POST",
+        &[form],
+        "token=reader-token&next=%2Fc%2Fdev%2Flocal%2Fweb",
+    )
+    .await;
+    assert_eq!(code, 303);
+    assert_eq!(headers["location"], "/c/dev/local/web");
+    let set = headers["set-cookie"].to_str().unwrap().to_string();
+    let digest: String = keelson::identity::digest("reader-token")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        set.starts_with(&format!("keelson_read={digest};"))
+            && set.contains("HttpOnly; SameSite=Strict"),
+        "{set}"
+    );
+    let (_, headers, _) = call(
+        &format!("{there}/sign-in"),
+        "POST",
+        &[form],
+        "token=reader-token&next=%2F%2Fevil.example%2F",
+    )
+    .await;
+    assert_eq!(headers["location"], "/");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let with_cookie = ("cookie", cookie.as_str());
+    let (code, _, body) = call(&format!("{there}/"), "GET", &[html, with_cookie], "").await;
+    assert!(
+        code == 200 && body.contains("table class=\"overview\""),
+        "{body}"
+    );
+    // The cookie reads; it never acts.
+    let (code, _, _) = call(
+        &format!("{there}/api/v1/suspend"),
+        "POST",
+        &[with_cookie, ("content-type", "application/json")],
+        r#"{"app": "web", "reason": "x"}"#,
+    )
+    .await;
+    assert_eq!(code, 401);
+    // And in a browser: the form, the token, the overview.
+    browser("sign-in", &there, &["reader-token"]).await;
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
 }
