@@ -305,8 +305,33 @@ async fn in_a_browser_against_the_daemon() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     browser("invalid", &base, &["bad.yaml:"]).await;
-    let _ = daemon.start_kill();
-    let _ = daemon.wait().await;
+    // A dashboard left open does not hold a shutdown up: its event stream ends.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut events = tokio::net::TcpStream::connect(("127.0.0.1", api))
+        .await
+        .unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nHost: keelson\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 256];
+    let n = events.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    let pid = daemon.id().unwrap();
+    let asked = std::time::Instant::now();
+    // SAFETY: signals the daemon this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success() && asked.elapsed() < Duration::from_secs(5),
+        "{status:?} after {:?}",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
