@@ -84,9 +84,8 @@ pub async fn ui(args: &UiArgs) -> Result<Exit, CliError> {
     });
     println!("Keelson's dashboard: http://{addr}/ (Ctrl-C stops it)");
     // No tokens here: from another host it is --public-read or nothing.
-    let access = Arc::new(crate::server::access::ReadAccess::new(
+    let access = Arc::new(crate::server::access::ReadAccess::local(
         args.reads.public_read,
-        [],
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let closing = board.clone();

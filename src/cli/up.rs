@@ -145,12 +145,15 @@ pub async fn run_up(args: &UpArgs) -> Result<Exit, CliError> {
     };
     let api_token = secret(crate::credentials::API_TOKEN, args.api_token_file.as_ref())?;
     let identities = super::delivery::identities()?;
-    let reads = Arc::new(crate::server::access::ReadAccess::new(
+    // Sign-in cookies are signed with a key every replica derives from the store's own.
+    let cookie_key = store.spec_key()?.derive("keelson dashboard sign-in cookie");
+    let reads = Arc::new(crate::server::access::ReadAccess::daemon(
         args.reads.public_read,
         api_token
             .iter()
             .map(|t| crate::identity::digest(t))
             .chain(identities.digests()),
+        cookie_key,
     ));
     let shared = Arc::new(Shared {
         status: Default::default(),

@@ -207,8 +207,10 @@ pub async fn run(
                 continue;
             }
             () = async { match looks_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
-                if let Some((d, rev)) = &desired {
-                    publish(&shared, &providers, d, rev, &mut pacer).await;
+                match &desired {
+                    Some((d, rev)) => publish(&shared, &providers, d, rev, &mut pacer).await,
+                    // Nothing to look at yet: the request is spent, not left due for ever.
+                    None => pacer.ran(std::time::Instant::now(), std::time::Duration::ZERO),
                 }
                 continue;
             }

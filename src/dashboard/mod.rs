@@ -410,15 +410,14 @@ async fn sign_in(
     axum::Form(f): axum::Form<SignIn>,
 ) -> Response {
     let next = local_path(&f.next);
-    let digest = crate::identity::digest(f.token.trim());
-    if f.token.trim().is_empty() || !access.knows(&digest) {
+    let Some(digest) = access.knows(f.token.trim()) else {
         return html_page(
             &headers,
             StatusCode::UNAUTHORIZED,
             render::sign_in(next, "That token is not known here.", access.has_tokens()),
         );
-    }
-    let cookie = crate::server::access::sign_in_cookie(&digest, &headers);
+    };
+    let cookie = access.sign_in_cookie(&digest, &headers, crate::clock::now().as_second());
     (
         StatusCode::SEE_OTHER,
         [

@@ -258,7 +258,8 @@ pub fn cluster(
         }
         section aria-labelledby="plan" {
             h2 id="plan" { "Plan" }
-            @if let Some(j) = journal {
+            // A journal with nothing left to do is a run that ended without clearing it.
+            @if let (Some(j), Some(_)) = (journal, plan) {
                 p.standing {
                     strong { "Under way" } " for revision " code { (short(&j.revision)) } " · "
                     (super::view::standing(j, plan.map_or(&[][..], |p| &p.steps[..])))

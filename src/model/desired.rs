@@ -428,6 +428,17 @@ impl SpecKey {
         Self(b)
     }
 
+    /// A key for another purpose, derived from this one (HMAC-SHA256 of the purpose): every
+    /// replica of an installation derives the same, and it tells nothing about this key.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        use hmac::Mac;
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return [0; 32];
+        };
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// What stands for a secret value in a hash: HMAC-SHA256 of the variable's name and value.
     pub fn seal(&self, name: &str, value: &str) -> String {
         use hmac::Mac;

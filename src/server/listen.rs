@@ -93,11 +93,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // Who connected, for the read rule (`access`): loopback or elsewhere.
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-        );
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let mut stop = stop.clone();
         conns.spawn(async move {
             let _permit = permit;

@@ -143,12 +143,12 @@ async fn the_pages_as_html() {
     assert_eq!(changed.len(), 1);
     assert!(render::update(&changed).len() < 600);
     // The sign-in page a browser on another host gets.
-    let access = keelson::server::access::ReadAccess::new(false, [keelson::identity::digest("t")]);
-    let page = render::sign_in(
-        "/c/dev/local/hello",
-        keelson::server::access::refusal(&access),
-        true,
+    let access = keelson::server::access::ReadAccess::daemon(
+        false,
+        [keelson::identity::digest("t")],
+        [0; 32],
     );
+    let page = render::sign_in("/c/dev/local/hello", access.refusal(), true);
     insta::assert_snapshot!("dashboard_sign_in", page.replace("><", ">\n<"));
     assert!(!render::sign_in("/", "", false).contains("<form"));
 }
@@ -311,7 +311,7 @@ async fn in_a_browser_against_the_daemon() {
         .await
         .unwrap();
     events
-        .write_all(b"GET /events HTTP/1.1\r\nHost: keelson\r\n\r\n")
+        .write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut head = [0u8; 256];
@@ -458,7 +458,13 @@ async fn reads_from_another_host_need_a_token_or_a_sign_in() {
         call(&format!("{here}/"), "GET", &[forwarded], "").await.0,
         401
     );
-    // Signing in: a wrong token is refused, the right one sets a cookie of its digest and goes
+    // Nor does a web page whose name was rebound to 127.0.0.1: it sends its own name.
+    let rebound = ("host", "evil.example");
+    assert_eq!(
+        call(&format!("{here}/"), "GET", &[rebound], "").await.0,
+        401
+    );
+    // Signing in: a wrong token is refused, the right one sets a signed cookie and goes
     // back where it was going, on this server only.
     let form = ("content-type", "application/x-www-form-urlencoded");
     let (code, _, body) = call(
@@ -482,13 +488,16 @@ async fn reads_from_another_host_need_a_token_or_a_sign_in() {
     assert_eq!(code, 303);
     assert_eq!(headers["location"], "/c/dev/local/web");
     let set = headers["set-cookie"].to_str().unwrap().to_string();
+    // The cookie is signed by the server; it holds neither the token nor its digest.
     let digest: String = keelson::identity::digest("reader-token")
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     assert!(
-        set.starts_with(&format!("keelson_read={digest};"))
-            && set.contains("HttpOnly; SameSite=Strict"),
+        set.starts_with("keelson_read=")
+            && set.contains("HttpOnly; SameSite=Strict")
+            && !set.contains("reader-token")
+            && !set.contains(&digest),
         "{set}"
     );
     let (_, headers, _) = call(
