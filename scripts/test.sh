@@ -12,7 +12,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
-step "system packages (git, OpenSSL headers for git2's https, sshd, Prometheus, curl, Chromium, Node.js, PostgreSQL)"
+step "system packages (git, OpenSSL headers and tool, sshd, Prometheus, curl, Chromium, Node.js, PostgreSQL)"
 need=""
 command -v git >/dev/null || need="$need git"
 dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
@@ -30,6 +30,8 @@ command -v npm >/dev/null || need="$need npm"
 # PostgreSQL for the shared store and the replica tests (they run their own throwaway servers,
 # as the postgres user: initdb refuses root).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
+# openssl: the TLS store tests make a throwaway authority and server certificate with it.
+command -v openssl >/dev/null || need="$need openssl"
 if [ -n "$need" ]; then
   # Install without starting services: openssh-server would otherwise start a system sshd.
   no_start=""

@@ -6,6 +6,7 @@ mod analysis;
 pub mod audit;
 mod postgres;
 mod sqlite;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     AnalysisRecord, Fence, HistoryEntry, Journal, LockInfo, LockOutcome, Owner, Store, StoreError,
@@ -211,8 +211,24 @@ impl Drop for PgStore {
     }
 }
 
-/// Where the server is, for messages: user, host, port and database, never the password.
-fn shown(cfg: &tokio_postgres::Config) -> String {
+/// Whether the server is on this host (a Unix socket, localhost or a loopback address), where
+/// an unverified connection is no risk worth a warning.
+fn on_this_host(cfg: &tokio_postgres::Config) -> bool {
+    cfg.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
+}
+
+/// Where the server is, for messages: user, host, port, database and TLS mode, never the
+/// password.
+fn shown(cfg: &tokio_postgres::Config, mode: super::tls::SslMode) -> String {
     let host = cfg
         .get_hosts()
         .first()
@@ -222,8 +238,12 @@ fn shown(cfg: &tokio_postgres::Config) -> String {
         })
         .unwrap_or_else(|| "localhost".into());
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let tls = match mode {
+        super::tls::SslMode::Prefer => String::new(),
+        m => format!("?sslmode={}", m.as_str()),
+    };
     format!(
-        "postgres://{}@{host}:{port}/{}",
+        "postgres://{}@{host}:{port}/{}{tls}",
         cfg.get_user().unwrap_or("?"),
         cfg.get_dbname().unwrap_or("")
     )
@@ -366,6 +386,13 @@ impl PgStore {
     /// `password` when given (a file or the environment, never the URL in logs), and migrates
     /// the schema.
     pub fn open(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
+        let tls_failed = |e: super::tls::TlsError| StoreError::Db {
+            path: "postgres".into(),
+            what: "its TLS settings (sslmode, sslrootcert) cannot be used".into(),
+            source: Some(Box::new(e)),
+        };
+        let (url, tls) = super::tls::split(url).map_err(tls_failed)?;
+        let connector = tls.connector().map_err(tls_failed)?;
         let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Db {
             path: "postgres".into(),
             what: "the store URL does not parse; write postgres://USER@HOST:PORT/DATABASE and give the password in KEELSON_STORE_PASSWORD_FILE".into(),
@@ -374,6 +401,7 @@ impl PgStore {
         if let Some(p) = password {
             cfg.password(p);
         }
+        cfg.ssl_mode(tls.driver_mode());
         // A replica paused in the middle of a transaction (SIGSTOP, a VM freeze) would hold
         // its row locks, and so the cluster's lock row, for ever: the server ends such a
         // session after a few seconds, and nobody waits long for a row.
@@ -388,7 +416,13 @@ impl PgStore {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(ANSWER_TIMEOUT);
-        let shown = shown(&cfg);
+        let shown = shown(&cfg, tls.mode);
+        if !tls.verified() && !on_this_host(&cfg) {
+            tracing::warn!(
+                store = %shown,
+                "the store's server is not verified: add sslmode=verify-full&sslrootcert=CA.pem to the store URL"
+            );
+        }
         let failed =
             |what: &str, e: Option<Box<dyn std::error::Error + Send + Sync>>| StoreError::Db {
                 path: shown.clone(),
@@ -424,7 +458,7 @@ impl PgStore {
             .map_err(|e| failed("cannot start the store's runtime", Some(Box::new(e))))?;
         let manager = Manager::from_config(
             cfg,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -54,9 +54,32 @@ fn check(c: &mut Command, what: &str) {
     );
 }
 
+/// Runs openssl; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    check(
+        Command::new("openssl").current_dir(dir).args(args),
+        &format!("openssl {}", args.join(" ")),
+    );
+}
+
 impl Postgres {
     /// Makes a cluster in a fresh directory and starts it.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that takes only TLS connections over TCP, with a certificate for `localhost`
+    /// (and no other name) signed by a test authority, [`Postgres::ca`].
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    /// The authority that signed a TLS server's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("keelson-pg")
@@ -85,6 +108,96 @@ impl Postgres {
                 .arg(dir.path().join("data")),
             "initdb",
         );
+        if tls {
+            let d = dir.path();
+            let data = d.join("data");
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=keelson test authority",
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            );
+            std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "server.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "san.ext",
+                ],
+            );
+            for f in ["server.pem", "server.key"] {
+                std::fs::copy(d.join(f), data.join(f)).unwrap();
+            }
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            std::io::Write::write_all(
+                &mut conf,
+                b"ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+            )
+            .unwrap();
+            // TCP only with TLS: a connection without it finds no entry and is refused.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n",
+            )
+            .unwrap();
+            if root() {
+                check(
+                    Command::new("chown")
+                        .args(["-R", "postgres:postgres"])
+                        .arg(&data),
+                    "chown the data directory",
+                );
+            }
+            check(
+                Command::new("chmod")
+                    .arg("600")
+                    .arg(data.join("server.key")),
+                "chmod the key",
+            );
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())

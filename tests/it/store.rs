@@ -447,9 +447,92 @@ fn a_bad_store_url_or_password_says_what_to_do_and_never_shows_the_password() {
     assert!(!format!("{s:?}").contains(PASSWORD));
     let err = PgStore::open("postgres://x@127.0.0.1:1/none?sslmode=nonsense", None).unwrap_err();
     assert!(
+        keelson::report::chain(&err).contains("sslmode `nonsense` is not one of disable, prefer"),
+        "{err}"
+    );
+    let err =
+        PgStore::open("postgres://x@127.0.0.1:1/none?connect_timeout=soon", None).unwrap_err();
+    assert!(
         keelson::report::chain(&err).contains("KEELSON_STORE_PASSWORD_FILE"),
         "{err}"
     );
+}
+
+#[test]
+fn tls_to_postgres_is_encrypted_and_verified_as_libpq_would() {
+    let pg = Postgres::start_tls();
+    pg.database("tls");
+    let ca = pg.ca().display().to_string();
+    let at = |host: &str, query: &str| format!("postgres://postgres@{host}:{}/tls{query}", pg.port);
+    let open = |url: &str| PgStore::open(url, Some(PASSWORD));
+    let refused = |url: &str| {
+        let text = keelson::report::chain(&open(url).unwrap_err());
+        assert!(!text.contains(PASSWORD), "{text}");
+        text
+    };
+    // verify-full, by the name on the certificate, with its authority: encrypted and checked.
+    let s = open(&at(
+        "localhost",
+        &format!("?sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .unwrap();
+    s.record(&entry("dev/local/web", "over tls")).unwrap();
+    let encrypted = pg.query(
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = 'keelson' AND ssl",
+    );
+    assert_ne!(encrypted.trim(), "0", "no keelson session is encrypted");
+    drop(s);
+    // By another name than the certificate's: verify-full refuses, verify-ca (the authority
+    // only) accepts.
+    let text = refused(&at(
+        "127.0.0.1",
+        &format!("?sslmode=verify-full&sslrootcert={ca}"),
+    ));
+    assert!(
+        text.contains("sslmode=verify-full") && text.contains("certificate"),
+        "{text}"
+    );
+    open(&at(
+        "127.0.0.1",
+        &format!("?sslmode=verify-ca&sslrootcert={ca}"),
+    ))
+    .unwrap();
+    // Without its authority the system's do not know it.
+    let text = refused(&at("localhost", "?sslmode=verify-full"));
+    assert!(text.contains("certificate"), "{text}");
+    // require and the default (prefer) encrypt without checking: this server takes nothing else.
+    open(&at("127.0.0.1", "?sslmode=require")).unwrap();
+    open(&at("127.0.0.1", "")).unwrap();
+    // disable: the server refuses a connection in the clear, and says so.
+    let text = refused(&at("127.0.0.1", "?sslmode=disable"));
+    assert!(text.contains("no encryption"), "{text}");
+    // An authority file that is not there is named.
+    let text = refused(&at(
+        "localhost",
+        "?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+    ));
+    assert!(text.contains("/nonexistent/ca.pem"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_keeps_its_state_in_postgres_over_verified_tls() {
+    let pg = Postgres::start_tls();
+    pg.database("applytls");
+    let mut repo = crate::apply_e2e::Repo::new();
+    let url = format!(
+        "postgres://postgres@localhost:{}/applytls?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        pg.ca().display()
+    );
+    repo.env.push(("KEELSON_STORE".into(), url));
+    repo.env
+        .push(("KEELSON_STORE_PASSWORD".into(), PASSWORD.into()));
+    repo.app("1.0.0", "{type: red-black}", 1, "");
+    let (code, out) = repo.apply().await;
+    assert_eq!(code, 0, "{out}");
+    let recorded = pg.query("applytls", "SELECT count(*) FROM history");
+    assert_ne!(recorded.trim(), "0", "{out}");
 }
 
 #[test]
