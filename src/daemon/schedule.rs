@@ -2,7 +2,7 @@
 //! failing cluster never delays the others, and a revision that changes a cluster's desired
 //! state supersedes its pending retry at once (newest commit wins). Clock-free: `now` is passed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::model::{ClusterId, SpecHash};
@@ -118,11 +118,22 @@ impl Entry {
     }
 }
 
-/// Every cluster's schedule.
+/// Every cluster's schedule, with two indexes kept beside it so that the loop's questions (when
+/// to wake, what is due, whom a success promotes) cost the answer, not a scan of every cluster:
+/// a reconcile of thousands of clusters reports each one, and each report asks them again.
 #[derive(Debug, Clone, Default)]
 pub struct Schedule {
     backoff: Backoff,
     clusters: BTreeMap<ClusterId, Entry>,
+    /// `(due, id)` of every entry that is due at some time and not running.
+    wakes: BTreeSet<(Instant, ClusterId)>,
+    /// Each application's clusters.
+    by_app: BTreeMap<AppName, BTreeSet<ClusterId>>,
+}
+
+/// When an entry wakes the loop: due, and not running.
+fn wake_of(e: &Entry) -> Option<Instant> {
+    if e.running { None } else { e.due }
 }
 
 impl Schedule {
@@ -130,7 +141,56 @@ impl Schedule {
     pub fn new(backoff: Backoff) -> Self {
         Self {
             backoff,
-            clusters: BTreeMap::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Changes one entry, keeping the wake index true.
+    fn change<R>(&mut self, id: &ClusterId, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+        let e = self.clusters.get_mut(id)?;
+        let before = wake_of(e);
+        let r = f(e);
+        let after = wake_of(e);
+        if before != after {
+            if let Some(t) = before {
+                self.wakes.remove(&(t, id.clone()));
+            }
+            if let Some(t) = after {
+                self.wakes.insert((t, id.clone()));
+            }
+        }
+        Some(r)
+    }
+
+    /// Drops one entry and its index rows.
+    fn remove(&mut self, id: &ClusterId) {
+        let Some(e) = self.clusters.remove(id) else {
+            return;
+        };
+        if let Some(t) = wake_of(&e) {
+            self.wakes.remove(&(t, id.clone()));
+        }
+        if let Some(ids) = self.by_app.get_mut(&e.app) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_app.remove(&e.app);
+            }
+        }
+    }
+
+    /// Builds both indexes again, after a change to every entry.
+    fn reindex(&mut self) {
+        self.wakes = self
+            .clusters
+            .iter()
+            .filter_map(|(id, e)| wake_of(e).map(|t| (t, id.clone())))
+            .collect();
+        self.by_app.clear();
+        for (id, e) in &self.clusters {
+            self.by_app
+                .entry(e.app.clone())
+                .or_default()
+                .insert(id.clone());
         }
     }
 
@@ -149,30 +209,30 @@ impl Schedule {
                         }
                     }
                 }
+                self.reindex();
             }
             Event::Started { cluster } => {
-                if let Some(e) = self.clusters.get_mut(&cluster) {
+                self.change(&cluster, |e| {
                     e.running = true;
                     e.due = None;
-                }
+                });
             }
             Event::Finished { cluster, ok } => self.finished(&cluster, ok, now),
             Event::Deferred { cluster, after } => {
-                let Some(e) = self.clusters.get_mut(&cluster) else {
-                    return;
-                };
-                if e.removed {
-                    self.clusters.remove(&cluster);
+                if self.clusters.get(&cluster).is_some_and(|e| e.removed) {
+                    self.remove(&cluster);
                     return;
                 }
-                e.running = false;
-                e.pending = false;
-                let at = if std::mem::take(&mut e.superseded) {
-                    now
-                } else {
-                    now.checked_add(after).unwrap_or(now)
-                };
-                e.due_by(at);
+                self.change(&cluster, |e| {
+                    e.running = false;
+                    e.pending = false;
+                    let at = if std::mem::take(&mut e.superseded) {
+                        now
+                    } else {
+                        now.checked_add(after).unwrap_or(now)
+                    };
+                    e.due_by(at);
+                });
             }
         }
     }
@@ -219,69 +279,83 @@ impl Schedule {
                 e.due_by(now);
             }
         }
+        self.reindex();
     }
 
     fn finished(&mut self, id: &ClusterId, ok: bool, now: Instant) {
         let start = self.backoff.start();
-        let Some(e) = self.clusters.get_mut(id) else {
+        let backoff = self.backoff;
+        let Some(e) = self.clusters.get(id) else {
             return;
         };
         if e.removed {
-            self.clusters.remove(id);
+            self.remove(id);
             return;
         }
-        e.running = false;
-        if e.superseded {
-            // The step in flight applied an old state; apply the new one next, whatever happened.
-            // No promotion either: dependents wait for this environment's new state.
-            e.superseded = false;
+        let promote = self.change(id, |e| {
+            e.running = false;
+            if e.superseded {
+                // The step in flight applied an old state; apply the new one next, whatever
+                // happened. No promotion either: dependents wait for this environment's new
+                // state.
+                e.superseded = false;
+                e.failures = 0;
+                e.delay = start;
+                e.due = Some(now);
+                return None;
+            }
+            let pending = std::mem::take(&mut e.pending);
+            if !ok {
+                e.failures = e.failures.saturating_add(1);
+                // An unrepresentable instant retries at once rather than never.
+                e.due = Some(now.checked_add(e.delay).unwrap_or(now));
+                e.delay = backoff.next(e.delay);
+                return None;
+            }
             e.failures = 0;
             e.delay = start;
-            e.due = Some(now);
+            e.due = pending.then_some(now);
+            (!e.dependents.is_empty()).then(|| (e.app.clone(), e.dependents.clone()))
+        });
+        let Some(Some((app, dependents))) = promote else {
             return;
-        }
-        let pending = std::mem::take(&mut e.pending);
-        if !ok {
-            e.failures = e.failures.saturating_add(1);
-            // An unrepresentable instant retries at once rather than never.
-            e.due = Some(now.checked_add(e.delay).unwrap_or(now));
-            e.delay = self.backoff.next(e.delay);
-            return;
-        }
-        e.failures = 0;
-        e.delay = start;
-        e.due = pending.then_some(now);
-        let (app, dependents) = (e.app.clone(), e.dependents.clone());
-        if dependents.is_empty() {
-            return;
-        }
-        for (other, o) in self.clusters.iter_mut() {
-            if o.app == app && dependents.contains(&other.environment) {
+        };
+        let others: Vec<ClusterId> = self
+            .by_app
+            .get(&app)
+            .map(|ids| {
+                ids.iter()
+                    .filter(|o| dependents.contains(&o.environment))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for other in others {
+            self.change(&other, |o| {
                 if o.running {
                     o.pending = true;
                 } else {
                     o.due_by(now);
                 }
-            }
+            });
         }
     }
 
     /// Clusters due at `now` and not running, in id order.
     pub fn due(&self, now: Instant) -> Vec<ClusterId> {
-        self.clusters
+        let mut due: Vec<ClusterId> = self
+            .wakes
             .iter()
-            .filter(|(_, e)| !e.running && e.due.is_some_and(|d| d <= now))
-            .map(|(id, _)| id.clone())
-            .collect()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| id.clone())
+            .collect();
+        due.sort_unstable();
+        due
     }
 
     /// When the next cluster not running falls due, if any.
     pub fn next_wake(&self) -> Option<Instant> {
-        self.clusters
-            .values()
-            .filter(|e| !e.running)
-            .filter_map(|e| e.due)
-            .min()
+        self.wakes.first().map(|(t, _)| *t)
     }
 
     /// One cluster's entry.
@@ -637,5 +711,84 @@ mod tests {
         // Without a sync in between, a finished cluster waits for the next one.
         run(&mut s, &web, true, t0 + secs(3));
         assert!(s.due(t0 + secs(3)).is_empty());
+    }
+
+    /// The indexes agree with the entries: what a scan of every entry would answer.
+    fn consistent(s: &Schedule, now: Instant) {
+        let scanned: BTreeSet<(Instant, ClusterId)> = s
+            .clusters
+            .iter()
+            .filter_map(|(id, e)| wake_of(e).map(|t| (t, id.clone())))
+            .collect();
+        assert_eq!(s.wakes, scanned);
+        let scanned_wake = s
+            .clusters
+            .values()
+            .filter(|e| !e.running)
+            .filter_map(|e| e.due)
+            .min();
+        assert_eq!(s.next_wake(), scanned_wake);
+        let scanned_due: Vec<ClusterId> = s
+            .clusters
+            .iter()
+            .filter(|(_, e)| !e.running && e.due.is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(s.due(now), scanned_due);
+        for (id, e) in &s.clusters {
+            assert!(s.by_app.get(&e.app).is_some_and(|ids| ids.contains(id)));
+        }
+        assert_eq!(
+            s.by_app.values().map(BTreeSet::len).sum::<usize>(),
+            s.clusters.len()
+        );
+    }
+
+    #[test]
+    fn the_indexes_answer_as_a_scan_would_through_any_events() {
+        let envs = ["dev", "staging", "prod"];
+        let apps = ["web", "api", "db", "queue"];
+        let t0 = Instant::now();
+        for seed in 0..200u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut s = Schedule::new(Backoff::default());
+            let mut now = t0;
+            for _ in 0..60 {
+                now += Duration::from_millis(rng.u64(0..3000));
+                let cluster = id(envs[rng.usize(..envs.len())], apps[rng.usize(..apps.len())]);
+                let event = match rng.u8(0..6) {
+                    0 => {
+                        let mut clusters = Vec::new();
+                        for e in envs {
+                            for a in apps {
+                                if rng.u8(0..4) == 0 {
+                                    continue;
+                                }
+                                let deps: &[&str] = match e {
+                                    "dev" => &["staging"],
+                                    "staging" => &["prod"],
+                                    _ => &[],
+                                };
+                                let hash = format!("h{}", rng.u8(0..3));
+                                clusters.push(want(e, a, a, &hash, deps));
+                            }
+                        }
+                        Event::Revision { clusters }
+                    }
+                    1 => Event::Sync { force: rng.bool() },
+                    2 | 3 => Event::Started { cluster },
+                    4 => Event::Finished {
+                        cluster,
+                        ok: rng.bool(),
+                    },
+                    _ => Event::Deferred {
+                        cluster,
+                        after: Duration::from_millis(rng.u64(0..5000)),
+                    },
+                };
+                s.on(event, now);
+                consistent(&s, now);
+            }
+        }
     }
 }
