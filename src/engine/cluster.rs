@@ -55,6 +55,26 @@ pub(super) struct Run<'a> {
 }
 
 impl Engine {
+    /// Why this replica must not act at `revision`, if it must not: beside other replicas it
+    /// acts only on the revision in force, so that one that woke up behind (paused, cut off)
+    /// does not take clusters back to what it last fetched. A store that cannot say stops it
+    /// too: acting then is exactly the mistake the question is there to prevent. (A working
+    /// directory's `dir:` revision, from `keelson apply`, is not comparable.)
+    fn behind(&self, revision: &str) -> Option<String> {
+        if self.slots.replicas() <= 1 || revision.starts_with("dir:") {
+            return None;
+        }
+        match self.store.last_good_revision() {
+            Ok(Some(in_force)) if in_force != revision && !in_force.starts_with("dir:") => {
+                Some(format!(
+                    "this replica is at revision {revision}, the replicas at {in_force}; it acts once it has fetched that"
+                ))
+            }
+            Ok(_) => None,
+            Err(e) => Some(super::store_silent(crate::report::chain(&e))),
+        }
+    }
+
     /// An event about `cp`'s cluster, with its versions and revision, to the notifier.
     pub(super) fn emit(&self, cp: &ClusterPlan, revision: &str, kind: EventKind, message: String) {
         let from = cp
@@ -214,21 +234,8 @@ impl Engine {
                 0,
             );
         };
-        // Beside other replicas, act only on the revision in force: one that woke up behind
-        // (paused, cut off) must not take clusters back to what it last fetched.
-        // (A working directory's `dir:` revision, from `keelson apply`, is not comparable.)
-        if self.slots.replicas() > 1
-            && let Ok(Some(in_force)) = self.store.last_good_revision()
-            && in_force != revision
-            && !in_force.starts_with("dir:")
-            && !revision.starts_with("dir:")
-        {
-            return report(
-                ClusterOutcome::Interrupted(format!(
-                    "this replica is at revision {revision}, the replicas at {in_force}; it acts once it has fetched that"
-                )),
-                0,
-            );
+        if let Some(why) = self.behind(revision) {
+            return report(ClusterOutcome::Interrupted(why), 0);
         }
         if let Some(wanting) = planned.wanting
             && super::run::over_share(self.slots.held(), wanting, self.slots.replicas())
@@ -281,6 +288,12 @@ impl Engine {
                 );
             }
         };
+        // Asked again under the lock: a replica paused between the first question and the lock
+        // (SIGSTOP, a VM freeze) wakes up holding a fresh lock and an old revision.
+        if let Some(why) = self.behind(revision) {
+            let _ = lock.release().await;
+            return report(ClusterOutcome::Interrupted(why), 0);
+        }
         let _holding = self.slots.hold();
         if let Some(prev) = &lock.took_over {
             progress.note(id, &format!("took over the expired lock of {prev}"));

@@ -580,6 +580,42 @@ async fn a_newer_holders_stamp_stops_the_run_where_it_is() {
     }
 }
 
+/// Beside other replicas, one whose revision is not the one in force acts on nothing, and
+/// neither does one whose store cannot say which revision is in force: acting then is the very
+/// mistake the question prevents (a replica paused mid-call wakes up to a call that timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_or_unsure_of_the_revision_in_force_acts_on_nothing() {
+    let d1 = desired(&[spec("1.0.0", 2, "{type: red-black}", 18083, "")]);
+    let d2 = desired(&[spec("2.0.0", 2, "{type: red-black}", 18083, "")]);
+    let rig = Rig::new(Arc::new(MemoryProvider::new()));
+    rig.converge(&d1).await;
+    let pl = rig.plan(&d2).await;
+    rig.faulty.take_log();
+    rig.engine.slots.set_replicas(2);
+    rig.engine.store.set_last_good_revision("newer").unwrap();
+    let outcome = rig.run(&d2, &pl).await;
+    assert!(
+        matches!(&outcome, ClusterOutcome::Interrupted(why) if why.contains("this replica is at revision rev, the replicas at newer")),
+        "{outcome:?}"
+    );
+    assert!(rig.faulty.take_log().is_empty());
+    // The store cannot say: the revision it keeps does not read (everything else does).
+    let db = rusqlite::Connection::open(rig._store.path().join("keelson.db")).unwrap();
+    db.execute_batch("UPDATE meta SET value = x'00ff' WHERE key = 'last_good_revision'")
+        .unwrap();
+    let outcome = rig.run(&d2, &pl).await;
+    assert!(
+        matches!(&outcome, ClusterOutcome::Interrupted(why) if why.contains("the state store does not answer")),
+        "{outcome:?}"
+    );
+    assert!(rig.faulty.take_log().is_empty());
+    // Alone, there is no one to be behind: it acts.
+    db.execute_batch("UPDATE meta SET value = 'newer' WHERE key = 'last_good_revision'")
+        .unwrap();
+    rig.engine.slots.set_replicas(1);
+    assert_eq!(rig.run(&d2, &pl).await, ClusterOutcome::Converged);
+}
+
 /// A store restored from an older copy: the target carries an epoch of this store that it
 /// never gave out. The run stops there once, the store's epochs go on past it, and the next
 /// run converges, rather than every run being stopped by it for ever.
