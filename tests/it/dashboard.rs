@@ -209,6 +209,37 @@ async fn get(url: &str) -> (u16, String) {
     crate::daemon::http(url, "GET", &[], "").await
 }
 
+/// `keelson up` on the specs in `work`, watching its files, listening on `listen`, with an API
+/// token; its log in the state directory.
+fn up(
+    work: &std::path::Path,
+    state: &std::path::Path,
+    listen: &str,
+    token: &str,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["up", "--repo"])
+        .arg(work)
+        .args([
+            "--watch-files",
+            "--interval",
+            "300ms",
+            "--drift-interval",
+            "1h",
+            "--listen",
+            listen,
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .env("KEELSON_API_TOKEN", token)
+        .env("KEELSON_LOCAL_METRICS", "off")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(state.join("daemon.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// Stops what the daemon ran on the local target, even when the test fails half-way.
 struct StopAll(std::path::PathBuf);
 
@@ -225,27 +256,12 @@ async fn in_a_browser_against_the_daemon() {
     let ports = (free_port(), free_port(), free_port());
     let api = free_port();
     specs(work.path(), "1.0.0", "1.0.0", ports);
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["up", "--repo"])
-        .arg(work.path())
-        .args([
-            "--watch-files",
-            "--interval",
-            "300ms",
-            "--drift-interval",
-            "1h",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{api}"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("KEELSON_API_TOKEN", "ui-token")
-        .env("KEELSON_LOCAL_METRICS", "off")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(state.path().join("daemon.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut daemon = up(
+        work.path(),
+        state.path(),
+        &format!("127.0.0.1:{api}"),
+        "ui-token",
+    );
     let _cleanup = StopAll(state.path().to_path_buf());
     let base = format!("http://127.0.0.1:{api}");
     // Converged everywhere: web reaches prod once dev runs it.
@@ -398,20 +414,12 @@ async fn reads_from_another_host_need_a_token_or_a_sign_in() {
     let ports = (free_port(), free_port(), free_port());
     let api = free_port();
     specs(work.path(), "1.0.0", "1.0.0", ports);
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["up", "--repo"])
-        .arg(work.path())
-        .args(["--watch-files", "--drift-interval", "1h", "--listen"])
-        .arg(format!("0.0.0.0:{api}"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("KEELSON_API_TOKEN", "reader-token")
-        .env("KEELSON_LOCAL_METRICS", "off")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(state.path().join("daemon.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut daemon = up(
+        work.path(),
+        state.path(),
+        &format!("0.0.0.0:{api}"),
+        "reader-token",
+    );
     let _cleanup = StopAll(state.path().to_path_buf());
     let here = format!("http://127.0.0.1:{api}");
     let there = format!("http://{}:{api}", outside_address());
