@@ -209,35 +209,55 @@ async fn get(url: &str) -> (u16, String) {
     crate::daemon::http(url, "GET", &[], "").await
 }
 
-/// `keelson up` on the specs in `work`, watching its files, listening on `listen`, with an API
-/// token; its log in the state directory.
-fn up(
-    work: &std::path::Path,
-    state: &std::path::Path,
-    listen: &str,
-    token: &str,
-) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["up", "--repo"])
-        .arg(work)
-        .args([
-            "--watch-files",
-            "--interval",
-            "300ms",
-            "--drift-interval",
-            "1h",
-            "--listen",
-            listen,
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .env("KEELSON_API_TOKEN", token)
-        .env("KEELSON_LOCAL_METRICS", "off")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(state.join("daemon.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+/// `keelson up` on the example specs at 1.0.0, watching its files, listening on `listen`
+/// (`{api}` stands for its port) with an API token; its log in the state directory, and what
+/// it ran on the local target stopped when dropped.
+struct Daemon {
+    work: tempfile::TempDir,
+    ports: (u16, u16, u16),
+    api: u16,
+    child: tokio::process::Child,
+    _cleanup: StopAll,
+    _state: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(listen: &str, token: &str) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let ports = (free_port(), free_port(), free_port());
+        let api = free_port();
+        specs(work.path(), "1.0.0", "1.0.0", ports);
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(["up", "--repo"])
+            .arg(work.path())
+            .args([
+                "--watch-files",
+                "--interval",
+                "300ms",
+                "--drift-interval",
+                "1h",
+            ])
+            .arg("--listen")
+            .arg(listen.replace("{api}", &api.to_string()))
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("KEELSON_API_TOKEN", token)
+            .env("KEELSON_LOCAL_METRICS", "off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.path().join("daemon.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self {
+            work,
+            ports,
+            api,
+            child,
+            _cleanup: StopAll(state.path().to_path_buf()),
+            _state: state,
+        }
+    }
 }
 
 /// Stops what the daemon ran on the local target, even when the test fails half-way.
@@ -251,18 +271,8 @@ impl Drop for StopAll {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_browser_against_the_daemon() {
-    let work = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port(), free_port());
-    let api = free_port();
-    specs(work.path(), "1.0.0", "1.0.0", ports);
-    let mut daemon = up(
-        work.path(),
-        state.path(),
-        &format!("127.0.0.1:{api}"),
-        "ui-token",
-    );
-    let _cleanup = StopAll(state.path().to_path_buf());
+    let mut d = Daemon::start("127.0.0.1:{api}", "ui-token");
+    let (work, ports, api) = (&d.work, d.ports, d.api);
     let base = format!("http://127.0.0.1:{api}");
     // Converged everywhere: web reaches prod once dev runs it.
     let mut page = String::new();
@@ -333,13 +343,13 @@ async fn in_a_browser_against_the_daemon() {
     let mut head = [0u8; 256];
     let n = events.read(&mut head).await.unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
-    let pid = daemon.id().unwrap();
+    let pid = d.child.id().unwrap();
     let asked = std::time::Instant::now();
     // SAFETY: signals the daemon this test started.
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
-    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+    let status = tokio::time::timeout(Duration::from_secs(30), d.child.wait())
         .await
         .unwrap()
         .unwrap();
@@ -409,18 +419,8 @@ fn outside_address() -> std::net::IpAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_from_another_host_need_a_token_or_a_sign_in() {
     use crate::daemon::http_with_headers as call;
-    let work = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port(), free_port());
-    let api = free_port();
-    specs(work.path(), "1.0.0", "1.0.0", ports);
-    let mut daemon = up(
-        work.path(),
-        state.path(),
-        &format!("0.0.0.0:{api}"),
-        "reader-token",
-    );
-    let _cleanup = StopAll(state.path().to_path_buf());
+    let mut d = Daemon::start("0.0.0.0:{api}", "reader-token");
+    let api = d.api;
     let here = format!("http://127.0.0.1:{api}");
     let there = format!("http://{}:{api}", outside_address());
     let html = ("accept", "text/html");
@@ -534,6 +534,6 @@ async fn reads_from_another_host_need_a_token_or_a_sign_in() {
     assert_eq!(code, 401);
     // And in a browser: the form, the token, the overview.
     browser("sign-in", &there, &["reader-token"]).await;
-    let _ = daemon.start_kill();
-    let _ = daemon.wait().await;
+    let _ = d.child.start_kill();
+    let _ = d.child.wait().await;
 }
