@@ -223,7 +223,12 @@ fn schedule_reports(d: &keelson::model::DesiredState) {
     started.on(Event::Revision { clusters: desired }, now);
     let due = started.due(now);
     for id in &due {
-        started.on(Event::Started { cluster: id.clone() }, now);
+        started.on(
+            Event::Started {
+                cluster: id.clone(),
+            },
+            now,
+        );
     }
     let (best, median) = time(5, || {
         let mut s = started.clone();
