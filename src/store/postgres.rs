@@ -392,7 +392,6 @@ impl PgStore {
             source: Some(Box::new(e)),
         };
         let (url, tls) = super::tls::split(url).map_err(tls_failed)?;
-        let connector = tls.connector().map_err(tls_failed)?;
         let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Db {
             path: "postgres".into(),
             what: "the store URL does not parse; write postgres://USER@HOST:PORT/DATABASE and give the password in KEELSON_STORE_PASSWORD_FILE".into(),
@@ -401,7 +400,15 @@ impl PgStore {
         if let Some(p) = password {
             cfg.password(p);
         }
-        cfg.ssl_mode(tls.driver_mode());
+        // A URL's TLS settings were taken out of it; any other string kept its own sslmode.
+        let tls = match tls {
+            Some(t) => {
+                cfg.ssl_mode(t.driver_mode());
+                t
+            }
+            None => super::tls::Tls::of_driver(cfg.get_ssl_mode()),
+        };
+        let connector = tls.connector().map_err(tls_failed)?;
         // A replica paused in the middle of a transaction (SIGSTOP, a VM freeze) would hold
         // its row locks, and so the cluster's lock row, for ever: the server ends such a
         // session after a few seconds, and nobody waits long for a row.

@@ -65,25 +65,46 @@ pub enum TlsError {
         /// The first certificate's error, if one looked like a certificate.
         source: Option<native_tls::Error>,
     },
+    /// `verify-ca` with no authority of its own would take any publicly signed certificate
+    /// for any name.
+    #[error(
+        "sslmode=verify-ca checks the authority only, so it needs sslrootcert=CA.pem; use verify-full to trust the system's authorities"
+    )]
+    VerifyCaWithoutRoot,
+    /// `verify-*` or `sslrootcert` in a connection string this parser leaves to the driver.
+    #[error(
+        "sslmode=verify-ca, verify-full and sslrootcert need the store as a postgres://USER@HOST:PORT/DATABASE URL with one host"
+    )]
+    NeedsUrl,
     /// The TLS library refused the settings.
     #[error("cannot set up TLS for the store")]
     Connector(#[source] native_tls::Error),
 }
 
 /// Takes `sslmode` and `sslrootcert` out of a `postgres://` URL: answers the rest (for the
-/// driver, which knows neither `verify-*` nor `sslrootcert`) and the settings. A connection
-/// string that is not a URL is left to the driver as it is.
-pub fn split(url: &str) -> Result<(String, Tls), TlsError> {
+/// driver, which knows neither `verify-*` nor `sslrootcert`) and the settings. The rest keeps
+/// every other byte of the query as written (the driver percent-decodes it; re-encoding it
+/// would turn a space into `+`). A connection string that is not such a URL is the driver's
+/// to read, with its own `sslmode` (`None`); it may not ask for what only this parser knows.
+pub fn split(url: &str) -> Result<(String, Option<Tls>), TlsError> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let Some(mut parsed) = is_url.then(|| url::Url::parse(url).ok()).flatten() else {
-        return Ok((url.to_string(), Tls::default()));
+        if url.contains("sslmode=verify") || url.contains("sslrootcert") {
+            return Err(TlsError::NeedsUrl);
+        }
+        return Ok((url.to_string(), None));
     };
     let mut tls = Tls::default();
     let mut rest = Vec::new();
-    for (k, v) in parsed.query_pairs() {
-        match k.as_ref() {
+    for segment in parsed.query().unwrap_or_default().split('&') {
+        let (key, value) = segment.split_once('=').unwrap_or((segment, ""));
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        match percent_encoding::percent_decode_str(key)
+            .decode_utf8_lossy()
+            .as_ref()
+        {
             "sslmode" => {
-                tls.mode = match v.as_ref() {
+                tls.mode = match value.as_ref() {
                     "disable" => SslMode::Disable,
                     "prefer" => SslMode::Prefer,
                     "require" => SslMode::Require,
@@ -92,19 +113,35 @@ pub fn split(url: &str) -> Result<(String, Tls), TlsError> {
                     other => return Err(TlsError::Mode(other.to_string())),
                 }
             }
-            "sslrootcert" => tls.root_cert = Some(PathBuf::from(v.as_ref())),
-            _ => rest.push((k.into_owned(), v.into_owned())),
+            // `system`, as in libpq: the system's authorities, which is what no file means here.
+            "sslrootcert" if value == "system" => tls.root_cert = None,
+            "sslrootcert" => tls.root_cert = Some(PathBuf::from(value.as_ref())),
+            _ if segment.is_empty() => {}
+            _ => rest.push(segment),
         }
     }
-    if rest.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(rest);
+    if tls.mode == SslMode::VerifyCa && tls.root_cert.is_none() {
+        return Err(TlsError::VerifyCaWithoutRoot);
     }
-    Ok((parsed.to_string(), tls))
+    let rest = rest.join("&");
+    parsed.set_query((!rest.is_empty()).then_some(rest.as_str()));
+    Ok((parsed.to_string(), Some(tls)))
 }
 
 impl Tls {
+    /// What the driver's own `sslmode` means here, for a connection string it read itself.
+    pub fn of_driver(mode: tokio_postgres::config::SslMode) -> Self {
+        Self {
+            mode: match mode {
+                tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+                tokio_postgres::config::SslMode::Prefer => SslMode::Prefer,
+                // Require, and any mode a later driver adds: encrypted at least.
+                _ => SslMode::Require,
+            },
+            root_cert: None,
+        }
+    }
+
     /// Whether the server's certificate is checked.
     pub fn verified(&self) -> bool {
         matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull)
@@ -179,10 +216,13 @@ mod tests {
 
     #[test]
     fn the_tls_settings_come_out_of_the_url_and_the_rest_stays() {
+        let split = |u: &str| {
+            let (rest, tls) = split(u).unwrap();
+            (rest, tls.unwrap())
+        };
         let (rest, tls) = split(
             "postgres://keelson@db:5432/keelson?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
-        )
-        .unwrap();
+        );
         assert_eq!(
             rest,
             "postgres://keelson@db:5432/keelson?application_name=x"
@@ -190,21 +230,61 @@ mod tests {
         assert_eq!(tls.mode, SslMode::VerifyFull);
         assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/ca.pem")));
         assert!(tls.verified());
-        let (rest, tls) = split("postgres://keelson@db/keelson").unwrap();
+        let (rest, tls) = split("postgres://keelson@db/keelson");
         assert_eq!(rest, "postgres://keelson@db/keelson");
         assert_eq!(tls, Tls::default());
         assert!(!tls.verified());
-        let (rest, tls) = split("postgresql://k@db/k?sslmode=require").unwrap();
+        let (rest, tls) = split("postgresql://k@db/k?sslmode=require");
         assert_eq!(rest, "postgresql://k@db/k");
         assert!(!tls.verified());
         // require with an authority checks it, as libpq does.
-        let (_, tls) = split("postgres://k@db/k?sslmode=require&sslrootcert=ca.pem").unwrap();
+        let (_, tls) = split("postgres://k@db/k?sslmode=require&sslrootcert=ca.pem");
         assert!(tls.verified());
+        // The rest of the query keeps its bytes: a space stays %20, a socket path stays encoded.
+        let (rest, _) = split(
+            "postgres://k@db/k?password=my%20pass&sslmode=require&host=%2Fvar%2Frun%2Fpg&user=a+b",
+        );
+        assert_eq!(
+            rest,
+            "postgres://k@db/k?password=my%20pass&host=%2Fvar%2Frun%2Fpg&user=a+b"
+        );
+        // An encoded authority path is decoded; `system` is the system's authorities.
+        let (_, tls) =
+            split("postgres://k@db/k?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20b.pem");
+        assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/ca b.pem")));
+        let (_, tls) = split("postgres://k@db/k?sslmode=verify-full&sslrootcert=system");
+        assert_eq!(tls.root_cert, None);
+        assert!(tls.verified());
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused() {
         let err = split("postgres://k@db/k?sslmode=verify").unwrap_err();
         assert!(err.to_string().contains("verify-full"), "{err}");
-        // A key=value string goes to the driver untouched.
-        let kv = "host=db user=k sslmode=require";
-        assert_eq!(split(kv).unwrap().0, kv);
+        // verify-ca with the system's authorities would take any public certificate.
+        assert!(matches!(
+            split("postgres://k@db/k?sslmode=verify-ca"),
+            Err(TlsError::VerifyCaWithoutRoot)
+        ));
+        // A key=value string, or a URL the parser cannot read (hosts with ports), is the
+        // driver's, sslmode included; what only this parser knows is refused there.
+        for kv in [
+            "host=db user=k sslmode=require",
+            "postgres://u@h1:5432,h2:5432/db?sslmode=require",
+        ] {
+            assert_eq!(split(kv).unwrap(), (kv.to_string(), None));
+        }
+        for kv in [
+            "host=db user=k sslmode=verify-full",
+            "postgres://u@h1:5432,h2:5432/db?sslmode=verify-full",
+            "host=db sslrootcert=/ca.pem",
+        ] {
+            assert!(matches!(split(kv), Err(TlsError::NeedsUrl)), "{kv}");
+        }
+        assert_eq!(
+            Tls::of_driver(tokio_postgres::config::SslMode::Require).mode,
+            SslMode::Require
+        );
     }
 
     #[test]
