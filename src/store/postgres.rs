@@ -408,6 +408,16 @@ impl PgStore {
             }
             None => super::tls::Tls::of_driver(cfg.get_ssl_mode()),
         };
+        // As libpq does, no TLS over a Unix socket: the server offers none there, and the
+        // socket never leaves this host.
+        let sockets_only = !cfg.get_hosts().is_empty()
+            && cfg
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        if sockets_only {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
         let connector = tls.connector().map_err(tls_failed)?;
         // A replica paused in the middle of a transaction (SIGSTOP, a VM freeze) would hold
         // its row locks, and so the cluster's lock row, for ever: the server ends such a

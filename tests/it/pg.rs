@@ -74,6 +74,11 @@ impl Postgres {
         Self::start_with(true)
     }
 
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
     /// The authority that signed a TLS server's certificate (PEM).
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")

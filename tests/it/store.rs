@@ -507,6 +507,13 @@ fn tls_to_postgres_is_encrypted_and_verified_as_libpq_would() {
     // disable: the server refuses a connection in the clear, and says so.
     let text = refused(&at("127.0.0.1", "?sslmode=disable"));
     assert!(text.contains("no encryption"), "{text}");
+    // Over the Unix socket there is no TLS to ask for, as in libpq: verify-full connects.
+    let socket: String = pg.socket_dir().display().to_string().replace('/', "%2F");
+    open(&at(
+        &socket,
+        &format!("?sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .unwrap();
     // An authority file that is not there is named.
     let text = refused(&at(
         "localhost",
