@@ -202,22 +202,8 @@ fn main() {
 /// The daemon's schedule through one reconcile of every cluster: all start, then each reports
 /// on its own and the loop asks when to wake next, as `keelson up` does.
 fn schedule_reports(d: &keelson::model::DesiredState) {
-    use keelson::daemon::schedule::{Backoff, Desired, Event, Schedule};
-    let desired: Vec<Desired> = d
-        .clusters
-        .values()
-        .map(|c| Desired {
-            id: c.id.clone(),
-            app: c.app.clone(),
-            hash: c.hash.clone(),
-            dependents: d
-                .environments
-                .values()
-                .filter(|e| e.depends_on.contains(&c.id.environment))
-                .map(|e| e.name.clone())
-                .collect(),
-        })
-        .collect();
+    use keelson::daemon::schedule::{Backoff, Event, Schedule};
+    let desired = keelson::daemon::schedule::desired(d);
     let now = Instant::now();
     let mut started = Schedule::new(Backoff::default());
     started.on(Event::Revision { clusters: desired }, now);

@@ -106,25 +106,6 @@ fn jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)
 }
 
-/// What the schedule needs of a revision: each cluster with its hash, app and the
-/// environments that wait on its environment.
-fn scheduled(d: &DesiredState) -> Vec<schedule::Desired> {
-    d.clusters
-        .values()
-        .map(|c| schedule::Desired {
-            id: c.id.clone(),
-            app: c.app.clone(),
-            hash: c.hash.clone(),
-            dependents: d
-                .environments
-                .values()
-                .filter(|e| e.depends_on.contains(&c.id.environment))
-                .map(|e| e.name.clone())
-                .collect(),
-        })
-        .collect()
-}
-
 /// The batches in flight, the clusters each runs (to free them if its task dies), and where
 /// each cluster reports as soon as it ends (the schedule frees it at once).
 struct Batches {
@@ -323,7 +304,7 @@ pub async fn run(
                         }
                         sched.on(
                             schedule::Event::Revision {
-                                clusters: scheduled(&d),
+                                clusters: schedule::desired(&d),
                             },
                             std::time::Instant::now(),
                         );

@@ -86,6 +86,25 @@ pub struct Desired {
     pub dependents: Vec<EnvName>,
 }
 
+/// What the schedule needs of a revision: each cluster with its hash, app and the
+/// environments that wait on its environment.
+pub fn desired(d: &crate::model::DesiredState) -> Vec<Desired> {
+    d.clusters
+        .values()
+        .map(|c| Desired {
+            id: c.id.clone(),
+            app: c.app.clone(),
+            hash: c.hash.clone(),
+            dependents: d
+                .environments
+                .values()
+                .filter(|e| e.depends_on.contains(&c.id.environment))
+                .map(|e| e.name.clone())
+                .collect(),
+        })
+        .collect()
+}
+
 /// Where one cluster stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

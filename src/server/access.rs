@@ -198,7 +198,8 @@ fn loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token a request carries, if any (an empty one is none).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()

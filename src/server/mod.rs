@@ -225,13 +225,7 @@ impl Shared {
 /// Who the bearer token says acts: a user of the identities file, or `api token` for the
 /// daemon's own token; `None` without a token it knows. Every comparison is constant-time.
 fn identify(shared: &Shared, headers: &HeaderMap) -> Option<crate::identity::Identity> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?;
-    if given.is_empty() {
-        return None;
-    }
+    let given = access::bearer(headers)?;
     if let Some(who) = shared.identities.by_token(given) {
         return Some(who);
     }
